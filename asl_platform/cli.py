@@ -1,0 +1,96 @@
+"""``asl-platform`` command line: one subcommand per stage a user runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from asl_platform.config import Config, ConfigError, builtin_config_path, load_config
+
+logger = logging.getLogger("asl_platform")
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (sections: data, model, tune, train, serve, run)")
+    parser.add_argument("--data", help="image folder or s3:// prefix (sets data.root)")
+    parser.add_argument("--backbone", help="sets model.backbone (resnet50, efficientnet_lite0, tiny)")
+    parser.add_argument("--output", help="sets run.output_dir")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config key, e.g. --set train.lr=0.001 (repeatable)",
+    )
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """File (or, with neither --config nor --data, the built-in smoke config) + flags + --set."""
+    path = args.config
+    if path is None and args.data is None and args.command == "pipeline":
+        path = builtin_config_path("smoke")
+        logger.info("no --config/--data: using the built-in smoke config %s", path)
+    overrides = list(args.overrides)
+    for flag, key in (("data", "data.root"), ("backbone", "model.backbone"), ("output", "run.output_dir")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.insert(0, f"{key}={value}")
+    return load_config(path, overrides)
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from asl_platform.pipeline import format_summary, run_pipeline
+
+    cfg = resolve_config(args)
+    result = run_pipeline(cfg, worker_logs=args.verbose)
+    print(format_summary(result, smoke=cfg.data.root is None))
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    print(resolve_config(args).to_yaml(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asl-platform", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and log lines from Ray workers")
+    commands = parser.add_subparsers(dest="command", required=True)
+    pipeline = commands.add_parser(
+        "pipeline", help="ingest -> features -> tune -> retrain -> evaluate -> export, on local Ray"
+    )
+    _add_config_arguments(pipeline)
+    pipeline.set_defaults(handler=_cmd_pipeline)
+    config = commands.add_parser("config", help="print the resolved config as YAML")
+    _add_config_arguments(config)
+    config.set_defaults(handler=_cmd_config)
+    return parser
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Coloured log lines on a terminal, plain unwrapped lines in files and CI logs."""
+    level = logging.DEBUG if verbose else logging.INFO
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, log_time_format="%H:%M:%S")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from asl_platform.data import DataError
+    from asl_platform.model import WeightsUnavailableError
+
+    try:
+        return args.handler(args)
+    except (ConfigError, DataError, WeightsUnavailableError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

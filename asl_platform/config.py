@@ -1,0 +1,225 @@
+"""The one typed configuration object for every stage.
+
+Loaded from a YAML file, then CLI overrides (``--set train.lr=0.01``) are applied on top.
+Pydantic does the validation so that an unknown key, a wrong type or an out-of-range value is
+reported with the key's dotted path and the reason, instead of failing deep inside a Ray task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message says which key and why."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": a typo in a key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the images are and how they are split and preprocessed."""
+
+    root: str | None = Field(
+        default=None,
+        description="Image folder (local path or s3://...). None uses the built-in synthetic smoke set.",
+    )
+    val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    seed: int = Field(default=42, description="Seed of the stratified split; same seed, same split.")
+    max_images_per_class: int | None = Field(
+        default=None, ge=1, description="Cap per class (quick experiments); None keeps all."
+    )
+    batch_size: int = Field(default=64, ge=1, le=4096, description="Images per Ray Data batch.")
+    max_image_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1024, description="Larger files are skipped as unreadable."
+    )
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction ({self.val_fraction}) + test_fraction ({self.test_fraction}) "
+                "must be < 1 so that some images are left for training"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    """Which backbone, which weights, and the shape of the trainable head."""
+
+    backbone: str = Field(default="resnet50", description="A name from the backbone registry.")
+    weights: str = Field(
+        default="imagenet",
+        description="'imagenet', 'none' (random init) or a path to a state-dict file.",
+    )
+    hidden_size: int = Field(default=256, ge=1, le=16384)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    unfreeze_last_stage: bool = False
+
+
+class TuneConfig(_Section):
+    """The ASHA search over the AdamW hyperparameters, run on cached backbone features."""
+
+    num_samples: int = Field(default=8, ge=1, description="Number of trials.")
+    max_epochs: int = Field(default=20, ge=1)
+    grace_period: int = Field(default=2, ge=1)
+    reduction_factor: int = Field(default=3, ge=2)
+    max_concurrent_trials: int | None = Field(default=None, ge=1)
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0)
+    lr: tuple[float, float] = (1e-5, 1e-1)
+    eps: tuple[float, float] = (1e-9, 1e-8)
+    weight_decay: tuple[float, float] = (1e-3, 1e-1)
+    batch_size: list[int] = Field(default_factory=lambda: [64, 128])
+    hidden_size: list[int] = Field(default_factory=lambda: [128, 256, 512])
+    dropout: tuple[float, float] = (0.0, 0.5)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ranges_are_ordered(self) -> TuneConfig:
+        for name in ("lr", "eps", "weight_decay", "dropout"):
+            low, high = getattr(self, name)
+            if not low <= high:
+                raise ValueError(f"{name}: lower bound {low} is above upper bound {high}")
+            if name != "dropout" and low <= 0:
+                raise ValueError(f"{name}: bounds must be > 0 (it is sampled log-uniformly)")
+        if self.grace_period > self.max_epochs:
+            raise ValueError(
+                f"grace_period ({self.grace_period}) must be <= max_epochs ({self.max_epochs})"
+            )
+        return self
+
+
+class TrainConfig(_Section):
+    """Retraining with the chosen hyperparameters (AdamW, as in the original design)."""
+
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=1e-2, ge=0)
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    epochs: int = Field(default=20, ge=1)
+    num_workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    seed: int = 0
+
+
+class ServeConfig(_Section):
+    """HTTP serving; filled in by the serving issue, here so one file configures everything."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_request_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    top_k: int = Field(default=5, ge=1, le=29)
+
+
+class RunConfig(_Section):
+    """Where outputs go."""
+
+    output_dir: str = Field(default="asl_runs", description="Runs, caches and models live here.")
+    name: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]+$")
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs for a local Ray; None: all.")
+
+
+class Config(_Section):
+    """Everything a run needs; one source of truth for every stage."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            reason = "unknown key"
+        else:
+            reason = item["msg"]
+            if "input" in item and item["type"] != "value_error":
+                reason += f" (got {item['input']!r})"
+        lines.append(f"  {key}: {reason}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``section.key=value``; the value is parsed as YAML so types come out right."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw_value = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if len(path) < 2:
+        raise ConfigError(f"override {text!r}: key must be section.key, e.g. train.lr=0.01")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return path, value
+
+
+def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(tree).__name__}")
+    return tree
+
+
+def build_config(tree: dict[str, Any], overrides: list[str] = (), source: str = "config") -> Config:
+    """Validate a raw mapping plus ``key=value`` overrides into a Config."""
+    tree = {key: dict(value) if isinstance(value, dict) else value for key, value in tree.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        _apply_override(tree, path, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a YAML config file (or the defaults) and apply CLI overrides."""
+    tree = read_yaml(path) if path else {}
+    return build_config(tree, overrides, source=str(path) if path else "defaults")
+
+
+def builtin_config_path(name: str) -> Path:
+    """Path of a config shipped inside the package (e.g. ``smoke``)."""
+    path = Path(__file__).parent / "configs" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no built-in config named {name!r}")
+    return path
+

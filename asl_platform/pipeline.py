@@ -1,0 +1,173 @@
+"""The one-command local pipeline: ingest -> features -> tune -> retrain -> evaluate -> export.
+
+Each stage is a call into its own module; this file only sequences them, shows progress, and
+writes the run's outputs (config, skipped files, trial table, model directory, summary).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from asl_platform.config import Config
+from asl_platform.data import DataError, list_images, stratified_split, summarize_errors
+from asl_platform.features import FeatureTable, extract_features
+from asl_platform.model import ASLClassifier, build_backbone, save_model_dir
+from asl_platform.synthetic import make_smoke_dataset
+from asl_platform.train import evaluate_head, retrain_head
+from asl_platform.tune import format_table, run_search, write_results
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("ingest", "features", "tune", "retrain", "evaluate", "export")
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    model_dir: Path
+    metrics: dict
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class StageProgress:
+    """Logs '[n/N] stage' on entry and its duration on exit, so long runs show where they are."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str, what: str) -> Iterator[None]:
+        number = self.names.index(name) + 1
+        logger.info("[%d/%d] %s: %s", number, len(self.names), name, what)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        logger.info("[%d/%d] %s done in %.1fs", number, len(self.names), name, self.seconds[name])
+
+
+def init_ray(cfg: Config, worker_logs: bool = False) -> None:
+    """Connect to the cluster in RAY_ADDRESS (ray job submit sets it), else start a local Ray.
+
+    Worker log lines (per-checkpoint chatter) are hidden unless asked for; errors still surface as
+    exceptions with their tracebacks.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Ray Train polls its workers at this interval; the 2 s default dominates short epochs.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=worker_logs)
+    else:
+        ray.init(num_cpus=cfg.run.num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=worker_logs)
+
+
+def _write_skipped(table: FeatureTable, path: Path) -> int:
+    bad = [(p, e) for p, e in zip(table.paths, table.errors) if e]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "error"])
+        writer.writerows(bad)
+    return len(bad)
+
+
+def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
+    """Run every stage on ``cfg``; with no data root, on the built-in synthetic smoke set."""
+    run_dir = cfg.run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    if cfg.model.unfreeze_last_stage:
+        logger.warning("model.unfreeze_last_stage is ignored here: the pipeline trains the head on frozen features")
+    if cfg.data.val_fraction <= 0:
+        raise DataError("the pipeline tunes on the validation split: set data.val_fraction > 0")
+    progress = StageProgress(STAGES)
+    init_ray(cfg, worker_logs)
+
+    with progress.stage("ingest", "listing images and splitting train/val/test"):
+        root = cfg.data.root
+        if root is None:
+            root = str(make_smoke_dataset(Path(cfg.run.output_dir).resolve() / "smoke-data"))
+            logger.warning("no data.root given: using the synthetic SMOKE set in %s (not real ASL images)", root)
+        index = stratified_split(
+            list_images(root, cfg.data.max_images_per_class, cfg.data.seed),
+            cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed,
+        )
+        split_counts = {s: index.splits.count(s) for s in ("train", "val", "test")}
+        logger.info("%d classes; split %s", len(index.classes), split_counts)
+
+    with progress.stage("features", f"{cfg.model.backbone} features through a Ray Data actor pool"):
+        table = extract_features(
+            index, cfg.model.backbone, cfg.model.weights, Path(cfg.run.output_dir).resolve() / "cache" / "features",
+            batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu,
+        )
+        skipped = _write_skipped(table, run_dir / "skipped_files.csv")
+        (logger.warning if skipped else logger.info)(summarize_errors(table.paths, table.errors))
+    splits = np.asarray(index.splits)
+    train, val, test = (table.take(splits == name) for name in ("train", "val", "test"))
+    if len(val[1]) == 0 or len(train[1]) == 0:
+        raise DataError(f"not enough readable images to train and validate (split sizes {split_counts})")
+
+    with progress.stage("tune", f"ASHA search, {cfg.tune.num_samples} trials on cached features"):
+        best_hp, rows = run_search(train, val, len(index.classes), cfg.tune, str(run_dir / "ray"), "tune")
+        best_config_path = write_results(rows, best_hp, cfg, run_dir / "tune")
+        logger.info("trials (best first):\n%s", format_table(rows))
+        logger.info("best hyperparameters: %s -> %s", best_hp, best_config_path)
+
+    with progress.stage("retrain", f"Ray Train TorchTrainer, {cfg.train.epochs} epochs, best config"):
+        head, retrain_metrics = retrain_head(
+            train, val, len(index.classes), best_hp, cfg.train.epochs, str(run_dir / "ray"), "retrain",
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, seed=cfg.train.seed,
+        )
+
+    with progress.stage("evaluate", "held-out test split"):
+        test_loss, test_accuracy = evaluate_head(head, *test)
+        metrics = {
+            "test_accuracy": test_accuracy, "test_loss": test_loss, "test_images": int(len(test[1])),
+            "val_accuracy": retrain_metrics["val_accuracy"], "val_loss": retrain_metrics["val_loss"],
+            "best_epoch": retrain_metrics["epoch"], "skipped_files": skipped,
+        }
+
+    with progress.stage("export", "writing the model directory"):
+        classifier = ASLClassifier(cfg.model.backbone, build_backbone(cfg.model.backbone, cfg.model.weights), head)
+        model_dir = save_model_dir(classifier, run_dir / "model", index.classes, {
+            "weights": cfg.model.weights,
+            "metrics": metrics,
+            "data": {"root": str(root), "layout": index.layout, "split": split_counts, "smoke_set": cfg.data.root is None},
+            "hyperparameters": best_hp.__dict__,
+            "config": cfg.model_dump(mode="json"),
+        })
+
+    result = PipelineResult(run_dir, model_dir, metrics, progress.seconds)
+    (run_dir / "summary.json").write_text(json.dumps(
+        {"model_dir": str(model_dir), "metrics": metrics, "stage_seconds": progress.seconds}, indent=2
+    ))
+    return result
+
+
+def format_summary(result: PipelineResult, smoke: bool) -> str:
+    m = result.metrics
+    lines = [
+        "",
+        "=" * 60,
+        "asl-platform pipeline finished" + ("  (SYNTHETIC SMOKE SET - not real ASL accuracy)" if smoke else ""),
+        f"  test accuracy : {m['test_accuracy']:.2%} on {m['test_images']} images (loss {m['test_loss']:.4f})",
+        f"  val accuracy  : {m['val_accuracy']:.2%} (best epoch {m['best_epoch']})",
+        f"  skipped files : {m['skipped_files']}",
+        f"  model         : {result.model_dir}",
+        f"  run outputs   : {result.run_dir}",
+        "  stage times   : " + ", ".join(f"{k} {v:.0f}s" for k, v in result.stage_seconds.items()),
+        "=" * 60,
+    ]
+    return "\n".join(lines)

@@ -20,7 +20,8 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     # extra="forbid": a typo in a key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # coerce_numbers_to_str: `--set run.name=2024` is parsed as YAML (an int) but meant as text.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class DataConfig(_Section):
@@ -45,7 +46,7 @@ class DataConfig(_Section):
     def _fractions_leave_training_data(self) -> DataConfig:
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError(
-                f"val_fraction ({self.val_fraction}) + test_fraction ({self.test_fraction}) "
+                f"test_fraction: val_fraction ({self.val_fraction}) + test_fraction ({self.test_fraction}) "
                 "must be < 1 so that some images are left for training"
             )
         return self
@@ -92,7 +93,7 @@ class TuneConfig(_Section):
                 raise ValueError(f"{name}: bounds must be > 0 (it is sampled log-uniformly)")
         if self.grace_period > self.max_epochs:
             raise ValueError(
-                f"grace_period ({self.grace_period}) must be <= max_epochs ({self.max_epochs})"
+                f"grace_period: {self.grace_period} must be <= max_epochs ({self.max_epochs})"
             )
         return self
 
@@ -151,6 +152,11 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
         if item["type"] == "extra_forbidden":
             reason = "unknown key"
+        elif item["type"] == "value_error":  # our cross-field checks say "field: reason"
+            reason = item["msg"].removeprefix("Value error, ")
+            field_name, _, rest = reason.partition(": ")
+            if rest and field_name.isidentifier():
+                key, reason = f"{key}.{field_name}" if key != "<root>" else field_name, rest
         else:
             reason = item["msg"]
             if "input" in item and item["type"] != "value_error":
@@ -213,7 +219,8 @@ def build_config(tree: dict[str, Any], overrides: list[str] = (), source: str = 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Load a YAML config file (or the defaults) and apply CLI overrides."""
     tree = read_yaml(path) if path else {}
-    return build_config(tree, overrides, source=str(path) if path else "defaults")
+    source = (str(path) if path else "defaults") + (" + overrides" if overrides else "")
+    return build_config(tree, overrides, source=source)
 
 
 def builtin_config_path(name: str) -> Path:

@@ -21,7 +21,7 @@ from typing import Iterable
 
 import numpy as np
 import pyarrow.fs as pafs
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +126,24 @@ def _find_class_root(fs: pafs.FileSystem, path: str) -> tuple[str, str]:
         if images and not dirs:
             return path, "flat folder (class from file name)"
         train_dirs = [d for d in dirs if d.base_name.lower().endswith("_train")]
-        if len(dirs) == 1 and not images:
+        if len(dirs) == 1 and not images and _is_wrapper(fs, path, dirs[0]):
             path, layout = dirs[0].path, "nested folder"
         elif train_dirs and len(dirs) <= 3:
             path, layout = train_dirs[0].path, f"Kaggle download ({train_dirs[0].base_name})"
         else:
             return path, layout
     return path, layout
+
+
+def _is_wrapper(fs: pafs.FileSystem, parent: str, child: pafs.FileInfo) -> bool:
+    """A lone subfolder is a wrapper (descend) rather than a lone class folder when it holds folders,
+    or is Kaggle's doubled ``x/x`` or ``*_train``/``*_test`` folder."""
+    name = child.base_name.lower()
+    return (
+        any(c.type == pafs.FileType.Directory for c in _children(fs, child.path))
+        or name == Path(parent).name.lower()
+        or name.endswith(("_train", "_test"))
+    )
 
 
 _FLAT_LABEL = re.compile(r"^(?P<label>[A-Za-z]+)")
@@ -236,8 +247,11 @@ def _read_bytes(path: str, max_bytes: int) -> bytes:
     return data
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode bytes to an RGB image; raise ValueError with a short reason for anything unusable."""
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, draft_size: int | None = None) -> Image.Image:
+    """Decode bytes to an upright RGB image; raise ValueError with a short reason for anything unusable.
+
+    ``draft_size`` lets JPEG decode at a reduced scale when the image is much larger than needed.
+    """
     if not data:
         raise ValueError("empty file")
     with warnings.catch_warnings():
@@ -247,7 +261,10 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image
             width, height = image.size
             if width * height > max_pixels:
                 raise ValueError(f"image too large ({width}x{height} pixels)")
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
             image.load()
+            image = ImageOps.exif_transpose(image)  # phone photos: apply the orientation tag
         except UnidentifiedImageError:
             raise ValueError("not an image (unrecognised format)") from None
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -259,10 +276,9 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any mode (CMYK, 16-bit, palette, alpha) to 8-bit RGB; alpha is composited on white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: full range 0..65535 -> 0..255
         array = np.asarray(image, dtype=np.float32)
-        peak = float(array.max()) or 1.0
-        image = Image.fromarray((array * (255.0 / peak)).clip(0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray((array / 257.0).round().clip(0, 255).astype(np.uint8), mode="L")
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -276,8 +292,6 @@ def preprocess_images(images: Iterable[Image.Image], prep: Preprocessing) -> np.
     arrays = []
     for image in images:
         if image.size != size:
-            if hasattr(image, "draft"):
-                image.draft("RGB", size)  # JPEG: decode at reduced scale when much larger
             image = image.resize(size, Image.BILINEAR)
         arrays.append(np.asarray(image, dtype=np.uint8))
     if not arrays:
@@ -294,7 +308,7 @@ def decode_batch(batch: dict[str, np.ndarray], prep: Preprocessing, max_bytes: i
     images, errors = [], []
     for path in paths:
         try:
-            images.append(decode_image(_read_bytes(str(path), max_bytes)))
+            images.append(decode_image(_read_bytes(str(path), max_bytes), draft_size=prep.image_size))
             errors.append("")
         except (ValueError, OSError) as exc:
             images.append(Image.new("RGB", (prep.image_size, prep.image_size)))

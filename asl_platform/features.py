@@ -141,7 +141,8 @@ def extract_features(
 
     if concurrency is None:
         resources = ray.cluster_resources()
-        concurrency = max(1, int(resources.get("GPU" if use_gpu else "CPU", 1)) // (1 if use_gpu else 2))
+        # One actor per CPU (or GPU): decoding is fused into the actor, so this keeps every core busy.
+        concurrency = max(1, int(resources.get("GPU" if use_gpu else "CPU", 1)))
     logger.info(
         "extracting %s features for %d images (%d actor(s)); cache miss, will write %s",
         backbone, len(index), concurrency, directory,

@@ -1,0 +1,161 @@
+"""Backbone registry, weight loading (real files, no fakes), classifier freezing, model directories."""
+
+from __future__ import annotations
+
+import pickle
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from asl_platform.data import list_images, preprocess_images, decode_image, stratified_split
+from asl_platform.model import (
+    BACKBONES,
+    Predictor,
+    WeightsUnavailableError,
+    build_backbone,
+    build_classifier,
+    efficientnet_lite0_weights_file,
+    get_backbone_spec,
+    load_model_dir,
+    save_model_dir,
+)
+from asl_platform.train import HeadHyperparams, evaluate_head, fit_head
+from asl_platform.model import build_head
+
+
+def test_registry_has_the_three_backbones_and_rejects_unknown():
+    assert {"resnet50", "efficientnet_lite0", "tiny"} <= set(BACKBONES)
+    with pytest.raises(ValueError, match="unknown backbone 'vgg'.*resnet50"):
+        get_backbone_spec("vgg")
+
+
+@pytest.mark.parametrize("name", ["tiny", "efficientnet_lite0", "resnet50"])
+def test_backbone_output_matches_declared_feature_dim(name):
+    spec = get_backbone_spec(name)
+    model = build_backbone(name, "none")
+    size = spec.preprocessing.image_size
+    with torch.inference_mode():
+        out = model(torch.zeros(2, 3, size, size))
+    assert out.shape == (2, spec.feature_dim)
+
+
+def test_efficientnet_lite0_imagenet_weights_really_load():
+    """Every tensor of the shipped ImageNet file lands in our model, unchanged (except the 1000-way fc)."""
+    file_state = torch.load(efficientnet_lite0_weights_file(), map_location="cpu", weights_only=True)
+    model_state = build_backbone("efficientnet_lite0", "imagenet").state_dict()
+    expected = {f"net.{k}": v for k, v in file_state.items() if not k.startswith("_fc.")}
+    assert set(model_state) == set(expected)
+    for key, tensor in expected.items():
+        assert torch.equal(model_state[key], tensor), key
+    random_state = build_backbone("efficientnet_lite0", "none").state_dict()
+    assert not torch.equal(random_state["net._conv_stem.weight"], expected["net._conv_stem.weight"])
+
+
+def test_resnet50_imagenet_offline_is_a_clear_error_not_random_weights(tmp_path, monkeypatch):
+    """No cache and no network: the error names the alternatives; nothing falls back silently."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_backbone("resnet50", "imagenet")
+    message = str(info.value)
+    assert "efficientnet_lite0" in message and "model.weights" in message and str(tmp_path) in message
+
+
+def test_backbone_weights_from_a_state_dict_file(tmp_path):
+    source = build_backbone("tiny", "none")
+    path = tmp_path / "tiny.pth"
+    torch.save(source.state_dict(), path)
+    loaded = build_backbone("tiny", str(path))
+    for key, tensor in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor)
+
+
+def test_pickled_object_weights_are_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"x": Payload()}, handle)
+    with pytest.raises(WeightsUnavailableError, match="weights_only"):
+        build_backbone("tiny", str(path))
+
+
+def test_mismatched_state_dict_is_refused(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"unrelated.weight": torch.zeros(1)}, path)
+    with pytest.raises(WeightsUnavailableError, match="does not match backbone 'tiny'"):
+        build_backbone("tiny", str(path))
+
+
+def test_tiny_has_no_imagenet_weights():
+    with pytest.raises(WeightsUnavailableError, match="no ImageNet weights"):
+        build_backbone("tiny", "imagenet")
+
+
+def test_classifier_freezes_backbone_and_keeps_it_in_eval_mode():
+    model = build_classifier("tiny", "none", num_classes=5, hidden_size=8, dropout=0.1)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    model.train()
+    assert model.head.training and not model.backbone.training
+    partly = build_classifier("tiny", "none", 5, 8, 0.1, unfreeze_last_stage=True)
+    trainable = {n for n, p in partly.backbone.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("2.") for n in trainable)
+
+
+def test_model_dir_round_trip_gives_identical_predictions(tmp_path):
+    torch.manual_seed(0)
+    model = build_classifier("tiny", "none", num_classes=3, hidden_size=16, dropout=0.0).eval()
+    classes = ["A", "B", "nothing"]
+    save_model_dir(model, tmp_path / "m", classes, {"metrics": {"test_accuracy": 0.5}})
+    loaded, meta = load_model_dir(tmp_path / "m")
+    assert meta["classes"] == classes and meta["backbone"] == "tiny" and meta["metrics"]["test_accuracy"] == 0.5
+    batch = torch.randn(4, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(model(batch), loaded(batch))
+    predictor = Predictor(tmp_path / "m")
+    images = [Image.new("RGB", (50, 80), (i * 60, 20, 200)) for i in range(3)]
+    probabilities = predictor.predict_images(images)
+    assert probabilities.shape == (3, 3)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
+
+
+def test_load_model_dir_rejects_a_folder_without_model_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        load_model_dir(tmp_path)
+
+
+@pytest.mark.real_data
+def test_pretrained_features_separate_real_asl_classes_far_better_than_random(asl_alphabet):
+    """Linear-probe style check on real images: ImageNet features must beat random ones by far."""
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    index = stratified_split(list_images(str(asl_alphabet), max_per_class=14, seed=0), 0.0, 4 / 14, seed=0)
+    prep = get_backbone_spec("efficientnet_lite0").preprocessing
+    images = preprocess_images([decode_image(open(p, "rb").read()) for p in index.paths], prep)
+    labels = np.asarray(index.labels)
+    train_mask = np.asarray(index.splits) == "train"
+
+    def probe_accuracy(weights: str) -> float:
+        backbone = build_backbone("efficientnet_lite0", weights)
+        with torch.inference_mode():
+            features = torch.cat([backbone(torch.from_numpy(images[i:i + 64])) for i in range(0, len(images), 64)]).numpy()
+        head = build_head(features.shape[1], len(index.classes), 256, 0.0)
+        hp = HeadHyperparams(lr=3e-3, batch_size=32)
+        for _ in fit_head(head, (features[train_mask], labels[train_mask]), (features[~train_mask], labels[~train_mask]), hp, 40):
+            pass
+        return evaluate_head(head, features[~train_mask], labels[~train_mask])[1]
+
+    pretrained, random_init = probe_accuracy("imagenet"), probe_accuracy("none")
+    print(f"linear probe on asl-alphabet: pretrained {pretrained:.3f}, random {random_init:.3f}")
+    assert pretrained >= 0.6, pretrained
+    assert pretrained >= random_init + 0.3, (pretrained, random_init)

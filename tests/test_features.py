@@ -1,0 +1,66 @@
+"""Feature extraction through a real Ray Data actor pool, and the Parquet feature cache."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from asl_platform.data import Preprocessing, list_images
+from asl_platform.features import cache_key, extract_features
+from asl_platform.model import build_backbone, get_backbone_spec
+from asl_platform.data import decode_image, preprocess_images
+
+import torch
+
+
+def _make_folder(root, per_class=4):
+    rng = np.random.default_rng(0)
+    for name in ("A", "B", "C"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    (root / "C" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    return root
+
+
+def test_features_match_the_backbone_and_are_cached(ray_local, tmp_path, tmp_path_factory):
+    root = _make_folder(tmp_path / "data")
+    index = list_images(str(root))
+    weights = tmp_path / "tiny.pth"
+    torch.manual_seed(0)
+    torch.save(build_backbone("tiny", "none").state_dict(), weights)  # fixed weights: reproducible features
+    cache = tmp_path / "cache"
+
+    first = extract_features(index, "tiny", str(weights), cache, batch_size=4)
+    assert not first.from_cache
+    assert list(first.paths) == index.paths  # aligned with the index order
+    assert first.features.shape == (len(index), 64)
+    bad = [p for p, e in zip(first.paths, first.errors) if e]
+    assert bad == [str(root / "C" / "broken.jpg")]
+
+    # Same features as running the backbone directly on the same files.
+    good = [i for i, e in enumerate(first.errors) if not e]
+    backbone = build_backbone("tiny", str(weights))
+    prep = get_backbone_spec("tiny").preprocessing
+    batch = preprocess_images([decode_image(open(index.paths[i], "rb").read()) for i in good], prep)
+    with torch.inference_mode():
+        direct = backbone(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(first.features[good], direct, rtol=1e-4, atol=1e-5)
+
+    second = extract_features(index, "tiny", str(weights), cache, batch_size=4)
+    assert second.from_cache
+    np.testing.assert_array_equal(second.features, first.features)
+    assert list(second.errors) == list(first.errors)
+
+
+def test_cache_key_changes_with_what_changes_a_feature(tmp_path):
+    root = _make_folder(tmp_path / "data")
+    index = list_images(str(root))
+    prep = Preprocessing(64)
+    base = cache_key(index, "tiny", "none", prep)
+    assert cache_key(index, "tiny", "none", prep) == base
+    assert cache_key(index, "tiny", "none", Preprocessing(96)) != base
+    assert cache_key(index, "resnet50", "none", prep) != base
+    assert cache_key(index, "tiny", "imagenet", prep) != base
+    (root / "A" / "0.png").write_bytes((root / "A" / "1.png").read_bytes() + b"\0")  # edited file
+    assert cache_key(index, "tiny", "none", prep) != base

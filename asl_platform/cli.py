@@ -28,12 +28,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if path is None and args.data is None and args.command == "pipeline":
         path = builtin_config_path("smoke")
         logger.info("no --config/--data: using the built-in smoke config %s", path)
-    overrides = list(args.overrides)
-    for flag, key in (("data", "data.root"), ("backbone", "model.backbone"), ("output", "run.output_dir")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.insert(0, f"{key}={value}")
-    return load_config(path, overrides)
+    flags = {"data.root": args.data, "model.backbone": args.backbone, "run.output_dir": args.output}
+    return load_config(path, args.overrides, values={k: v for k, v in flags.items() if v is not None})
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
@@ -87,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except (ConfigError, DataError, WeightsUnavailableError, ValueError) as exc:
+    except (ConfigError, DataError, WeightsUnavailableError) as exc:  # the user's to fix: no traceback
         logger.error("%s", exc)
         return 2
 

@@ -7,11 +7,12 @@ reported with the key's dotted path and the reason, instead of failing deep insi
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,15 @@ class ModelConfig(_Section):
     """Which backbone, which weights, and the shape of the trainable head."""
 
     backbone: str = Field(default="resnet50", description="A name from the backbone registry.")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        from asl_platform.model import BACKBONES  # lazy: keeps `import config` free of torch
+
+        if name not in BACKBONES:
+            raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+        return name
     weights: str = Field(
         default="imagenet",
         description="'imagenet', 'none' (random init) or a path to a state-dict file.",
@@ -78,8 +88,8 @@ class TuneConfig(_Section):
     lr: tuple[float, float] = (1e-5, 1e-1)
     eps: tuple[float, float] = (1e-9, 1e-8)
     weight_decay: tuple[float, float] = (1e-3, 1e-1)
-    batch_size: list[int] = Field(default_factory=lambda: [64, 128])
-    hidden_size: list[int] = Field(default_factory=lambda: [128, 256, 512])
+    batch_size: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [64, 128], min_length=1)
+    hidden_size: list[Annotated[int, Field(ge=1, le=16384)]] = Field(default_factory=lambda: [128, 256, 512], min_length=1)
     dropout: tuple[float, float] = (0.0, 0.5)
     seed: int = 0
 
@@ -180,7 +190,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+def set_key(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``tree[a][b]...`` for the dotted key ``path``, creating sections as needed."""
     node = tree
     for part in path[:-1]:
         child = node.setdefault(part, {})
@@ -206,20 +217,25 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def build_config(tree: dict[str, Any], overrides: list[str] = (), source: str = "config") -> Config:
     """Validate a raw mapping plus ``key=value`` overrides into a Config."""
-    tree = {key: dict(value) if isinstance(value, dict) else value for key, value in tree.items()}
+    tree = copy.deepcopy(tree)
     for text in overrides:
         path, value = parse_override(text)
-        _apply_override(tree, path, value)
+        set_key(tree, path, value)
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Load a YAML config file (or the defaults) and apply CLI overrides."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] = (), values: dict[str, Any] | None = None
+) -> Config:
+    """Load a YAML config file (or the defaults), set ``values`` ({"data.root": "..."}: taken as
+    they are, not parsed), then apply ``key=value`` overrides (parsed as YAML)."""
     tree = read_yaml(path) if path else {}
-    source = (str(path) if path else "defaults") + (" + overrides" if overrides else "")
+    for key, value in (values or {}).items():
+        set_key(tree, key.split("."), value)
+    source = (str(path) if path else "defaults") + (" + overrides" if overrides or values else "")
     return build_config(tree, overrides, source=source)
 
 

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -61,6 +62,7 @@ class ImageIndex:
     classes: list[str]
     paths: list[str]
     labels: list[int]
+    stamps: list[str] = field(default_factory=list)  # "size:mtime_ns" from the listing (cache keys)
     splits: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -81,25 +83,47 @@ class ImageIndex:
 # --------------------------------------------------------------------------- listing
 
 
+OBJECT_STORE_SCHEMES = ("s3", "gs", "gcs")  # pyarrow paths there are "bucket/key"
+
+
 @functools.lru_cache(maxsize=16)
-def _bucket_filesystem(bucket_uri: str) -> pafs.FileSystem:
-    """One pyarrow filesystem per ``s3://bucket`` per process (creating one is slow)."""
-    return pafs.FileSystem.from_uri(bucket_uri)[0]
+def _remote_filesystem(scheme_and_host: str) -> pafs.FileSystem:
+    """One pyarrow filesystem per ``scheme://host`` per process (creating one can be slow)."""
+    return pafs.FileSystem.from_uri(scheme_and_host + "/")[0]
 
 
 def _split_uri(path: str) -> tuple[pafs.FileSystem, str]:
-    """``s3://bucket/key`` -> (filesystem, ``bucket/key``); a local path -> (local fs, path)."""
-    if "://" in path:
-        scheme, rest = path.split("://", 1)
-        return _bucket_filesystem(f"{scheme}://{rest.split('/', 1)[0]}"), rest
-    return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+    """``s3://bucket/key`` -> (S3 filesystem, ``bucket/key``); a local path -> (local fs, absolute path).
+
+    Credentials and region come from the environment (e.g. AWS_REGION, AWS_ENDPOINT_URL), as for
+    the AWS CLI; options in a ``?query`` are refused rather than silently dropped.
+    """
+    if "://" not in path:
+        return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
+    parsed = urlparse(path)
+    if parsed.query:
+        raise DataError(
+            f"{path}: options in the URI (?{parsed.query}) are not supported; "
+            "set them in the environment instead (AWS_REGION, AWS_ENDPOINT_URL, ...)"
+        )
+    if parsed.scheme == "file":
+        return pafs.LocalFileSystem(), parsed.path
+    fs = _remote_filesystem(f"{parsed.scheme}://{parsed.netloc}")
+    if parsed.scheme in OBJECT_STORE_SCHEMES:
+        return fs, f"{parsed.netloc}{parsed.path}".rstrip("/")
+    return fs, parsed.path.rstrip("/") or "/"
 
 
 def _to_uri(root: str, fs_path: str) -> str:
-    """Turn a filesystem path back into what the user would type (keep the s3:// scheme)."""
-    if "://" in root:
-        return f"{root.split('://', 1)[0]}://{fs_path}"
-    return fs_path
+    """Turn a filesystem path back into what the user would type (keep the scheme and host)."""
+    if "://" not in root:
+        return fs_path
+    parsed = urlparse(root)
+    if parsed.scheme == "file":
+        return fs_path
+    if parsed.scheme in OBJECT_STORE_SCHEMES:
+        return f"{parsed.scheme}://{fs_path}"
+    return f"{parsed.scheme}://{parsed.netloc}{fs_path}"
 
 
 def _children(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
@@ -107,6 +131,11 @@ def _children(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     return sorted(
         (info for info in infos if not info.base_name.startswith(".")), key=lambda i: i.base_name
     )
+
+
+def _is_hidden(path: str, below: str) -> bool:
+    """A file in or under a hidden folder (``.ipynb_checkpoints/``, ``.git/``) or itself hidden."""
+    return any(part.startswith(".") for part in path[len(below):].split("/") if part)
 
 
 def _is_image_name(name: str) -> bool:
@@ -163,6 +192,8 @@ def list_images(root: str, max_per_class: int | None = None, seed: int = 42) -> 
     reported by the decoder rather than silently dropped.
     """
     root = str(root)
+    if root.startswith("file://"):
+        root = urlparse(root).path
     fs, base = _split_uri(root.rstrip("/"))
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
@@ -171,21 +202,21 @@ def list_images(root: str, max_per_class: int | None = None, seed: int = 42) -> 
         raise DataError(f"data root is not a folder: {root}")
 
     class_root, layout = _find_class_root(fs, base)
-    by_class: dict[str, list[str]] = {}
+    by_class: dict[str, list[pafs.FileInfo]] = {}
     if layout.startswith("flat"):
         for child in _children(fs, class_root):
             if child.type == pafs.FileType.File and _is_image_name(child.base_name):
                 label = _flat_label(child.base_name)
                 if label is not None:
-                    by_class.setdefault(label, []).append(child.path)
+                    by_class.setdefault(label, []).append(child)
     else:
         for child in _children(fs, class_root):
             if child.type != pafs.FileType.Directory:
                 continue
             files = fs.get_file_info(pafs.FileSelector(child.path, recursive=True))
             by_class[child.base_name] = sorted(
-                f.path for f in files
-                if f.type == pafs.FileType.File and not f.base_name.startswith(".")
+                (f for f in files if f.type == pafs.FileType.File and not _is_hidden(f.path, child.path)),
+                key=lambda f: f.path,
             )
         empty = [name for name, files in by_class.items() if not files]
         if empty:
@@ -200,15 +231,16 @@ def list_images(root: str, max_per_class: int | None = None, seed: int = 42) -> 
         )
 
     classes = sorted(by_class)
-    paths, labels = [], []
+    paths, labels, stamps = [], [], []
     for label, name in enumerate(classes):
         files = by_class[name]
         if max_per_class is not None and len(files) > max_per_class:
-            files = sorted(random.Random(f"{seed}:cap:{name}").sample(files, max_per_class))
-        paths.extend(_to_uri(root, f) for f in files)
+            files = sorted(random.Random(f"{seed}:cap:{name}").sample(files, max_per_class), key=lambda f: f.path)
+        paths.extend(_to_uri(root, f.path) for f in files)
         labels.extend([label] * len(files))
+        stamps.extend(f"{f.size}:{f.mtime_ns}" for f in files)
     logger.info("found %d files in %d classes under %s (%s)", len(paths), len(classes), root, layout)
-    return ImageIndex(root=root, layout=layout, classes=classes, paths=paths, labels=labels)
+    return ImageIndex(root=root, layout=layout, classes=classes, paths=paths, labels=labels, stamps=stamps)
 
 
 def stratified_split(index: ImageIndex, val_fraction: float, test_fraction: float, seed: int) -> ImageIndex:
@@ -314,9 +346,9 @@ def decode_batch(batch: dict[str, np.ndarray], prep: Preprocessing, max_bytes: i
         try:
             images.append(decode_image(_read_bytes(str(path), max_bytes), draft_size=prep.image_size))
             errors.append("")
-        except (ValueError, OSError) as exc:
+        except Exception as exc:  # any failure on one file (PIL plugins raise many types) skips that file only
             images.append(Image.new("RGB", (prep.image_size, prep.image_size)))
-            errors.append(str(exc) or type(exc).__name__)
+            errors.append(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")
     out = dict(batch)
     out["image"] = preprocess_images(images, prep)
     out["error"] = np.asarray(errors, dtype=object)

@@ -63,30 +63,19 @@ class FeatureExtractor:
         return batch
 
 
-def cache_key(index: ImageIndex, backbone: str, weights: str, prep: Preprocessing) -> str:
-    """Hash of what determines a feature: the files (path, size, mtime), backbone, weights, preprocessing."""
+def cache_key(index: ImageIndex, backbone: str, weights: str, prep: Preprocessing, max_bytes: int = 0) -> str:
+    """Hash of what determines a feature: the files (path, size, mtime from the listing), backbone,
+    weights, preprocessing, and the size limit (which decides what is skipped)."""
     digest = hashlib.sha256()
-    header = {"v": CACHE_FORMAT_VERSION, "backbone": backbone, "weights": weights, "prep": prep.to_dict()}
+    header = {"v": CACHE_FORMAT_VERSION, "backbone": backbone, "weights": weights, "prep": prep.to_dict(), "max_bytes": max_bytes}
     if weights not in ("imagenet", "none"):
-        header["weights_stat"] = _stat(weights)
+        stat = os.stat(weights)
+        header["weights_stat"] = f"{stat.st_size}:{stat.st_mtime_ns}"
     digest.update(json.dumps(header, sort_keys=True).encode())
-    for path, label in zip(index.paths, index.labels):
-        digest.update(f"{path}\t{label}\t{_stat(path)}\n".encode())
+    stamps = index.stamps or [""] * len(index.paths)
+    for path, label, stamp in zip(index.paths, index.labels, stamps):
+        digest.update(f"{path}\t{label}\t{stamp}\n".encode())
     return digest.hexdigest()[:20]
-
-
-def _stat(path: str) -> str:
-    if "://" in path:
-        from asl_platform.data import _split_uri
-
-        fs, fs_path = _split_uri(path)
-        info = fs.get_file_info(fs_path)
-        return f"{info.size}:{info.mtime_ns}"
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return "missing"
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _write_table(table: FeatureTable, directory: Path, meta: dict) -> None:
@@ -128,17 +117,22 @@ def extract_features(
     batch_size: int = 64,
     concurrency: int | None = None,
     use_gpu: bool = False,
+    max_bytes: int = 20 << 20,
 ) -> FeatureTable:
     """Features for every file of ``index`` (in index order), from the cache when the key matches."""
     prep = get_backbone_spec(backbone).preprocessing
-    key = cache_key(index, backbone, weights, prep)
+    key = cache_key(index, backbone, weights, prep, max_bytes)
     directory = Path(cache_root) / f"{backbone}-{key}"
     if (directory / "meta.json").is_file():
         logger.info("feature cache hit: %s", directory)
         return _align(_read_table(directory), index)
 
     import ray
+    import ray.data
 
+    # Build once here first: missing weights fail now with a clear message (not inside an actor),
+    # and a download (resnet50) happens once, into the cache the actors then read.
+    build_backbone(backbone, weights)
     if concurrency is None:
         resources = ray.cluster_resources()
         # One actor per CPU (or GPU): decoding is fused into the actor, so this keeps every core busy.
@@ -148,12 +142,12 @@ def extract_features(
         backbone, len(index), concurrency, directory,
     )
     started = time.perf_counter()
-    dataset = image_dataset(index, prep, batch_size=batch_size).map_batches(
+    dataset = image_dataset(index, prep, batch_size=batch_size, max_bytes=max_bytes).map_batches(
         FeatureExtractor,
         fn_constructor_kwargs={"backbone": backbone, "weights": weights, "device": "cuda" if use_gpu else "cpu"},
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_gpus=1 if use_gpu else 0,
     )
     parts = {"path": [], "label": [], "error": [], "features": []}

@@ -220,10 +220,10 @@ class ASLClassifier(nn.Module):
                 parameter.requires_grad = True
 
     def train(self, mode: bool = True) -> ASLClassifier:
-        """A frozen backbone stays in eval mode so its BatchNorm statistics are not updated."""
+        """The backbone stays in eval mode, so its pretrained BatchNorm statistics are kept even
+        when its last stage is unfrozen (small datasets would otherwise wreck them)."""
         super().train(mode)
-        if mode and not self.unfreeze_last_stage:
-            self.backbone.eval()
+        self.backbone.eval()
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -93,7 +94,8 @@ def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
     if cfg.data.val_fraction <= 0:
         raise DataError("the pipeline tunes on the validation split: set data.val_fraction > 0")
     progress = StageProgress(STAGES)
-    init_ray(cfg, worker_logs)
+    # Ray storage names are unique per invocation: a re-run must never pick up an old run's checkpoints.
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
 
     with progress.stage("ingest", "listing images and splitting train/val/test"):
         root = cfg.data.root
@@ -106,28 +108,32 @@ def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
         )
         split_counts = {s: index.splits.count(s) for s in ("train", "val", "test")}
         logger.info("%d classes; split %s", len(index.classes), split_counts)
+    init_ray(cfg, worker_logs)  # after listing, so a wrong --data fails at once
 
     with progress.stage("features", f"{cfg.model.backbone} features through a Ray Data actor pool"):
         table = extract_features(
             index, cfg.model.backbone, cfg.model.weights, Path(cfg.run.output_dir).resolve() / "cache" / "features",
-            batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu,
+            batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu, max_bytes=cfg.data.max_image_bytes,
         )
         skipped = _write_skipped(table, run_dir / "skipped_files.csv")
         (logger.warning if skipped else logger.info)(summarize_errors(table.paths, table.errors))
     splits = np.asarray(index.splits)
     train, val, test = (table.take(splits == name) for name in ("train", "val", "test"))
-    if len(val[1]) == 0 or len(train[1]) == 0:
-        raise DataError(f"not enough readable images to train and validate (split sizes {split_counts})")
+    if len(val[1]) == 0:
+        raise DataError(f"no readable validation images (split sizes {split_counts}); add images or raise data.val_fraction")
+    untrained = [name for i, name in enumerate(index.classes) if not np.any(train[1] == i)]
+    if untrained:
+        raise DataError(f"no readable training images for class(es) {', '.join(untrained)}; see {run_dir / 'skipped_files.csv'}")
 
     with progress.stage("tune", f"ASHA search, {cfg.tune.num_samples} trials on cached features"):
-        best_hp, rows = run_search(train, val, len(index.classes), cfg.tune, str(run_dir / "ray"), "tune")
+        best_hp, rows = run_search(train, val, len(index.classes), cfg.tune, str(run_dir / "ray"), f"tune-{stamp}")
         best_config_path = write_results(rows, best_hp, cfg, run_dir / "tune")
         logger.info("trials (best first):\n%s", format_table(rows))
         logger.info("best hyperparameters: %s -> %s", best_hp, best_config_path)
 
     with progress.stage("retrain", f"Ray Train TorchTrainer, {cfg.train.epochs} epochs, best config"):
         head, retrain_metrics = retrain_head(
-            train, val, len(index.classes), best_hp, cfg.train.epochs, str(run_dir / "ray"), "retrain",
+            train, val, len(index.classes), best_hp, cfg.train.epochs, str(run_dir / "ray"), f"retrain-{stamp}",
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, seed=cfg.train.seed,
         )
 
@@ -145,7 +151,7 @@ def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
             "weights": cfg.model.weights,
             "metrics": metrics,
             "data": {"root": str(root), "layout": index.layout, "split": split_counts, "smoke_set": cfg.data.root is None},
-            "hyperparameters": best_hp.__dict__,
+            "hyperparameters": asdict(best_hp),
             "config": cfg.model_dump(mode="json"),
         })
 

@@ -39,6 +39,13 @@ class HeadHyperparams:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
+def make_optimizer(model: nn.Module, hp: HeadHyperparams) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, as in the original design."""
+    return torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=hp.lr, eps=hp.eps, weight_decay=hp.weight_decay
+    )
+
+
 def evaluate_head(head: nn.Module, features: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``head`` on feature vectors."""
     if len(labels) == 0:
@@ -63,14 +70,13 @@ def fit_head(
     hp: HeadHyperparams,
     epochs: int,
     seed: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> Iterator[dict]:
     """Train ``head`` with AdamW; yield metrics after every epoch (callers report/checkpoint)."""
     generator = torch.Generator().manual_seed(seed)
     device = next(head.parameters()).device
     x_train, y_train = torch.from_numpy(train[0]).to(device), torch.from_numpy(train[1]).to(device)
-    optimizer = torch.optim.AdamW(
-        [p for p in head.parameters() if p.requires_grad], lr=hp.lr, eps=hp.eps, weight_decay=hp.weight_decay
-    )
+    optimizer = optimizer or make_optimizer(head, hp)
     for epoch in range(1, epochs + 1):
         head.train()
         order = torch.randperm(len(y_train), generator=generator)
@@ -92,6 +98,7 @@ def fit_head(
 
 def _retrain_loop(config: dict) -> None:
     """Runs on every Ray Train worker: each takes its rank's slice of the training features."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -99,28 +106,37 @@ def _retrain_loop(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config["seed"])
     hp = HeadHyperparams.from_mapping(config["hp"])
-    x_train, y_train = config["train"]
+    x_train, y_train = ray.get(config["train"])
+    val = ray.get(config["val"])
     usable = len(y_train) // world * world  # equal shards: DDP needs the same number of steps
     x_train, y_train = x_train[rank:usable:world], y_train[rank:usable:world]
     head = build_head(x_train.shape[1], config["num_classes"], hp.hidden_size, hp.dropout)
+    optimizer = make_optimizer(head, hp)
     start_epoch = 1
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # resumed after a failure: continue from the last finished epoch
+    if checkpoint:  # resumed after a failure: continue from the last finished epoch, same optimizer state
         with checkpoint.as_directory() as directory:
             saved = torch.load(Path(directory) / "head.pt", weights_only=True)
             head.load_state_dict(saved["head"])
+            optimizer.load_state_dict(saved["optimizer"])
             start_epoch = saved["epoch"] + 1
     model = ray.train.torch.prepare_model(head)
     remaining = config["epochs"] - start_epoch + 1
-    for metrics in fit_head(model, (x_train, y_train), config["val"], hp, remaining, seed=config["seed"] + start_epoch):
+    epochs = fit_head(model, (x_train, y_train), val, hp, remaining, seed=config["seed"] + start_epoch, optimizer=optimizer)
+    for metrics in epochs:
         metrics["epoch"] = epoch = metrics["epoch"] + start_epoch - 1
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                state = {"head": _unwrap(model).state_dict(), "epoch": epoch}
+                state = {"head": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
                 torch.save(state, Path(tmp) / "head.pt")
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def storage_uri(path: str) -> str:
+    """Ray storage wants an absolute local path or a URI (s3://... for shared storage on a cluster)."""
+    return path if "://" in path else str(Path(path).resolve())
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -140,18 +156,20 @@ def retrain_head(
     seed: int = 0,
 ) -> tuple[nn.Sequential, dict]:
     """Retrain the head with Ray Train; return the head of the best epoch (lowest val loss)."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
         _retrain_loop,
-        train_loop_config={
-            "train": train, "val": val, "num_classes": num_classes, "hp": asdict(hp), "epochs": epochs, "seed": seed,
+        train_loop_config={  # the arrays travel once, through the object store
+            "train": ray.put(train), "val": ray.put(val), "num_classes": num_classes, "hp": asdict(hp),
+            "epochs": epochs, "seed": seed,
         },
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=RunConfig(
             name=name,
-            storage_path=str(Path(storage_path).resolve()) if "://" not in storage_path else storage_path,
+            storage_path=storage_uri(storage_path),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
             ),
@@ -159,7 +177,8 @@ def retrain_head(
         ),
     )
     result = trainer.fit()
-    best_checkpoint, best_metrics = min(result.best_checkpoints, key=lambda item: item[1]["val_loss"])
+    best_checkpoint = result.get_best_checkpoint(metric="val_loss", mode="min")
+    best_metrics = next(m for c, m in result.best_checkpoints if c.path == best_checkpoint.path)
     head = build_head(train[0].shape[1], num_classes, hp.hidden_size, hp.dropout)
     with best_checkpoint.as_directory() as directory:
         head.load_state_dict(torch.load(Path(directory) / "head.pt", weights_only=True)["head"])

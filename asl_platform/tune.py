@@ -16,7 +16,7 @@ import torch
 
 from asl_platform.config import Config, TuneConfig
 from asl_platform.model import build_head
-from asl_platform.train import HeadHyperparams, fit_head
+from asl_platform.train import HeadHyperparams, fit_head, storage_uri
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def _trial(config: dict, data: dict) -> None:
     torch.set_num_threads(max(1, int(data["cpus_per_trial"])))
     torch.manual_seed(data["seed"])
     hp = HeadHyperparams.from_mapping(config)
-    head = build_head(data["train"][0].shape[1], data["num_classes"], hp.hidden_size, hp.dropout)
+    device = "cuda" if data["gpus_per_trial"] > 0 and torch.cuda.is_available() else "cpu"
+    head = build_head(data["train"][0].shape[1], data["num_classes"], hp.hidden_size, hp.dropout).to(device)
     for metrics in fit_head(head, data["train"], data["val"], hp, data["max_epochs"], seed=data["seed"]):
         tune.report(metrics)
 
@@ -64,7 +65,7 @@ def run_search(
 
     data = {
         "train": train, "val": val, "num_classes": num_classes, "max_epochs": cfg.max_epochs,
-        "seed": cfg.seed, "cpus_per_trial": cfg.cpus_per_trial,
+        "seed": cfg.seed, "cpus_per_trial": cfg.cpus_per_trial, "gpus_per_trial": cfg.gpus_per_trial,
     }
     trainable = tune.with_resources(
         tune.with_parameters(_trial, data=data), {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
@@ -85,7 +86,7 @@ def run_search(
                 reduction_factor=cfg.reduction_factor,
             ),
         ),
-        run_config=tune.RunConfig(name=name, storage_path=str(Path(storage_path).resolve()), verbose=1),
+        run_config=tune.RunConfig(name=name, storage_path=storage_uri(storage_path), verbose=1),
     )
     results = tuner.fit()
     rows = trial_rows(results, cfg.max_epochs)
@@ -129,8 +130,8 @@ def write_results(rows: list[dict], best: HeadHyperparams, base: Config, directo
     best_config.train.weight_decay, best_config.train.batch_size = best.weight_decay, best.batch_size
     best_config.model.hidden_size, best_config.model.dropout = best.hidden_size, best.dropout
     path = directory / "best_config.yaml"
-    path.write_text("# Best trial of the ASHA search; use with: asl-platform train --config this-file\n"
-                    + best_config.to_yaml())
+    path.write_text("# The run's config with the best trial of the ASHA search in train.lr/eps/weight_decay/\n"
+                    "# batch_size and model.hidden_size/dropout; usable as --config.\n" + best_config.to_yaml())
     return path
 
 

@@ -365,3 +365,19 @@ def test_unknown_builtin_config():
     with pytest.raises(ConfigError) as info:
         builtin_config_path("does-not-exist")
     assert "does-not-exist" in str(info.value)
+
+
+def test_unknown_backbone_is_a_config_error():
+    message = _error(["model.backbone=vgg16"])
+    assert "model.backbone" in message and "unknown backbone 'vgg16'" in message and "efficientnet_lite0" in message
+
+
+@pytest.mark.parametrize("override", ["tune.batch_size=[]", "tune.hidden_size=[0, 64]", "tune.batch_size=[64, -1]"])
+def test_tune_choice_lists_are_validated(override):
+    assert "tune." in _error([override])
+
+
+def test_flag_values_are_taken_as_text_not_yaml():
+    """--data "/data/asl #2" must not lose the part after '#', nor 'null' become None."""
+    cfg = load_config(None, values={"data.root": "/data/asl #2", "run.output_dir": "null"})
+    assert cfg.data.root == "/data/asl #2" and cfg.run.output_dir == "null"

@@ -115,10 +115,27 @@ def test_list_images_ignores_hidden_files_and_folders(tmp_path):
     (root / ".DS_Store").write_bytes(b"junk")
     (root / ".cache").mkdir()
     (root / ".cache" / "x.png").write_bytes(b"junk")
+    (root / "A" / ".ipynb_checkpoints").mkdir()
+    _save(root / "A" / ".ipynb_checkpoints" / "copy.png")  # a duplicate that could leak into test
     index = list_images(root)
     assert index.classes == ["A", "B"]
     assert len(index) == 4
-    assert not any(os.path.basename(p).startswith(".") for p in index.paths)
+    assert not any(os.path.basename(p).startswith(".") or ".ipynb" in p for p in index.paths)
+
+
+def test_list_images_accepts_file_uris_and_refuses_uri_options(tmp_path):
+    root = _make_class_tree(tmp_path / "data", {"A": 2, "B": 2})
+    assert list_images(f"file://{root}").paths == list_images(root).paths
+    with pytest.raises(DataError, match="options in the URI"):
+        list_images("s3://bucket/asl?region=eu-west-1")
+
+
+def test_listing_records_size_and_mtime_for_cache_keys(tmp_path):
+    root = _make_class_tree(tmp_path / "data", {"A": 2, "B": 2})
+    index = list_images(root)
+    assert len(index.stamps) == len(index.paths)
+    size, mtime = index.stamps[0].split(":")
+    assert int(size) == os.path.getsize(index.paths[0]) and int(mtime) == os.stat(index.paths[0]).st_mtime_ns
 
 
 def test_list_images_keeps_non_image_files_in_class_folders(tmp_path):

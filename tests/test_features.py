@@ -62,5 +62,6 @@ def test_cache_key_changes_with_what_changes_a_feature(tmp_path):
     assert cache_key(index, "tiny", "none", Preprocessing(96)) != base
     assert cache_key(index, "resnet50", "none", prep) != base
     assert cache_key(index, "tiny", "imagenet", prep) != base
+    assert cache_key(index, "tiny", "none", prep, max_bytes=1000) != base
     (root / "A" / "0.png").write_bytes((root / "A" / "1.png").read_bytes() + b"\0")  # edited file
-    assert cache_key(index, "tiny", "none", prep) != base
+    assert cache_key(list_images(str(root)), "tiny", "none", prep) != base

@@ -61,7 +61,9 @@ def test_resnet50_imagenet_offline_is_a_clear_error_not_random_weights(tmp_path,
     def offline(*args, **kwargs):
         raise urllib.error.URLError("network is unreachable")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    import torchvision.models._api
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(WeightsUnavailableError) as info:
         build_backbone("resnet50", "imagenet")
     message = str(info.value)
@@ -110,6 +112,8 @@ def test_classifier_freezes_backbone_and_keeps_it_in_eval_mode():
     partly = build_classifier("tiny", "none", 5, 8, 0.1, unfreeze_last_stage=True)
     trainable = {n for n, p in partly.backbone.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("2.") for n in trainable)
+    partly.train()  # pretrained BatchNorm statistics are kept even with the last stage unfrozen
+    assert partly.head.training and not any(m.training for m in partly.backbone.modules())
 
 
 def test_model_dir_round_trip_gives_identical_predictions(tmp_path):

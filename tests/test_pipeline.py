@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,9 @@ from asl_platform.model import Predictor
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "asl_platform.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
+    """Run the installed `asl-platform` console script, as the README tells users to."""
+    script = shutil.which("asl-platform") or str(Path(sys.executable).parent / "asl-platform")
+    return subprocess.run([script, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.e2e
@@ -55,6 +56,8 @@ def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path):
     again = run_cli("pipeline", "--set", "tune.num_samples=2", "--set", "train.epochs=2", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-5000:]
     assert "feature cache hit" in again.stderr
+    rerun = json.loads((run_dir / "summary.json").read_text())["metrics"]
+    assert rerun["best_epoch"] <= 2  # a fresh retrain, not the first run's checkpoints
 
 
 def test_cli_reports_bad_config_clearly(tmp_path):

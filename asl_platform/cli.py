@@ -25,7 +25,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_config(args: argparse.Namespace) -> Config:
     """File (or, with neither --config nor --data, the built-in smoke config) + flags + --set."""
     path = args.config
-    if path is None and args.data is None and args.command == "pipeline":
+    if path is None and args.data is None and args.command in ("pipeline", "tune"):
         path = builtin_config_path("smoke")
         logger.info("no --config/--data: using the built-in smoke config %s", path)
     flags = {"data.root": args.data, "model.backbone": args.backbone, "run.output_dir": args.output}
@@ -38,6 +38,17 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     result = run_pipeline(cfg, worker_logs=args.verbose)
     print(format_summary(result, smoke=cfg.data.root is None))
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from asl_platform.pipeline import run_tune
+
+    best_config_path, rows = run_tune(resolve_config(args), resume=args.resume, worker_logs=args.verbose)
+    done = [row for row in rows if "best_val_loss" in row]
+    print(f"\n{len(done)}/{len(rows)} trials finished; best val accuracy "
+          f"{done[0]['best_val_accuracy']:.2%} (val loss {done[0]['best_val_loss']:.4f})" if done else "no trial finished")
+    print(f"best config: {best_config_path}")
     return 0
 
 
@@ -55,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arguments(pipeline)
     pipeline.set_defaults(handler=_cmd_pipeline)
+    tune = commands.add_parser("tune", help="ASHA hyperparameter search on cached features (ingest -> features -> tune)")
+    _add_config_arguments(tune)
+    tune.add_argument("--resume", action="store_true", help="continue an interrupted search; finished trials are kept")
+    tune.set_defaults(handler=_cmd_tune)
     config = commands.add_parser("config", help="print the resolved config as YAML")
     _add_config_arguments(config)
     config.set_defaults(handler=_cmd_config)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -76,7 +76,15 @@ class ModelConfig(_Section):
 
 
 class TuneConfig(_Section):
-    """The ASHA search over the AdamW hyperparameters, run on cached backbone features."""
+    """The ASHA search over the AdamW hyperparameters.
+
+    mode "features" (default) trains heads on cached backbone features: fast, exact for a frozen
+    backbone. mode "images" trains on the images every epoch, for augmentation or an unfrozen last
+    stage (model.unfreeze_last_stage): far slower, for users who want it.
+    """
+
+    mode: Literal["features", "images"] = "features"
+    augment: bool = Field(default=True, description="Augment training images (mode images only).")
 
     num_samples: int = Field(default=8, ge=1, description="Number of trials.")
     max_epochs: int = Field(default=20, ge=1)

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow.fs as pafs
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageEnhance, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -319,6 +319,31 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+def augment_image(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Training augmentation that keeps a letter a letter: a random resized crop (most of the hand
+    stays in view), colour jitter and a small rotation. No flips: a mirrored hand can read as another
+    letter or as the other hand's sign."""
+    width, height = image.size
+    scale, ratio = rng.uniform(0.75, 1.0), rng.uniform(0.85, 1.18)
+    crop_w = min(width, int(round(width * (scale * ratio) ** 0.5)))
+    crop_h = min(height, int(round(height * (scale / ratio) ** 0.5)))
+    left, top = rng.randint(0, width - crop_w), rng.randint(0, height - crop_h)
+    image = image.crop((left, top, left + crop_w, top + crop_h))
+    image = image.rotate(rng.uniform(-10, 10), resample=Image.BILINEAR, fillcolor=_mean_colour(image))
+    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        image = enhancer(image).enhance(rng.uniform(0.7, 1.3))
+    return image
+
+
+def _mean_colour(image: Image.Image) -> tuple[int, int, int]:
+    return tuple(int(c) for c in np.asarray(image.resize((1, 1), Image.BOX)).reshape(-1)[:3])
+
+
+def load_image(path: str, max_bytes: int = 20 << 20, draft_size: int | None = None) -> Image.Image:
+    """Read and decode one file (local or URI); raises ValueError/OSError for unusable files."""
+    return decode_image(_read_bytes(path, max_bytes), draft_size=draft_size)
+
+
 def preprocess_images(images: Iterable[Image.Image], prep: Preprocessing) -> np.ndarray:
     """RGB images -> normalised float32 NCHW batch, as the backbone expects.
 
@@ -344,7 +369,7 @@ def decode_batch(batch: dict[str, np.ndarray], prep: Preprocessing, max_bytes: i
     images, errors = [], []
     for path in paths:
         try:
-            images.append(decode_image(_read_bytes(str(path), max_bytes), draft_size=prep.image_size))
+            images.append(load_image(str(path), max_bytes, draft_size=prep.image_size))
             errors.append("")
         except Exception as exc:  # any failure on one file (PIL plugins raise many types) skips that file only
             images.append(Image.new("RGB", (prep.image_size, prep.image_size)))

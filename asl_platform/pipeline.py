@@ -20,12 +20,12 @@ from typing import Iterator
 import numpy as np
 
 from asl_platform.config import Config
-from asl_platform.data import DataError, list_images, stratified_split, summarize_errors
+from asl_platform.data import DataError, ImageIndex, list_images, stratified_split, summarize_errors
 from asl_platform.features import FeatureTable, extract_features
 from asl_platform.model import ASLClassifier, build_backbone, save_model_dir
 from asl_platform.synthetic import make_smoke_dataset
 from asl_platform.train import evaluate_head, retrain_head
-from asl_platform.tune import format_table, run_search, write_results
+from asl_platform.tune import format_table, plot_curves, run_search, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -84,19 +84,35 @@ def _write_skipped(table: FeatureTable, path: Path) -> int:
     return len(bad)
 
 
-def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
-    """Run every stage on ``cfg``; with no data root, on the built-in synthetic smoke set."""
+@dataclass
+class PreparedData:
+    """The listed, split and (in features mode) featurised dataset that the later stages share."""
+
+    root: str
+    index: ImageIndex
+    split_counts: dict[str, int]
+    table: FeatureTable | None = None
+    skipped: int = 0
+
+    def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.table.take(np.asarray(self.index.splits) == split)
+
+    def files(self, split: str) -> tuple[list[str], list[int]]:
+        chosen = [i for i, s in enumerate(self.index.splits) if s == split]
+        return [self.index.paths[i] for i in chosen], [self.index.labels[i] for i in chosen]
+
+
+def _start_run(cfg: Config) -> Path:
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    if cfg.model.unfreeze_last_stage:
-        logger.warning("model.unfreeze_last_stage is ignored here: the pipeline trains the head on frozen features")
     if cfg.data.val_fraction <= 0:
-        raise DataError("the pipeline tunes on the validation split: set data.val_fraction > 0")
-    progress = StageProgress(STAGES)
-    # Ray storage names are unique per invocation: a re-run must never pick up an old run's checkpoints.
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        raise DataError("tuning and retraining select on the validation split: set data.val_fraction > 0")
+    return run_dir
 
+
+def prepare_data(cfg: Config, progress: StageProgress, run_dir: Path, worker_logs: bool, with_features: bool = True) -> PreparedData:
+    """Stages ingest (+ features): list, split, start Ray, extract or reuse backbone features."""
     with progress.stage("ingest", "listing images and splitting train/val/test"):
         root = cfg.data.root
         if root is None:
@@ -109,31 +125,72 @@ def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
         split_counts = {s: index.splits.count(s) for s in ("train", "val", "test")}
         logger.info("%d classes; split %s", len(index.classes), split_counts)
     init_ray(cfg, worker_logs)  # after listing, so a wrong --data fails at once
+    prepared = PreparedData(root, index, split_counts)
+    if not with_features:
+        return prepared
 
     with progress.stage("features", f"{cfg.model.backbone} features through a Ray Data actor pool"):
-        table = extract_features(
+        prepared.table = extract_features(
             index, cfg.model.backbone, cfg.model.weights, Path(cfg.run.output_dir).resolve() / "cache" / "features",
             batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu, max_bytes=cfg.data.max_image_bytes,
         )
-        skipped = _write_skipped(table, run_dir / "skipped_files.csv")
-        (logger.warning if skipped else logger.info)(summarize_errors(table.paths, table.errors))
-    splits = np.asarray(index.splits)
-    train, val, test = (table.take(splits == name) for name in ("train", "val", "test"))
+        prepared.skipped = _write_skipped(prepared.table, run_dir / "skipped_files.csv")
+        (logger.warning if prepared.skipped else logger.info)(summarize_errors(prepared.table.paths, prepared.table.errors))
+    train, val = prepared.features("train"), prepared.features("val")
     if len(val[1]) == 0:
         raise DataError(f"no readable validation images (split sizes {split_counts}); add images or raise data.val_fraction")
     untrained = [name for i, name in enumerate(index.classes) if not np.any(train[1] == i)]
     if untrained:
         raise DataError(f"no readable training images for class(es) {', '.join(untrained)}; see {run_dir / 'skipped_files.csv'}")
+    return prepared
 
-    with progress.stage("tune", f"ASHA search, {cfg.tune.num_samples} trials on cached features"):
-        best_hp, rows = run_search(train, val, len(index.classes), cfg.tune, str(run_dir / "ray"), f"tune-{stamp}")
+
+def search(cfg: Config, prepared: PreparedData, progress: StageProgress, run_dir: Path, resume: bool = False):
+    """Stage tune: the ASHA search; writes trials.csv/json, best_config.yaml and curves.png."""
+    with progress.stage("tune", f"ASHA search, {cfg.tune.num_samples} trials ({cfg.tune.mode} mode)"):
+        if cfg.tune.mode == "images":
+            data = {
+                "train_files": prepared.files("train"), "val_files": prepared.files("val"),
+                "backbone": cfg.model.backbone, "weights": cfg.model.weights,
+                "unfreeze_last_stage": cfg.model.unfreeze_last_stage,
+            }
+        else:
+            data = {"train": prepared.features("train"), "val": prepared.features("val")}
+        data["num_classes"] = len(prepared.index.classes)
+        best_hp, rows, results = run_search(data, cfg.tune, str(run_dir / "ray"), "tune", resume=resume)
         best_config_path = write_results(rows, best_hp, cfg, run_dir / "tune")
+        plot_curves(results, run_dir / "tune" / "curves.png")
         logger.info("trials (best first):\n%s", format_table(rows))
         logger.info("best hyperparameters: %s -> %s", best_hp, best_config_path)
+    return best_hp, rows, best_config_path
+
+
+def run_tune(cfg: Config, resume: bool = False, worker_logs: bool = False) -> tuple[Path, list[dict]]:
+    """`asl-platform tune`: ingest, features (when used), and the search; returns best_config.yaml."""
+    run_dir = _start_run(cfg)
+    stages = ("ingest", "features", "tune") if cfg.tune.mode == "features" else ("ingest", "tune")
+    progress = StageProgress(stages)
+    prepared = prepare_data(cfg, progress, run_dir, worker_logs, with_features=cfg.tune.mode == "features")
+    _, rows, best_config_path = search(cfg, prepared, progress, run_dir, resume)
+    return best_config_path, rows
+
+
+def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
+    """Run every stage on ``cfg``; with no data root, on the built-in synthetic smoke set."""
+    run_dir = _start_run(cfg)
+    if cfg.model.unfreeze_last_stage and cfg.tune.mode == "features":
+        logger.warning("model.unfreeze_last_stage is ignored here: the pipeline trains the head on frozen features")
+    progress = StageProgress(STAGES)
+    prepared = prepare_data(cfg, progress, run_dir, worker_logs)
+    best_hp, _, _ = search(cfg, prepared, progress, run_dir)
+    train, val, test = (prepared.features(s) for s in ("train", "val", "test"))
+    classes = prepared.index.classes
 
     with progress.stage("retrain", f"Ray Train TorchTrainer, {cfg.train.epochs} epochs, best config"):
+        # A unique name per invocation: a re-run must never pick up an old run's checkpoints.
         head, retrain_metrics = retrain_head(
-            train, val, len(index.classes), best_hp, cfg.train.epochs, str(run_dir / "ray"), f"retrain-{stamp}",
+            train, val, len(classes), best_hp, cfg.train.epochs, str(run_dir / "ray"),
+            f"retrain-{datetime.now():%Y%m%d-%H%M%S-%f}",
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, seed=cfg.train.seed,
         )
 
@@ -142,15 +199,16 @@ def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
         metrics = {
             "test_accuracy": test_accuracy, "test_loss": test_loss, "test_images": int(len(test[1])),
             "val_accuracy": retrain_metrics["val_accuracy"], "val_loss": retrain_metrics["val_loss"],
-            "best_epoch": retrain_metrics["epoch"], "skipped_files": skipped,
+            "best_epoch": retrain_metrics["epoch"], "skipped_files": prepared.skipped,
         }
 
     with progress.stage("export", "writing the model directory"):
         classifier = ASLClassifier(cfg.model.backbone, build_backbone(cfg.model.backbone, cfg.model.weights), head)
-        model_dir = save_model_dir(classifier, run_dir / "model", index.classes, {
+        model_dir = save_model_dir(classifier, run_dir / "model", classes, {
             "weights": cfg.model.weights,
             "metrics": metrics,
-            "data": {"root": str(root), "layout": index.layout, "split": split_counts, "smoke_set": cfg.data.root is None},
+            "data": {"root": prepared.root, "layout": prepared.index.layout, "split": prepared.split_counts,
+                     "smoke_set": cfg.data.root is None},
             "hyperparameters": asdict(best_hp),
             "config": cfg.model_dump(mode="json"),
         })

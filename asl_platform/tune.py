@@ -9,14 +9,18 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import random
+from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
-import numpy as np
 import torch
+from torch import nn
 
 from asl_platform.config import Config, TuneConfig
-from asl_platform.model import build_head
-from asl_platform.train import HeadHyperparams, fit_head, storage_uri
+from asl_platform.data import DataError, augment_image, load_image, preprocess_images
+from asl_platform.model import build_classifier, build_head, get_backbone_spec
+from asl_platform.train import HeadHyperparams, fit_head, make_optimizer, storage_uri
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +41,8 @@ def search_space(cfg: TuneConfig) -> dict:
     }
 
 
-def _trial(config: dict, data: dict) -> None:
-    """One Tune trial: train a fresh head and report validation loss/accuracy every epoch."""
+def _feature_trial(config: dict, data: dict) -> None:
+    """One Tune trial: train a fresh head on cached features, report val loss/accuracy every epoch."""
     from ray import tune
 
     torch.set_num_threads(max(1, int(data["cpus_per_trial"])))
@@ -50,48 +54,169 @@ def _trial(config: dict, data: dict) -> None:
         tune.report(metrics)
 
 
+def _image_trial(config: dict, data: dict) -> None:
+    """One Tune trial on images: the backbone runs on every image every epoch (augmentation and an
+    unfrozen last stage become possible). Files that cannot be read are skipped."""
+    from ray import tune
+
+    torch.set_num_threads(max(1, int(data["cpus_per_trial"])))
+    torch.manual_seed(data["seed"])
+    hp = HeadHyperparams.from_mapping(config)
+    device = torch.device("cuda" if data["gpus_per_trial"] > 0 and torch.cuda.is_available() else "cpu")
+    model = build_classifier(
+        data["backbone"], data["weights"], data["num_classes"], hp.hidden_size, hp.dropout, data["unfreeze_last_stage"]
+    ).to(device)
+    optimizer = make_optimizer(model, hp)
+    for metrics in fit_on_images(model, optimizer, data["train_files"], data["val_files"], hp.batch_size,
+                                 data["max_epochs"], data["augment"], data["seed"], device):
+        tune.report(metrics)
+
+
+def fit_on_images(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_files: tuple[list[str], list[int]],
+    val_files: tuple[list[str], list[int]],
+    batch_size: int,
+    epochs: int,
+    augment: bool,
+    seed: int,
+    device: torch.device = torch.device("cpu"),
+) -> Iterator[dict]:
+    """Train the whole classifier on image files, yielding metrics per epoch (full-image trials)."""
+    prep = get_backbone_spec(model.backbone_name).preprocessing
+    rng = random.Random(seed)
+
+    def batches(files: tuple[list[str], list[int]], order: list[int], train: bool):
+        for start in range(0, len(order), batch_size):
+            images, labels = [], []
+            for i in order[start:start + batch_size]:
+                try:
+                    image = load_image(files[0][i], draft_size=prep.image_size)
+                except Exception:  # reported by the ingest stage; a trial just skips it
+                    continue
+                images.append(augment_image(image, rng) if train and augment else image)
+                labels.append(files[1][i])
+            if images:
+                yield torch.from_numpy(preprocess_images(images, prep)).to(device), torch.tensor(labels, device=device)
+
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = list(range(len(train_files[0])))
+        rng.shuffle(order)
+        running, seen = 0.0, 0
+        for x, y in batches(train_files, order, train=True):
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running, seen = running + loss.item() * len(y), seen + len(y)
+        model.eval()
+        total, correct, count = 0.0, 0, 0
+        with torch.inference_mode():
+            for x, y in batches(val_files, list(range(len(val_files[0]))), train=False):
+                logits = model(x)
+                total += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+                count += len(y)
+        yield {"epoch": epoch, "train_loss": running / max(seen, 1), "val_loss": total / max(count, 1),
+               "val_accuracy": correct / max(count, 1)}
+
+
+def _trainable(cfg: TuneConfig, data: dict):
+    from ray import tune
+
+    trial = _image_trial if cfg.mode == "images" else _feature_trial
+    return tune.with_resources(
+        tune.with_parameters(trial, data=data), {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
+    )
+
+
 def run_search(
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-    num_classes: int,
+    data: dict,
     cfg: TuneConfig,
     storage_path: str,
-    name: str,
+    name: str = "tune",
+    resume: bool = False,
 ) -> tuple[HeadHyperparams, list[dict]]:
-    """Run the ASHA search; return the best hyperparameters and one summary row per trial."""
+    """Run (or resume) the ASHA search; return the best hyperparameters and one row per trial.
+
+    ``data`` holds what trials need: ``train``/``val`` feature arrays (mode features) or
+    ``train_files``/``val_files`` (mode images), plus ``num_classes``. A fresh search never
+    overwrites an earlier one: its folder is renamed aside first.
+    """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
     data = {
-        "train": train, "val": val, "num_classes": num_classes, "max_epochs": cfg.max_epochs,
-        "seed": cfg.seed, "cpus_per_trial": cfg.cpus_per_trial, "gpus_per_trial": cfg.gpus_per_trial,
+        **data, "max_epochs": cfg.max_epochs, "seed": cfg.seed, "cpus_per_trial": cfg.cpus_per_trial,
+        "gpus_per_trial": cfg.gpus_per_trial, "augment": cfg.augment,
     }
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial, data=data), {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
-    )
-    tuner = tune.Tuner(
-        trainable,
-        param_space=search_space(cfg),
-        tune_config=tune.TuneConfig(
-            metric="val_loss",
-            mode="min",
-            num_samples=cfg.num_samples,
-            max_concurrent_trials=cfg.max_concurrent_trials,
-            search_alg=BasicVariantGenerator(random_state=cfg.seed),
-            scheduler=ASHAScheduler(
-                time_attr="training_iteration",
-                max_t=cfg.max_epochs,
-                grace_period=cfg.grace_period,
-                reduction_factor=cfg.reduction_factor,
+    experiment = f"{storage_uri(storage_path)}/{name}"
+    if resume:
+        if not tune.Tuner.can_restore(experiment):
+            raise DataError(f"no interrupted search to resume at {experiment}; run without --resume")
+        logger.info("resuming the search in %s (finished trials are kept)", experiment)
+        tuner = tune.Tuner.restore(experiment, trainable=_trainable(cfg, data), resume_unfinished=True, resume_errored=True)
+    else:
+        _move_aside(experiment)
+        tuner = tune.Tuner(
+            _trainable(cfg, data),
+            param_space=search_space(cfg),
+            tune_config=tune.TuneConfig(
+                metric="val_loss",
+                mode="min",
+                num_samples=cfg.num_samples,
+                max_concurrent_trials=cfg.max_concurrent_trials,
+                search_alg=BasicVariantGenerator(random_state=cfg.seed),
+                scheduler=ASHAScheduler(
+                    time_attr="training_iteration",
+                    max_t=cfg.max_epochs,
+                    grace_period=cfg.grace_period,
+                    reduction_factor=cfg.reduction_factor,
+                ),
             ),
-        ),
-        run_config=tune.RunConfig(name=name, storage_path=storage_uri(storage_path), verbose=1),
-    )
+            run_config=tune.RunConfig(name=name, storage_path=storage_uri(storage_path), verbose=1),
+        )
     results = tuner.fit()
     rows = trial_rows(results, cfg.max_epochs)
     best = results.get_best_result(metric="val_loss", mode="min", scope="all")
-    return HeadHyperparams.from_mapping(best.config), rows
+    return HeadHyperparams.from_mapping(best.config), rows, results
+
+
+def _move_aside(experiment: str) -> None:
+    """Keep an earlier search's results: rename its folder with a timestamp (local storage)."""
+    path = Path(experiment)
+    if "://" not in experiment and path.exists():
+        target = path.with_name(f"{path.name}-{datetime.now():%Y%m%d-%H%M%S-%f}")
+        path.rename(target)
+        logger.info("an earlier search was kept as %s", target)
+
+
+def plot_curves(results, path: Path) -> Path:
+    """Validation loss and accuracy per epoch, one line per trial (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for result in results:
+        history = result.metrics_dataframe
+        if history is None or history.empty:
+            continue
+        label = str(result.metrics.get("trial_id", "?"))
+        loss_axis.plot(history["training_iteration"], history["val_loss"], marker=".", label=label)
+        accuracy_axis.plot(history["training_iteration"], history["val_accuracy"], marker=".", label=label)
+    loss_axis.set(title="validation loss", xlabel="epoch", yscale="log")
+    accuracy_axis.set(title="validation accuracy", xlabel="epoch", ylim=(0, 1))
+    accuracy_axis.legend(fontsize=7, ncol=2, loc="lower right")
+    figure.suptitle("ASHA trials (lines that end early were stopped by the scheduler)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 def trial_rows(results, max_epochs: int) -> list[dict]:
@@ -116,7 +241,7 @@ def trial_rows(results, max_epochs: int) -> list[dict]:
 
 
 def write_results(rows: list[dict], best: HeadHyperparams, base: Config, directory: Path) -> Path:
-    """Save the trial table (CSV + JSON) and the best config as a YAML that ``train --config`` takes."""
+    """Save the trial table (CSV + JSON) and the best config as a YAML usable as ``--config``."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
     if rows:

@@ -121,3 +121,23 @@ def test_resume_without_an_earlier_search_is_a_clear_error(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "no interrupted search to resume" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_full_image_trials_run_the_backbone_with_augmentation(ray_local, tmp_path):
+    """tune.mode=images: trials train on image files (augmented), for users who want that."""
+    root = make_smoke_dataset(tmp_path / "smoke", per_class=4, classes=["A", "B", "C"])
+    index = list_images(str(root))
+    files = {"train": ([], []), "val": ([], [])}
+    for i, (path, label) in enumerate(zip(index.paths, index.labels)):
+        split = "val" if i % 4 == 0 else "train"
+        files[split][0].append(path)
+        files[split][1].append(label)
+    (root / "A" / "broken.png").write_bytes(b"not an image")  # skipped by the trial, not a crash
+    files["train"][0].append(str(root / "A" / "broken.png"))
+    files["train"][1].append(0)
+    data = {"train_files": files["train"], "val_files": files["val"], "num_classes": 3,
+            "backbone": "tiny", "weights": "none", "unfreeze_last_stage": True}
+    cfg = TuneConfig(mode="images", num_samples=2, max_epochs=2, grace_period=1, batch_size=[4], hidden_size=[8])
+    best, rows, _ = run_search(data, cfg, str(tmp_path / "ray"))
+    assert len(rows) == 2 and all("best_val_loss" in row and row["epochs"] >= 1 for row in rows), rows
+    assert 0.0 <= rows[0]["best_val_accuracy"] <= 1.0 and best.batch_size == 4

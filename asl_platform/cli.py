@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from asl_platform.config import Config, ConfigError, builtin_config_path, load_config
 
@@ -25,7 +26,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_config(args: argparse.Namespace) -> Config:
     """File (or, with neither --config nor --data, the built-in smoke config) + flags + --set."""
     path = args.config
-    if path is None and args.data is None and args.command in ("pipeline", "tune"):
+    if path is None and args.data is None and args.command in ("pipeline", "tune", "train"):
         path = builtin_config_path("smoke")
         logger.info("no --config/--data: using the built-in smoke config %s", path)
     flags = {"data.root": args.data, "model.backbone": args.backbone, "run.output_dir": args.output}
@@ -52,6 +53,32 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from asl_platform.pipeline import run_train
+
+    summary = run_train(resolve_config(args), worker_logs=args.verbose)
+    metrics = summary["metrics"]
+    print(f"\nmodel: {summary['model_dir']}")
+    for key in ("test_accuracy", "cross_domain_accuracy", "val_accuracy"):
+        if key in metrics:
+            print(f"  {key:<22}: {metrics[key]:.2%}")
+    print(f"  {'train images/s':<22}: {summary['train_images_per_second']}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from asl_platform.evaluate import evaluate_folder
+    from asl_platform.model import resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model)
+    output = Path(args.output) if args.output else model_dir / "eval"
+    report = evaluate_folder(model_dir, args.data, split=args.split, output_dir=output)
+    print(f"\n{report['images']} images: accuracy {report['accuracy']:.2%}, loss {report['loss']:.4f}, "
+          f"macro F1 {report['macro_f1']:.4f}")
+    print("report: " + ", ".join(str(path) for path in report.get("files", {}).values()))
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     print(resolve_config(args).to_yaml(), end="")
     return 0
@@ -70,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(tune)
     tune.add_argument("--resume", action="store_true", help="continue an interrupted search; finished trials are kept")
     tune.set_defaults(handler=_cmd_tune)
+    train = commands.add_parser("train", help="Ray Train on the images (e.g. --config best_config.yaml), evaluate, export")
+    _add_config_arguments(train)
+    train.set_defaults(handler=_cmd_train)
+    evaluate = commands.add_parser("evaluate", help="accuracy, per-class P/R/F1 and confusion matrix of a model on a folder")
+    evaluate.add_argument("--model", required=True, help="model directory, or a models folder (its 'latest')")
+    evaluate.add_argument("--data", required=True, help="image folder or s3:// prefix")
+    evaluate.add_argument("--split", choices=("all", "test"), default="all",
+                          help="'test': only the held-out test split of the model's training data; 'all': every image")
+    evaluate.add_argument("--output", help="report folder (default: <model>/eval)")
+    evaluate.set_defaults(handler=_cmd_evaluate)
     config = commands.add_parser("config", help="print the resolved config as YAML")
     _add_config_arguments(config)
     config.set_defaults(handler=_cmd_config)
@@ -98,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except (ConfigError, DataError, WeightsUnavailableError) as exc:  # the user's to fix: no traceback
+    except (ConfigError, DataError, WeightsUnavailableError, FileNotFoundError) as exc:  # the user's to fix
         logger.error("%s", exc)
         return 2
 

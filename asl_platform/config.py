@@ -42,6 +42,10 @@ class DataConfig(_Section):
     max_image_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1024, description="Larger files are skipped as unreadable."
     )
+    cross_domain_root: str | None = Field(
+        default=None,
+        description="Evaluated (never trained on) after training, e.g. ../shared/data/asl-webcam.",
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:
@@ -124,8 +128,13 @@ class TrainConfig(_Section):
     weight_decay: float = Field(default=1e-2, ge=0)
     batch_size: int = Field(default=64, ge=1, le=65536)
     epochs: int = Field(default=20, ge=1)
-    num_workers: int = Field(default=1, ge=1)
+    num_workers: int = Field(default=1, ge=1, description="Ray Train workers (data-parallel).")
+    cpus_per_worker: float = Field(default=1.0, gt=0, description="CPUs reserved per worker; leave some for Ray Data.")
     use_gpu: bool = False
+    augment: bool = Field(default=True, description="Random resized crop, colour jitter, small rotation.")
+    early_stopping_patience: int = Field(default=3, ge=1, description="Epochs without a better val loss.")
+    checkpoints_to_keep: int = Field(default=2, ge=1, description="Best N checkpoints by val loss.")
+    max_failures: int = Field(default=3, ge=0, description="Worker failures survived (resume from checkpoint).")
     seed: int = 0
 
 
@@ -144,6 +153,9 @@ class RunConfig(_Section):
     output_dir: str = Field(default="asl_runs", description="Runs, caches and models live here.")
     name: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]+$")
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs for a local Ray; None: all.")
+    storage_path: str | None = Field(
+        default=None, description="Ray Train/Tune storage (s3://... on a cluster); None: <run dir>/ray."
+    )
 
 
 class Config(_Section):
@@ -159,6 +171,15 @@ class Config(_Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / self.run.name
+
+    @property
+    def storage_path(self) -> str:
+        return self.run.storage_path or str((self.run_dir / "ray").resolve())
+
+    @property
+    def models_dir(self) -> Path:
+        """Versioned exports: <output_dir>/models/<run.name>/v<N>/ and a ``latest`` pointer."""
+        return Path(self.run.output_dir) / "models" / self.run.name
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -72,6 +72,13 @@ class ImageIndex:
         counts = Counter(self.labels)
         return {name: counts.get(i, 0) for i, name in enumerate(self.classes)}
 
+    def subset(self, split: str) -> ImageIndex:
+        """Only the images of one split (train/val/test), same classes."""
+        keep = [i for i, s in enumerate(self.splits) if s == split]
+        pick = lambda values: [values[i] for i in keep] if values else []  # noqa: E731
+        return ImageIndex(self.root, self.layout, self.classes, pick(self.paths), pick(self.labels),
+                          pick(self.stamps), pick(self.splits))
+
     def records(self) -> list[dict]:
         splits = self.splits or ["train"] * len(self.paths)
         return [
@@ -363,13 +370,20 @@ def preprocess_images(images: Iterable[Image.Image], prep: Preprocessing) -> np.
     return batch.mul_(scale).add_(offset).numpy()
 
 
-def decode_batch(batch: dict[str, np.ndarray], prep: Preprocessing, max_bytes: int) -> dict[str, np.ndarray]:
-    """Ray Data UDF: read + decode + preprocess; failures become rows with an ``error`` message."""
+def decode_batch(
+    batch: dict[str, np.ndarray], prep: Preprocessing, max_bytes: int, augment: bool = False
+) -> dict[str, np.ndarray]:
+    """Ray Data UDF: read + decode (+ augment) + preprocess; failures become rows with an ``error``.
+
+    Augmentation draws fresh randomness on every pass, so each epoch sees new variants.
+    """
     paths = batch["path"]
+    rng = random.Random() if augment else None
     images, errors = [], []
     for path in paths:
         try:
-            images.append(load_image(str(path), max_bytes, draft_size=prep.image_size))
+            image = load_image(str(path), max_bytes, draft_size=prep.image_size)
+            images.append(augment_image(image, rng) if rng else image)
             errors.append("")
         except Exception as exc:  # any failure on one file (PIL plugins raise many types) skips that file only
             images.append(Image.new("RGB", (prep.image_size, prep.image_size)))
@@ -380,7 +394,9 @@ def decode_batch(batch: dict[str, np.ndarray], prep: Preprocessing, max_bytes: i
     return out
 
 
-def image_dataset(index: ImageIndex, prep: Preprocessing, batch_size: int = 64, max_bytes: int = 20 << 20):
+def image_dataset(
+    index: ImageIndex, prep: Preprocessing, batch_size: int = 64, max_bytes: int = 20 << 20, augment: bool = False
+):
     """A streaming Ray Dataset of preprocessed images with columns path, label, split, image, error."""
     import ray
     import ray.data
@@ -394,7 +410,7 @@ def image_dataset(index: ImageIndex, prep: Preprocessing, batch_size: int = 64, 
     num_blocks = max(1, min(max(by_size, 2 * cpus), math.ceil(len(records) / batch_size)))
     return ray.data.from_items(records, override_num_blocks=num_blocks).map_batches(
         decode_batch,
-        fn_kwargs={"prep": prep, "max_bytes": max_bytes},
+        fn_kwargs={"prep": prep, "max_bytes": max_bytes, "augment": augment},
         batch_size=batch_size,
         batch_format="numpy",
     )

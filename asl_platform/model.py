@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,13 +265,86 @@ def save_model_dir(model: ASLClassifier, directory: str | Path, classes: list[st
     return directory
 
 
+def next_version_dir(models_dir: str | Path) -> Path:
+    """``<models_dir>/v<N+1>``: versions are never overwritten."""
+    models_dir = Path(models_dir)
+    numbers = [int(p.name[1:]) for p in models_dir.glob("v*") if p.name[1:].isdigit()]
+    return models_dir / f"v{max(numbers, default=0) + 1}"
+
+
+def mark_latest(version_dir: str | Path) -> Path:
+    """Point ``<models_dir>/latest`` at a complete version (a text file: works on any filesystem).
+
+    Written last, atomically, so ``latest`` never names a half-written model."""
+    version_dir = Path(version_dir)
+    pointer = version_dir.parent / "latest"
+    tmp = pointer.with_name(f".latest.{os.getpid()}")
+    tmp.write_text(version_dir.name + "\n")
+    tmp.replace(pointer)
+    return pointer
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory, or a models folder whose ``latest`` pointer names one."""
+    path = Path(path)
+    if (path / "model.json").is_file():
+        return path
+    pointer = path / "latest"
+    if pointer.is_file():
+        target = path / pointer.read_text().strip()
+        if (target / "model.json").is_file():
+            return target
+    raise FileNotFoundError(
+        f"{path} is not a model directory (needs model.json and model.safetensors) "
+        "nor a models folder with a 'latest' pointer"
+    )
+
+
+def write_model_card(directory: str | Path) -> Path:
+    """A short human-readable README.md next to the weights, from model.json."""
+    directory = Path(directory)
+    meta = json.loads((directory / "model.json").read_text())
+    metrics = meta.get("metrics", {})
+    lines = [
+        f"# ASL alphabet recogniser {meta.get('version', '')}".rstrip(),
+        "",
+        f"- **Backbone**: `{meta['backbone']}` ({meta.get('weights', '?')} weights), "
+        f"head: two fully connected layers (hidden {meta['head']['hidden_size']}, dropout {meta['head']['dropout']:.2f})",
+        f"- **Classes** ({len(meta['classes'])}): {', '.join(meta['classes'])}",
+        f"- **Input**: RGB, resized to {meta['preprocessing']['image_size']}px, normalised with mean "
+        f"{meta['preprocessing']['mean']} and std {meta['preprocessing']['std']}",
+        f"- **Trained on**: `{meta.get('data', {}).get('root', '?')}`" + (
+            " (synthetic smoke set: not a real ASL model)" if meta.get("data", {}).get("smoke_set") else ""),
+        f"- **Created**: {meta.get('created', '?')}",
+        "",
+        "## Metrics",
+        "",
+    ]
+    lines += [f"- {key}: {value:.4f}" if isinstance(value, float) else f"- {key}: {value}" for key, value in metrics.items()]
+    lines += [
+        "",
+        "## Intended use and limits",
+        "",
+        "Classifies a single image of one hand signing a letter of the ASL fingerspelling alphabet (plus",
+        "`del`, `nothing`, `space`). Accuracy on other people, lighting and backgrounds (cross-domain) is",
+        "lower than on the training distribution; see the cross-domain metric above when present. J and Z",
+        "are moving signs, seen here as a single frame. Not a sign-language translator.",
+        "",
+        "Load with `asl_platform.model.Predictor(<this folder>)`; weights are safetensors (no code runs on load).",
+    ]
+    path = directory / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def load_model_dir(directory: str | Path) -> tuple[ASLClassifier, dict]:
-    """Load a model directory written by save_model_dir; only plain tensors are read."""
+    """Load a model directory written by save_model_dir (or a models folder's ``latest``);
+    only plain tensors are read."""
     from safetensors.torch import load_file
 
-    directory = Path(directory)
+    directory = resolve_model_dir(directory)
     meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
-    if not meta_path.is_file() or not weights_path.is_file():
+    if not weights_path.is_file():
         raise FileNotFoundError(f"{directory} is not a model directory (needs model.json and model.safetensors)")
     meta = json.loads(meta_path.read_text())
     spec = get_backbone_spec(meta["backbone"])

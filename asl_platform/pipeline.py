@@ -235,3 +235,103 @@ def format_summary(result: PipelineResult, smoke: bool) -> str:
         "=" * 60,
     ]
     return "\n".join(lines)
+
+
+TRAIN_STAGES = ("ingest", "train", "export", "evaluate", "finalise")
+
+
+def run_train(cfg: Config, worker_logs: bool = False) -> dict:
+    """`asl-platform train`: Ray Train on the image folders, then an honest evaluation (held-out test
+    split, and a cross-domain folder when configured), a versioned export and a job summary."""
+    from asl_platform.evaluate import evaluate_folder
+    from asl_platform.model import mark_latest, next_version_dir, write_model_card
+    from asl_platform.train import train_on_images, write_tensorboard
+
+    started = time.perf_counter()
+    run_dir = _start_run(cfg)
+    progress = StageProgress(TRAIN_STAGES)
+    prepared = prepare_data(cfg, progress, run_dir, worker_logs, with_features=False)
+    index, classes = prepared.index, prepared.index.classes
+
+    with progress.stage("train", f"Ray Train TorchTrainer, {cfg.train.num_workers} worker(s), up to {cfg.train.epochs} epochs"):
+        trained = train_on_images(
+            index.subset("train"), index.subset("val"), classes, cfg.model, cfg.train, cfg.data,
+            cfg.storage_path, f"train-{datetime.now():%Y%m%d-%H%M%S-%f}",
+        )
+    unreadable = max(0, prepared.split_counts["train"] - int(trained.history[0]["train_images"])) if trained.history else 0
+    if unreadable:
+        logger.warning("%d unreadable training image(s) were skipped (listed in the test report when in test)", unreadable)
+
+    with progress.stage("export", "versioned model directory"):
+        version_dir = next_version_dir(cfg.models_dir)
+        save_model_dir(trained.model, version_dir, classes, {
+            "version": version_dir.name,
+            "weights": cfg.model.weights,
+            "metrics": {"val_loss": trained.best_metrics["val_loss"], "val_accuracy": trained.best_metrics["val_accuracy"],
+                        "best_epoch": trained.best_metrics["epoch"], "epochs_run": len(trained.history)},
+            "data": {"root": prepared.root, "layout": index.layout, "split": prepared.split_counts,
+                     "smoke_set": cfg.data.root is None},
+            "training": {"checkpoint": trained.checkpoint_path},
+            "config": cfg.model_dump(mode="json"),
+        })
+        (version_dir / "config.yaml").write_text(cfg.to_yaml())
+
+    with progress.stage("evaluate", "held-out test split" + (" and cross-domain folder" if cfg.data.cross_domain_root else "")):
+        reports = {"test": evaluate_folder(version_dir, prepared.root, split="test", output_dir=version_dir / "eval", name="test")}
+        if cfg.data.cross_domain_root:
+            reports["cross_domain"] = evaluate_folder(
+                version_dir, cfg.data.cross_domain_root, split="all", output_dir=version_dir / "eval", name="cross_domain"
+            )
+        meta_path = version_dir / "model.json"
+        meta = json.loads(meta_path.read_text())
+        for name, report in reports.items():
+            meta["metrics"].update({f"{name}_accuracy": report["accuracy"], f"{name}_loss": report["loss"],
+                                    f"{name}_macro_f1": report["macro_f1"], f"{name}_images": report["images"]})
+        meta_path.write_text(json.dumps(meta, indent=2))
+
+    with progress.stage("finalise", "model card, TensorBoard logs, job summary, latest pointer"):
+        write_model_card(version_dir)
+        write_tensorboard(trained.history, run_dir / "tensorboard")
+        summary = _job_summary(progress, trained.history, meta, version_dir, time.perf_counter() - started)
+        (run_dir / "job_summary.json").write_text(json.dumps(summary, indent=2))
+        (run_dir / "job_summary.md").write_text(_job_summary_markdown(summary))
+        (version_dir / "job_summary.json").write_text(json.dumps(summary, indent=2))
+        mark_latest(version_dir)  # last: `latest` only ever names a complete model
+    summary["stage_seconds"] = progress.seconds
+    return summary
+
+
+def _job_summary(progress: StageProgress, history: list[dict], meta: dict, version_dir: Path, total: float) -> dict:
+    """Like the original profiler report: where the time went, throughput, peak memory."""
+    import resource
+
+    train_seconds = sum(row.get("train_seconds", 0.0) for row in history)
+    train_images = sum(row.get("train_images", 0) for row in history)
+    return {
+        "finished": datetime.now().isoformat(timespec="seconds"),
+        "total_seconds": round(total, 1),
+        "stage_seconds": dict(progress.seconds),
+        "training_loop_seconds": round(train_seconds, 1),
+        "data_wait_seconds": round(sum(row.get("data_wait_seconds", 0.0) for row in history), 1),
+        "train_images_per_second": round(train_images / train_seconds, 1) if train_seconds else None,
+        "epochs_run": len(history),
+        "peak_worker_rss_mb": round(max((row.get("peak_rss_mb", 0.0) for row in history), default=0.0), 1),
+        "peak_gpu_mb": round(max((row.get("peak_gpu_mb", 0.0) for row in history), default=0.0), 1),
+        "peak_driver_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "metrics": meta["metrics"],
+        "model_dir": str(version_dir),
+    }
+
+
+def _job_summary_markdown(summary: dict) -> str:
+    lines = ["# Training job summary", "", f"Finished {summary['finished']}, total {summary['total_seconds']} s.", "",
+             "| stage | seconds |", "|---|---|"]
+    lines += [f"| {stage} | {seconds} |" for stage, seconds in summary["stage_seconds"].items()]
+    lines += ["", f"- training loop: {summary['training_loop_seconds']} s ({summary['epochs_run']} epochs), "
+              f"waiting for data {summary['data_wait_seconds']} s",
+              f"- throughput: {summary['train_images_per_second']} training images/s",
+              f"- peak memory: worker {summary['peak_worker_rss_mb']} MB RSS, driver {summary['peak_driver_rss_mb']} MB"
+              + (f", GPU {summary['peak_gpu_mb']} MB" if summary["peak_gpu_mb"] else ""),
+              f"- model: {summary['model_dir']}", "", "## Metrics", ""]
+    lines += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in summary["metrics"].items()]
+    return "\n".join(lines) + "\n"

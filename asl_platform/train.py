@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from asl_platform.model import build_head
+from asl_platform.data import DataError
+from asl_platform.model import build_backbone, build_classifier, build_head
 
 logger = logging.getLogger(__name__)
 
@@ -186,3 +188,196 @@ def retrain_head(
     logger.info("retrain done: best epoch %s, val_loss %.4f, val_accuracy %.4f",
                 best_metrics["epoch"], best_metrics["val_loss"], best_metrics["val_accuracy"])
     return head, dict(best_metrics)
+
+
+# --------------------------------------------------------------------------- Ray Train on images
+
+
+def drop_unreadable(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keep readable rows, and only what training needs (tensors; strings cannot go to torch)."""
+    keep = batch["error"] == ""
+    return {"image": batch["image"][keep], "label": batch["label"][keep].astype(np.int64)}
+
+
+def _all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
+    """Sum per-worker totals across the group (validation is sharded like training)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _image_train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker: train the classifier on its shard of the image stream,
+    validate on its shard of the val stream, checkpoint every epoch (rank 0), stop early together."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(config["seed"])
+    model = build_classifier(
+        config["backbone"], config["weights"], config["num_classes"], config["hidden_size"], config["dropout"],
+        config["unfreeze_last_stage"],
+    )
+    optimizer = make_optimizer(model, HeadHyperparams.from_mapping(config["hp"]))
+    state = {"epoch": 0, "best_val_loss": float("inf"), "stale_epochs": 0, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # a worker died: every worker restarts from the last checkpoint, nothing redone twice
+        with checkpoint.as_directory() as directory:
+            saved = torch.load(Path(directory) / "state.pt", weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+    model = ray.train.torch.prepare_model(model)
+    use_amp = device.type == "cuda"
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    batch_size = config["hp"]["batch_size"]
+
+    for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
+        model.train()
+        started, waiting, images, loss_sum = time.perf_counter(), 0.0, 0, 0.0
+        fetch_started = time.perf_counter()
+        for batch in train_shard.iter_torch_batches(batch_size=batch_size, device=device):
+            waiting += time.perf_counter() - fetch_started
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = nn.functional.cross_entropy(model(batch["image"]), batch["label"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            images += len(batch["label"])
+            loss_sum += loss.item() * len(batch["label"])
+            fetch_started = time.perf_counter()
+        train_seconds = time.perf_counter() - started
+
+        model.eval()
+        val_loss, correct, count = 0.0, 0, 0
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            for batch in val_shard.iter_torch_batches(batch_size=batch_size, device=device):
+                logits = model(batch["image"]).float()
+                val_loss += nn.functional.cross_entropy(logits, batch["label"], reduction="sum").item()
+                correct += (logits.argmax(1) == batch["label"]).sum().item()
+                count += len(batch["label"])
+        images_all, loss_all, val_loss, correct, count = _all_reduce_sums([images, loss_sum, val_loss, correct, count], device)
+        val_loss, val_accuracy = val_loss / max(count, 1), correct / max(count, 1)
+        improved = val_loss < state["best_val_loss"]
+        stale = 0 if improved else state["stale_epochs"] + 1
+        metrics = {
+            "epoch": epoch, "train_loss": loss_all / max(images_all, 1), "val_loss": val_loss,
+            "val_accuracy": val_accuracy, "train_images": int(images_all), "train_seconds": train_seconds,
+            "data_wait_seconds": waiting, "images_per_second": images_all / max(train_seconds, 1e-9),
+            "peak_rss_mb": _peak_rss_mb(),
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if use_amp else 0.0,
+            "early_stop": stale >= config["patience"],
+        }
+        state = {  # the history travels in the checkpoint, so it survives a worker failure
+            "epoch": epoch, "best_val_loss": min(val_loss, state["best_val_loss"]), "stale_epochs": stale,
+            "history": state["history"] + [metrics],
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "state": state},
+                           Path(tmp) / "state.pt")
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if metrics["early_stop"]:  # every worker saw the same reduced metrics, so all stop together
+            break
+
+
+@dataclass
+class ImageTrainingResult:
+    model: nn.Module
+    best_metrics: dict
+    history: list[dict]
+    checkpoint_path: str
+
+
+def train_on_images(
+    train_index, val_index, classes: list[str], model_cfg, train_cfg, data_cfg, storage_path: str, name: str
+) -> ImageTrainingResult:
+    """Data-parallel training with Ray Train's TorchTrainer, fed by Ray Data shards of the image
+    folders (augmented train split). Returns the model of the best epoch by validation loss."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from asl_platform.data import image_dataset
+    from asl_platform.model import get_backbone_spec
+
+    import ray
+
+    build_backbone(model_cfg.backbone, model_cfg.weights)  # missing weights: fail here, clearly, once
+    reserved = train_cfg.num_workers * train_cfg.cpus_per_worker
+    available = ray.cluster_resources().get("CPU", 0)
+    if reserved > available - 1 + 1e-9:
+        raise DataError(
+            f"train.num_workers x train.cpus_per_worker = {reserved:g} CPUs, but the cluster has {available:g}: "
+            "leave at least one CPU for Ray Data to decode images (lower cpus_per_worker, e.g. 0.5, or num_workers)"
+        )
+    prep = get_backbone_spec(model_cfg.backbone).preprocessing
+    datasets = {
+        "train": image_dataset(train_index, prep, data_cfg.batch_size, data_cfg.max_image_bytes, augment=train_cfg.augment)
+        .map_batches(drop_unreadable, batch_format="numpy"),
+        "val": image_dataset(val_index, prep, data_cfg.batch_size, data_cfg.max_image_bytes)
+        .map_batches(drop_unreadable, batch_format="numpy"),
+    }
+    hp = HeadHyperparams(lr=train_cfg.lr, eps=train_cfg.eps, weight_decay=train_cfg.weight_decay,
+                         batch_size=train_cfg.batch_size, hidden_size=model_cfg.hidden_size, dropout=model_cfg.dropout)
+    trainer = TorchTrainer(
+        _image_train_loop,
+        train_loop_config={
+            "backbone": model_cfg.backbone, "weights": model_cfg.weights, "num_classes": len(classes),
+            "hidden_size": model_cfg.hidden_size, "dropout": model_cfg.dropout,
+            "unfreeze_last_stage": model_cfg.unfreeze_last_stage, "hp": asdict(hp), "epochs": train_cfg.epochs,
+            "patience": train_cfg.early_stopping_patience, "seed": train_cfg.seed,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu,
+            resources_per_worker={"CPU": train_cfg.cpus_per_worker},
+        ),
+        datasets=datasets,
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_uri(storage_path),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=train_cfg.checkpoints_to_keep,
+                checkpoint_score_attribute="val_loss",
+                checkpoint_score_order="min",
+            ),
+            failure_config=FailureConfig(max_failures=train_cfg.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    best = result.get_best_checkpoint(metric="val_loss", mode="min")
+    best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
+    model = build_classifier(model_cfg.backbone, "none", len(classes), model_cfg.hidden_size, model_cfg.dropout,
+                             model_cfg.unfreeze_last_stage)
+    with best.as_directory() as directory:
+        model.load_state_dict(torch.load(Path(directory) / "state.pt", weights_only=True)["model"])
+    model.eval()
+    with result.checkpoint.as_directory() as directory:  # the last epoch's state holds the whole history
+        history = torch.load(Path(directory) / "state.pt", weights_only=True)["state"]["history"]
+    logger.info("training done: best epoch %s, val_loss %.4f, val_accuracy %.4f",
+                best_metrics["epoch"], best_metrics["val_loss"], best_metrics["val_accuracy"])
+    return ImageTrainingResult(model, dict(best_metrics), history, best.path)
+
+
+def write_tensorboard(history: list[dict], directory: Path) -> Path:
+    """Per-epoch metrics as TensorBoard scalars (tensorboardX ships with Ray Tune)."""
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(str(directory))
+    for row in history:
+        for key in ("train_loss", "val_loss", "val_accuracy", "images_per_second", "data_wait_seconds"):
+            if key in row:
+                writer.add_scalar(key, float(row[key]), int(row["epoch"]))
+    writer.close()
+    return directory

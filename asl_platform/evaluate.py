@@ -1,0 +1,414 @@
+"""Evaluate a model directory on an image folder: accuracy, loss, per-class P/R/F1, confusion matrix.
+
+Inference runs through Ray Data (decode in tasks, one ``Predictor`` per actor), so the same code
+evaluates a few test images or a whole cross-domain folder. Class names, not indices, join the data
+to the model: a folder may lack a class (asl-webcam has no ``Z``) or hold one the model never saw,
+and both are reported instead of silently skewing the numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from asl_platform.data import DataError, ImageIndex, list_images, stratified_split, summarize_errors
+
+logger = logging.getLogger(__name__)
+
+SPLIT_CHOICES = ("all", "test")
+PROBABILITY_FLOOR = 1e-12
+MOST_CONFUSED = 10
+# Used when a model's model.json has no training config (older or hand-made model directories).
+DEFAULT_DATA_CONFIG = {"val_fraction": 0.15, "test_fraction": 0.15, "seed": 42, "max_images_per_class": None}
+DEFAULT_MAX_BYTES = 20 << 20
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _check_inputs(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Fail loudly on shapes or values that would give silently wrong metrics."""
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or probabilities.shape != (len(labels), len(classes)):
+        raise ValueError(
+            f"probabilities must have shape (images, classes) = ({len(labels)}, {len(classes)}); got {probabilities.shape}"
+        )
+    if len(labels) == 0:
+        raise ValueError("no images to evaluate")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= len(classes):
+        raise ValueError(f"labels must be integer indices in [0, {len(classes)}); got {labels.dtype} {labels.min()}..{labels.max()}")
+    if not np.all(np.isfinite(probabilities)):
+        raise ValueError("probabilities contain NaN or inf (exclude unreadable images first)")
+    return labels.astype(np.int64), probabilities
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts with rows = true class, columns = predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def _per_class(matrix: np.ndarray, classes: list[str]) -> list[dict]:
+    """Precision/recall/F1 per class; recall and F1 are None where the data has no image of the class
+    (nothing to recall), precision is 0.0 where the model never predicts the class."""
+    support, predicted, hits = matrix.sum(axis=1), matrix.sum(axis=0), np.diag(matrix)
+    rows = []
+    for i, name in enumerate(classes):
+        precision = float(hits[i] / predicted[i]) if predicted[i] else 0.0
+        recall = float(hits[i] / support[i]) if support[i] else None
+        if recall is None:
+            f1 = None
+        else:
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": int(support[i])})
+    return rows
+
+
+def _most_confused(matrix: np.ndarray, classes: list[str], limit: int = MOST_CONFUSED) -> list[dict]:
+    """The largest off-diagonal cells: which letters the model mixes up, and how often per true image."""
+    support = matrix.sum(axis=1)
+    pairs = [
+        (int(matrix[t, p]), t, p)
+        for t in range(len(classes)) for p in range(len(classes))
+        if t != p and matrix[t, p] > 0
+    ]
+    pairs.sort(key=lambda pair: (-pair[0], -pair[0] / support[pair[1]], pair[1], pair[2]))
+    return [
+        {"true": classes[t], "predicted": classes[p], "count": count, "rate": float(count / support[t])}
+        for count, t, p in pairs[:limit]
+    ]
+
+
+def compute_report(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
+    """All evaluation numbers as a JSON-serialisable dict (plain Python types only).
+
+    Macro F1 averages only the classes that have images, so a class missing from a cross-domain
+    folder does not count as a zero.
+    """
+    labels, probabilities = _check_inputs(labels, probabilities, classes)
+    predictions = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(labels, predictions, len(classes))
+    per_class = _per_class(matrix, classes)
+    true_probability = np.clip(probabilities[np.arange(len(labels)), labels], PROBABILITY_FLOOR, 1.0)
+    f1_scores = [row["f1"] for row in per_class if row["f1"] is not None]
+    return {
+        "images": int(len(labels)),
+        "accuracy": float(np.mean(predictions == labels)),
+        "loss": float(-np.mean(np.log(true_probability))),
+        "macro_f1": float(np.mean(f1_scores)),
+        "classes": list(classes),
+        "per_class": per_class,
+        "confusion": matrix.tolist(),
+        "most_confused": _most_confused(matrix, list(classes)),
+    }
+
+
+# --------------------------------------------------------------------------- report files
+
+
+def plot_confusion(report: dict, path: Path, title: str) -> Path:
+    """A confusion-matrix PNG: colours are row-normalised (the share of each true class), so rare and
+    common classes read alike; raw counts are written in the non-zero cells."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(report["confusion"], dtype=np.int64)
+    classes = report.get("classes") or [row["class"] for row in report["per_class"]]
+    count = len(classes)
+    support = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, support, out=np.zeros(matrix.shape, dtype=np.float64), where=support > 0)
+
+    figure = Figure(figsize=(12, 10), dpi=100)  # no pyplot: no global state, Agg canvas only
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot(1, 1, 1)
+    image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="share of the true class's images")
+    font = max(5, min(11, int(220 / max(count, 1))))
+    for t in range(count):
+        for p in range(count):
+            if matrix[t, p]:
+                axis.text(p, t, str(matrix[t, p]), ha="center", va="center", fontsize=font,
+                          color="white" if shares[t, p] > 0.5 else "black")
+    axis.set_xticks(range(count), labels=classes, rotation=90, fontsize=font + 1)
+    axis.set_yticks(range(count), labels=classes, fontsize=font + 1)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    axis.set_title(f"{title}\naccuracy {report['accuracy']:.2%}, macro F1 {report['macro_f1']:.3f}, "
+                   f"{report['images']} images")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def report_markdown(report: dict, title: str, png_name: str | None = None) -> str:
+    """A short human-readable summary of a report, for the model folder."""
+    lines = [f"# {title}", ""]
+    if report.get("model_dir"):
+        version = f" ({report['model_version']})" if report.get("model_version") else ""
+        lines.append(f"- **Model**: `{report['model_dir']}`{version}")
+    if report.get("data_root"):
+        lines.append(f"- **Data**: `{report['data_root']}` (split: {report.get('split', 'all')})")
+    lines += [
+        f"- **Images**: {report['images']}",
+        f"- **Accuracy**: {report['accuracy']:.2%}",
+        f"- **Loss** (mean negative log-likelihood): {report['loss']:.4f}",
+        f"- **Macro F1**: {report['macro_f1']:.4f} (over the classes that have images)",
+    ]
+    if report.get("missing_classes"):
+        lines.append(f"- **Classes with no images in this data** (excluded from macro F1): "
+                     f"{', '.join(report['missing_classes'])}")
+    if report.get("skipped_classes"):
+        skipped = ", ".join(f"{name} ({n})" for name, n in report["skipped_classes"].items())
+        lines.append(f"- **Skipped classes** (unknown to the model; images not evaluated): {skipped}")
+    if report.get("skipped_files"):
+        lines.append(f"- **Skipped files** (unreadable): {len(report['skipped_files'])}")
+    lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        f"| {row['class']} | {_fmt(row['precision'])} | {_fmt(row['recall'])} | {_fmt(row['f1'])} | {row['support']} |"
+        for row in report["per_class"]
+    ]
+    lines += ["", "## Most confused", ""]
+    if report["most_confused"]:
+        lines += ["| true | predicted | count | share of true |", "|---|---|---:|---:|"]
+        lines += [f"| {p['true']} | {p['predicted']} | {p['count']} | {p['rate']:.1%} |" for p in report["most_confused"]]
+    else:
+        lines.append("No confusions: every image was classified correctly.")
+    if report.get("skipped_files"):
+        lines += ["", "## Skipped files", ""]
+        lines += [f"- `{f['path']}`: {f['error']}" for f in report["skipped_files"][:50]]
+        if len(report["skipped_files"]) > 50:
+            lines.append(f"- ... and {len(report['skipped_files']) - 50} more (see the JSON report)")
+    if png_name:
+        lines += ["", "## Confusion matrix", "", f"![confusion matrix]({png_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, directory: Path, name: str, title: str) -> dict[str, str]:
+    """Write ``<name>.json``, ``<name>.md`` and ``<name>_confusion.png``; returns their paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = directory / f"{name}.json", directory / f"{name}.md"
+    png_path = directory / f"{name}_confusion.png"
+    plot_confusion(report, png_path, title)
+    content = {key: value for key, value in report.items() if key != "files"}
+    json_path.write_text(json.dumps(content, indent=2))
+    md_path.write_text(report_markdown(report, title, png_path.name))
+    logger.info("evaluation report written: %s, %s, %s", json_path, md_path, png_path)
+    return {"json": str(json_path), "markdown": str(md_path), "confusion_png": str(png_path)}
+
+
+# --------------------------------------------------------------------------- inference with Ray Data
+
+
+class _BatchPredictor:
+    """Ray Data callable class: loads the model once per actor and keeps only small columns."""
+
+    def __init__(self, model_dir: str, device: str = "cpu"):
+        from asl_platform.model import Predictor
+
+        self.predictor = Predictor(model_dir, device=device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        errors = np.asarray(batch["error"]).astype(str)
+        probabilities = self.predictor.predict_arrays(np.ascontiguousarray(batch["image"])).astype(np.float32)
+        probabilities[errors != ""] = np.nan  # placeholder pixels: no prediction for a bad file
+        return {"path": np.asarray(batch["path"]).astype(str), "error": errors, "probabilities": probabilities}
+
+
+def _ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        logger.info("starting a local Ray for evaluation")
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def predict_paths(
+    model_dir: str | Path,
+    paths: list[str],
+    batch_size: int = 64,
+    concurrency: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    use_gpu: bool = False,
+) -> tuple[np.ndarray, list[str]]:
+    """Class probabilities (aligned with ``paths``) and an error per path ("" when fine).
+
+    Unreadable files get a row of NaN. Ray Data returns rows in any order, so rows are put back
+    in ``paths`` order by path.
+    """
+    import ray
+    import ray.data
+
+    from asl_platform.data import Preprocessing, image_dataset
+    from asl_platform.model import resolve_model_dir
+
+    model_dir = resolve_model_dir(model_dir)
+    meta = json.loads((model_dir / "model.json").read_text())
+    num_classes, prep = len(meta["classes"]), Preprocessing.from_dict(meta["preprocessing"])
+    paths = [str(p) for p in paths]
+    if not paths:
+        return np.zeros((0, num_classes), dtype=np.float32), []
+    _ensure_ray()
+    if concurrency is None:
+        available = int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1))
+        concurrency = max(1, min(available, math.ceil(len(paths) / batch_size)))  # no idle actors
+    unique = list(dict.fromkeys(paths))
+    index = ImageIndex(root="", layout="paths", classes=[], paths=unique, labels=[-1] * len(unique))
+    dataset = image_dataset(index, prep, batch_size=batch_size, max_bytes=max_bytes).map_batches(
+        _BatchPredictor,
+        fn_constructor_kwargs={"model_dir": str(model_dir), "device": "cuda" if use_gpu else "cpu"},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_gpus=1 if use_gpu else 0,
+    )
+    rows: dict[str, tuple[np.ndarray, str]] = {}
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for path, error, probs in zip(batch["path"], batch["error"], batch["probabilities"]):
+            rows[str(path)] = (probs, str(error))
+    missing = [p for p in unique if p not in rows]
+    if missing:  # would mean a lost row: never return silently misaligned results
+        raise RuntimeError(f"{len(missing)} path(s) came back from Ray Data without a prediction, e.g. {missing[:3]}")
+    probabilities = np.stack([rows[p][0] for p in paths]).astype(np.float32)
+    return probabilities, [rows[p][1] for p in paths]
+
+
+# --------------------------------------------------------------------------- folder evaluation
+
+
+def _data_config(meta: dict) -> dict:
+    """The training run's data section (for the identical split), with defaults for what is absent."""
+    section = (meta.get("config") or {}).get("data") or {}
+    values = {key: section.get(key, default) for key, default in DEFAULT_DATA_CONFIG.items()}
+    for key, default in DEFAULT_DATA_CONFIG.items():
+        if values[key] is None:
+            values[key] = default
+    values["batch_size"] = int(section.get("batch_size") or 64)
+    values["max_image_bytes"] = int(section.get("max_image_bytes") or DEFAULT_MAX_BYTES)
+    return values
+
+
+def _select_images(index: ImageIndex, split: str, data_cfg: dict) -> ImageIndex:
+    """Everything (``all``) or the held-out test split exactly as training made it (``test``)."""
+    if split == "all":
+        return index
+    index = stratified_split(index, data_cfg["val_fraction"], data_cfg["test_fraction"], data_cfg["seed"])
+    test = index.subset("test")
+    if not test.paths:
+        raise DataError(f"the test split of {index.root} is empty (test_fraction={data_cfg['test_fraction']})")
+    return test
+
+
+def _default_name(data_root: str, split: str) -> str:
+    if split == "test":
+        return "test"
+    name = Path(str(data_root).rstrip("/")).name or "data"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _same_root(a: str, b: str) -> bool:
+    normalise = lambda p: str(Path(p).expanduser().resolve()) if "://" not in p else p.rstrip("/")  # noqa: E731
+    return normalise(a) == normalise(b)
+
+
+def _write_predictions(path: Path, paths: list[str], labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> str:
+    """One row per evaluated image, so the wrong ones can be looked at."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "true", "predicted", "confidence", "correct"])
+        for file, label, probs in zip(paths, labels, probabilities):
+            predicted = int(np.argmax(probs))
+            writer.writerow([file, classes[label], classes[predicted], f"{probs[predicted]:.4f}", int(predicted == label)])
+    return str(path)
+
+
+def evaluate_folder(
+    model_dir: str | Path,
+    data_root: str,
+    split: str = "all",
+    output_dir: Path | None = None,
+    name: str | None = None,
+) -> dict:
+    """Evaluate a model on an image folder (``split="test"``: only the held-out images of training).
+
+    Data classes join model classes by name; unknown classes, model classes without images and
+    unreadable files are listed in the report rather than dropped quietly.
+    """
+    from asl_platform.model import resolve_model_dir
+
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {SPLIT_CHOICES}; got {split!r}")
+    model_dir = resolve_model_dir(model_dir)
+    meta = json.loads((model_dir / "model.json").read_text())
+    classes: list[str] = list(meta["classes"])
+    data_cfg = _data_config(meta)
+    trained_root = (meta.get("data") or {}).get("root")
+    if split == "test" and trained_root and not _same_root(str(trained_root), str(data_root)):
+        logger.warning("split=test on %s, but the model was trained on %s: the 'test' images are only held out "
+                       "if it is the same folder", data_root, trained_root)
+
+    listing = list_images(str(data_root), data_cfg["max_images_per_class"] if split == "test" else None, data_cfg["seed"])
+    selected = _select_images(listing, split, data_cfg)
+
+    position = {name_: i for i, name_ in enumerate(classes)}
+    counts = selected.class_counts()
+    skipped_classes = {c: n for c, n in counts.items() if c not in position and n > 0}
+    missing_classes = [c for c in classes if counts.get(c, 0) == 0]
+    if skipped_classes:
+        logger.warning("skipping %d image(s) of class(es) the model does not know: %s", sum(skipped_classes.values()),
+                       ", ".join(f"{c} ({n})" for c, n in skipped_classes.items()))
+    if missing_classes:
+        logger.warning("model class(es) with no images in %s (split %s): %s; they have support 0 and are left out "
+                       "of macro F1", data_root, split, ", ".join(missing_classes))
+    keep = [i for i, y in enumerate(selected.labels) if selected.classes[y] in position]
+    paths = [selected.paths[i] for i in keep]
+    labels = np.asarray([position[selected.classes[selected.labels[i]]] for i in keep], dtype=np.int64)
+    if not paths:
+        raise DataError(f"no images of the model's classes under {data_root} (split {split}); "
+                        f"folder classes: {', '.join(listing.classes)}; model classes: {', '.join(classes)}")
+
+    logger.info("evaluating %s on %d image(s) from %s (split %s)", model_dir, len(paths), data_root, split)
+    probabilities, errors = predict_paths(model_dir, paths, batch_size=data_cfg["batch_size"],
+                                          max_bytes=data_cfg["max_image_bytes"])
+    good = np.asarray([not e for e in errors], dtype=bool)
+    skipped_files = [{"path": p, "error": e} for p, e in zip(paths, errors) if e]
+    (logger.warning if skipped_files else logger.info)(summarize_errors(paths, errors))
+    if not good.any():
+        raise DataError(f"none of the {len(paths)} image(s) under {data_root} could be read")
+
+    report = compute_report(labels[good], probabilities[good], classes)
+    report.update({
+        "model_dir": str(model_dir),
+        "model_version": meta.get("version"),
+        "data_root": str(data_root),
+        "split": split,
+        "missing_classes": missing_classes,
+        "skipped_classes": skipped_classes,
+        "skipped_files": skipped_files,
+    })
+    logger.info("%s: accuracy %.2f%%, loss %.4f, macro F1 %.4f on %d image(s)", _default_name(data_root, split),
+                100 * report["accuracy"], report["loss"], report["macro_f1"], report["images"])
+    if output_dir is not None:
+        name = name or _default_name(data_root, split)
+        title = f"Evaluation of {meta.get('version') or model_dir.name} on {Path(str(data_root).rstrip('/')).name or data_root} ({split})"
+        files = write_report(report, Path(output_dir), name, title)
+        good_paths = [p for p, ok in zip(paths, good) if ok]
+        files["predictions"] = _write_predictions(Path(output_dir) / f"{name}_predictions.csv", good_paths,
+                                                  labels[good], probabilities[good], classes)
+        report["files"] = files
+    return report

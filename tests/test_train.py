@@ -1,0 +1,110 @@
+"""Ray Train on images: 2 data-parallel workers, a worker killed mid-run, the versioned export."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from asl_platform.data import decode_image, list_images, stratified_split
+from asl_platform.model import Predictor, load_model_dir, resolve_model_dir
+from asl_platform.synthetic import make_smoke_dataset
+
+
+def _worker_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+@pytest.mark.e2e
+def test_two_workers_survive_a_killed_worker_and_export_a_valid_model(tmp_path):
+    """Kill one of the two Ray Train workers after the first checkpoint: the run resumes from the
+    last checkpoint and still runs every epoch; the exported model reproduces its test report."""
+    epochs = 6
+    root = make_smoke_dataset(tmp_path / "data", per_class=40, classes=["A", "B", "C", "del", "nothing", "space"])
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"root": str(root), "val_fraction": 0.2, "test_fraction": 0.2},
+        "model": {"backbone": "tiny", "weights": "none", "hidden_size": 32},
+        "train": {"epochs": epochs, "num_workers": 2, "cpus_per_worker": 0.5, "batch_size": 16, "lr": 0.003,
+                  "early_stopping_patience": epochs, "max_failures": 3},
+        "run": {"name": "faulty"},
+    }))
+    script = shutil.which("asl-platform") or str(Path(sys.executable).parent / "asl-platform")
+    process = subprocess.Popen([script, "train", "--config", str(config)], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    storage = tmp_path / "asl_runs" / "faulty" / "ray"
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and process.poll() is None and time.time() < deadline:
+        if list(storage.glob("train-*/checkpoint_*")) and len(_worker_pids()) >= 2:
+            killed = _worker_pids()[-1]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.1)
+    output, _ = process.communicate(timeout=600)
+    assert killed is not None, "training ended before a worker could be killed:\n" + output[-3000:]
+    assert process.returncode == 0, output[-5000:]
+
+    version = resolve_model_dir(tmp_path / "asl_runs" / "models" / "faulty")  # via the latest pointer
+    assert version.name == "v1"
+    summary = json.loads((version / "job_summary.json").read_text())
+    assert summary["epochs_run"] == epochs  # nothing lost, nothing skipped
+    meta = json.loads((version / "model.json").read_text())
+    assert meta["metrics"]["epochs_run"] == epochs and "test_accuracy" in meta["metrics"]
+
+    # The exported directory alone reproduces the test report's accuracy from the image files.
+    report = json.loads((version / "eval" / "test.json").read_text())
+    index = stratified_split(list_images(str(root)), 0.2, 0.2, 42)
+    test = [(p, y) for p, y, s in zip(index.paths, index.labels, index.splits) if s == "test"]
+    predicted = Predictor(version).predict_images([decode_image(Path(p).read_bytes()) for p, _ in test]).argmax(1)
+    assert report["images"] == len(test)
+    assert report["accuracy"] == pytest.approx(float(np.mean(predicted == np.array([y for _, y in test]))))
+    for name in ("README.md", "config.yaml", "model.safetensors", "eval/test.md", "eval/test_confusion.png"):
+        assert (version / name).is_file(), name
+    assert any((tmp_path / "asl_runs" / "faulty" / "tensorboard").iterdir())
+
+
+def test_versioned_exports_and_latest_pointer(tmp_path):
+    from asl_platform.model import build_classifier, mark_latest, next_version_dir, save_model_dir
+
+    models = tmp_path / "models"
+    torch.manual_seed(0)
+    first = build_classifier("tiny", "none", 3, 8, 0.0).eval()
+    v1 = next_version_dir(models)
+    save_model_dir(first, v1, ["A", "B", "C"], {"version": v1.name})
+    mark_latest(v1)
+    v2 = next_version_dir(models)
+    assert (v1.name, v2.name) == ("v1", "v2")
+    save_model_dir(build_classifier("tiny", "none", 3, 8, 0.0), v2, ["A", "B", "C"], {"version": v2.name})
+    assert resolve_model_dir(models) == v1  # v2 is not 'latest' until it is marked complete
+    mark_latest(v2)
+    assert resolve_model_dir(models) == v2 and (models / "v1" / "model.safetensors").is_file()
+    loaded, meta = load_model_dir(v1)
+    batch = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(loaded(batch), first(batch))
+    with pytest.raises(FileNotFoundError, match="latest"):
+        resolve_model_dir(tmp_path / "nothing-here")
+
+
+def test_too_many_worker_cpus_is_a_clear_error(ray_local, tmp_path):
+    from asl_platform.config import load_config
+    from asl_platform.data import DataError
+    from asl_platform.train import train_on_images
+
+    root = make_smoke_dataset(tmp_path / "data", per_class=3, classes=["A", "B"])
+    index = stratified_split(list_images(str(root)), 0.34, 0.0, 0)
+    cfg = load_config(None, ["model.backbone=tiny", "model.weights=none", "train.num_workers=2"])
+    with pytest.raises(DataError, match="leave at least one CPU for Ray Data"):
+        train_on_images(index.subset("train"), index.subset("val"), index.classes, cfg.model, cfg.train, cfg.data,
+                        str(tmp_path / "ray"), "too-big")

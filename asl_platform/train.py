@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from ray.train import UserCallback
 from torch import nn
 
 from asl_platform.data import DataError
@@ -293,6 +295,30 @@ def _image_train_loop(config: dict) -> None:
             break
 
 
+class EpochsToQueue(UserCallback):
+    """Ray Train callback (runs in the controller process): forward each epoch's metrics to the
+    driver, which logs them, so a long training run shows where it is."""
+
+    def __init__(self, queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if metrics:
+            self.queue.put(metrics[0])
+
+
+def _log_epochs(queue, epochs: int, stop: threading.Event) -> None:
+    from ray.util.queue import Empty
+
+    while not stop.is_set() or not queue.empty():
+        try:
+            m = queue.get(timeout=0.5)
+        except Empty:
+            continue
+        logger.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.2f%%, %.1f images/s",
+                    m["epoch"], epochs, m["train_loss"], m["val_loss"], 100 * m["val_accuracy"], m["images_per_second"])
+
+
 @dataclass
 class ImageTrainingResult:
     model: nn.Module
@@ -329,6 +355,9 @@ def train_on_images(
         "val": image_dataset(val_index, prep, data_cfg.batch_size, data_cfg.max_image_bytes)
         .map_batches(drop_unreadable, batch_format="numpy"),
     }
+    from ray.util.queue import Queue
+
+    queue = Queue()
     hp = HeadHyperparams(lr=train_cfg.lr, eps=train_cfg.eps, weight_decay=train_cfg.weight_decay,
                          batch_size=train_cfg.batch_size, hidden_size=model_cfg.hidden_size, dropout=model_cfg.dropout)
     trainer = TorchTrainer(
@@ -353,9 +382,17 @@ def train_on_images(
                 checkpoint_score_order="min",
             ),
             failure_config=FailureConfig(max_failures=train_cfg.max_failures),
+            callbacks=[EpochsToQueue(queue)],
         ),
     )
-    result = trainer.fit()
+    stop = threading.Event()
+    reporter = threading.Thread(target=_log_epochs, args=(queue, train_cfg.epochs, stop), daemon=True)
+    reporter.start()
+    try:
+        result = trainer.fit()
+    finally:
+        stop.set()
+        reporter.join(timeout=5)
     best = result.get_best_checkpoint(metric="val_loss", mode="min")
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     model = build_classifier(model_cfg.backbone, "none", len(classes), model_cfg.hidden_size, model_cfg.dropout,

@@ -130,6 +130,10 @@ class TrainConfig(_Section):
     epochs: int = Field(default=20, ge=1)
     num_workers: int = Field(default=1, ge=1, description="Ray Train workers (data-parallel).")
     cpus_per_worker: float = Field(default=1.0, gt=0, description="CPUs reserved per worker; leave some for Ray Data.")
+    torch_threads: int | None = Field(
+        default=None, ge=1,
+        description="Intra-op threads per worker; None: the node's cores / num_workers (decoding needs little).",
+    )
     use_gpu: bool = False
     augment: bool = Field(default=True, description="Random resized crop, colour jitter, small rotation.")
     early_stopping_patience: int = Field(default=3, ge=1, description="Epochs without a better val loss.")

@@ -265,11 +265,22 @@ def save_model_dir(model: ASLClassifier, directory: str | Path, classes: list[st
     return directory
 
 
+def _version_number(path: Path) -> int:
+    return int(path.name[1:]) if path.name[:1] == "v" and path.name[1:].isdigit() else 0
+
+
 def next_version_dir(models_dir: str | Path) -> Path:
-    """``<models_dir>/v<N+1>``: versions are never overwritten."""
+    """Create and claim ``<models_dir>/v<N+1>``: versions are never overwritten, even by two runs
+    exporting at the same moment (mkdir is atomic; the loser takes the next number)."""
     models_dir = Path(models_dir)
-    numbers = [int(p.name[1:]) for p in models_dir.glob("v*") if p.name[1:].isdigit()]
-    return models_dir / f"v{max(numbers, default=0) + 1}"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        number = max((_version_number(p) for p in models_dir.iterdir()), default=0) + 1
+        try:
+            (models_dir / f"v{number}").mkdir()
+            return models_dir / f"v{number}"
+        except FileExistsError:
+            continue
 
 
 def mark_latest(version_dir: str | Path) -> Path:
@@ -278,6 +289,8 @@ def mark_latest(version_dir: str | Path) -> Path:
     Written last, atomically, so ``latest`` never names a half-written model."""
     version_dir = Path(version_dir)
     pointer = version_dir.parent / "latest"
+    if pointer.is_file() and _version_number(version_dir.parent / pointer.read_text().strip()) > _version_number(version_dir):
+        return pointer  # a newer version finished first: latest only moves forward
     tmp = pointer.with_name(f".latest.{os.getpid()}")
     tmp.write_text(version_dir.name + "\n")
     tmp.replace(pointer)

@@ -252,15 +252,14 @@ def run_train(cfg: Config, worker_logs: bool = False) -> dict:
     progress = StageProgress(TRAIN_STAGES)
     prepared = prepare_data(cfg, progress, run_dir, worker_logs, with_features=False)
     index, classes = prepared.index, prepared.index.classes
+    if cfg.data.cross_domain_root:  # check it now, not after an hour of training
+        list_images(cfg.data.cross_domain_root)
+    name = f"train-{datetime.now():%Y%m%d-%H%M%S-%f}"
 
     with progress.stage("train", f"Ray Train TorchTrainer, {cfg.train.num_workers} worker(s), up to {cfg.train.epochs} epochs"):
         trained = train_on_images(
-            index.subset("train"), index.subset("val"), classes, cfg.model, cfg.train, cfg.data,
-            cfg.storage_path, f"train-{datetime.now():%Y%m%d-%H%M%S-%f}",
+            index.subset("train"), index.subset("val"), classes, cfg.model, cfg.train, cfg.data, cfg.storage_path, name,
         )
-    unreadable = max(0, prepared.split_counts["train"] - int(trained.history[0]["train_images"])) if trained.history else 0
-    if unreadable:
-        logger.warning("%d unreadable training image(s) were skipped (listed in the test report when in test)", unreadable)
 
     with progress.stage("export", "versioned model directory"):
         version_dir = next_version_dir(cfg.models_dir)
@@ -289,15 +288,14 @@ def run_train(cfg: Config, worker_logs: bool = False) -> dict:
                                     f"{name}_macro_f1": report["macro_f1"], f"{name}_images": report["images"]})
         meta_path.write_text(json.dumps(meta, indent=2))
 
-    with progress.stage("finalise", "model card, TensorBoard logs, job summary, latest pointer"):
+    with progress.stage("finalise", "model card, TensorBoard logs"):
         write_model_card(version_dir)
-        write_tensorboard(trained.history, run_dir / "tensorboard")
-        summary = _job_summary(progress, trained.history, meta, version_dir, time.perf_counter() - started)
-        (run_dir / "job_summary.json").write_text(json.dumps(summary, indent=2))
-        (run_dir / "job_summary.md").write_text(_job_summary_markdown(summary))
-        (version_dir / "job_summary.json").write_text(json.dumps(summary, indent=2))
-        mark_latest(version_dir)  # last: `latest` only ever names a complete model
-    summary["stage_seconds"] = progress.seconds
+        write_tensorboard(trained.history, run_dir / "tensorboard" / name)
+    summary = _job_summary(progress, trained.history, meta, version_dir, time.perf_counter() - started)
+    for path in (run_dir / "job_summary.json", version_dir / "job_summary.json"):
+        path.write_text(json.dumps(summary, indent=2))
+    (run_dir / "job_summary.md").write_text(_job_summary_markdown(summary))
+    mark_latest(version_dir)  # last: `latest` only ever names a complete model
     return summary
 
 
@@ -315,6 +313,7 @@ def _job_summary(progress: StageProgress, history: list[dict], meta: dict, versi
         "data_wait_seconds": round(sum(row.get("data_wait_seconds", 0.0) for row in history), 1),
         "train_images_per_second": round(train_images / train_seconds, 1) if train_seconds else None,
         "epochs_run": len(history),
+        "epochs": [int(row["epoch"]) for row in history],
         "peak_worker_rss_mb": round(max((row.get("peak_rss_mb", 0.0) for row in history), default=0.0), 1),
         "peak_gpu_mb": round(max((row.get("peak_gpu_mb", 0.0) for row in history), default=0.0), 1),
         "peak_driver_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),

@@ -8,6 +8,7 @@ TorchTrainer runs it data-parallel for the final retrain, with a checkpoint ever
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -116,15 +117,16 @@ def _retrain_loop(config: dict) -> None:
     x_train, y_train = x_train[rank:usable:world], y_train[rank:usable:world]
     head = build_head(x_train.shape[1], config["num_classes"], hp.hidden_size, hp.dropout)
     optimizer = make_optimizer(head, hp)
-    start_epoch = 1
+    start_epoch, saved = 1, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resumed after a failure: continue from the last finished epoch, same optimizer state
         with checkpoint.as_directory() as directory:
-            saved = torch.load(Path(directory) / "head.pt", weights_only=True)
+            saved = torch.load(Path(directory) / "head.pt", map_location="cpu", weights_only=True)
             head.load_state_dict(saved["head"])
-            optimizer.load_state_dict(saved["optimizer"])
             start_epoch = saved["epoch"] + 1
     model = ray.train.torch.prepare_model(head)
+    if saved is not None:  # after the move to the device, so the optimizer state lands there too
+        optimizer.load_state_dict(saved["optimizer"])
     remaining = config["epochs"] - start_epoch + 1
     epochs = fit_head(model, (x_train, y_train), val, hp, remaining, seed=config["seed"] + start_epoch, optimizer=optimizer)
     for metrics in epochs:
@@ -185,7 +187,7 @@ def retrain_head(
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best_checkpoint.path)
     head = build_head(train[0].shape[1], num_classes, hp.hidden_size, hp.dropout)
     with best_checkpoint.as_directory() as directory:
-        head.load_state_dict(torch.load(Path(directory) / "head.pt", weights_only=True)["head"])
+        head.load_state_dict(torch.load(Path(directory) / "head.pt", map_location="cpu", weights_only=True)["head"])
     head.eval()
     logger.info("retrain done: best epoch %s, val_loss %.4f, val_accuracy %.4f",
                 best_metrics["epoch"], best_metrics["val_loss"], best_metrics["val_accuracy"])
@@ -225,21 +227,29 @@ def _image_train_loop(config: dict) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     device = ray.train.torch.get_device()
+    # Ray limits a 1-CPU worker to 1 thread; the decode tasks need only a sliver of a core per image
+    # batch, so let the worker's math use its share of the node (0.63x -> see bench/train.py).
+    torch.set_num_threads(config["torch_threads"] or max(1, (os.cpu_count() or 1) // config["num_workers"]))
     torch.manual_seed(config["seed"])
     model = build_classifier(
         config["backbone"], config["weights"], config["num_classes"], config["hidden_size"], config["dropout"],
         config["unfreeze_last_stage"],
     )
     optimizer = make_optimizer(model, HeadHyperparams.from_mapping(config["hp"]))
-    state = {"epoch": 0, "best_val_loss": float("inf"), "stale_epochs": 0, "history": []}
+    state = {"epoch": 0, "best_val_loss": float("inf"), "stale_epochs": 0, "history": [], "stopped": False}
+    saved = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a worker died: every worker restarts from the last checkpoint, nothing redone twice
         with checkpoint.as_directory() as directory:
-            saved = torch.load(Path(directory) / "state.pt", weights_only=True)
+            saved = torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
-    model = ray.train.torch.prepare_model(model)
+    # The frozen backbone's BatchNorm buffers never change: no need to broadcast them every step.
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
+    if saved is not None:  # after the move to the device, so the optimizer state lands there too
+        optimizer.load_state_dict(saved["optimizer"])
+    if state.get("stopped"):  # the failure came after early stopping had already ended the run
+        return
     use_amp = device.type == "cuda"
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     batch_size = config["hp"]["batch_size"]
@@ -248,7 +258,9 @@ def _image_train_loop(config: dict) -> None:
         model.train()
         started, waiting, images, loss_sum = time.perf_counter(), 0.0, 0, 0.0
         fetch_started = time.perf_counter()
-        for batch in train_shard.iter_torch_batches(batch_size=batch_size, device=device):
+        for batch in train_shard.iter_torch_batches(
+            batch_size=batch_size, device=device, local_shuffle_buffer_size=4 * batch_size
+        ):
             waiting += time.perf_counter() - fetch_started
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = nn.functional.cross_entropy(model(batch["image"]), batch["label"])
@@ -260,16 +272,20 @@ def _image_train_loop(config: dict) -> None:
             fetch_started = time.perf_counter()
         train_seconds = time.perf_counter() - started
 
+        # Validation: every worker scores the whole (unsplit) val set with the unwrapped model, so all
+        # workers get identical metrics (same early-stopping decision) and no collective is involved.
         model.eval()
         val_loss, correct, count = 0.0, 0, 0
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             for batch in val_shard.iter_torch_batches(batch_size=batch_size, device=device):
-                logits = model(batch["image"]).float()
+                logits = _unwrap(model)(batch["image"]).float()
                 val_loss += nn.functional.cross_entropy(logits, batch["label"], reduction="sum").item()
                 correct += (logits.argmax(1) == batch["label"]).sum().item()
                 count += len(batch["label"])
-        images_all, loss_all, val_loss, correct, count = _all_reduce_sums([images, loss_sum, val_loss, correct, count], device)
-        val_loss, val_accuracy = val_loss / max(count, 1), correct / max(count, 1)
+        if count == 0:
+            raise RuntimeError("no readable validation images")
+        images_all, loss_all = _all_reduce_sums([images, loss_sum], device)
+        val_loss, val_accuracy = val_loss / count, correct / count
         improved = val_loss < state["best_val_loss"]
         stale = 0 if improved else state["stale_epochs"] + 1
         metrics = {
@@ -282,7 +298,7 @@ def _image_train_loop(config: dict) -> None:
         }
         state = {  # the history travels in the checkpoint, so it survives a worker failure
             "epoch": epoch, "best_val_loss": min(val_loss, state["best_val_loss"]), "stale_epochs": stale,
-            "history": state["history"] + [metrics],
+            "history": state["history"] + [metrics], "stopped": metrics["early_stop"],
         }
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -332,7 +348,7 @@ def train_on_images(
 ) -> ImageTrainingResult:
     """Data-parallel training with Ray Train's TorchTrainer, fed by Ray Data shards of the image
     folders (augmented train split). Returns the model of the best epoch by validation loss."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from asl_platform.data import image_dataset
@@ -350,7 +366,8 @@ def train_on_images(
         )
     prep = get_backbone_spec(model_cfg.backbone).preprocessing
     datasets = {
-        "train": image_dataset(train_index, prep, data_cfg.batch_size, data_cfg.max_image_bytes, augment=train_cfg.augment)
+        "train": image_dataset(train_index, prep, data_cfg.batch_size, data_cfg.max_image_bytes,
+                               augment=train_cfg.augment, shuffle_seed=train_cfg.seed)
         .map_batches(drop_unreadable, batch_format="numpy"),
         "val": image_dataset(val_index, prep, data_cfg.batch_size, data_cfg.max_image_bytes)
         .map_batches(drop_unreadable, batch_format="numpy"),
@@ -367,12 +384,14 @@ def train_on_images(
             "hidden_size": model_cfg.hidden_size, "dropout": model_cfg.dropout,
             "unfreeze_last_stage": model_cfg.unfreeze_last_stage, "hp": asdict(hp), "epochs": train_cfg.epochs,
             "patience": train_cfg.early_stopping_patience, "seed": train_cfg.seed,
+            "torch_threads": train_cfg.torch_threads, "num_workers": train_cfg.num_workers,
         },
         scaling_config=ScalingConfig(
             num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu,
             resources_per_worker={"CPU": train_cfg.cpus_per_worker},
         ),
         datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # val: every worker sees all of it
         run_config=RunConfig(
             name=name,
             storage_path=storage_uri(storage_path),
@@ -393,15 +412,16 @@ def train_on_images(
     finally:
         stop.set()
         reporter.join(timeout=5)
+        queue.shutdown()
     best = result.get_best_checkpoint(metric="val_loss", mode="min")
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     model = build_classifier(model_cfg.backbone, "none", len(classes), model_cfg.hidden_size, model_cfg.dropout,
                              model_cfg.unfreeze_last_stage)
     with best.as_directory() as directory:
-        model.load_state_dict(torch.load(Path(directory) / "state.pt", weights_only=True)["model"])
+        model.load_state_dict(torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True)["model"])
     model.eval()
     with result.checkpoint.as_directory() as directory:  # the last epoch's state holds the whole history
-        history = torch.load(Path(directory) / "state.pt", weights_only=True)["state"]["history"]
+        history = torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True)["state"]["history"]
     logger.info("training done: best epoch %s, val_loss %.4f, val_accuracy %.4f",
                 best_metrics["epoch"], best_metrics["val_loss"], best_metrics["val_accuracy"])
     return ImageTrainingResult(model, dict(best_metrics), history, best.path)

@@ -137,6 +137,9 @@ class TrainConfig(_Section):
     use_gpu: bool = False
     augment: bool = Field(default=True, description="Random resized crop, colour jitter, small rotation.")
     early_stopping_patience: int = Field(default=3, ge=1, description="Epochs without a better val loss.")
+    init_from: str | None = Field(
+        default=None, description="Start from this model directory's weights (same backbone, head and classes)."
+    )
     checkpoints_to_keep: int = Field(default=2, ge=1, description="Best N checkpoints by val loss.")
     max_failures: int = Field(default=3, ge=0, description="Worker failures survived (resume from checkpoint).")
     seed: int = 0

@@ -7,6 +7,7 @@ TorchTrainer runs it data-parallel for the final retrain, with a checkpoint ever
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -244,6 +245,10 @@ def _image_train_loop(config: dict) -> None:
             saved = torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(saved["model"])
         state = saved["state"]
+    elif config["init_from"]:  # warm start (e.g. the pipeline's head trained on cached features)
+        from asl_platform.model import load_model_dir
+
+        model.load_state_dict(load_model_dir(config["init_from"])[0].state_dict())
     # The frozen backbone's BatchNorm buffers never change: no need to broadcast them every step.
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
     if saved is not None:  # after the move to the device, so the optimizer state lands there too
@@ -335,6 +340,22 @@ def _log_epochs(queue, epochs: int, stop: threading.Event) -> None:
                     m["epoch"], epochs, m["train_loss"], m["val_loss"], 100 * m["val_accuracy"], m["images_per_second"])
 
 
+def _checked_init_from(path: str | None, model_cfg, classes: list[str]) -> str | None:
+    """The warm-start model must match what is trained; say so before any worker starts."""
+    if path is None:
+        return None
+    from asl_platform.model import resolve_model_dir
+
+    directory = resolve_model_dir(path)
+    meta = json.loads((directory / "model.json").read_text())
+    wanted = {"backbone": model_cfg.backbone, "classes": classes, "hidden_size": model_cfg.hidden_size}
+    found = {"backbone": meta["backbone"], "classes": meta["classes"], "hidden_size": meta["head"]["hidden_size"]}
+    if wanted != found:
+        mismatched = [key for key in wanted if wanted[key] != found[key]]
+        raise DataError(f"train.init_from {directory} does not match this training run ({', '.join(mismatched)} differ)")
+    return str(directory.resolve())
+
+
 @dataclass
 class ImageTrainingResult:
     model: nn.Module
@@ -385,6 +406,7 @@ def train_on_images(
             "unfreeze_last_stage": model_cfg.unfreeze_last_stage, "hp": asdict(hp), "epochs": train_cfg.epochs,
             "patience": train_cfg.early_stopping_patience, "seed": train_cfg.seed,
             "torch_threads": train_cfg.torch_threads, "num_workers": train_cfg.num_workers,
+            "init_from": _checked_init_from(train_cfg.init_from, model_cfg, classes),
         },
         scaling_config=ScalingConfig(
             num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu,

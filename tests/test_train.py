@@ -127,3 +127,19 @@ def test_too_many_worker_cpus_is_a_clear_error(ray_local, tmp_path):
     with pytest.raises(DataError, match="leave at least one CPU for Ray Data"):
         train_on_images(index.subset("train"), index.subset("val"), index.classes, cfg.model, cfg.train, cfg.data,
                         str(tmp_path / "ray"), "too-big")
+
+
+def test_warm_start_model_must_match_the_run(ray_local, tmp_path):
+    from asl_platform.config import load_config
+    from asl_platform.data import DataError
+    from asl_platform.model import build_classifier, save_model_dir
+    from asl_platform.train import train_on_images
+
+    root = make_smoke_dataset(tmp_path / "data", per_class=3, classes=["A", "B"])
+    index = stratified_split(list_images(str(root)), 0.34, 0.0, 0)
+    save_model_dir(build_classifier("tiny", "none", 2, 8, 0.0), tmp_path / "old", ["A", "B"], {})
+    cfg = load_config(None, ["model.backbone=tiny", "model.weights=none", "model.hidden_size=16",
+                             f"train.init_from={tmp_path / 'old'}"])
+    with pytest.raises(DataError, match="hidden_size differ"):
+        train_on_images(index.subset("train"), index.subset("val"), index.classes, cfg.model, cfg.train, cfg.data,
+                        str(tmp_path / "ray"), "warm")

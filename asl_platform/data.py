@@ -75,7 +75,10 @@ class ImageIndex:
     def subset(self, split: str) -> ImageIndex:
         """Only the images of one split (train/val/test), same classes."""
         keep = [i for i, s in enumerate(self.splits) if s == split]
-        pick = lambda values: [values[i] for i in keep] if values else []  # noqa: E731
+
+        def pick(values: list) -> list:
+            return [values[i] for i in keep] if values else []
+
         return ImageIndex(self.root, self.layout, self.classes, pick(self.paths), pick(self.labels),
                           pick(self.stamps), pick(self.splits))
 

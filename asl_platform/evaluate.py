@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asl_platform.config import DataConfig
 from asl_platform.data import DataError, ImageIndex, list_images, stratified_split, summarize_errors
 
 logger = logging.getLogger(__name__)
@@ -25,8 +26,9 @@ SPLIT_CHOICES = ("all", "test")
 PROBABILITY_FLOOR = 1e-12
 MOST_CONFUSED = 10
 # Used when a model's model.json has no training config (older or hand-made model directories).
-DEFAULT_DATA_CONFIG = {"val_fraction": 0.15, "test_fraction": 0.15, "seed": 42, "max_images_per_class": None}
-DEFAULT_MAX_BYTES = 20 << 20
+_DEFAULTS = DataConfig()
+DEFAULT_DATA_CONFIG = {key: getattr(_DEFAULTS, key) for key in ("val_fraction", "test_fraction", "seed", "max_images_per_class")}
+DEFAULT_MAX_BYTES = _DEFAULTS.max_image_bytes
 
 
 # --------------------------------------------------------------------------- metrics
@@ -297,7 +299,7 @@ def _data_config(meta: dict) -> dict:
     for key, default in DEFAULT_DATA_CONFIG.items():
         if values[key] is None:
             values[key] = default
-    values["batch_size"] = int(section.get("batch_size") or 64)
+    values["batch_size"] = int(section.get("batch_size") or _DEFAULTS.batch_size)
     values["max_image_bytes"] = int(section.get("max_image_bytes") or DEFAULT_MAX_BYTES)
     return values
 

@@ -304,10 +304,21 @@ def _data_config(meta: dict) -> dict:
     return values
 
 
-def _select_images(index: ImageIndex, split: str, data_cfg: dict) -> ImageIndex:
-    """Everything (``all``) or the held-out test split exactly as training made it (``test``)."""
+TEST_SPLIT_FILE = "test_split.txt"
+
+
+def _select_images(index: ImageIndex, split: str, data_cfg: dict, saved_test: set[str] | None = None) -> ImageIndex:
+    """Everything (``all``) or the held-out test split exactly as training made it (``test``): the
+    file list saved with the model when there is one (files added later cannot leak in), else the
+    same seeded split recomputed."""
     if split == "all":
         return index
+    if saved_test is not None:
+        index.splits = ["test" if path in saved_test else "train" for path in index.paths]
+        missing = len(saved_test) - index.splits.count("test")
+        if missing:
+            logger.warning("%d held-out test file(s) of the model are no longer under %s", missing, index.root)
+        return index.subset("test")
     index = stratified_split(index, data_cfg["val_fraction"], data_cfg["test_fraction"], data_cfg["seed"])
     test = index.subset("test")
     if not test.paths:
@@ -365,7 +376,14 @@ def evaluate_folder(
                        "if it is the same folder", data_root, trained_root)
 
     listing = list_images(str(data_root), data_cfg["max_images_per_class"] if split == "test" else None, data_cfg["seed"])
-    selected = _select_images(listing, split, data_cfg)
+    saved_test = None
+    if split == "test" and (model_dir / TEST_SPLIT_FILE).is_file():
+        saved_test = set((model_dir / TEST_SPLIT_FILE).read_text().splitlines())
+        if not saved_test & set(listing.paths):  # e.g. the data moved: fall back to the seeded split
+            logger.warning("none of %s's saved test files are under %s; recomputing the seeded split",
+                           model_dir, data_root)
+            saved_test = None
+    selected = _select_images(listing, split, data_cfg, saved_test)
 
     position = {name_: i for i, name_ in enumerate(classes)}
     counts = selected.class_counts()

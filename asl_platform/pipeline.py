@@ -243,7 +243,7 @@ TRAIN_STAGES = ("ingest", "train", "export", "evaluate", "finalise")
 def run_train(cfg: Config, worker_logs: bool = False) -> dict:
     """`asl-platform train`: Ray Train on the image folders, then an honest evaluation (held-out test
     split, and a cross-domain folder when configured), a versioned export and a job summary."""
-    from asl_platform.evaluate import evaluate_folder
+    from asl_platform.evaluate import TEST_SPLIT_FILE, evaluate_folder
     from asl_platform.model import mark_latest, next_version_dir, write_model_card
     from asl_platform.train import train_on_images, write_tensorboard
 
@@ -274,6 +274,8 @@ def run_train(cfg: Config, worker_logs: bool = False) -> dict:
             "config": cfg.model_dump(mode="json"),
         })
         (version_dir / "config.yaml").write_text(cfg.to_yaml())
+        # The exact held-out files, so `evaluate --split test` never depends on re-deriving the split.
+        (version_dir / TEST_SPLIT_FILE).write_text("\n".join(index.subset("test").paths) + "\n")
 
     with progress.stage("evaluate", "held-out test split" + (" and cross-domain folder" if cfg.data.cross_domain_root else "")):
         reports = {"test": evaluate_folder(version_dir, prepared.root, split="test", output_dir=version_dir / "eval", name="test")}

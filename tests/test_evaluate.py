@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,3 +194,23 @@ def test_evaluate_test_split_uses_the_training_split(ray_local, tmp_path, tiny_m
         confusion[t, p] += 1
     assert report["confusion"] == confusion.tolist()
     assert report["files"]["json"].endswith("test.json")
+
+
+def test_saved_test_split_is_used_and_new_files_do_not_leak_in(ray_local, tmp_path, tiny_model):
+    """A model with test_split.txt is evaluated on exactly those files, even after the folder grew."""
+    import shutil as _shutil
+
+    from asl_platform.evaluate import TEST_SPLIT_FILE
+
+    root = _make_folder(tmp_path / "data")
+    model_dir = tmp_path / "model"
+    _shutil.copytree(tiny_model, model_dir)
+    chosen = [p for p in list_images(str(root)).paths if p.endswith(".png")][:3]
+    (model_dir / TEST_SPLIT_FILE).write_text("\n".join(chosen) + "\n")
+    _shutil.copy(chosen[0], Path(chosen[0]).with_name("added_later.png"))  # would reshuffle a recomputed split
+
+    report = evaluate_folder(model_dir, str(root), split="test")
+    assert report["images"] == 3
+    assert report["accuracy"] == pytest.approx(
+        float(np.mean(_direct(model_dir, chosen).argmax(axis=1) == [["A", "B", "C", "Z"].index(p.split("/")[-2]) for p in chosen]))
+    )

@@ -88,7 +88,7 @@ def test_two_workers_survive_a_killed_worker_and_export_a_valid_model(tmp_path):
     predicted = Predictor(version).predict_images([decode_image(Path(p).read_bytes()) for p, _ in test]).argmax(1)
     assert report["images"] == len(test)
     assert report["accuracy"] == pytest.approx(float(np.mean(predicted == np.array([y for _, y in test]))))
-    for name in ("README.md", "config.yaml", "model.safetensors", "eval/test.md", "eval/test_confusion.png"):
+    for name in ("README.md", "config.yaml", "model.safetensors", "test_split.txt", "eval/test.md", "eval/test_confusion.png"):
         assert (version / name).is_file(), name
     assert any((tmp_path / "asl_runs" / "faulty" / "tensorboard").iterdir())
 

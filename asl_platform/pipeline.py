@@ -285,9 +285,9 @@ def run_train(cfg: Config, worker_logs: bool = False) -> dict:
             )
         meta_path = version_dir / "model.json"
         meta = json.loads(meta_path.read_text())
-        for name, report in reports.items():
-            meta["metrics"].update({f"{name}_accuracy": report["accuracy"], f"{name}_loss": report["loss"],
-                                    f"{name}_macro_f1": report["macro_f1"], f"{name}_images": report["images"]})
+        for prefix, report in reports.items():
+            meta["metrics"].update({f"{prefix}_accuracy": report["accuracy"], f"{prefix}_loss": report["loss"],
+                                    f"{prefix}_macro_f1": report["macro_f1"], f"{prefix}_images": report["images"]})
         meta_path.write_text(json.dumps(meta, indent=2))
 
     with progress.stage("finalise", "model card, TensorBoard logs"):

@@ -90,7 +90,8 @@ def test_two_workers_survive_a_killed_worker_and_export_a_valid_model(tmp_path):
     assert report["accuracy"] == pytest.approx(float(np.mean(predicted == np.array([y for _, y in test]))))
     for name in ("README.md", "config.yaml", "model.safetensors", "test_split.txt", "eval/test.md", "eval/test_confusion.png"):
         assert (version / name).is_file(), name
-    assert any((tmp_path / "asl_runs" / "faulty" / "tensorboard").iterdir())
+    logs = list((tmp_path / "asl_runs" / "faulty" / "tensorboard").iterdir())  # one folder per training run
+    assert [d.name.startswith("train-") for d in logs] == [True] and any(logs[0].iterdir())
 
 
 def test_versioned_exports_and_latest_pointer(tmp_path):

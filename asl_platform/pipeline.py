@@ -157,7 +157,7 @@ def search(cfg: Config, prepared: PreparedData, progress: StageProgress, run_dir
         else:
             data = {"train": prepared.features("train"), "val": prepared.features("val")}
         data["num_classes"] = len(prepared.index.classes)
-        best_hp, rows, results = run_search(data, cfg.tune, str(run_dir / "ray"), "tune", resume=resume)
+        best_hp, rows, results = run_search(data, cfg.tune, cfg.storage_path, "tune", resume=resume)
         best_config_path = write_results(rows, best_hp, cfg, run_dir / "tune")
         plot_curves(results, run_dir / "tune" / "curves.png")
         logger.info("trials (best first):\n%s", format_table(rows))
@@ -189,7 +189,7 @@ def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
     with progress.stage("retrain", f"Ray Train TorchTrainer, {cfg.train.epochs} epochs, best config"):
         # A unique name per invocation: a re-run must never pick up an old run's checkpoints.
         head, retrain_metrics = retrain_head(
-            train, val, len(classes), best_hp, cfg.train.epochs, str(run_dir / "ray"),
+            train, val, len(classes), best_hp, cfg.train.epochs, cfg.storage_path,
             f"retrain-{datetime.now():%Y%m%d-%H%M%S-%f}",
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, seed=cfg.train.seed,
         )

@@ -98,8 +98,8 @@ class PreparedData:
         return self.table.take(np.asarray(self.index.splits) == split)
 
     def files(self, split: str) -> tuple[list[str], list[int]]:
-        chosen = [i for i, s in enumerate(self.index.splits) if s == split]
-        return [self.index.paths[i] for i in chosen], [self.index.labels[i] for i in chosen]
+        subset = self.index.subset(split)
+        return subset.paths, subset.labels
 
 
 def _start_run(cfg: Config) -> Path:

@@ -205,7 +205,7 @@ def drop_unreadable(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
-    """Sum per-worker totals across the group (validation is sharded like training)."""
+    """Sum per-worker training totals across the group (each worker trains on its own shard)."""
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
@@ -221,7 +221,7 @@ def _peak_rss_mb() -> float:
 
 def _image_train_loop(config: dict) -> None:
     """Runs on every Ray Train worker: train the classifier on its shard of the image stream,
-    validate on its shard of the val stream, checkpoint every epoch (rank 0), stop early together."""
+    validate on the whole val stream, checkpoint every epoch (rank 0), stop early together."""
     import ray.train
     import ray.train.torch
 
@@ -369,13 +369,13 @@ def train_on_images(
 ) -> ImageTrainingResult:
     """Data-parallel training with Ray Train's TorchTrainer, fed by Ray Data shards of the image
     folders (augmented train split). Returns the model of the best epoch by validation loss."""
+    import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
     from asl_platform.data import image_dataset
     from asl_platform.model import get_backbone_spec
-
-    import ray
 
     build_backbone(model_cfg.backbone, model_cfg.weights)  # missing weights: fail here, clearly, once
     reserved = train_cfg.num_workers * train_cfg.cpus_per_worker
@@ -393,8 +393,6 @@ def train_on_images(
         "val": image_dataset(val_index, prep, data_cfg.batch_size, data_cfg.max_image_bytes)
         .map_batches(drop_unreadable, batch_format="numpy"),
     }
-    from ray.util.queue import Queue
-
     queue = Queue()
     hp = HeadHyperparams(lr=train_cfg.lr, eps=train_cfg.eps, weight_decay=train_cfg.weight_decay,
                          batch_size=train_cfg.batch_size, hidden_size=model_cfg.hidden_size, dropout=model_cfg.dropout)

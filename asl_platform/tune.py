@@ -41,6 +41,11 @@ def search_space(cfg: TuneConfig) -> dict:
     }
 
 
+def _trial_device(data: dict) -> torch.device:
+    """The GPU a trial reserved (tune.gpus_per_trial > 0), else the CPU."""
+    return torch.device("cuda" if data["gpus_per_trial"] > 0 and torch.cuda.is_available() else "cpu")
+
+
 def _feature_trial(config: dict, data: dict) -> None:
     """One Tune trial: train a fresh head on cached features, report val loss/accuracy every epoch."""
     from ray import tune
@@ -48,7 +53,7 @@ def _feature_trial(config: dict, data: dict) -> None:
     torch.set_num_threads(max(1, int(data["cpus_per_trial"])))
     torch.manual_seed(data["seed"])
     hp = HeadHyperparams.from_mapping(config)
-    device = "cuda" if data["gpus_per_trial"] > 0 and torch.cuda.is_available() else "cpu"
+    device = _trial_device(data)
     head = build_head(data["train"][0].shape[1], data["num_classes"], hp.hidden_size, hp.dropout).to(device)
     for metrics in fit_head(head, data["train"], data["val"], hp, data["max_epochs"], seed=data["seed"]):
         tune.report(metrics)
@@ -62,7 +67,7 @@ def _image_trial(config: dict, data: dict) -> None:
     torch.set_num_threads(max(1, int(data["cpus_per_trial"])))
     torch.manual_seed(data["seed"])
     hp = HeadHyperparams.from_mapping(config)
-    device = torch.device("cuda" if data["gpus_per_trial"] > 0 and torch.cuda.is_available() else "cpu")
+    device = _trial_device(data)
     model = build_classifier(
         data["backbone"], data["weights"], data["num_classes"], hp.hidden_size, hp.dropout, data["unfreeze_last_stage"]
     ).to(device)

@@ -23,13 +23,13 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_config(args: argparse.Namespace) -> Config:
+def resolve_config(args: argparse.Namespace, extra: dict[str, str | None] | None = None) -> Config:
     """File (or, with neither --config nor --data, the built-in smoke config) + flags + --set."""
     path = args.config
     if path is None and args.data is None and args.command in ("pipeline", "tune", "train"):
         path = builtin_config_path("smoke")
         logger.info("no --config/--data: using the built-in smoke config %s", path)
-    flags = {"data.root": args.data, "model.backbone": args.backbone, "run.output_dir": args.output}
+    flags = {"data.root": args.data, "model.backbone": args.backbone, "run.output_dir": args.output, **(extra or {})}
     return load_config(path, args.overrides, values={k: v for k, v in flags.items() if v is not None})
 
 
@@ -79,9 +79,45 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from asl_platform.serve import start
+
+    start(resolve_config(args, {"serve.model": args.model}))
+    return 0
+
+
+def _cmd_predict_batch(args: argparse.Namespace) -> int:
+    from asl_platform.batch import format_summary, predict_batch, watch
+
+    if args.max_polls is not None and not args.watch:
+        logger.error("--max-polls only applies with --watch")
+        return 2
+    common = {"batch_size": args.batch_size, "use_gpu": args.use_gpu}
+    if args.watch:
+        result = watch(args.model, args.input, args.output, interval=args.interval, max_polls=args.max_polls, **common)
+    else:
+        result = predict_batch(args.model, args.input, args.output, **common)
+    print("\n" + format_summary(result))
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     print(resolve_config(args).to_yaml(), end="")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {text})")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {text})")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
                           help="'test': only the held-out test split of the model's training data; 'all': every image")
     evaluate.add_argument("--output", help="report folder (default: <model>/eval)")
     evaluate.set_defaults(handler=_cmd_evaluate)
+    serve = commands.add_parser("serve", help="HTTP API (/predict, /docs) and Gradio demo (/demo) on local Ray Serve")
+    _add_config_arguments(serve)
+    serve.add_argument("--model", help="model directory, or a models folder (its 'latest'); sets serve.model")
+    serve.set_defaults(handler=_cmd_serve)
+    batch = commands.add_parser("predict-batch", help="classify every file under a folder or s3:// prefix into "
+                                "Parquet + CSV (each file once); --watch keeps classifying new files")
+    batch.add_argument("--model", required=True, help="model directory, or a models folder (its 'latest')")
+    batch.add_argument("--input", required=True, help="folder or s3:// / gs:// prefix to classify (recursively)")
+    batch.add_argument("--output", required=True, help="local folder for the predictions-*.parquet parts and predictions.csv")
+    batch.add_argument("--watch", action="store_true", help="keep polling for new files until Ctrl-C")
+    batch.add_argument("--interval", type=_non_negative_float, default=5.0, help="seconds between polls with --watch (default 5)")
+    batch.add_argument("--max-polls", type=_positive_int, help="with --watch: stop after this many polls")
+    batch.add_argument("--batch-size", type=_positive_int, default=64, help="images per inference batch (default 64)")
+    batch.add_argument("--use-gpu", action="store_true", help="one GPU per inference actor")
+    batch.set_defaults(handler=_cmd_predict_batch)
     config = commands.add_parser("config", help="print the resolved config as YAML")
     _add_config_arguments(config)
     config.set_defaults(handler=_cmd_config)

@@ -146,12 +146,38 @@ class TrainConfig(_Section):
 
 
 class ServeConfig(_Section):
-    """HTTP serving; filled in by the serving issue, here so one file configures everything."""
+    """The HTTP endpoint, its model deployment (batching, autoscaling) and the Gradio demo.
 
-    host: str = "127.0.0.1"
+    ``asl-platform serve`` reads this section; ``serve_config.yaml`` (for ``serve run`` /
+    ``serve deploy``) passes the same keys as application args, and a test keeps the two in step.
+    """
+
+    model: str | None = Field(
+        default=None, description="Model directory, or a models folder (its 'latest'); --model sets it."
+    )
+    host: str = Field(default="127.0.0.1", description="Bind address; 0.0.0.0 exposes the server to the network.")
     port: int = Field(default=8000, ge=1, le=65535)
-    max_request_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, description="Larger bodies get 413, unread.")
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="Larger images (or bombs) get 413.")
+    max_batch_images: int = Field(default=32, ge=1, le=1024, description="Images per /predict/batch request.")
     top_k: int = Field(default=5, ge=1, le=29)
+    max_batch_size: int = Field(default=16, ge=1, le=1024, description="@serve.batch size; 1 turns batching off.")
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0, le=10, description="How long a batch waits to fill.")
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    target_ongoing_requests: float = Field(default=8, gt=0, description="Autoscaling target per model replica.")
+    cpus_per_replica: float = Field(default=1.0, ge=0)
+    gpus_per_replica: float = Field(default=0.0, ge=0)
+    torch_threads: int | None = Field(default=None, ge=1, description="Intra-op threads per model replica.")
+    demo: bool = Field(default=True, description="Mount the Gradio demo at /demo.")
+    spell_hold_s: float = Field(default=1.0, gt=0, description="Fingerspelling: how long a letter must stay.")
+    spell_min_probability: float = Field(default=0.6, ge=0, le=1, description="Fingerspelling: confidence needed.")
+
+    @model_validator(mode="after")
+    def _replicas_are_ordered(self) -> ServeConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas: {self.min_replicas} is above max_replicas ({self.max_replicas})")
+        return self
 
 
 class RunConfig(_Section):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from asl_platform.data import Preprocessing, preprocess_images
+from asl_platform.data import Preprocessing, normalize_batch, preprocess_images
 
 logger = logging.getLogger(__name__)
 
@@ -389,3 +389,7 @@ class Predictor:
 
     def predict_images(self, images: list) -> np.ndarray:
         return self.predict_arrays(preprocess_images(images, self.preprocessing))
+
+    def predict_uint8(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 NHWC batch at the model's input size (see ``resize_for_model``) -> probabilities."""
+        return self.predict_arrays(normalize_batch(batch, self.preprocessing))

@@ -33,3 +33,55 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+# --------------------------------------------------------------------------- a small trained model
+
+COLOURS = {"A": (220, 30, 30), "B": (30, 200, 30), "C": (30, 30, 220), "space": (128, 128, 128)}
+
+
+def colour_image(label: str, size: int = 64, fmt: str = "PNG", seed: int = 0) -> bytes:
+    """A noisy solid-colour image the ``colour_model`` fixture classifies as ``label``."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(rng.normal(COLOURS[label], 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def colour_model(tmp_path_factory) -> Path:
+    """A real saved model (tiny backbone, head trained in-process) that tells the four colours apart:
+    tests can check that a red image comes back as "A" through every path, not just that a letter comes back."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from asl_platform.data import preprocess_images
+    from asl_platform.model import build_classifier, get_backbone_spec, save_model_dir
+    from asl_platform.train import HeadHyperparams, fit_head
+
+    torch.manual_seed(0)
+    classes = list(COLOURS)
+    model = build_classifier("tiny", "none", num_classes=len(classes), hidden_size=32, dropout=0.0)
+    prep = get_backbone_spec("tiny").preprocessing
+    images, labels = [], []
+    for index, label in enumerate(classes):
+        for seed in range(12):
+            images.append(Image.open(io.BytesIO(colour_image(label, seed=seed))).convert("RGB"))
+            labels.append(index)
+    with torch.inference_mode():
+        features = model.backbone(torch.from_numpy(preprocess_images(images, prep))).numpy()
+    data = (features, np.asarray(labels, dtype=np.int64))
+    history = list(fit_head(model.head, data, data, HeadHyperparams(lr=3e-2, batch_size=16, hidden_size=32), epochs=40))
+    assert history[-1]["val_accuracy"] == 1.0, history[-1]
+    directory = tmp_path_factory.mktemp("models") / "colours" / "v1"
+    save_model_dir(model.eval(), directory, classes, {"version": "v1", "metrics": {"test_accuracy": 1.0}})
+    return directory

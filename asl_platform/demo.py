@@ -1,0 +1,150 @@
+"""Gradio demo, mounted at ``/demo`` by the Serve ingress: a photo (upload or webcam snapshot) ->
+top-5 letters, and a fingerspelling mode where a live webcam stream builds text letter by letter.
+
+It classifies through the same backend as ``/predict`` (so through ``@serve.batch`` on Serve), and
+it loads nothing from the internet: system fonts instead of Google Fonts, no analytics.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from asl_platform.config import ServeConfig
+from asl_platform.data import Preprocessing, resize_for_model, to_rgb
+
+if TYPE_CHECKING:
+    import gradio as gr
+    from fastapi import FastAPI
+    from PIL import Image
+
+    from asl_platform.serve import Backend
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline demo
+
+SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
+MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Consolas", "Liberation Mono", "monospace"]
+
+
+@dataclass
+class Speller:
+    """Turns a stream of per-frame predictions into text.
+
+    A sign is committed once it has been the confident top prediction for ``hold_s`` seconds.
+    The same letter is not committed twice in a row until the hand shows something else (drop the
+    hand for a moment, ``nothing``, to spell a double letter); ``del`` repeats while held, like a
+    backspace key. ``space`` adds a space, ``nothing`` adds nothing.
+    """
+
+    hold_s: float = 1.0
+    min_probability: float = 0.6
+    text: str = ""
+    candidate: str | None = None
+    since: float = 0.0
+    committed: str | None = None
+
+    def update(self, label: str, probability: float, now: float) -> str | None:
+        """Feed one frame's top prediction; returns the sign committed on this frame, if any."""
+        if probability < self.min_probability:
+            self.candidate = None  # an unsure frame (hand moving) restarts the hold
+            return None
+        if label != self.candidate:
+            self.candidate, self.since = label, now
+            return None
+        if now - self.since < self.hold_s or (label == self.committed and label != "del"):
+            return None
+        self.committed, self.since = label, now
+        if label == "space":
+            self.text += " "
+        elif label == "del":
+            self.text = self.text[:-1]
+        elif label != "nothing":
+            self.text += label
+        return label
+
+    def progress(self, now: float) -> float:
+        """How far (0..1) the current candidate is towards being committed."""
+        if self.candidate is None or (self.candidate == self.committed and self.candidate != "del"):
+            return 0.0
+        return min(1.0, (now - self.since) / self.hold_s)
+
+    def clear(self) -> None:
+        self.text, self.candidate, self.committed = "", None, None
+
+
+async def classify_pil(backend: Backend, image: Image.Image, prep: Preprocessing, k: int) -> dict[str, float]:
+    """Top-k ``{label: probability}`` for a PIL image, through the serving backend."""
+    (probabilities,) = await backend.classify([resize_for_model(to_rgb(image), prep)])
+    order = np.argsort(-probabilities)[:k]
+    return {backend.info["classes"][i]: float(probabilities[i]) for i in order}
+
+
+def _model_line(info: dict) -> str:
+    metrics = info.get("metrics", {})
+    scores = [f"{name.replace('_', ' ')} {metrics[name]:.1%}" for name in ("test_accuracy", "cross_domain_accuracy")
+              if isinstance(metrics.get(name), (int, float))]
+    return f"Model **{info['name']}/{info['version']}** ({info['backbone']})" + (f": {', '.join(scores)}" if scores else "")
+
+
+def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
+    """The demo's two tabs, wired to ``backend``."""
+    import time
+
+    import gradio as gr
+
+    prep = Preprocessing.from_dict(backend.info["preprocessing"])
+
+    async def on_photo(image: Image.Image | None) -> dict[str, float] | None:
+        return None if image is None else await classify_pil(backend, image, prep, k=5)
+
+    async def on_frame(frame: Image.Image | None, speller: Speller) -> tuple[str, str, Speller]:
+        if frame is None:
+            return speller.text, "", speller
+        top = await classify_pil(backend, frame, prep, k=1)
+        label, probability = next(iter(top.items()))
+        now = time.monotonic()
+        committed = speller.update(label, probability, now)
+        status = f"**{label}** {probability:.0%}" + (f" - added {committed}" if committed else
+                                                    f" - hold {speller.progress(now):.0%}")
+        return speller.text, status, speller
+
+    def on_clear() -> tuple[str, str, Speller]:
+        return "", "", Speller(settings.spell_hold_s, settings.spell_min_probability)
+
+    with gr.Blocks(title="ASL alphabet recogniser", analytics_enabled=False) as demo:
+        gr.Markdown("# ASL alphabet recogniser\n" + _model_line(backend.info))
+        with gr.Tab("Photo"):
+            with gr.Row():
+                photo = gr.Image(sources=["upload", "webcam", "clipboard"], type="pil", label="Hand sign",
+                                 elem_id="photo")
+                letters = gr.Label(num_top_classes=5, label="Top 5 letters", elem_id="letters")
+            photo.change(on_photo, inputs=photo, outputs=letters, api_visibility="private")
+        with gr.Tab("Fingerspelling"):
+            gr.Markdown(
+                f"Sign letters to the webcam. A letter is added once it is held for {settings.spell_hold_s:g} s; "
+                "`space` adds a space, `del` deletes, `nothing` (hand down) pauses. "
+                "To spell a double letter, drop your hand for a moment between the two."
+            )
+            speller = gr.State(Speller(settings.spell_hold_s, settings.spell_min_probability))
+            with gr.Row():
+                camera = gr.Image(sources=["webcam"], streaming=True, type="pil", label="Webcam", elem_id="camera")
+                with gr.Column():
+                    spelled = gr.Textbox(label="Text", interactive=False, elem_id="spelled")
+                    status = gr.Markdown(elem_id="spell-status")
+                    clear = gr.Button("Clear", elem_id="clear")
+            camera.stream(on_frame, inputs=[camera, speller], outputs=[spelled, status, speller],
+                          stream_every=0.3, time_limit=600, api_visibility="private")
+            clear.click(on_clear, outputs=[spelled, status, speller], api_visibility="private")
+    return demo
+
+
+def mount_demo(app: FastAPI, backend: Backend, settings: ServeConfig) -> FastAPI:
+    """Mount the demo at /demo with a theme that needs no web fonts."""
+    import gradio as gr
+
+    theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
+    return gr.mount_gradio_app(app, build_demo(backend, settings), path="/demo", theme=theme,
+                               max_file_size=settings.max_request_bytes, footer_links=[])

@@ -1,0 +1,471 @@
+"""Ray Serve application: a FastAPI ingress (HTTP API, OpenAPI docs, Gradio demo at /demo) in front
+of an autoscaling model deployment that batches requests with ``@serve.batch``.
+
+Why two deployments: model replicas scale with load and batch across requests, while the ingress
+stays one replica because Gradio keeps per-session state in its process. The ingress reads,
+checks and decodes uploads (in a thread, off the event loop), so bad input gets a 4xx before it
+reaches the model and only a small uint8 array crosses to a model replica.
+
+``create_app`` takes any ``Backend``; tests drive it in-process, Serve drives it through handles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import ValidationError
+from ray import serve
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from asl_platform.config import Config, ConfigError, ServeConfig
+from asl_platform.data import ImageTooLargeError, Preprocessing, decode_image, resize_for_model
+
+logger = logging.getLogger(__name__)
+
+RAW_IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png", "image/webp")
+ACCEPTED_TYPES = (*RAW_IMAGE_TYPES, "multipart/form-data", "application/json")
+APP_NAME = "asl"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    """A request we refuse; becomes ``{"error": {"code", "message"}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+
+def _error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error, ours or the framework's (404, 405, 422), has the same JSON shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return _error_response(422, "invalid_parameter", details)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error while handling a request")
+        return _error_response(500, "internal_error", f"{type(exc).__name__}: the server could not answer")
+
+
+# --------------------------------------------------------------------------- the model side
+
+
+def describe_model(model_dir: Path, meta: dict) -> dict:
+    """What ``/v1/model`` shows and every prediction names: which model, which weights, how good."""
+    weights = model_dir / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.is_file() else None
+    return {
+        "name": model_dir.parent.name,
+        "version": model_dir.name,
+        "backbone": meta["backbone"],
+        "classes": list(meta["classes"]),
+        "preprocessing": meta["preprocessing"],
+        "metrics": meta.get("metrics", {}),
+        "created": meta.get("created"),
+        "sha256": digest,
+    }
+
+
+@serve.deployment(name="ASLModel", max_ongoing_requests=64)
+class ASLModel:
+    """Holds the classifier; ``classify`` gathers concurrent requests into one forward pass."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        max_batch_size: int = 16,
+        batch_wait_timeout_s: float = 0.005,
+        torch_threads: int | None = None,
+    ):
+        import ray
+        import torch
+
+        from asl_platform.model import Predictor, resolve_model_dir
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        directory = resolve_model_dir(model_dir)
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"  # num_gpus in the config decides
+        self.predictor = Predictor(directory, device=device)
+        self.info = describe_model(directory, self.predictor.meta)
+        self.classify.set_max_batch_size(max_batch_size)
+        self.classify.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        size = self.predictor.preprocessing.image_size
+        self.predictor.predict_uint8(np.zeros((1, size, size, 3), dtype=np.uint8))  # warm up before traffic
+        logger.info("model %s/%s ready on %s (batch <= %d)", self.info["name"], self.info["version"], device,
+                    max_batch_size)
+
+    def describe(self) -> dict:
+        return self.info
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 HWC arrays -> class probabilities, one forward pass for the whole batch."""
+        probabilities = await asyncio.to_thread(self.predictor.predict_uint8, np.stack(images))
+        return list(probabilities)
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class Backend(Protocol):
+    """What the HTTP app needs from a model: its description and batched classification."""
+
+    info: dict
+
+    async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]: ...
+
+    async def healthy(self) -> bool: ...
+
+
+class HandleBackend:
+    """The model deployment, through a Serve handle: one call per image, so ``@serve.batch``
+    can batch images from different requests together."""
+
+    def __init__(self, handle: Any, info: dict):
+        self.handle, self.info = handle, info
+
+    async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return list(await asyncio.gather(*(self.handle.classify.remote(image) for image in images)))
+
+    async def healthy(self) -> bool:
+        try:
+            await asyncio.wait_for(self.handle.describe.remote(), timeout=5)
+            return True
+        except Exception:  # a health check reports, it does not raise
+            return False
+
+
+class LocalBackend:
+    """A model in this process: for tests, the demo without Ray, and benchmarks of the forward pass."""
+
+    def __init__(self, model_dir: str | Path):
+        from asl_platform.model import Predictor, resolve_model_dir
+
+        directory = resolve_model_dir(model_dir)
+        self.predictor = Predictor(directory)
+        self.info = describe_model(directory, self.predictor.meta)
+
+    async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return list(await asyncio.to_thread(self.predictor.predict_uint8, np.stack(images)))
+
+    async def healthy(self) -> bool:
+        return True
+
+
+# --------------------------------------------------------------------------- request parsing
+
+
+@dataclass
+class Upload:
+    """One image as received, before decoding."""
+
+    data: bytes
+    filename: str | None = None
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _check_media_type(media_type: str) -> None:
+    if media_type not in ACCEPTED_TYPES:
+        shown = media_type or "none"
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type {shown!r} is not accepted; send one of: {', '.join(ACCEPTED_TYPES)}")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` (the declared length is checked first,
+    so an honest client with a huge upload is refused before anything is read)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise ApiError(400, "invalid_request", f"Content-Length {declared!r} is not a number")
+        if int(declared) > limit:
+            raise ApiError(413, "payload_too_large", f"request body is {int(declared)} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", f"request body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # lets request.form() parse what was already read
+    return body
+
+
+def _decode_base64(text: Any, where: str) -> bytes:
+    if not isinstance(text, str) or not text:
+        raise ApiError(400, "invalid_request", f"{where} must be a non-empty base64 string")
+    if text.startswith("data:"):  # a data URL from a browser: data:image/png;base64,....
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_base64", f"{where} is not valid base64") from None
+
+
+def _parse_json(body: bytes, key: str) -> Any:
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(document, dict) or key not in document:
+        raise ApiError(400, "invalid_request", f'JSON body must be an object with an "{key}" field')
+    return document[key]
+
+
+async def _form_files(request: Request, max_files: int) -> list[Upload]:
+    try:
+        form = await request.form(max_files=max_files + 1, max_fields=max_files + 16)
+    except Exception as exc:  # python-multipart raises several types for malformed bodies
+        raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from None
+    files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+    uploads = [Upload(await f.read(), f.filename) for f in files]
+    await form.close()
+    if not uploads:
+        raise ApiError(400, "invalid_request", "multipart body has no file field (send the image as 'file')")
+    return uploads
+
+
+async def read_uploads(request: Request, settings: ServeConfig, batch: bool) -> list[Upload]:
+    """Images from a raw body, a multipart form or JSON base64, whichever the Content-Type says."""
+    media_type = _media_type(request)
+    _check_media_type(media_type)
+    body = await read_body(request, settings.max_request_bytes)
+    if media_type in RAW_IMAGE_TYPES:
+        if batch:
+            raise ApiError(415, "unsupported_media_type",
+                           "/predict/batch takes multipart/form-data files or JSON {\"images\": [...]}")
+        return [Upload(body)]
+    if media_type == "multipart/form-data":
+        uploads = await _form_files(request, settings.max_batch_images if batch else 1)
+    elif batch:
+        items = _parse_json(body, "images")
+        if not isinstance(items, list) or not items:
+            raise ApiError(400, "invalid_request", '"images" must be a non-empty list of base64 strings')
+        uploads = [Upload(_decode_base64(item, f"images[{i}]")) for i, item in enumerate(items)]
+    else:
+        uploads = [Upload(_decode_base64(_parse_json(body, "image"), '"image"'))]
+    if batch and len(uploads) > settings.max_batch_images:
+        raise ApiError(413, "too_many_images", f"{len(uploads)} images; the limit is {settings.max_batch_images}")
+    if not batch and len(uploads) != 1:
+        raise ApiError(400, "invalid_request", f"/predict takes one image, got {len(uploads)}; use /predict/batch")
+    return uploads
+
+
+def prepare_image(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
+    """Bytes -> uint8 array at the model's input size; ApiError (413/400) for anything unusable."""
+    try:
+        return resize_for_model(decode_image(data, max_pixels=max_pixels, draft_size=prep.image_size), prep)
+    except ImageTooLargeError as exc:
+        raise ApiError(413, "image_too_large", str(exc)) from None
+    except ValueError as exc:
+        raise ApiError(400, "invalid_image", str(exc)) from None
+    except Exception as exc:  # PIL plugins raise many types on hostile input; none may crash the server
+        raise ApiError(400, "invalid_image", f"could not decode the image ({type(exc).__name__})") from None
+
+
+def top_predictions(probabilities: np.ndarray, classes: list[str], k: int) -> list[dict]:
+    order = np.argsort(-probabilities)[:k]
+    return [{"label": classes[i], "probability": round(float(probabilities[i]), 6)} for i in order]
+
+
+# --------------------------------------------------------------------------- the HTTP app
+
+
+def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
+    """The FastAPI app: /predict, /predict/batch, /healthz, /v1/model, /docs, and /demo."""
+    info = backend.info
+    classes, prep = info["classes"], Preprocessing.from_dict(info["preprocessing"])
+    model_ref = {"name": info["name"], "version": info["version"]}
+    app = FastAPI(
+        title="ASL alphabet recogniser",
+        version=info["version"],
+        description="Classify a photo of an American Sign Language hand sign into one of "
+        f"{len(classes)} classes (A-Z, del, nothing, space).",
+    )
+    _install_error_handlers(app)
+
+    async def decode(upload: Upload) -> np.ndarray:
+        return await asyncio.to_thread(prepare_image, upload.data, prep, settings.max_image_pixels)
+
+    def answer(probabilities: np.ndarray, k: int) -> dict:
+        top = top_predictions(probabilities, classes, k)
+        return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+
+    @app.post("/predict", summary="Classify one image (raw body, multipart 'file', or JSON {'image': base64})")
+    async def predict(request: Request, top_k: int = Query(settings.top_k, ge=1, le=len(classes))) -> dict:
+        started = time.perf_counter()
+        (upload,) = await read_uploads(request, settings, batch=False)
+        (probabilities,) = await backend.classify([await decode(upload)])
+        return {**answer(probabilities, top_k), "model": model_ref,
+                "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+    @app.post("/predict/batch", summary="Classify several images (multipart files, or JSON {'images': [base64]})")
+    async def predict_batch(request: Request, top_k: int = Query(settings.top_k, ge=1, le=len(classes))) -> dict:
+        started = time.perf_counter()
+        uploads = await read_uploads(request, settings, batch=True)
+        decoded = await asyncio.gather(*(decode(u) for u in uploads), return_exceptions=True)
+        good = [array for array in decoded if isinstance(array, np.ndarray)]
+        for failure in decoded:
+            if not isinstance(failure, (np.ndarray, ApiError)):
+                raise failure
+        probabilities = iter(await backend.classify(good) if good else [])
+        results = []
+        for upload, item in zip(uploads, decoded):
+            result = {"error": item.to_dict()} if isinstance(item, ApiError) else answer(next(probabilities), top_k)
+            results.append({"filename": upload.filename, **result} if upload.filename else result)
+        return {"results": results, "model": model_ref, "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+    @app.get("/healthz", summary="Ready to classify (the model deployment answers)")
+    async def healthz() -> JSONResponse:
+        if await backend.healthy():
+            return JSONResponse({"status": "ok", "model": model_ref})
+        return _error_response(503, "unavailable", "the model deployment is not answering")
+
+    @app.get("/v1/model", summary="Classes, version and evaluation metrics of the served model")
+    async def model_info() -> dict:
+        return info
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> RedirectResponse:
+        return RedirectResponse("/demo/" if settings.demo else "/docs")
+
+    if settings.demo:
+        from asl_platform.demo import mount_demo
+
+        app = mount_demo(app, backend, settings)
+    return app
+
+
+@serve.deployment(name="ASLIngress", num_replicas=1, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class ASLIngress:
+    """HTTP entry point; builds its FastAPI app on the replica (Gradio apps do not pickle)."""
+
+    def __init__(self, model: Any, settings: dict):
+        self.model = model
+        self.settings = ServeConfig.model_validate(settings)
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        info = await self.model.describe.remote()
+        return create_app(HandleBackend(self.model, info), self.settings)
+
+
+# --------------------------------------------------------------------------- building and running
+
+
+def autoscaling_config(settings: ServeConfig) -> dict:
+    return {
+        "min_replicas": settings.min_replicas,
+        "max_replicas": settings.max_replicas,
+        "target_ongoing_requests": settings.target_ongoing_requests,
+    }
+
+
+def build_application(settings: ServeConfig):
+    """The Serve application for ``settings`` (its ``model`` must be set)."""
+    from asl_platform.model import resolve_model_dir
+
+    if not settings.model:
+        raise ConfigError("serve.model is not set: pass --model DIR (a model version folder or a models folder)")
+    model_dir = resolve_model_dir(settings.model).resolve()  # replicas may not share this process's cwd
+    model = ASLModel.options(
+        autoscaling_config=autoscaling_config(settings),
+        ray_actor_options={"num_cpus": settings.cpus_per_replica, "num_gpus": settings.gpus_per_replica},
+    ).bind(str(model_dir), settings.max_batch_size, settings.batch_wait_timeout_s, settings.torch_threads)
+    return ASLIngress.bind(model, settings.model_dump(mode="json"))
+
+
+DEPLOYMENT_KEYS = ("host", "port", "min_replicas", "max_replicas", "target_ongoing_requests",
+                   "cpus_per_replica", "gpus_per_replica")
+
+
+def serve_config_document(settings: ServeConfig) -> dict:
+    """A ``serve run`` / ``serve deploy`` config for ``settings``: replicas and resources go in the
+    Ray-native ``deployments`` section (which overrides code), everything else in the app's args."""
+    args = {k: v for k, v in settings.model_dump(mode="json").items() if k not in DEPLOYMENT_KEYS}
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": settings.host, "port": settings.port},
+        "applications": [{
+            "name": APP_NAME,
+            "route_prefix": "/",
+            "import_path": "asl_platform.serve:build_app",
+            "args": args,
+            "deployments": [
+                {"name": "ASLModel", "autoscaling_config": autoscaling_config(settings),
+                 "ray_actor_options": {"num_cpus": settings.cpus_per_replica, "num_gpus": settings.gpus_per_replica}},
+                {"name": "ASLIngress", "num_replicas": 1},
+            ],
+        }],
+    }
+
+
+def build_app(args: dict):
+    """Application builder for ``serve_config.yaml`` (``import_path: asl_platform.serve:build_app``):
+    ``args`` are the ``serve`` section's keys, checked like any config."""
+    try:
+        settings = ServeConfig.model_validate(dict(args))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid serve application args: {exc}") from None
+    return build_application(settings)
+
+
+def start(cfg: Config, blocking: bool = True) -> str:
+    """``asl-platform serve``: start local Ray + Serve on ``serve.host:port`` and deploy the app."""
+    from asl_platform.pipeline import init_ray
+
+    settings = cfg.serve
+    application = build_application(settings)
+    init_ray(cfg)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(application, name=APP_NAME, route_prefix="/")
+    url = f"http://{settings.host}:{settings.port}"
+    logger.info("serving %s: POST %s/predict, docs %s/docs%s", settings.model, url, url,
+                f", demo {url}/demo" if settings.demo else "")
+    if blocking:
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            logger.info("shutting down")
+            serve.shutdown()
+    return url

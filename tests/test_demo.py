@@ -1,0 +1,64 @@
+"""asl_platform.demo: the fingerspelling rules (pure logic) and the demo's wiring to a real model."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+from PIL import Image
+
+from asl_platform.config import ServeConfig
+from asl_platform.demo import Speller, build_demo, classify_pil
+from asl_platform.serve import LocalBackend
+from conftest import colour_image
+
+
+def feed(speller: Speller, frames: list[tuple[str, float]], step: float = 0.25) -> list[str | None]:
+    return [speller.update(label, probability, now=i * step) for i, (label, probability) in enumerate(frames)]
+
+
+def test_letter_is_committed_once_after_holding():
+    speller = Speller(hold_s=1.0, min_probability=0.6)
+    committed = feed(speller, [("A", 0.9)] * 10)
+    assert committed.count("A") == 1 and committed.index("A") == 4  # 1.0 s after the first frame
+    assert speller.text == "A"
+
+
+def test_short_glimpses_and_unsure_frames_do_not_commit():
+    speller = Speller(hold_s=1.0, min_probability=0.6)
+    feed(speller, [("B", 0.9), ("B", 0.9), ("C", 0.9), ("B", 0.9), ("B", 0.5), ("B", 0.9), ("B", 0.9)])
+    assert speller.text == ""
+
+
+def test_double_letter_needs_a_pause_and_specials_work():
+    speller = Speller(hold_s=0.5, min_probability=0.6)
+    frames = ([("L", 0.9)] * 4 + [("nothing", 0.9)] * 4 + [("L", 0.9)] * 4 + [("space", 0.8)] * 4
+              + [("O", 0.9)] * 4 + [("del", 0.9)] * 3 + [("K", 0.95)] * 3)
+    feed(speller, frames)
+    assert speller.text == "LL K"
+
+
+def test_del_repeats_while_held_and_clear_resets():
+    speller = Speller(hold_s=0.5, min_probability=0.6, text="ABCD")
+    feed(speller, [("del", 0.9)] * 7)  # commits at 0.5, 1.0, 1.5 s
+    assert speller.text == "A"
+    speller.clear()
+    assert (speller.text, speller.candidate, speller.committed) == ("", None, None)
+    assert speller.progress(now=0.0) == 0.0
+
+
+def test_progress_grows_towards_a_commit():
+    speller = Speller(hold_s=1.0)
+    speller.update("Y", 0.9, now=0.0)
+    assert speller.progress(now=0.5) == 0.5 and speller.progress(now=3.0) == 1.0
+
+
+def test_demo_classifies_through_the_backend(colour_model):
+    backend = LocalBackend(colour_model)
+    image = Image.open(io.BytesIO(colour_image("C", size=300))).convert("RGBA")  # any mode, any size
+    from asl_platform.data import Preprocessing
+
+    top = asyncio.run(classify_pil(backend, image, Preprocessing.from_dict(backend.info["preprocessing"]), k=5))
+    assert next(iter(top)) == "C" and len(top) == 4 and abs(sum(top.values()) - 1) < 1e-5
+    demo = build_demo(backend, ServeConfig())
+    assert demo.title == "ASL alphabet recogniser"

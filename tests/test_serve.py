@@ -1,0 +1,206 @@
+"""asl_platform.serve in-process: every input format and every error, through the real FastAPI app
+(TestClient) on a real trained model, without Ray. The same app runs under Serve in test_serve_e2e."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zlib
+import struct
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from asl_platform.config import ServeConfig
+from asl_platform.data import Preprocessing
+from asl_platform.serve import ApiError, LocalBackend, create_app, prepare_image, top_predictions
+from conftest import colour_image
+
+
+@pytest.fixture(scope="module")
+def client(colour_model) -> TestClient:
+    settings = ServeConfig(max_request_bytes=64 * 1024, max_image_pixels=1_000_000, max_batch_images=4)
+    return TestClient(create_app(LocalBackend(colour_model), settings))
+
+
+def _raw(client, data: bytes, content_type: str, **kwargs):
+    return client.post("/predict", content=data, headers={"content-type": content_type}, **kwargs)
+
+
+def _error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"]
+    return body
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG that declares huge dimensions (the start of a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+# --------------------------------------------------------------------------- formats
+
+
+@pytest.mark.parametrize("fmt,content_type", [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp")])
+def test_raw_body_in_each_image_format(client, fmt, content_type):
+    for label in ("A", "B", "C", "space"):
+        response = _raw(client, colour_image(label, fmt=fmt, seed=99), content_type)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["label"] == label
+        assert body["model"] == {"name": "colours", "version": "v1"}
+        assert body["elapsed_ms"] >= 0
+        assert [p["label"] for p in body["top_k"]][0] == label
+        assert abs(sum(p["probability"] for p in body["top_k"]) - 1) < 1e-3  # 4 classes, default top_k 5
+
+
+def test_multipart_and_json_base64_and_data_url(client):
+    image = colour_image("B", fmt="JPEG", seed=5)
+    assert client.post("/predict", files={"file": ("b.jpg", image, "image/jpeg")}).json()["label"] == "B"
+    encoded = base64.b64encode(image).decode()
+    assert client.post("/predict", json={"image": encoded}).json()["label"] == "B"
+    assert client.post("/predict", json={"image": "data:image/jpeg;base64," + encoded}).json()["label"] == "B"
+
+
+def test_top_k_parameter(client):
+    body = _raw(client, colour_image("C"), "image/png", params={"top_k": 2}).json()
+    assert len(body["top_k"]) == 2 and body["top_k"][0]["probability"] >= body["top_k"][1]["probability"]
+    _error(_raw(client, colour_image("C"), "image/png", params={"top_k": 0}), 422, "invalid_parameter")
+    _error(_raw(client, colour_image("C"), "image/png", params={"top_k": 99}), 422, "invalid_parameter")
+
+
+def test_batch_multipart_and_json_keep_order_and_report_bad_items(client):
+    files = [("files", (f"{label}.png", colour_image(label), "image/png")) for label in ("C", "A", "B")]
+    files.insert(1, ("files", ("broken.jpg", b"\xff\xd8\xff not really", "image/jpeg")))
+    body = client.post("/predict/batch", files=files).json()
+    assert [r.get("label") for r in body["results"]] == ["C", None, "A", "B"]
+    assert [r["filename"] for r in body["results"]] == ["C.png", "broken.jpg", "A.png", "B.png"]
+    assert body["results"][1]["error"]["code"] == "invalid_image"
+    images = [base64.b64encode(colour_image(label)).decode() for label in ("space", "A")]
+    body = client.post("/predict/batch", json={"images": images}).json()
+    assert [r["label"] for r in body["results"]] == ["space", "A"]
+
+
+def test_health_model_info_docs_and_index(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    info = client.get("/v1/model").json()
+    assert info["classes"] == ["A", "B", "C", "space"] and info["version"] == "v1" and len(info["sha256"]) == 16
+    assert info["metrics"]["test_accuracy"] == 1.0
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/predict", "/predict/batch", "/healthz", "/v1/model"} <= set(paths)
+    assert client.get("/docs").status_code == 200
+    assert client.get("/", follow_redirects=False).headers["location"] == "/demo/"
+    assert "ASL alphabet recogniser" in client.get("/demo/").text
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "", "image/gif", "application/x-www-form-urlencoded"])
+def test_unsupported_content_type_is_415(client, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    _error(client.post("/predict", content=colour_image("A"), headers=headers), 415, "unsupported_media_type")
+
+
+def test_raw_body_to_batch_endpoint_is_415(client):
+    _error(client.post("/predict/batch", content=colour_image("A"), headers={"content-type": "image/png"}),
+           415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("data,why", [
+    (b"", "empty"),
+    (b"definitely not an image", "random"),
+    (colour_image("A", fmt="JPEG")[:200], "truncated jpeg"),
+    (colour_image("A", fmt="PNG")[:100], "truncated png"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 50, "png signature only"),
+])
+def test_unusable_image_is_400(client, data, why):
+    _error(_raw(client, data, "image/png"), 400, "invalid_image")
+
+
+def test_huge_dimensions_and_bombs_are_413_before_decoding(client):
+    _error(_raw(client, png_header_only(20_000, 20_000), "image/png"), 413, "image_too_large")
+    _error(_raw(client, png_header_only(2_000, 1_000), "image/png"), 413, "image_too_large")  # over 1e6 pixels
+
+
+def test_too_large_body_is_413_declared_or_streamed(client):
+    _error(_raw(client, b"\0" * (64 * 1024 + 1), "image/png"), 413, "payload_too_large")
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(20):
+            yield b"\0" * 8192
+
+    _error(client.post("/predict", content=chunks(), headers={"content-type": "image/png"}), 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("body,code", [
+    (b"{not json", "invalid_json"),
+    (b"[1, 2]", "invalid_request"),
+    (b'{"img": "abc"}', "invalid_request"),
+    (b'{"image": 42}', "invalid_request"),
+    (b'{"image": "***not base64***"}', "invalid_base64"),
+    (b'{"image": "aGVsbG8="}', "invalid_image"),  # valid base64 of "hello"
+])
+def test_bad_json_is_400(client, body, code):
+    _error(client.post("/predict", content=body, headers={"content-type": "application/json"}), 400, code)
+
+
+def test_bad_multipart_is_400(client):
+    _error(client.post("/predict", data={"note": "no file"}, files={}, headers={}), 415, "unsupported_media_type")
+    broken = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n\x00\x01"
+    response = client.post("/predict", content=broken, headers={"content-type": "multipart/form-data; boundary=XyZ"})
+    assert response.status_code == 400, response.text
+    response = client.post("/predict", content=b"--XyZ--\r\n", headers={"content-type": "multipart/form-data; boundary=XyZ"})
+    _error(response, 400, "invalid_request")
+    two = [("file", ("a.png", colour_image("A"), "image/png")), ("file", ("b.png", colour_image("B"), "image/png"))]
+    assert client.post("/predict", files=two).status_code == 400
+
+
+def test_batch_limits(client):
+    files = [("files", (f"{i}.png", colour_image("A"), "image/png")) for i in range(5)]
+    _error(client.post("/predict/batch", files=files), 413, "too_many_images")
+    _error(client.post("/predict/batch", json={"images": []}), 400, "invalid_request")
+
+
+def test_unknown_route_and_method_are_json(client):
+    _error(client.get("/nope"), 404, "not_found")
+    _error(client.get("/predict"), 405, "method_not_allowed")
+
+
+def test_server_still_answers_after_bad_input(client):
+    for data in (b"", b"junk", png_header_only(50_000, 50_000)):
+        assert _raw(client, data, "image/png").status_code in (400, 413)
+    assert _raw(client, colour_image("A"), "image/png").json()["label"] == "A"
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_prepare_image_resizes_and_converts_modes():
+    prep = Preprocessing(image_size=32)
+    for mode in ("RGB", "RGBA", "L", "CMYK", "P"):
+        buffer = io.BytesIO()
+        Image.new(mode, (50, 40)).save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
+        array = prepare_image(buffer.getvalue(), prep, max_pixels=10_000)
+        assert array.shape == (32, 32, 3) and array.dtype == np.uint8
+    with pytest.raises(ApiError) as caught:
+        prepare_image(png_header_only(200, 200), prep, max_pixels=10_000)
+    assert caught.value.status == 413
+
+
+def test_top_predictions_sorted_and_cut():
+    top = top_predictions(np.array([0.1, 0.6, 0.3]), ["x", "y", "z"], 2)
+    assert top == [{"label": "y", "probability": 0.6}, {"label": "z", "probability": 0.3}]
+
+
+def test_openapi_schema_is_valid_json(client):
+    json.dumps(client.get("/openapi.json").json())

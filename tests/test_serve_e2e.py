@@ -1,0 +1,208 @@
+"""Real Ray Serve on a free port: every input format and error over HTTP, many parallel clients,
+serve_config.yaml, and the Gradio demo driven in a real headless Chromium (Playwright)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from asl_platform.config import ConfigError, ServeConfig
+from asl_platform.serve import APP_NAME, build_app, build_application, serve_config_document
+from conftest import REPO_ROOT, colour_image
+from test_serve import png_header_only
+
+pytestmark = pytest.mark.e2e
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, colour_model) -> str:
+    from ray import serve
+
+    port = free_port()
+    settings = ServeConfig(model=str(colour_model), port=port, max_request_bytes=256 * 1024, max_replicas=1,
+                           spell_hold_s=0.6, spell_min_probability=0.5)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_application(settings), name=APP_NAME, route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def test_every_input_format_over_http(server):
+    for fmt, content_type in (("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp")):
+        response = requests.post(f"{server}/predict", data=colour_image("A", fmt=fmt), headers={"content-type": content_type})
+        assert response.status_code == 200 and response.json()["label"] == "A", response.text
+    image = colour_image("C", fmt="JPEG")
+    assert requests.post(f"{server}/predict", files={"file": ("c.jpg", image, "image/jpeg")}).json()["label"] == "C"
+    assert requests.post(f"{server}/predict", json={"image": base64.b64encode(image).decode()}).json()["label"] == "C"
+    files = [("files", (f"{label}.png", colour_image(label), "image/png")) for label in ("B", "space")]
+    assert [r["label"] for r in requests.post(f"{server}/predict/batch", files=files).json()["results"]] == ["B", "space"]
+    info = requests.get(f"{server}/v1/model").json()
+    assert info["classes"] == ["A", "B", "C", "space"]
+    assert requests.get(f"{server}/healthz").json()["status"] == "ok"
+    assert requests.get(f"{server}/docs").status_code == 200
+
+
+def test_errors_over_http(server):
+    def post(data, content_type, **headers):
+        return requests.post(f"{server}/predict", data=data, headers={"content-type": content_type, **headers})
+
+    cases = [
+        (post(b"not an image", "image/png"), 400, "invalid_image"),
+        (post(colour_image("A", fmt="JPEG")[:150], "image/jpeg"), 400, "invalid_image"),
+        (post(colour_image("A"), "text/plain"), 415, "unsupported_media_type"),
+        (post(b"\0" * (300 * 1024), "image/png"), 413, "payload_too_large"),
+        (post(iter([b"\0" * 65536] * 8), "image/png"), 413, "payload_too_large"),  # chunked, no length
+        (post(png_header_only(30_000, 30_000), "image/png"), 413, "image_too_large"),
+        (post(b'{"image": "%%%"}', "application/json"), 400, "invalid_base64"),
+        (requests.get(f"{server}/missing"), 404, "not_found"),
+    ]
+    for response, status, code in cases:
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["code"] == code
+    assert post(colour_image("B"), "image/png").json()["label"] == "B"  # still serving
+
+
+def test_many_parallel_clients_all_answered_correctly(server):
+    labels = ["A", "B", "C", "space"] * 24
+    session = requests.Session()
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=32))
+
+    def call(index: int) -> tuple[str, int, str]:
+        label = labels[index]
+        response = session.post(f"{server}/predict", data=colour_image(label, seed=index),
+                                headers={"content-type": "image/png"}, timeout=60)
+        return label, response.status_code, response.json().get("label")
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(call, range(len(labels))))
+    assert all(status == 200 for _, status, _ in results)
+    assert [got for _, _, got in results] == labels
+
+
+def test_serve_config_yaml_matches_the_serve_defaults_and_builds():
+    document = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    assert document == serve_config_document(ServeConfig(model="asl_runs/models/smoke"))
+    args = document["applications"][0]["args"]
+    with pytest.raises(ConfigError, match="max_batch_sise"):
+        build_app({**args, "max_batch_sise": 8})
+    with pytest.raises(FileNotFoundError):
+        build_app({**args, "model": "/nonexistent/model"})
+
+
+# --------------------------------------------------------------------------- the browser
+
+
+def launch_chromium(playwright, extra_args: tuple[str, ...] = ()):
+    """Debian's Chromium, headless, with nothing allowed to phone home (this network is closed)."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", *extra_args,
+    ])
+
+
+@pytest.fixture(scope="module")
+def playwright_or_skip():
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"Chromium not found at {CHROMIUM}; .ci/run installs Debian's chromium package")
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (a dev extra)")
+    with sync_api.sync_playwright() as playwright:
+        yield playwright
+
+
+def _block_external(page) -> list[str]:
+    """Abort and record every request that leaves localhost: the demo must work offline."""
+    external: list[str] = []
+
+    def route(route):
+        if route.request.url.startswith(("http://127.0.0.1", "http://localhost", "data:", "blob:")):
+            return route.continue_()
+        external.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", route)
+    return external
+
+
+def test_demo_in_a_real_browser_upload_shows_the_letter(server, playwright_or_skip, tmp_path):
+    image_path = tmp_path / "sign_c.png"
+    image_path.write_bytes(colour_image("C", size=200, seed=3))
+    expected = requests.post(f"{server}/predict", data=image_path.read_bytes(),
+                             headers={"content-type": "image/png"}).json()
+    assert expected["label"] == "C"
+    browser = launch_chromium(playwright_or_skip)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        external = _block_external(page)
+        page.goto(f"{server}/demo/", wait_until="load")
+        page.wait_for_selector("#photo input[type=file]", state="attached", timeout=60_000)
+        assert "ASL alphabet recogniser" in page.content()
+        page.locator("#photo input[type=file]").set_input_files(str(image_path))
+        page.wait_for_function("document.querySelector('#letters')?.innerText.includes('%')", timeout=60_000)
+        page.wait_for_timeout(500)  # let the label's fade-in finish before the screenshot
+        shown = page.locator("#letters").inner_text().split()
+        assert "Top 5 letters" in page.locator("#letters").inner_text()
+        assert shown[shown.index("letters") + 1] == "C"  # the headline letter
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "demo_photo.png"), full_page=True)
+        assert external == [], f"the demo tried to reach the internet: {external}"
+    finally:
+        browser.close()
+
+
+def write_fake_webcam_video(path: Path, labels: list[str], fps: int = 10, size: int = 160) -> Path:
+    """A Y4M video (Chromium's fake-webcam format) showing each label's colour for one frame each."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with open(path, "wb") as handle:
+        handle.write(f"YUV4MPEG2 W{size} H{size} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for label in labels:
+            ycbcr = np.asarray(Image.open(io.BytesIO(colour_image(label, size=size))).convert("YCbCr"))
+            handle.write(b"FRAME\n" + ycbcr[..., 0].tobytes() + ycbcr[::2, ::2, 1].tobytes() + ycbcr[::2, ::2, 2].tobytes())
+    return path
+
+
+def test_fingerspelling_from_a_live_webcam_stream(server, playwright_or_skip, tmp_path):
+    """Chromium's fake webcam plays A for 2 s then C for 2 s, looping: the demo must spell them in turn."""
+    video = write_fake_webcam_video(tmp_path / "signs.y4m", ["A"] * 20 + ["C"] * 20)
+    browser = launch_chromium(playwright_or_skip, ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                                                   f"--use-file-for-fake-video-capture={video}"))
+    try:
+        page = browser.new_context(permissions=["camera"], viewport={"width": 1280, "height": 800}).new_page()
+        external = _block_external(page)
+        page.goto(f"{server}/demo/", wait_until="load")
+        page.get_by_role("tab", name="Fingerspelling").click()
+        page.locator("#camera").get_by_text("Click to Access Webcam").click()
+        page.locator("#camera button", has_text="Record").click()
+        text = page.locator("#spelled textarea")
+        page.wait_for_function("document.querySelector('#spelled textarea').value.length >= 3", timeout=60_000)
+        spelled = text.input_value()
+        assert set(spelled) <= {"A", "C"}, spelled
+        assert all(a != b for a, b in zip(spelled, spelled[1:])), f"a held letter was committed twice: {spelled}"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "demo_fingerspelling.png"), full_page=True)
+        page.locator("#clear").click()
+        page.wait_for_function("document.querySelector('#spelled textarea').value.length <= 1", timeout=10_000)
+        assert external == [], f"the demo tried to reach the internet: {external}"
+    finally:
+        browser.close()

@@ -108,7 +108,7 @@ class ASLModel:
     def __init__(
         self,
         model_dir: str,
-        max_batch_size: int = 16,
+        max_batch_size: int = 8,
         batch_wait_timeout_s: float = 0.005,
         torch_threads: int | None = None,
     ):
@@ -133,7 +133,7 @@ class ASLModel:
     def describe(self) -> dict:
         return self.info
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """uint8 HWC arrays -> class probabilities, one forward pass for the whole batch."""
         probabilities = await asyncio.to_thread(self.predictor.predict_uint8, np.stack(images))
@@ -375,7 +375,9 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     return app
 
 
-@serve.deployment(name="ASLIngress", num_replicas=1, ray_actor_options={"num_cpus": 0})
+# One replica must take every concurrent request (Serve's default of 5 would queue the rest in the proxy,
+# which retries with backoff: throughput fell by half at 32 clients); the model deployment does the heavy work.
+@serve.deployment(name="ASLIngress", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class ASLIngress:
     """HTTP entry point; builds its FastAPI app on the replica (Gradio apps do not pickle)."""
@@ -397,6 +399,8 @@ def autoscaling_config(settings: ServeConfig) -> dict:
         "min_replicas": settings.min_replicas,
         "max_replicas": settings.max_replicas,
         "target_ongoing_requests": settings.target_ongoing_requests,
+        "upscale_delay_s": settings.upscale_delay_s,
+        "downscale_delay_s": settings.downscale_delay_s,
     }
 
 
@@ -414,8 +418,8 @@ def build_application(settings: ServeConfig):
     return ASLIngress.bind(model, settings.model_dump(mode="json"))
 
 
-DEPLOYMENT_KEYS = ("host", "port", "min_replicas", "max_replicas", "target_ongoing_requests",
-                   "cpus_per_replica", "gpus_per_replica")
+DEPLOYMENT_KEYS = ("host", "port", "min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
+                   "downscale_delay_s", "cpus_per_replica", "gpus_per_replica")
 
 
 def serve_config_document(settings: ServeConfig) -> dict:

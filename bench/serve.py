@@ -1,0 +1,258 @@
+"""Serving benchmark: the real Serve application under load from a separate process on loopback.
+
+In one run:
+
+1. the model's forward pass alone (in-process, batch 1, the replica's thread count) for reference;
+2. p50/p99 latency, requests/s and errors at 1, 8 and 32 concurrent clients, with dynamic batching
+   on (``max_batch_size``) and off (``max_batch_size=1``), one model replica each, so the ratio
+   isolates batching;
+3. autoscaling: 32 clients against min 1 / max N replicas, the replica count sampled every second
+   while the load runs and after it stops.
+
+Targets: 0 errors; p50 at 1 client <= forward + 15 ms; 32-client throughput with batching >= 1.5x
+without; replicas go up under load and back down after. Run from the repository root::
+
+    python bench/serve.py --model asl_runs/models/<run> [--duration 20] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import socket
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("bench.serve")
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "asl-alphabet"
+
+
+# --------------------------------------------------------------------------- load generator (own process)
+
+
+async def _load(url: str, body: bytes, clients: int, duration: float) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    deadline = time.perf_counter() + duration
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients), timeout=timeout) as session:
+
+        async def client() -> None:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers={"content-type": "image/jpeg"}) as response:
+                        await response.read()
+                        if response.status != 200:
+                            errors[str(response.status)] = errors.get(str(response.status), 0) + 1
+                            continue
+                except Exception as exc:  # a benchmark counts failures, it does not stop on them
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    continue
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - began
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
+
+
+def run_load(url: str, body: bytes, clients: int, duration: float) -> dict:
+    """Entry point of the load process: drive ``clients`` concurrent connections for ``duration`` s."""
+    return asyncio.run(_load(url, body, clients, duration))
+
+
+def load_in_subprocess(pool, url: str, body: bytes, clients: int, duration: float) -> dict:
+    result = pool.apply(run_load, (url, body, clients, duration))
+    latencies = sorted(result["latencies"])
+    ms = [1000 * x for x in latencies]
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": sum(result["errors"].values()),
+        "error_kinds": result["errors"],
+        "p50_ms": round(statistics.median(ms), 1) if ms else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 1) if ms else None,
+        "rps": round(len(latencies) / result["elapsed"], 1),
+    }
+
+
+# --------------------------------------------------------------------------- the pieces measured
+
+
+def forward_time_ms(model_dir: str, image: bytes, threads: int) -> dict:
+    """Median time of the model alone on one image, and of decoding + resizing it."""
+    import torch
+
+    from asl_platform.data import decode_image, resize_for_model
+    from asl_platform.model import Predictor
+
+    torch.set_num_threads(threads)
+    predictor = Predictor(model_dir)
+    prep = predictor.preprocessing
+    array = resize_for_model(decode_image(image, draft_size=prep.image_size), prep)[None]
+    for _ in range(5):
+        predictor.predict_uint8(array)
+    forward, decode = [], []
+    for _ in range(30):
+        started = time.perf_counter()
+        predictor.predict_uint8(array)
+        forward.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        resize_for_model(decode_image(image, draft_size=prep.image_size), prep)
+        decode.append(time.perf_counter() - started)
+    return {"forward_ms": round(1000 * statistics.median(forward), 1),
+            "decode_resize_ms": round(1000 * statistics.median(decode), 1)}
+
+
+def deploy(settings) -> None:
+    from ray import serve
+
+    from asl_platform.serve import APP_NAME, build_application
+
+    serve.run(build_application(settings), name=APP_NAME, route_prefix="/")
+
+
+def replica_count() -> int:
+    from ray import serve
+
+    from asl_platform.serve import APP_NAME
+
+    states = serve.status().applications[APP_NAME].deployments["ASLModel"].replica_states
+    return int(sum(count for state, count in states.items() if str(getattr(state, "value", state)) == "RUNNING"))
+
+
+def observe_autoscaling(pool, url: str, body: bytes, clients: int, load_s: float, settle_s: float) -> dict:
+    """Run load in the background and sample the replica count each second, during and after."""
+    pending = pool.apply_async(run_load, (url, body, clients, load_s))
+    trace, started = [], time.perf_counter()
+    while time.perf_counter() - started < load_s + settle_s:
+        trace.append((round(time.perf_counter() - started), replica_count()))
+        if not pending.ready() or trace[-1][1] > 1 or len(trace) < 3:
+            time.sleep(1)
+            continue
+        break  # load over and back to one replica
+    result = pending.get()
+    peak = max(count for _, count in trace)
+    up = next((t for t, count in trace if count > 1), None)
+    down = next((t for t, count in trace if t > load_s and count == 1), None)
+    return {"trace": trace, "peak_replicas": peak, "scaled_up_at_s": up, "back_to_1_at_s": down,
+            "load_s": load_s, "errors": sum(result["errors"].values()), "requests": len(result["latencies"])}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _sample_image(path: str | None) -> bytes:
+    if path:
+        return Path(path).read_bytes()
+    if DEFAULT_DATA.is_dir():
+        folder = sorted(p for p in (DEFAULT_DATA / "A").iterdir())
+        return folder[0].read_bytes()
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 200), (180, 120, 90)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model directory or models folder")
+    parser.add_argument("--image", help="JPEG to send (default: one asl-alphabet image)")
+    parser.add_argument("--duration", type=float, default=20, help="seconds of load per measurement")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--batch-wait", type=float, default=0.005, help="batch_wait_timeout_s")
+    parser.add_argument("--replica-cpus", type=float, default=1, help="num_cpus (and torch threads) per model replica")
+    parser.add_argument("--max-replicas", type=int, default=2, help="for the autoscaling phase")
+    parser.add_argument("--skip-autoscaling", action="store_true")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    import ray
+    from ray import serve
+
+    from asl_platform.config import ServeConfig
+    from asl_platform.model import resolve_model_dir
+
+    model_dir = str(resolve_model_dir(args.model).resolve())
+    body = _sample_image(args.image)
+    figures: dict = {"model": model_dir, "cpus": os.cpu_count(), "image_bytes": len(body)}
+    threads = max(1, int(args.replica_cpus))  # Ray gives a replica OMP_NUM_THREADS = its num_cpus
+    figures.update(forward_time_ms(model_dir, body, threads=threads), threads=threads)
+    logger.info("model alone: forward %.1f ms, decode+resize %.1f ms", figures["forward_ms"], figures["decode_resize_ms"])
+
+    pool = multiprocessing.get_context("spawn").Pool(1)  # the load comes from another process
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/predict"
+    ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    rows = []
+    for batching, batch_size in (("on", args.max_batch_size), ("off", 1)):
+        deploy(ServeConfig(model=model_dir, port=port, max_batch_size=batch_size, batch_wait_timeout_s=args.batch_wait,
+                           min_replicas=1, max_replicas=1, cpus_per_replica=args.replica_cpus, torch_threads=threads))
+        load_in_subprocess(pool, url, body, 4, 3)  # warm up connections and the replica
+        for clients in args.clients:
+            row = {"batching": batching, **load_in_subprocess(pool, url, body, clients, args.duration)}
+            logger.info("%s", row)
+            rows.append(row)
+    figures["load"] = rows
+    if not args.skip_autoscaling:
+        deploy(ServeConfig(model=model_dir, port=port, max_batch_size=args.max_batch_size,
+                           batch_wait_timeout_s=args.batch_wait, cpus_per_replica=args.replica_cpus, min_replicas=1,
+                           max_replicas=args.max_replicas, target_ongoing_requests=2, upscale_delay_s=2,
+                           downscale_delay_s=5))
+        figures["autoscaling"] = observe_autoscaling(pool, url, body, clients=32, load_s=40, settle_s=60)
+        logger.info("autoscaling: %s", figures["autoscaling"])
+    serve.shutdown()
+    pool.close()
+    print_report(figures)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
+def print_report(figures: dict) -> None:
+    print(f"\nmodel forward alone (batch 1, {figures['threads']} thread(s)): {figures['forward_ms']} ms; "
+          f"decode+resize {figures['decode_resize_ms']} ms; {figures['cpus']} CPUs\n")
+    print("| batching | clients | requests | errors | p50 ms | p99 ms | req/s |")
+    print("|---|---|---|---|---|---|---|")
+    for row in figures["load"]:
+        print(f"| {row['batching']} | {row['clients']} | {row['requests']} | {row['errors']} | {row['p50_ms']} | "
+              f"{row['p99_ms']} | {row['rps']} |")
+    by_key = {(r["batching"], r["clients"]): r for r in figures["load"]}
+    one = by_key.get(("on", 1))
+    if one:
+        print(f"\np50 at 1 client - forward = {one['p50_ms'] - figures['forward_ms']:.1f} ms (target <= 15)")
+    most = max(r["clients"] for r in figures["load"])
+    if ("on", most) in by_key and ("off", most) in by_key:
+        ratio = by_key[("on", most)]["rps"] / by_key[("off", most)]["rps"]
+        print(f"throughput at {most} clients, batching on / off = {ratio:.2f}x (target >= 1.5)")
+    scaling = figures.get("autoscaling")
+    if scaling:
+        print(f"autoscaling: peak {scaling['peak_replicas']} replicas, up at {scaling['scaled_up_at_s']} s, load ended at "
+              f"{scaling['load_s']} s, back to 1 at {scaling['back_to_1_at_s']} s, {scaling['errors']} errors "
+              f"in {scaling['requests']} requests")
+        print("trace (s, replicas): " + " ".join(f"{t}:{n}" for t, n in scaling["trace"]))
+
+
+if __name__ == "__main__":
+    main()

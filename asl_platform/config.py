@@ -162,7 +162,10 @@ class ServeConfig(_Section):
     max_batch_images: int = Field(default=32, ge=1, le=1024, description="Images per /predict/batch request.")
     top_k: int = Field(default=5, ge=1, le=29)
     max_batch_size: int = Field(default=8, ge=1, le=1024, description="@serve.batch size; 1 turns batching off.")
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0, le=10, description="How long a batch waits to fill.")
+    batch_wait_timeout_s: float = Field(
+        default=0.0, ge=0, le=10,
+        description="How long a batch waits to fill; 0: take what queued while the last batch ran (no added latency).",
+    )
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=2, ge=1)
     target_ongoing_requests: float = Field(default=8, gt=0, description="Autoscaling target per model replica.")

@@ -2,9 +2,10 @@
 of an autoscaling model deployment that batches requests with ``@serve.batch``.
 
 Why two deployments: model replicas scale with load and batch across requests, while the ingress
-stays one replica because Gradio keeps per-session state in its process. The ingress reads,
-checks and decodes uploads (in a thread, off the event loop), so bad input gets a 4xx before it
-reaches the model and only a small uint8 array crosses to a model replica.
+stays one replica because Gradio keeps per-session state in its process. The ingress enforces the
+HTTP rules (content type, size, multipart/JSON/base64) and forwards the still-compressed image;
+the model replica decodes it in a worker thread (off the event loop), so decoding scales with the
+replicas and a corrupt upload becomes that request's 4xx, never a crash.
 
 ``create_app`` takes any ``Backend``; tests drive it in-process, Serve drives it through handles.
 """
@@ -85,6 +86,18 @@ def _install_error_handlers(app: FastAPI) -> None:
 # --------------------------------------------------------------------------- the model side
 
 
+def prepare_image(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
+    """Bytes -> uint8 array at the model's input size; ApiError (413/400) for anything unusable."""
+    try:
+        return resize_for_model(decode_image(data, max_pixels=max_pixels, draft_size=prep.image_size), prep)
+    except ImageTooLargeError as exc:
+        raise ApiError(413, "image_too_large", str(exc)) from None
+    except ValueError as exc:
+        raise ApiError(400, "invalid_image", str(exc)) from None
+    except Exception as exc:  # PIL plugins raise many types on hostile input; none may crash the server
+        raise ApiError(400, "invalid_image", f"could not decode the image ({type(exc).__name__})") from None
+
+
 def describe_model(model_dir: Path, meta: dict) -> dict:
     """What ``/v1/model`` shows and every prediction names: which model, which weights, how good."""
     weights = model_dir / "model.safetensors"
@@ -101,43 +114,71 @@ def describe_model(model_dir: Path, meta: dict) -> dict:
     }
 
 
+class ImageClassifier:
+    """Decodes and classifies a batch of uploads in one forward pass. A bad upload gets an error
+    result (a dict: exceptions with custom fields do not survive pickling), never an exception, so
+    one corrupt image cannot fail the other requests batched with it."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", max_pixels: int = 40_000_000):
+        from asl_platform.model import Predictor, resolve_model_dir
+
+        directory = resolve_model_dir(model_dir)
+        self.predictor = Predictor(directory, device=device)
+        self.info = describe_model(directory, self.predictor.meta)
+        self.max_pixels = max_pixels
+
+    def __call__(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | dict]:
+        prep, arrays, results = self.predictor.preprocessing, [], []
+        for item in items:
+            try:
+                arrays.append(item if isinstance(item, np.ndarray) else prepare_image(item, prep, self.max_pixels))
+                results.append(None)
+            except ApiError as exc:
+                results.append({"status": exc.status, **exc.to_dict()})
+        probabilities = iter(self.predictor.predict_uint8(np.stack(arrays)) if arrays else ())
+        return [next(probabilities) if result is None else result for result in results]
+
+
+def _as_result(result: np.ndarray | dict) -> np.ndarray | ApiError:
+    return ApiError(result["status"], result["code"], result["message"]) if isinstance(result, dict) else result
+
+
 @serve.deployment(name="ASLModel", max_ongoing_requests=64)
 class ASLModel:
-    """Holds the classifier; ``classify`` gathers concurrent requests into one forward pass."""
+    """Holds the classifier; ``classify`` gathers concurrent requests into one forward pass.
+
+    Uploads arrive as the client's compressed bytes (smaller than pixels: they travel inline, not
+    through the object store) and are decoded here, so decoding scales with the replicas."""
 
     def __init__(
         self,
         model_dir: str,
         max_batch_size: int = 8,
-        batch_wait_timeout_s: float = 0.005,
+        batch_wait_timeout_s: float = 0.0,
         torch_threads: int | None = None,
+        max_image_pixels: int = 40_000_000,
     ):
         import ray
         import torch
 
-        from asl_platform.model import Predictor, resolve_model_dir
-
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        directory = resolve_model_dir(model_dir)
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"  # num_gpus in the config decides
-        self.predictor = Predictor(directory, device=device)
-        self.info = describe_model(directory, self.predictor.meta)
+        self.classifier = ImageClassifier(model_dir, device=device, max_pixels=max_image_pixels)
         self.classify.set_max_batch_size(max_batch_size)
         self.classify.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        size = self.predictor.preprocessing.image_size
-        self.predictor.predict_uint8(np.zeros((1, size, size, 3), dtype=np.uint8))  # warm up before traffic
-        logger.info("model %s/%s ready on %s (batch <= %d)", self.info["name"], self.info["version"], device,
-                    max_batch_size)
+        size = self.classifier.predictor.preprocessing.image_size
+        self.classifier([np.zeros((size, size, 3), dtype=np.uint8)])  # warm up before traffic
+        info = self.classifier.info
+        logger.info("model %s/%s ready on %s (batch <= %d)", info["name"], info["version"], device, max_batch_size)
 
     def describe(self) -> dict:
-        return self.info
+        return self.classifier.info
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """uint8 HWC arrays -> class probabilities, one forward pass for the whole batch."""
-        probabilities = await asyncio.to_thread(self.predictor.predict_uint8, np.stack(images))
-        return list(probabilities)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
+    async def classify(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | dict]:
+        """Encoded images (or uint8 arrays at the input size) -> probabilities or an error each."""
+        return await asyncio.to_thread(self.classifier, items)
 
 
 # --------------------------------------------------------------------------- backends
@@ -148,7 +189,7 @@ class Backend(Protocol):
 
     info: dict
 
-    async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]: ...
+    async def classify(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | ApiError]: ...
 
     async def healthy(self) -> bool: ...
 
@@ -160,8 +201,9 @@ class HandleBackend:
     def __init__(self, handle: Any, info: dict):
         self.handle, self.info = handle, info
 
-    async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return list(await asyncio.gather(*(self.handle.classify.remote(image) for image in images)))
+    async def classify(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | ApiError]:
+        results = await asyncio.gather(*(self.handle.classify.remote(item) for item in items))
+        return [_as_result(result) for result in results]
 
     async def healthy(self) -> bool:
         try:
@@ -172,17 +214,14 @@ class HandleBackend:
 
 
 class LocalBackend:
-    """A model in this process: for tests, the demo without Ray, and benchmarks of the forward pass."""
+    """A model in this process: for tests and for the demo without Ray."""
 
-    def __init__(self, model_dir: str | Path):
-        from asl_platform.model import Predictor, resolve_model_dir
+    def __init__(self, model_dir: str | Path, max_pixels: int = 40_000_000):
+        self.classifier = ImageClassifier(model_dir, max_pixels=max_pixels)
+        self.info = self.classifier.info
 
-        directory = resolve_model_dir(model_dir)
-        self.predictor = Predictor(directory)
-        self.info = describe_model(directory, self.predictor.meta)
-
-    async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return list(await asyncio.to_thread(self.predictor.predict_uint8, np.stack(images)))
+    async def classify(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | ApiError]:
+        return [_as_result(result) for result in await asyncio.to_thread(self.classifier, items)]
 
     async def healthy(self) -> bool:
         return True
@@ -290,18 +329,6 @@ async def read_uploads(request: Request, settings: ServeConfig, batch: bool) -> 
     return uploads
 
 
-def prepare_image(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
-    """Bytes -> uint8 array at the model's input size; ApiError (413/400) for anything unusable."""
-    try:
-        return resize_for_model(decode_image(data, max_pixels=max_pixels, draft_size=prep.image_size), prep)
-    except ImageTooLargeError as exc:
-        raise ApiError(413, "image_too_large", str(exc)) from None
-    except ValueError as exc:
-        raise ApiError(400, "invalid_image", str(exc)) from None
-    except Exception as exc:  # PIL plugins raise many types on hostile input; none may crash the server
-        raise ApiError(400, "invalid_image", f"could not decode the image ({type(exc).__name__})") from None
-
-
 def top_predictions(probabilities: np.ndarray, classes: list[str], k: int) -> list[dict]:
     order = np.argsort(-probabilities)[:k]
     return [{"label": classes[i], "probability": round(float(probabilities[i]), 6)} for i in order]
@@ -313,7 +340,7 @@ def top_predictions(probabilities: np.ndarray, classes: list[str], k: int) -> li
 def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     """The FastAPI app: /predict, /predict/batch, /healthz, /v1/model, /docs, and /demo."""
     info = backend.info
-    classes, prep = info["classes"], Preprocessing.from_dict(info["preprocessing"])
+    classes = info["classes"]
     model_ref = {"name": info["name"], "version": info["version"]}
     app = FastAPI(
         title="ASL alphabet recogniser",
@@ -323,9 +350,6 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     )
     _install_error_handlers(app)
 
-    async def decode(upload: Upload) -> np.ndarray:
-        return await asyncio.to_thread(prepare_image, upload.data, prep, settings.max_image_pixels)
-
     def answer(probabilities: np.ndarray, k: int) -> dict:
         top = top_predictions(probabilities, classes, k)
         return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
@@ -334,24 +358,19 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     async def predict(request: Request, top_k: int = Query(settings.top_k, ge=1, le=len(classes))) -> dict:
         started = time.perf_counter()
         (upload,) = await read_uploads(request, settings, batch=False)
-        (probabilities,) = await backend.classify([await decode(upload)])
-        return {**answer(probabilities, top_k), "model": model_ref,
-                "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)}
+        (result,) = await backend.classify([upload.data])
+        if isinstance(result, ApiError):
+            raise result
+        return {**answer(result, top_k), "model": model_ref, "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)}
 
     @app.post("/predict/batch", summary="Classify several images (multipart files, or JSON {'images': [base64]})")
     async def predict_batch(request: Request, top_k: int = Query(settings.top_k, ge=1, le=len(classes))) -> dict:
         started = time.perf_counter()
         uploads = await read_uploads(request, settings, batch=True)
-        decoded = await asyncio.gather(*(decode(u) for u in uploads), return_exceptions=True)
-        good = [array for array in decoded if isinstance(array, np.ndarray)]
-        for failure in decoded:
-            if not isinstance(failure, (np.ndarray, ApiError)):
-                raise failure
-        probabilities = iter(await backend.classify(good) if good else [])
         results = []
-        for upload, item in zip(uploads, decoded):
-            result = {"error": item.to_dict()} if isinstance(item, ApiError) else answer(next(probabilities), top_k)
-            results.append({"filename": upload.filename, **result} if upload.filename else result)
+        for upload, result in zip(uploads, await backend.classify([u.data for u in uploads])):
+            item = {"error": result.to_dict()} if isinstance(result, ApiError) else answer(result, top_k)
+            results.append({"filename": upload.filename, **item} if upload.filename else item)
         return {"results": results, "model": model_ref, "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)}
 
     @app.get("/healthz", summary="Ready to classify (the model deployment answers)")
@@ -414,7 +433,8 @@ def build_application(settings: ServeConfig):
     model = ASLModel.options(
         autoscaling_config=autoscaling_config(settings),
         ray_actor_options={"num_cpus": settings.cpus_per_replica, "num_gpus": settings.gpus_per_replica},
-    ).bind(str(model_dir), settings.max_batch_size, settings.batch_wait_timeout_s, settings.torch_threads)
+    ).bind(str(model_dir), settings.max_batch_size, settings.batch_wait_timeout_s, settings.torch_threads,
+           settings.max_image_pixels)
     return ASLIngress.bind(model, settings.model_dump(mode="json"))
 
 

@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20, help="seconds of load per measurement")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--batch-wait", type=float, default=0.005, help="batch_wait_timeout_s")
+    parser.add_argument("--batch-wait", type=float, default=0.0, help="batch_wait_timeout_s")
     parser.add_argument("--replica-cpus", type=float, default=1, help="num_cpus (and torch threads) per model replica")
     parser.add_argument("--max-replicas", type=int, default=2, help="for the autoscaling phase")
     parser.add_argument("--skip-autoscaling", action="store_true")

@@ -23,7 +23,7 @@ from conftest import colour_image
 @pytest.fixture(scope="module")
 def client(colour_model) -> TestClient:
     settings = ServeConfig(max_request_bytes=64 * 1024, max_image_pixels=1_000_000, max_batch_images=4)
-    return TestClient(create_app(LocalBackend(colour_model), settings))
+    return TestClient(create_app(LocalBackend(colour_model, max_pixels=settings.max_image_pixels), settings))
 
 
 def _raw(client, data: bytes, content_type: str, **kwargs):

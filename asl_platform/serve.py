@@ -48,9 +48,9 @@ APP_NAME = "asl"
 class ApiError(Exception):
     """A request we refuse; becomes ``{"error": {"code", "message"}}`` with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, extra: dict | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.extra = status, code, message, extra or {}
 
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message}
@@ -65,7 +65,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error_response(exc.status, exc.code, exc.message)
+        return JSONResponse({"error": exc.to_dict(), **exc.extra}, status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -198,12 +198,26 @@ class HandleBackend:
     """The model deployment, through a Serve handle: one call per image, so ``@serve.batch``
     can batch images from different requests together."""
 
-    def __init__(self, handle: Any, info: dict):
-        self.handle, self.info = handle, info
+    def __init__(self, handle: Any, info: dict, attempts: int = 3):
+        self.handle, self.info, self.attempts = handle, info, attempts
+
+    async def _classify_one(self, item: bytes | np.ndarray) -> np.ndarray | ApiError:
+        """Classification is idempotent, so a request caught on a replica that died is sent again
+        (Serve routes it to a live or replacement replica): a crash costs latency, not answers."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return _as_result(await self.handle.classify.remote(item))
+            except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+                if attempt == self.attempts:
+                    raise ApiError(503, "unavailable", "no model replica could answer; try again") from exc
+                logger.warning("model replica lost (%s); retrying (%d/%d)", type(exc).__name__, attempt, self.attempts)
+                await asyncio.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
 
     async def classify(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | ApiError]:
-        results = await asyncio.gather(*(self.handle.classify.remote(item) for item in items))
-        return [_as_result(result) for result in results]
+        return list(await asyncio.gather(*(self._classify_one(item) for item in items)))
 
     async def healthy(self) -> bool:
         try:
@@ -283,8 +297,8 @@ def _decode_base64(text: Any, where: str) -> bytes:
 def _parse_json(body: bytes, key: str) -> Any:
     try:
         document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors; deep nesting recurses
+        raise ApiError(400, "invalid_json", "the body is not valid JSON (or nested too deeply)") from None
     if not isinstance(document, dict) or key not in document:
         raise ApiError(400, "invalid_request", f'JSON body must be an object with an "{key}" field')
     return document[key]
@@ -368,9 +382,14 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
         started = time.perf_counter()
         uploads = await read_uploads(request, settings, batch=True)
         results = []
-        for upload, result in zip(uploads, await backend.classify([u.data for u in uploads])):
+        outcomes = await backend.classify([u.data for u in uploads])
+        for upload, result in zip(uploads, outcomes):
             item = {"error": result.to_dict()} if isinstance(result, ApiError) else answer(result, top_k)
             results.append({"filename": upload.filename, **item} if upload.filename else item)
+        if all("error" in item for item in results):  # nothing usable: the request as a whole failed
+            statuses = {r.status for r in outcomes}
+            raise ApiError(statuses.pop() if len(statuses) == 1 else 400, "no_valid_images",
+                           "none of the images could be classified; see results", {"results": results})
         return {"results": results, "model": model_ref, "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)}
 
     @app.get("/healthz", summary="Ready to classify (the model deployment answers)")

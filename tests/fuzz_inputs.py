@@ -1,0 +1,194 @@
+"""Generated bad requests for the HTTP API, shared by tests/test_reliability_serve.py and
+bench/reliability.py. Every case is definitely unusable (or refused by a rule), so the only right
+answer is a 4xx with a JSON error; a 5xx, a dropped connection or a 200 is a failure."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+
+@dataclass
+class BadRequest:
+    kind: str
+    body: bytes = b""
+    content_type: str | None = "image/jpeg"
+    path: str = "/predict"
+    method: str = "POST"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _image(fmt: str, rng: random.Random, size: int = 64) -> bytes:
+    buffer = io.BytesIO()
+    colour = tuple(rng.randrange(256) for _ in range(3))
+    Image.new("RGB", (size, size), colour).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_with_size(width: int, height: int, payload: bytes = b"\0" * 64) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` (nothing close to that many pixels follows)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(payload)) + _png_chunk(b"IEND", b"")
+
+
+def png_bomb(side: int = 30_000) -> bytes:
+    """A real decompression bomb: a valid 1-bit PNG of side x side pixels that compresses to ~100 KB."""
+    row = b"\0" + b"\0" * ((side + 7) // 8)
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+
+
+def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "fuzzBoundary") -> bytes:
+    out = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def generate(seed: int = 0, max_request_bytes: int = 5 * 1024 * 1024) -> list[BadRequest]:
+    """About 1,100 bad requests of every kind the reliability issue lists."""
+    rng = random.Random(seed)
+    cases: list[BadRequest] = []
+    image_types = ["image/jpeg", "image/png", "image/webp"]
+
+    for _ in range(330):  # random bytes under image content types
+        cases.append(BadRequest("random bytes", rng.randbytes(rng.randrange(1, 4096)), rng.choice(image_types)))
+    for fmt, content_type in (("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp")):
+        for _ in range(70):  # truncated: at most 60% of a real file
+            data = _image(fmt, rng)
+            cases.append(BadRequest(f"truncated {fmt}", data[: rng.randrange(1, int(len(data) * 0.6))], content_type))
+    for _ in range(100):  # a real image whose signature/header bytes are overwritten
+        data = bytearray(_image(rng.choice(["JPEG", "PNG", "WEBP"]), rng))
+        for index in range(min(12, len(data))):
+            data[index] = rng.randrange(256)
+        cases.append(BadRequest("corrupted header", bytes(data), rng.choice(image_types)))
+    for _ in range(50):  # dimensions far over the pixel limit
+        width, height = rng.randrange(7_000, 2**31 - 1), rng.randrange(7_000, 2**31 - 1)
+        cases.append(BadRequest("huge dimensions", png_with_size(width, height), "image/png"))
+    bomb = png_bomb()
+    cases += [BadRequest("decompression bomb", bomb, "image/png") for _ in range(5)]
+    bomb_b64 = base64.b64encode(bomb).decode()
+    cases.append(BadRequest("decompression bomb (base64)", json.dumps({"image": bomb_b64}).encode(), "application/json"))
+    cases.append(BadRequest("decompression bomb (multipart)", _multipart([("file", "b.png", bomb)]),
+                            "multipart/form-data; boundary=fuzzBoundary"))
+    wrong_types = ["text/plain", "application/xml", "image/gif", "image/svg+xml", "application/octet-stream",
+                   "video/mp4", "a/b", "image", "multipart/mixed", "text/html; charset=utf-8", ";;;", "image/jpeg2"]
+    for content_type in wrong_types:
+        for _ in range(5):
+            cases.append(BadRequest("wrong content type", _image("PNG", rng), content_type))
+    for _ in range(5):
+        cases.append(BadRequest("no content type", _image("PNG", rng), None))
+    good = _image("PNG", rng)
+    multipart_cases = [
+        ("no boundary", _multipart([("file", "a.png", good)]), "multipart/form-data"),
+        ("wrong boundary", _multipart([("file", "a.png", good)]), "multipart/form-data; boundary=other"),
+        ("truncated", _multipart([("file", "a.png", good)])[:80], "multipart/form-data; boundary=fuzzBoundary"),
+        ("no file field", _multipart([("note", None, b"hello")]), "multipart/form-data; boundary=fuzzBoundary"),
+        ("empty file", _multipart([("file", "a.png", b"")]), "multipart/form-data; boundary=fuzzBoundary"),
+        ("garbage file", _multipart([("file", "a.png", b"garbage")]), "multipart/form-data; boundary=fuzzBoundary"),
+        ("two files", _multipart([("file", "a.png", good), ("file", "b.png", good)]),
+         "multipart/form-data; boundary=fuzzBoundary"),
+        ("many fields", _multipart([(f"f{i}", None, b"x") for i in range(2000)]), "multipart/form-data; boundary=fuzzBoundary"),
+        ("random body", b"--fuzzBoundary\r\n" + rng.randbytes(500), "multipart/form-data; boundary=fuzzBoundary"),
+        ("empty body", b"", "multipart/form-data; boundary=fuzzBoundary"),
+    ]
+    for name, body, content_type in multipart_cases:
+        for path in ("/predict", "/predict/batch"):
+            if name == "two files" and path == "/predict/batch":
+                continue  # two files is a valid batch
+            cases += [BadRequest(f"malformed multipart: {name}", body, content_type, path) for _ in range(4)]
+    json_bodies = [
+        b"{", b"[]", b"null", b'"image"', b"{}", b'{"image": null}', b'{"image": 12}', b'{"image": ""}',
+        b'{"image": "@@@not-base64@@@"}', b'{"image": "' + base64.b64encode(b"not an image") + b'"}',
+        b'{"image": "data:image/png;base64"}', b'{"image": ["a"]}', b"[" * 100_000 + b"]" * 100_000,
+        b'{"image": "' + base64.b64encode(good)[:-7] + b'"}', "{\"image\": \"\u00e9\u00e9\"}".encode(),
+        b"\xff\xfe{", b'{"images": "x"}',
+    ]
+    for body in json_bodies:
+        cases += [BadRequest("malformed JSON/base64", body, "application/json") for _ in range(4)]
+    for body in (b"{}", b'{"images": []}', b'{"images": "abc"}', b'{"images": [1, 2]}', b"[" * 50_000):
+        cases += [BadRequest("malformed JSON/base64 (batch)", body, "application/json", "/predict/batch") for _ in range(4)]
+    for content_type in image_types + ["application/json", "multipart/form-data; boundary=x"]:
+        cases += [BadRequest("empty body", b"", content_type) for _ in range(3)]
+    for _ in range(10):
+        cases.append(BadRequest("over the size limit", rng.randbytes(1024) * (max_request_bytes // 1024 + 1), "image/png"))
+    for size in (8_000, 16_000, 32_000, 60_000):
+        for _ in range(3):
+            cases.append(BadRequest("very long header", b"garbage", "image/png", headers={"X-Long": "a" * size}))
+    for value in ("abc", "-1", "0", "99999", "1.5", ""):
+        cases += [BadRequest("bad query parameter", _image("PNG", rng), "image/png", f"/predict?top_k={value}") for _ in range(3)]
+    for method, path in (("GET", "/predict"), ("PUT", "/predict"), ("DELETE", "/v1/model"), ("POST", "/v1/model"),
+                         ("GET", "/nope"), ("POST", "/predict/../etc/passwd"), ("GET", "/%2e%2e/%2e%2e/etc/passwd")):
+        cases += [BadRequest("wrong method or route", b"", None, path, method) for _ in range(3)]
+    return cases
+
+
+def send(session, base_url: str, case: BadRequest) -> dict:
+    """One request; what came back, and whether it is the right kind of answer (4xx + JSON error)."""
+    import requests
+
+    headers = dict(case.headers)
+    if case.content_type is not None:
+        headers["Content-Type"] = case.content_type
+    try:
+        response = session.request(case.method, base_url + case.path, data=case.body, headers=headers, timeout=60)
+    except requests.RequestException as exc:
+        return {"kind": case.kind, "status": None, "ok": False, "detail": type(exc).__name__}
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = None
+    ok = 400 <= response.status_code < 500 and code is not None
+    return {"kind": case.kind, "status": response.status_code, "ok": ok, "detail": code or response.text[:80]}
+
+
+def run_fuzz(base_url: str, cases: list[BadRequest], workers: int = 4) -> list[dict]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    session = requests.Session()
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=workers))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda case: send(session, base_url, case), cases))
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """Per kind: how many were sent, answered 4xx with a JSON error, answered 5xx, otherwise."""
+    rows: dict[str, dict] = {}
+    for result in results:
+        row = rows.setdefault(result["kind"], {"kind": result["kind"], "sent": 0, "4xx_json": 0, "5xx": 0, "other": 0,
+                                               "statuses": set()})
+        row["sent"] += 1
+        row["statuses"].add(result["status"])
+        if result["ok"]:
+            row["4xx_json"] += 1
+        elif result["status"] is not None and result["status"] >= 500:
+            row["5xx"] += 1
+        else:
+            row["other"] += 1
+    return [{**row, "statuses": sorted(s for s in row["statuses"] if s is not None)} for row in rows.values()]
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| input kind | sent | 4xx + JSON error | 5xx | other | statuses |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['kind']} | {row['sent']} | {row['4xx_json']} | {row['5xx']} | {row['other']} | "
+                     f"{', '.join(map(str, row['statuses']))} |")
+    total = {key: sum(row[key] for row in rows) for key in ("sent", "4xx_json", "5xx", "other")}
+    lines.append(f"| **total** | {total['sent']} | {total['4xx_json']} | {total['5xx']} | {total['other']} | |")
+    return "\n".join(lines)

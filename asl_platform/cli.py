@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ConfigError, DataError, WeightsUnavailableError, FileNotFoundError) as exc:  # the user's to fix
-        logger.error("%s", exc)
+        logger.error("%s", exc, exc_info=args.verbose)  # -v shows where, e.g. for a FileNotFoundError
         return 2
 
 

@@ -1,0 +1,385 @@
+"""Running on a Ray cluster, for real: cluster.yaml through Ray's own schema, and a local two-node
+cluster (``ray start --head`` + ``ray start --address``, token auth on) that runs a job submitted with
+``ray job submit --working-dir``, then deploys ``serve_config.yaml`` with ``serve deploy`` and calls the
+endpoint, exactly as README "Run on a cluster" tells users to.
+
+The cluster is this test's own: its own ports, its own temp dirs, stopped by signalling the two
+``ray start --block`` processes (never ``ray stop``, which would kill every Ray on the machine,
+including the pytest session's own ``ray_local``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from conftest import colour_image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never via a proxy
+BIN = Path(sys.executable).parent  # the test's interpreter's scripts: `ray`, `serve`, `python`
+
+# ----------------------------------------------------------------------------------- cluster.yaml
+
+
+def load_cluster_yaml() -> dict:
+    return yaml.safe_load((REPO_ROOT / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_passes_rays_own_validation():
+    """The same checks `ray up` runs before it touches AWS: defaults filled in, then the JSON schema."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(load_cluster_yaml())
+    validate_config(config)  # raises on an unknown key, a wrong type, a head type not in the node types
+    assert config["provider"]["type"] == "aws"
+
+
+def test_cluster_yaml_has_head_cpu_and_autoscaling_gpu_workers_with_token_auth():
+    config = load_cluster_yaml()
+    types = config["available_node_types"]
+    head = config["head_node_type"]
+    gpu = [name for name, t in types.items() if t["node_config"]["InstanceType"].startswith(("g", "p"))]
+    cpu = [name for name in types if name not in gpu and name != head]
+    assert gpu and cpu, types.keys()
+    for name in gpu:
+        assert types[name]["min_workers"] == 0 and types[name]["max_workers"] >= 1  # scales from zero
+        assert "gpu" in types[name]["docker"]["worker_image"]
+    assert config["idle_timeout_minutes"] > 0
+    assert sum(t.get("max_workers", 0) for n, t in types.items() if n != head) <= config["max_workers"]
+
+    # The package is uploaded and installed on every node; the token goes with it.
+    mounts = config["file_mounts"]
+    assert mounts.get("~/asl-platform") == "." and "~/.ray/auth_token" in mounts
+    assert any("pip install" in c and "~/asl-platform" in c for c in config["setup_commands"])
+    assert ".gitignore" in config["rsync_filter"]  # .venv/, asl_runs/ stay on the laptop
+    # Every `ray start` runs with token authentication on (Ray 2.60 only enables it by default for
+    # clusters that ray.init() starts itself, and a worker never turns it on by itself).
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), config[key]
+
+
+# ------------------------------------------------------------------------- a real local cluster
+
+
+def _ray_cli() -> Path:
+    candidate = BIN / "ray"
+    return candidate if candidate.exists() else Path(shutil.which("ray") or "ray")
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports (held open together so none is handed out twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def _processes_of(roots: list[str], sessions: set[int]) -> list[int]:
+    """Our cluster's processes: started in one of our `ray start` sessions (Ray's daemons and
+    workers), or running in / naming one of our temp dirs (job drivers start their own session)."""
+    found = []
+    if not Path("/proc").is_dir():  # not Linux: SIGTERM to `ray start --block` has to do
+        return found
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            sid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3])
+            cwd = os.readlink(proc / "cwd")
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if sid in sessions or any(cwd.startswith(root) or root in cmdline for root in roots):
+            found.append(int(proc.name))
+    return found
+
+
+@dataclass
+class LocalCluster:
+    """A two-node Ray cluster on this machine with token authentication, as `ray start` builds one."""
+
+    root: Path
+    env: dict[str, str]  # the nodes' environment: token auth on
+    gcs_port: int = 0
+    dashboard_port: int = 0
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)  # name -> its `ray start --block`
+    sessions: set[int] = field(default_factory=set)  # every session a `ray start` ran in (teardown kills them)
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The Jobs API (and `serve deploy`) address: what `ray dashboard cluster.yaml` forwards."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def token(self) -> str:
+        return Path(self.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """A user's shell, as README "Run on a cluster" sets it up: the token (RAY_AUTH_MODE=token; the
+        token file), and the Jobs API / dashboard address for `ray job ...` and `serve ...`."""
+        return {**self.env, "RAY_API_SERVER_ADDRESS": self.dashboard_url, "RAY_DASHBOARD_ADDRESS": self.dashboard_url}
+
+    def cli(self, *args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        """Run `ray ...` (or `serve ...`) as a user of this cluster would, from ``cwd`` (the repository)."""
+        program = BIN / args[0] if (BIN / args[0]).exists() else Path(shutil.which(args[0]) or args[0])
+        return subprocess.run([str(program), *args[1:]], env=self.client_env, cwd=cwd or REPO_ROOT,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def api(self, path: str, token: str | None = "cluster") -> tuple[int, object]:
+        """GET the dashboard's REST API with the cluster's token (or another one, or none)."""
+        request = urllib.request.Request(self.dashboard_url + path)
+        if token:
+            request.add_header("Authorization", f"Bearer {self.token if token == 'cluster' else token}")
+        try:
+            with _NO_PROXY.open(request, timeout=10) as response:
+                body = response.read().decode()
+                return response.status, json.loads(body) if body.strip()[:1] in "[{" else body
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+        except OSError as error:  # not listening yet, reset, timed out
+            return 0, str(error)
+
+    def alive_nodes(self) -> list[dict]:
+        status, body = self.api("/api/v0/nodes?limit=100&detail=true")
+        if status != 200 or not isinstance(body, dict):
+            return []
+        return [n for n in body["data"]["result"]["result"] if n.get("state") == "ALIVE"]
+
+    def start(self, attempts: int = 2) -> None:
+        """Head (1 CPU) + one worker node (1 CPU), each with every port it binds chosen here (two nodes on
+        one machine must not collide) and its own --temp-dir (two nodes sharing one would share the
+        runtime-env cache: one node re-extracting the job's working dir pulls it from under the other's
+        running driver). On a loaded machine a node can die while starting (`ray start` gives its raylet
+        30 s to register, the raylet gives its agents 20 s): then everything is stopped and started again."""
+        for attempt in range(1, attempts + 1):
+            self.gcs_port, self.dashboard_port, client, *ports = _free_ports(15)
+            node_ports = lambda p: [  # noqa: E731
+                f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}", f"--dashboard-agent-listen-port={p[2]}",
+                f"--dashboard-agent-grpc-port={p[3]}", f"--runtime-env-agent-port={p[4]}", f"--metrics-export-port={p[5]}",
+            ]
+            head = ["--head", f"--port={self.gcs_port}", f"--ray-client-server-port={client}",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", *node_ports(ports[:6]),
+                    "--num-cpus=1", "--object-store-memory=100000000"]
+            worker = [f"--address={self.gcs_address}", *node_ports(ports[6:12]),
+                      "--num-cpus=1", "--object-store-memory=100000000"]
+            problem = (
+                self._start_node(f"head-{attempt}", head, "the head's Jobs API", lambda: self.api("/api/jobs/")[0] == 200)
+                or self._start_node(f"worker-{attempt}", worker, "two alive nodes", lambda: len(self.alive_nodes()) == 2)
+            )
+            if problem is None:
+                return
+            print(f"local cluster, attempt {attempt}: {problem}\n{self.logs()}")
+            self.stop()
+            self.processes.clear()
+        pytest.fail(f"could not start the local cluster: {problem}\n{self.logs()}")
+
+    def _start_node(self, name: str, args: list[str], what: str, ready, timeout: float = 120) -> str | None:
+        """`ray start --block ...` for one node; None once it says it started and ``ready()``, else why not."""
+        node_dir = self.root / name
+        node_dir.mkdir()
+        log_path = self.root / f"{name}.log"
+        # --block keeps `ray start` in the foreground: SIGTERM to it stops the node's processes.
+        # A new session per node lets teardown find every process it started (Ray's workers too).
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                [str(_ray_cli()), "start", "--block", "--disable-usage-stats", f"--temp-dir={node_dir}", *args],
+                env=self.env, cwd=node_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.processes[name], self.sessions = process, self.sessions | {process.pid}
+        # `ray start` prints this once its own checks pass (its raylet registered with the GCS).
+        return self._wait(what, lambda: "Ray runtime started" in log_path.read_text() and ready(), timeout)
+
+    def _wait(self, what: str, ready, timeout: float) -> str | None:
+        """None once ``ready()``; else why not (a node's `ray start` exited, or the time ran out)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    return f"`ray start` for the {name} node exited ({process.returncode}) while waiting for {what}"
+            if ready():
+                return None
+            time.sleep(1)
+        return f"timed out after {timeout}s waiting for {what}"
+
+    def logs(self, tail: int = 4000) -> str:
+        parts = []
+        for log in sorted(self.root.glob("*.log")):
+            parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-tail:]}")
+        for log in sorted(self.root.glob("*/session_latest/logs/*.err")):
+            text = log.read_text(errors="replace").strip()
+            if text and ("Error" in text or "Traceback" in text):
+                parts.append(f"--- {log.relative_to(self.root)}\n{text[-tail:]}")
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        """Workers first, then the head; SIGTERM (what `ray stop` sends), then SIGKILL to stragglers."""
+        for name in sorted(self.processes, key=lambda n: n.startswith("head")):
+            process = self.processes[name]
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
+        deadline = time.monotonic() + 10
+        while (leftover := _processes_of([str(self.root)], self.sessions)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for pid in leftover:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """Head (1 CPU) + one worker node (1 CPU) on this machine, token auth on, torn down even on failure."""
+    # Ray's socket paths must stay under 107 characters: a short root, not pytest's tmp_path.
+    root = Path(tempfile.mkdtemp(prefix="aslc-", dir="/tmp"))
+    token_path = root / "auth_token"
+    token_path.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    env.update({
+        "RAY_AUTH_MODE": "token",                # on every node, and for every client (job submit, serve)
+        "RAY_AUTH_TOKEN_PATH": str(token_path),  # default ~/.ray/auth_token; never touch the user's
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # A SIGTERM'd node first drains for up to 30 s (for Serve upgrades on Kubernetes); not here.
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job's `python` is this one
+    })
+    cluster = LocalCluster(root, env)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        if not os.environ.get("ASL_KEEP_CLUSTER_LOGS"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def submit_job(cluster: LocalCluster, submission_id: str, entrypoint: list[str], timeout: float = 300) -> str:
+    """`ray job submit --working-dir .` from the repository root; returns the job's output (logs).
+    Fails with the job's logs and the cluster's logs when the job does not succeed."""
+    command = ["ray", "job", "submit", "--submission-id", submission_id, "--working-dir", ".", "--", *entrypoint]
+    try:
+        result = cluster.cli(*command, timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        cluster.cli("ray", "job", "stop", submission_id)
+        logs = cluster.cli("ray", "job", "logs", submission_id)
+        pytest.fail(f"job {submission_id} still running after {timeout}s; its logs:\n{logs.stdout[-6000:]}\n"
+                    f"{(expired.stderr or b'')[-2000:]!r}\n{cluster.logs()}")
+    _, info = cluster.api(f"/api/jobs/{submission_id}")
+    status = info.get("status") if isinstance(info, dict) else info
+    if result.returncode != 0 or status != "SUCCEEDED":
+        reason = info.get("error_type") if isinstance(info, dict) else ""
+        pytest.fail(f"`ray job submit` exited {result.returncode}; job {submission_id} {status} {reason}\n"
+                    f"--- its output (the job's logs)\n{result.stdout[-8000:]}\n{result.stderr[-3000:]}\n"
+                    f"--- cluster\n{cluster.logs()}")
+    return result.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_job_submitted_to_a_two_node_cluster_with_token_auth(local_cluster, tmp_path):
+    cluster = local_cluster
+    # Token auth is really on: the Jobs API refuses a request without the token, or with a wrong one.
+    assert cluster.api("/api/jobs/", token=None)[0] == 401
+    assert cluster.api("/api/jobs/", token="not-the-token")[0] == 403
+    nodes = cluster.alive_nodes()
+    assert len(nodes) == 2 and sum(n["is_head_node"] for n in nodes) == 1, nodes
+
+    # The whole pipeline, sized to run in seconds: the tiny backbone on the synthetic smoke set.
+    # Outputs and Tune/Train storage are paths every node can reach (on AWS: s3://... for both).
+    output, storage = tmp_path / "asl_runs", tmp_path / "shared-storage"
+    logs = submit_job(cluster, "asl-cluster-test-pipeline", [
+        "python", "jobs/pipeline.py", "--backbone", "tiny", "--output", str(output),
+        "--set", "model.weights=none", "--set", "run.name=cluster", "--set", f"run.storage_path={storage}",
+        "--set", "tune.num_samples=2", "--set", "tune.max_epochs=2", "--set", "tune.grace_period=1",
+        "--set", "tune.cpus_per_trial=1", "--set", "train.epochs=2",
+    ])
+    for stage in ("[1/6] ingest", "[3/6] tune", "[4/6] retrain", "[6/6] export", "asl-platform pipeline finished"):
+        assert stage in logs, f"{stage!r} not in the job's output:\n{logs[-6000:]}"
+
+    # The job wrote the run: summary, trials, an exported model, Tune and Train results in the storage.
+    run_dir = output / "cluster"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert json.loads((Path(summary["model_dir"]) / "model.json").read_text())["backbone"] == "tiny"
+    assert len(json.loads((run_dir / "tune" / "trials.json").read_text())) == 2
+    assert (storage / "tune").is_dir() and any(storage.glob("retrain-*")), list(storage.iterdir())
+
+    # The working dir the head unpacked is the repository minus what .gitignore (and Ray: .git/) leave out.
+    unpacked = [p for p in cluster.root.glob("head-*/session_latest/runtime_resources/working_dir_files/*")
+                if p.is_dir()]
+    assert len(unpacked) == 1 and (unpacked[0] / "jobs" / "pipeline.py").is_file(), unpacked
+    ignored = {".git", ".venv", "asl_runs", "__pycache__", ".pytest_cache", "build", "dist"}
+    uploaded = [p.relative_to(unpacked[0]) for p in unpacked[0].rglob("*")]
+    assert not [p for p in uploaded if ignored & set(p.parts) or p.parts[0].endswith(".egg-info")], uploaded
+
+    # The driver ran on the cluster's head node, and both nodes did the job's work (one CPU each): its
+    # actors (feature extraction, Tune trials, the Ray Train worker) were placed on both.
+    _, info = cluster.api("/api/jobs/asl-cluster-test-pipeline")
+    assert info["driver_node_id"] == next(n["node_id"] for n in nodes if n["is_head_node"]), info
+    status, body = cluster.api("/api/v0/actors?limit=1000&detail=true")
+    assert status == 200, body
+    actors = [a for a in body["data"]["result"]["result"] if a["job_id"] == info["job_id"] and a["node_id"]]
+    placed = sorted((a["class_name"], a["node_id"][:8]) for a in actors)
+    assert {a["node_id"] for a in actors} == {n["node_id"] for n in nodes}, placed
+
+    # ---- Serve: `serve deploy serve_config.yaml` (through the token-protected dashboard API), then call it.
+    # A copy with a free port (8000 may be taken on a CI machine), the proxy on the head only (both
+    # nodes share this machine's ports: two proxies would collide) and the model the job just exported.
+    config = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    port = _free_ports(1)[0]
+    config["proxy_location"] = "HeadOnly"
+    config["http_options"]["port"] = port
+    config["applications"][0]["args"]["model"] = summary["model_dir"]
+    config_copy = tmp_path / "serve_config.yaml"
+    config_copy.write_text(yaml.safe_dump(config))
+    deployed = cluster.cli("serve", "deploy", str(config_copy))
+    assert deployed.returncode == 0, f"serve deploy failed:\n{deployed.stdout}\n{deployed.stderr}\n{cluster.logs()}"
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(2)
+    else:
+        status = cluster.cli("serve", "status")
+        pytest.fail(f"the Serve app never became healthy:\n{status.stdout}\n{status.stderr}\n{cluster.logs()}")
+    answer = requests.post(f"{url}/predict", data=colour_image("A", fmt="JPEG"), headers={"content-type": "image/jpeg"},
+                           timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"]["version"] == Path(summary["model_dir"]).name
+    assert answer.json()["label"] in json.loads((Path(summary["model_dir"]) / "model.json").read_text())["classes"]
+    assert requests.get(f"{url}/demo/", timeout=30).status_code == 200
+    status = cluster.cli("serve", "status")
+    assert "RUNNING" in status.stdout, status.stdout + status.stderr
+    # No `serve shutdown`: the fixture stops the whole cluster.

@@ -78,8 +78,14 @@ class ImageIndex:
 
     def subset(self, split: str) -> ImageIndex:
         """Only the images of one split (train/val/test), same classes."""
-        keep = [i for i, s in enumerate(self.splits) if s == split]
+        return self._take([i for i, s in enumerate(self.splits) if s == split])
 
+    def without(self, paths: Iterable[str]) -> ImageIndex:
+        """The same index less some files (e.g. the unreadable ones), splits kept."""
+        drop = set(paths)
+        return self._take([i for i, p in enumerate(self.paths) if p not in drop])
+
+    def _take(self, keep: list[int]) -> ImageIndex:
         def pick(values: list) -> list:
             return [values[i] for i in keep] if values else []
 
@@ -423,6 +429,11 @@ def preprocess_images(images: Iterable[Image.Image], prep: Preprocessing) -> np.
     return normalize_batch(np.stack(arrays), prep)
 
 
+def _error_text(exc: Exception) -> str:
+    """Our own ValueErrors already read well; anything else (a PIL plugin, I/O) keeps its type name."""
+    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+
+
 def decode_batch(
     batch: dict[str, np.ndarray], prep: Preprocessing, max_bytes: int, augment: bool = False
 ) -> dict[str, np.ndarray]:
@@ -440,11 +451,22 @@ def decode_batch(
             errors.append("")
         except Exception as exc:  # any failure on one file (PIL plugins raise many types) skips that file only
             images.append(Image.new("RGB", (prep.image_size, prep.image_size)))
-            errors.append(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")
+            errors.append(_error_text(exc))
     out = dict(batch)
     out["image"] = preprocess_images(images, prep)
     out["error"] = np.asarray(errors, dtype=object)
     return out
+
+
+def _num_blocks(rows: int, batch_size: int) -> int:
+    """Blocks of ~8 batches: fewer, longer tasks keep the cores busy (bench/ingest.py: 0.92x of a
+    DataLoader vs 0.68x with one block per batch, on 2 CPUs); but at least 2 blocks per CPU of the
+    cluster so that every core gets work."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
+    by_size = math.ceil(rows / (8 * batch_size))
+    return max(1, min(max(by_size, 2 * cpus), math.ceil(rows / batch_size)))
 
 
 def image_dataset(
@@ -460,19 +482,12 @@ def image_dataset(
     Files are listed class by class, so training data must be shuffled (``shuffle_seed``): the rows
     are shuffled once with the seed, and the block order is randomised again on every epoch.
     """
-    import ray
     import ray.data
 
     records = index.records()
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(records)
-    # Blocks of ~8 batches: fewer, longer tasks keep the cores busy (bench/ingest.py: 0.92x of a
-    # DataLoader vs 0.68x with one block per batch, on 2 CPUs); but at least 2 blocks per CPU of the
-    # cluster so that every core gets work.
-    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
-    by_size = math.ceil(len(records) / (8 * batch_size))
-    num_blocks = max(1, min(max(by_size, 2 * cpus), math.ceil(len(records) / batch_size)))
-    dataset = ray.data.from_items(records, override_num_blocks=num_blocks)
+    dataset = ray.data.from_items(records, override_num_blocks=_num_blocks(len(records), batch_size))
     if shuffle_seed is not None:
         dataset = dataset.randomize_block_order()
     return dataset.map_batches(
@@ -481,6 +496,42 @@ def image_dataset(
         batch_size=batch_size,
         batch_format="numpy",
     )
+
+
+def check_batch(batch: dict[str, np.ndarray], max_bytes: int, draft_size: int | None) -> dict[str, np.ndarray]:
+    """Ray Data UDF: read and decode each file exactly as ``decode_batch`` does, keep only the error."""
+    errors = []
+    for path in batch["path"]:
+        try:
+            load_image(str(path), max_bytes, draft_size=draft_size)
+            errors.append("")
+        except Exception as exc:  # as in decode_batch: one bad file is one error row, never a crash
+            errors.append(_error_text(exc))
+    return {"path": np.asarray(batch["path"]).astype(str), "error": np.asarray(errors, dtype=object)}
+
+
+def find_unreadable(
+    paths: list[str], max_bytes: int = 20 << 20, draft_size: int | None = None, batch_size: int = 64
+) -> dict[str, str]:
+    """Path -> error for every file that does not decode, in ``paths`` order; one Ray Data pass.
+
+    Training streams images to its workers, which can only drop a bad row, not name it to the
+    driver; decoding each file once up front (no preprocessing, so cheaper than an epoch's decode)
+    lets ``train`` list them by path before any worker starts, like the features stage does.
+    """
+    import ray.data
+
+    if not paths:
+        return {}
+    records = [{"path": str(p)} for p in paths]
+    dataset = ray.data.from_items(records, override_num_blocks=_num_blocks(len(records), batch_size)).map_batches(
+        check_batch, fn_kwargs={"max_bytes": max_bytes, "draft_size": draft_size},
+        batch_size=batch_size, batch_format="numpy",
+    )
+    found: dict[str, str] = {}
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        found.update((str(p), str(e)) for p, e in zip(batch["path"], batch["error"]) if e)
+    return {str(p): found[str(p)] for p in paths if str(p) in found}
 
 
 def summarize_errors(paths: Iterable[str], errors: Iterable[str], limit: int = 10) -> str:

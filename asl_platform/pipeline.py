@@ -20,9 +20,9 @@ from typing import Iterator
 import numpy as np
 
 from asl_platform.config import Config
-from asl_platform.data import DataError, ImageIndex, list_images, stratified_split, summarize_errors
+from asl_platform.data import DataError, ImageIndex, find_unreadable, list_images, stratified_split, summarize_errors
 from asl_platform.features import FeatureTable, extract_features
-from asl_platform.model import ASLClassifier, build_backbone, save_model_dir
+from asl_platform.model import ASLClassifier, build_backbone, get_backbone_spec, save_model_dir
 from asl_platform.synthetic import make_smoke_dataset
 from asl_platform.train import evaluate_head, retrain_head
 from asl_platform.tune import format_table, plot_curves, run_search, write_results
@@ -75,13 +75,15 @@ def init_ray(cfg: Config, worker_logs: bool = False) -> None:
         ray.init(num_cpus=cfg.run.num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=worker_logs)
 
 
-def _write_skipped(table: FeatureTable, path: Path) -> int:
-    bad = [(p, e) for p, e in zip(table.paths, table.errors) if e]
+def _write_skipped(unreadable: dict[str, str], path: Path) -> int:
+    """``skipped_files.csv`` (path, error) and a log line with the count and the first few: every
+    command that trains says which files it could not use, by path."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "error"])
-        writer.writerows(bad)
-    return len(bad)
+        writer.writerows(unreadable.items())
+    (logger.warning if unreadable else logger.info)(summarize_errors(unreadable.keys(), unreadable.values()))
+    return len(unreadable)
 
 
 @dataclass
@@ -92,13 +94,21 @@ class PreparedData:
     index: ImageIndex
     split_counts: dict[str, int]
     table: FeatureTable | None = None
-    skipped: int = 0
+    unreadable: dict[str, str] = field(default_factory=dict)  # path -> error, as in skipped_files.csv
+
+    @property
+    def skipped(self) -> int:
+        return len(self.unreadable)
 
     def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         return self.table.take(np.asarray(self.index.splits) == split)
 
+    def readable(self, split: str) -> ImageIndex:
+        """The split's files less the unreadable ones (already reported: no need to decode them again)."""
+        return self.index.subset(split).without(self.unreadable)
+
     def files(self, split: str) -> tuple[list[str], list[int]]:
-        subset = self.index.subset(split)
+        subset = self.readable(split)
         return subset.paths, subset.labels
 
 
@@ -112,7 +122,8 @@ def _start_run(cfg: Config) -> Path:
 
 
 def prepare_data(cfg: Config, progress: StageProgress, run_dir: Path, worker_logs: bool, with_features: bool = True) -> PreparedData:
-    """Stages ingest (+ features): list, split, start Ray, extract or reuse backbone features."""
+    """Stages ingest, then features (extract or reuse backbone features) or, for training on images,
+    check (decode every file once); either way every unreadable file goes to skipped_files.csv."""
     with progress.stage("ingest", "listing images and splitting train/val/test"):
         root = cfg.data.root
         if root is None:
@@ -126,23 +137,34 @@ def prepare_data(cfg: Config, progress: StageProgress, run_dir: Path, worker_log
         logger.info("%d classes; split %s", len(index.classes), split_counts)
     init_ray(cfg, worker_logs)  # after listing, so a wrong --data fails at once
     prepared = PreparedData(root, index, split_counts)
-    if not with_features:
-        return prepared
+    if with_features:
+        with progress.stage("features", f"{cfg.model.backbone} features through a Ray Data actor pool"):
+            prepared.table = extract_features(
+                index, cfg.model.backbone, cfg.model.weights, Path(cfg.run.output_dir).resolve() / "cache" / "features",
+                batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu, max_bytes=cfg.data.max_image_bytes,
+            )
+        prepared.unreadable = {str(p): str(e) for p, e in zip(prepared.table.paths, prepared.table.errors) if e}
+    else:
+        with progress.stage("check", "decoding every file once to list the unreadable ones"):
+            draft = get_backbone_spec(cfg.model.backbone).preprocessing.image_size  # as training decodes
+            prepared.unreadable = find_unreadable(index.paths, cfg.data.max_image_bytes, draft, cfg.data.batch_size)
+    _write_skipped(prepared.unreadable, run_dir / "skipped_files.csv")
+    _require_trainable(prepared, run_dir)
+    return prepared
 
-    with progress.stage("features", f"{cfg.model.backbone} features through a Ray Data actor pool"):
-        prepared.table = extract_features(
-            index, cfg.model.backbone, cfg.model.weights, Path(cfg.run.output_dir).resolve() / "cache" / "features",
-            batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu, max_bytes=cfg.data.max_image_bytes,
-        )
-        prepared.skipped = _write_skipped(prepared.table, run_dir / "skipped_files.csv")
-        (logger.warning if prepared.skipped else logger.info)(summarize_errors(prepared.table.paths, prepared.table.errors))
-    train, val = prepared.features("train"), prepared.features("val")
-    if len(val[1]) == 0:
-        raise DataError(f"no readable validation images (split sizes {split_counts}); add images or raise data.val_fraction")
-    untrained = [name for i, name in enumerate(index.classes) if not np.any(train[1] == i)]
+
+def _require_trainable(prepared: PreparedData, run_dir: Path) -> None:
+    """Refuse, before any training starts, data with no readable validation image or a class with
+    no readable training image: the model could not be selected or could never predict that class."""
+    by_features = prepared.table is not None
+    train = prepared.features("train")[1] if by_features else np.asarray(prepared.files("train")[1])
+    val = prepared.features("val")[1] if by_features else prepared.files("val")[1]
+    if len(val) == 0:
+        raise DataError(f"no readable validation images (split sizes {prepared.split_counts}); "
+                        "add images or raise data.val_fraction")
+    untrained = [name for i, name in enumerate(prepared.index.classes) if not np.any(train == i)]
     if untrained:
         raise DataError(f"no readable training images for class(es) {', '.join(untrained)}; see {run_dir / 'skipped_files.csv'}")
-    return prepared
 
 
 def search(cfg: Config, prepared: PreparedData, progress: StageProgress, run_dir: Path, resume: bool = False):
@@ -168,7 +190,7 @@ def search(cfg: Config, prepared: PreparedData, progress: StageProgress, run_dir
 def run_tune(cfg: Config, resume: bool = False, worker_logs: bool = False) -> tuple[Path, list[dict]]:
     """`asl-platform tune`: ingest, features (when used), and the search; returns best_config.yaml."""
     run_dir = _start_run(cfg)
-    stages = ("ingest", "features", "tune") if cfg.tune.mode == "features" else ("ingest", "tune")
+    stages = ("ingest", "features", "tune") if cfg.tune.mode == "features" else ("ingest", "check", "tune")
     progress = StageProgress(stages)
     prepared = prepare_data(cfg, progress, run_dir, worker_logs, with_features=cfg.tune.mode == "features")
     _, rows, best_config_path = search(cfg, prepared, progress, run_dir, resume)
@@ -237,7 +259,7 @@ def format_summary(result: PipelineResult, smoke: bool) -> str:
     return "\n".join(lines)
 
 
-TRAIN_STAGES = ("ingest", "train", "export", "evaluate", "finalise")
+TRAIN_STAGES = ("ingest", "check", "train", "export", "evaluate", "finalise")
 
 
 def run_train(cfg: Config, worker_logs: bool = False) -> dict:
@@ -258,7 +280,8 @@ def run_train(cfg: Config, worker_logs: bool = False) -> dict:
 
     with progress.stage("train", f"Ray Train TorchTrainer, {cfg.train.num_workers} worker(s), up to {cfg.train.epochs} epochs"):
         trained = train_on_images(
-            index.subset("train"), index.subset("val"), classes, cfg.model, cfg.train, cfg.data, cfg.storage_path, name,
+            prepared.readable("train"), prepared.readable("val"), classes, cfg.model, cfg.train, cfg.data,
+            cfg.storage_path, name,
         )
 
     with progress.stage("export", "versioned model directory"):
@@ -269,7 +292,7 @@ def run_train(cfg: Config, worker_logs: bool = False) -> dict:
             "metrics": {"val_loss": trained.best_metrics["val_loss"], "val_accuracy": trained.best_metrics["val_accuracy"],
                         "best_epoch": trained.best_metrics["epoch"], "epochs_run": len(trained.history)},
             "data": {"root": prepared.root, "layout": index.layout, "split": prepared.split_counts,
-                     "smoke_set": cfg.data.root is None},
+                     "skipped_files": prepared.skipped, "smoke_set": cfg.data.root is None},
             "training": {"checkpoint": trained.checkpoint_path},
             "config": cfg.model_dump(mode="json"),
         })
@@ -294,6 +317,7 @@ def run_train(cfg: Config, worker_logs: bool = False) -> dict:
         write_model_card(version_dir)
         write_tensorboard(trained.history, run_dir / "tensorboard" / name)
     summary = _job_summary(progress, trained.history, meta, version_dir, time.perf_counter() - started)
+    summary["skipped_files"] = prepared.skipped  # listed by path in <run dir>/skipped_files.csv
     for path in (run_dir / "job_summary.json", version_dir / "job_summary.json"):
         path.write_text(json.dumps(summary, indent=2))
     (run_dir / "job_summary.md").write_text(_job_summary_markdown(summary))
@@ -333,6 +357,7 @@ def _job_summary_markdown(summary: dict) -> str:
               f"- throughput: {summary['train_images_per_second']} training images/s",
               f"- peak memory: worker {summary['peak_worker_rss_mb']} MB RSS, driver {summary['peak_driver_rss_mb']} MB"
               + (f", GPU {summary['peak_gpu_mb']} MB" if summary["peak_gpu_mb"] else ""),
+              f"- unreadable files skipped: {summary.get('skipped_files', 0)} (listed in skipped_files.csv)",
               f"- model: {summary['model_dir']}", "", "## Metrics", ""]
     lines += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in summary["metrics"].items()]
     return "\n".join(lines) + "\n"

@@ -199,8 +199,14 @@ def retrain_head(
 
 
 def drop_unreadable(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Keep readable rows, and only what training needs (tensors; strings cannot go to torch)."""
+    """Keep readable rows, and only what training needs (tensors; strings cannot go to torch).
+
+    The driver's check already listed and removed the unreadable files (skipped_files.csv); a row
+    failing here failed only now (e.g. a file changed or a read error since), so it is logged.
+    """
     keep = batch["error"] == ""
+    for path, error in zip(batch["path"][~keep], batch["error"][~keep]):
+        logger.warning("unreadable during training, skipped: %s: %s", path, error)
     return {"image": batch["image"][keep], "label": batch["label"][keep].astype(np.int64)}
 
 
@@ -368,7 +374,10 @@ def train_on_images(
     train_index, val_index, classes: list[str], model_cfg, train_cfg, data_cfg, storage_path: str, name: str
 ) -> ImageTrainingResult:
     """Data-parallel training with Ray Train's TorchTrainer, fed by Ray Data shards of the image
-    folders (augmented train split). Returns the model of the best epoch by validation loss."""
+    folders (augmented train split). Returns the model of the best epoch by validation loss.
+
+    The indexes should hold readable files only (``pipeline.prepare_data`` lists and removes the
+    others); workers can drop a bad row but cannot tell the driver which file it was."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

@@ -94,6 +94,95 @@ def test_two_workers_survive_a_killed_worker_and_export_a_valid_model(tmp_path):
     assert [d.name.startswith("train-") for d in logs] == [True] and any(logs[0].iterdir())
 
 
+def _loop_killing_a_worker_mid_epoch(fault_dir: Path, kill_rank: int, kill_epoch: int, after_batches: int):
+    """The real worker loop (``_image_train_loop``) with its train shard wrapped: each epoch's start is
+    logged (pid, rank, epoch), and rank ``kill_rank`` SIGKILLs its own process after ``after_batches``
+    training steps of epoch ``kill_epoch``, once (a marker file). Self-contained, because Ray pickles
+    it by value to the workers, where this test module cannot be imported."""
+    fault_dir = str(fault_dir)
+
+    def loop(config: dict) -> None:
+        import json
+        import os
+        import signal
+        from pathlib import Path
+
+        import ray.train
+        import torch
+
+        from asl_platform.train import _image_train_loop
+
+        rank, epoch = ray.train.get_context().get_world_rank(), 1
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint:
+            with checkpoint.as_directory() as directory:
+                epoch = torch.load(Path(directory) / "state.pt", weights_only=True)["state"]["epoch"] + 1
+        log, marker = Path(fault_dir) / "epochs.jsonl", Path(fault_dir) / "killed.json"
+
+        class Shard:
+            def __init__(self, shard):
+                self.shard = shard
+
+            def iter_torch_batches(self, **kwargs):
+                nonlocal epoch
+                this, epoch = epoch, epoch + 1
+                with log.open("a") as handle:
+                    handle.write(json.dumps({"pid": os.getpid(), "rank": rank, "epoch": this}) + "\n")
+                for step, batch in enumerate(self.shard.iter_torch_batches(**kwargs), 1):
+                    yield batch
+                    if (rank, this, step) == (kill_rank, kill_epoch, after_batches) and not marker.exists():
+                        marker.write_text(json.dumps({"pid": os.getpid(), "epoch": this, "steps": step}))
+                        os.kill(os.getpid(), signal.SIGKILL)  # after `step` optimizer steps of this epoch
+
+        real = ray.train.get_dataset_shard
+        ray.train.get_dataset_shard = lambda name: Shard(real(name)) if name == "train" else real(name)
+        _image_train_loop(config)
+
+    return loop
+
+
+@pytest.mark.e2e
+def test_a_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_local, tmp_path, monkeypatch):
+    """SIGKILL one of two workers after 2 of its ~4 steps in epoch 2: the driver goes on untouched, the
+    worker group restarts from epoch 1's checkpoint, runs epochs 2 and 3 once each, and the exported
+    model predicts what its test report says."""
+    import asl_platform.train
+    from asl_platform.config import load_config
+    from asl_platform.pipeline import run_train
+
+    epochs, driver = 3, os.getpid()
+    monkeypatch.setattr(asl_platform.train, "_image_train_loop",
+                        _loop_killing_a_worker_mid_epoch(tmp_path, kill_rank=1, kill_epoch=2, after_batches=2))
+    root = make_smoke_dataset(tmp_path / "data", per_class=24, classes=["A", "B", "C", "space"])
+    cfg = load_config(None, [
+        "model.backbone=tiny", "model.weights=none", "model.hidden_size=16", "data.val_fraction=0.2",
+        "data.test_fraction=0.2", "data.batch_size=8", f"train.epochs={epochs}", "train.num_workers=2",
+        "train.cpus_per_worker=0.5", "train.batch_size=8", f"train.early_stopping_patience={epochs}",
+        "train.max_failures=1", "run.name=midepoch",
+    ], values={"data.root": str(root), "run.output_dir": str(tmp_path / "asl_runs")})
+    summary = run_train(cfg)
+
+    assert os.getpid() == driver  # the driver ran the whole job in this process: never restarted
+    killed = json.loads((tmp_path / "killed.json").read_text())
+    assert killed["pid"] != driver and (killed["epoch"], killed["steps"]) == (2, 2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed["pid"], 0)
+    starts = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
+    first = {row["pid"] for row in starts if row["epoch"] == 1}
+    assert killed["pid"] in first and len(first) == 2
+    resumed = [row for row in starts if row["pid"] not in first]  # a new worker group, both ranks
+    assert sorted((row["rank"], row["epoch"]) for row in resumed) == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    assert summary["epochs"] == list(range(1, epochs + 1))  # every epoch reported once: none lost or doubled
+
+    version = resolve_model_dir(tmp_path / "asl_runs" / "models" / "midepoch")
+    report = json.loads((version / "eval" / "test.json").read_text())
+    test = (version / "test_split.txt").read_text().split()
+    labels = np.array([report["classes"].index(Path(p).parent.name) for p in test])
+    probabilities = Predictor(version).predict_images([decode_image(Path(p).read_bytes()) for p in test])
+    assert probabilities.shape == (len(test), 4) and np.isfinite(probabilities).all()
+    assert report["accuracy"] == pytest.approx(float(np.mean(probabilities.argmax(1) == labels)))
+
+
 def test_versioned_exports_and_latest_pointer(tmp_path):
     from asl_platform.model import build_classifier, mark_latest, next_version_dir, save_model_dir
 

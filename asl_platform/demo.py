@@ -114,7 +114,7 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
     def on_clear() -> tuple[str, str, Speller]:
         return "", "", Speller(settings.spell_hold_s, settings.spell_min_probability)
 
-    with gr.Blocks(title="ASL alphabet recogniser", analytics_enabled=False) as demo:
+    with gr.Blocks(title="ASL alphabet recogniser", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# ASL alphabet recogniser\n" + _model_line(backend.info))
         with gr.Tab("Photo"):
             with gr.Row():
@@ -146,5 +146,11 @@ def mount_demo(app: FastAPI, backend: Backend, settings: ServeConfig) -> FastAPI
     import gradio as gr
 
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
-    return gr.mount_gradio_app(app, build_demo(backend, settings), path="/demo", theme=theme,
-                               max_file_size=settings.max_request_bytes, footer_links=[])
+    demo = build_demo(backend, settings)
+    app = gr.mount_gradio_app(app, demo, path="/demo", theme=theme,
+                              max_file_size=settings.max_request_bytes, footer_links=[])
+    # Gradio checks that a file named in an event was uploaded by this user (processing_utils._check_allowed)
+    # only once the Blocks "has launched", which mount_gradio_app never sets: without this, a client could
+    # name /etc/passwd as the image and fetch the cached copy from /demo/gradio_api/file=... (tests/test_security.py).
+    demo.has_launched = True
+    return app

@@ -147,15 +147,25 @@ def get_backbone_spec(name: str) -> BackboneSpec:
         raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
 
 
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Plain tensors from a .safetensors file; a pickle (or anything else) under that name is refused, unread."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError: a renamed torch/pickle file or junk
+        raise WeightsUnavailableError(
+            f"{path} is not a valid safetensors file ({exc}); model files are never unpickled"
+        ) from exc
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch file, never unpickling arbitrary objects."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return load_safetensors(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for pickled objects, RuntimeError for junk
@@ -353,8 +363,6 @@ def write_model_card(directory: str | Path) -> Path:
 def load_model_dir(directory: str | Path) -> tuple[ASLClassifier, dict]:
     """Load a model directory written by save_model_dir (or a models folder's ``latest``);
     only plain tensors are read."""
-    from safetensors.torch import load_file
-
     directory = resolve_model_dir(directory)
     meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
     if not weights_path.is_file():
@@ -366,7 +374,7 @@ def load_model_dir(directory: str | Path) -> tuple[ASLClassifier, dict]:
         build_head(spec.feature_dim, len(meta["classes"]), meta["head"]["hidden_size"], meta["head"]["dropout"]),
         meta.get("unfreeze_last_stage", False),
     )
-    model.load_state_dict(load_file(str(weights_path)), strict=True)
+    model.load_state_dict(load_safetensors(weights_path), strict=True)
     model.eval()
     return model, meta
 

@@ -283,6 +283,49 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Every route, the Gradio demo's included, refuses a body over ``limit`` bytes with 413: a declared
+    Content-Length before anything is read, a chunked body as soon as it passes the limit. (/predict's own,
+    lower limit in ``read_body`` answers first there.)"""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            response = _error_response(413, "payload_too_large",
+                                       f"request body is {int(declared)} bytes; the limit is {self.limit}")
+            return await response(scope, receive, send)
+        seen, started = 0, False
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except _BodyTooLarge:
+            if not started:
+                response = _error_response(413, "payload_too_large", f"request body is over the {self.limit}-byte limit")
+                await response(scope, receive, send)
+
+
 def _decode_base64(text: Any, where: str) -> bytes:
     if not isinstance(text, str) or not text:
         raise ApiError(400, "invalid_request", f"{where} must be a non-empty base64 string")
@@ -410,6 +453,8 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
         from asl_platform.demo import mount_demo
 
         app = mount_demo(app, backend, settings)
+    # multipart framing around a max-sized Gradio upload (its own per-file limit is max_request_bytes)
+    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes + 64 * 1024)
     return app
 
 

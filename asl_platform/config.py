@@ -137,6 +137,18 @@ class TrainConfig(_Section):
     use_gpu: bool = False
     augment: bool = Field(default=True, description="Random resized crop, colour jitter, small rotation.")
     early_stopping_patience: int = Field(default=3, ge=1, description="Epochs without a better val loss.")
+    last_stage_lr_factor: float = Field(
+        default=0.1, gt=0, le=10,
+        description="Pipeline with model.unfreeze_last_stage: the last stage's lr = the head's lr x this.",
+    )
+    last_stage_label_smoothing: float = Field(
+        default=0.1, ge=0, lt=1, description="Pipeline with model.unfreeze_last_stage: cross-entropy label smoothing.",
+    )
+    last_stage_feature_noise: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Pipeline with model.unfreeze_last_stage: per-channel multiplicative noise on the cached "
+                    "activations (light augmentation; 0 turns it off).",
+    )
     init_from: str | None = Field(
         default=None, description="Start from this model directory's weights (same backbone, head and classes)."
     )

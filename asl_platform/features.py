@@ -3,6 +3,11 @@
 The backbone is frozen, so its features for an image never change: compute them once, write them
 with pyarrow, and let every tuning trial and retrain read the small feature table instead of
 decoding and running the backbone again. The cache key covers everything that changes a feature.
+
+With ``output="trunk"`` the table holds the activations *before* the backbone's last stage instead
+(e.g. 192x7x7 for EfficientNet-Lite0), stored as float16, so the last stage itself can be trained on
+them (``model.unfreeze_last_stage`` in the pipeline); ``pool_activations`` turns them into the
+pooled features of the frozen backbone.
 """
 
 from __future__ import annotations
@@ -22,16 +27,19 @@ import pyarrow.parquet as pq
 import torch
 
 from asl_platform.data import ImageIndex, Preprocessing, image_dataset
-from asl_platform.model import build_backbone, get_backbone_spec
+from asl_platform.model import build_backbone, get_backbone_spec, split_backbone
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
+OUTPUTS = ("features", "trunk")  # pooled backbone features, or the activations before its last stage
 
 
 @dataclass
 class FeatureTable:
-    """Features for every listed file, aligned with the ImageIndex order; bad files have ``error``."""
+    """Features for every listed file, aligned with the ImageIndex order; bad files have ``error``.
+
+    ``features`` is (N, D) pooled features, or (N, C, H, W) trunk activations (float32 either way)."""
 
     paths: np.ndarray
     labels: np.ndarray
@@ -51,23 +59,34 @@ class FeatureTable:
 class FeatureExtractor:
     """Ray Data callable class: one backbone per actor, reused across batches."""
 
-    def __init__(self, backbone: str, weights: str, device: str = "cpu"):
+    def __init__(self, backbone: str, weights: str, device: str = "cpu", output: str = "features"):
         self.device = torch.device(device)
+        self.output = output
+        model = build_backbone(backbone, weights)
+        if output == "trunk":
+            model = split_backbone(backbone, model)[0]
         # channels_last is ~1.6x faster for these convnets on CPU (oneDNN), and no slower on GPU.
-        self.model = build_backbone(backbone, weights).to(self.device, memory_format=torch.channels_last)
+        self.model = model.to(self.device, memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = torch.from_numpy(batch.pop("image")).to(self.device).contiguous(memory_format=torch.channels_last)
-        batch["features"] = self.model(images).float().cpu().numpy()
+        if self.output == "trunk":  # float16 halves what travels and what is cached
+            batch["features"] = self.model(images).contiguous().half().cpu().numpy()
+        else:
+            batch["features"] = self.model(images).float().cpu().numpy()
         return batch
 
 
-def cache_key(index: ImageIndex, backbone: str, weights: str, prep: Preprocessing, max_bytes: int = 0) -> str:
+def cache_key(
+    index: ImageIndex, backbone: str, weights: str, prep: Preprocessing, max_bytes: int = 0, output: str = "features"
+) -> str:
     """Hash of what determines a feature: the files (path, size, mtime from the listing), backbone,
-    weights, preprocessing, and the size limit (which decides what is skipped)."""
+    weights, preprocessing, the size limit (which decides what is skipped), and what is output."""
     digest = hashlib.sha256()
     header = {"v": CACHE_FORMAT_VERSION, "backbone": backbone, "weights": weights, "prep": prep.to_dict(), "max_bytes": max_bytes}
+    if output != "features":  # pooled features keep their original keys (existing caches stay valid)
+        header["output"] = output
     if weights not in ("imagenet", "none"):
         stat = os.stat(weights)
         header["weights_stat"] = f"{stat.st_size}:{stat.st_mtime_ns}"
@@ -83,12 +102,14 @@ def _write_table(table: FeatureTable, directory: Path, meta: dict) -> None:
     tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    dim = table.features.shape[1]
+    shape = meta.get("shape")  # trunk activations: (C, H, W), stored flat as float16
+    dim = int(np.prod(shape)) if shape else table.features.shape[1]
+    dtype = np.float16 if shape else np.float32
     arrow = pa.table({
         "path": pa.array(table.paths.astype(str)),
         "label": pa.array(table.labels.astype(np.int32)),
         "error": pa.array(table.errors.astype(str)),
-        "features": pa.FixedSizeListArray.from_arrays(pa.array(table.features.reshape(-1).astype(np.float32)), dim),
+        "features": pa.FixedSizeListArray.from_arrays(pa.array(table.features.reshape(-1).astype(dtype)), dim),
     })
     pq.write_table(arrow, tmp / "features.parquet")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -99,11 +120,13 @@ def _write_table(table: FeatureTable, directory: Path, meta: dict) -> None:
 def _read_table(directory: Path) -> FeatureTable:
     arrow = pq.read_table(directory / "features.parquet")
     column = arrow.column("features").combine_chunks()
-    dim = column.type.list_size
+    shape = json.loads((directory / "meta.json").read_text()).get("shape")
+    features = column.flatten().to_numpy()
+    features = features.reshape(-1, *shape).astype(np.float32) if shape else features.reshape(-1, column.type.list_size)
     return FeatureTable(
         paths=np.asarray(arrow.column("path").to_pylist(), dtype=object),
         labels=arrow.column("label").to_numpy().astype(np.int64),
-        features=column.flatten().to_numpy().reshape(-1, dim),
+        features=features,
         errors=np.asarray(arrow.column("error").to_pylist(), dtype=object),
         from_cache=True,
     )
@@ -118,11 +141,17 @@ def extract_features(
     concurrency: int | None = None,
     use_gpu: bool = False,
     max_bytes: int = 20 << 20,
+    output: str = "features",
 ) -> FeatureTable:
-    """Features for every file of ``index`` (in index order), from the cache when the key matches."""
+    """Features for every file of ``index`` (in index order), from the cache when the key matches.
+
+    ``output="trunk"``: the activations before the backbone's last stage, (N, C, H, W), cached as
+    float16 and returned as float32 (the same values whether freshly extracted or read back)."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
     prep = get_backbone_spec(backbone).preprocessing
-    key = cache_key(index, backbone, weights, prep, max_bytes)
-    directory = Path(cache_root) / f"{backbone}-{key}"
+    key = cache_key(index, backbone, weights, prep, max_bytes, output)
+    directory = Path(cache_root) / (f"{backbone}-{key}" if output == "features" else f"{backbone}-{output}-{key}")
     if (directory / "meta.json").is_file():
         logger.info("feature cache hit: %s", directory)
         return _align(_read_table(directory), index)
@@ -138,13 +167,15 @@ def extract_features(
         # One actor per CPU (or GPU): decoding is fused into the actor, so this keeps every core busy.
         concurrency = max(1, int(resources.get("GPU" if use_gpu else "CPU", 1)))
     logger.info(
-        "extracting %s features for %d images (%d actor(s)); cache miss, will write %s",
-        backbone, len(index), concurrency, directory,
+        "extracting %s %s for %d images (%d actor(s)); cache miss, will write %s",
+        backbone, "features" if output == "features" else "trunk activations (before the last stage)",
+        len(index), concurrency, directory,
     )
     started = time.perf_counter()
     dataset = image_dataset(index, prep, batch_size=batch_size, max_bytes=max_bytes).map_batches(
         FeatureExtractor,
-        fn_constructor_kwargs={"backbone": backbone, "weights": weights, "device": "cuda" if use_gpu else "cpu"},
+        fn_constructor_kwargs={"backbone": backbone, "weights": weights, "device": "cuda" if use_gpu else "cpu",
+                               **({"output": output} if output != "features" else {})},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
@@ -166,8 +197,26 @@ def extract_features(
         "key": key, "backbone": backbone, "weights": weights, "preprocessing": prep.to_dict(),
         "root": index.root, "classes": index.classes, "num_images": len(index), "seconds": round(seconds, 2),
     }
+    if output != "features":
+        meta.update(output=output, shape=list(table.features.shape[1:]), dtype="float16")
     _write_table(table, directory, meta)
     return _align(table, index)
+
+
+@torch.inference_mode()
+def pool_activations(
+    activations: np.ndarray, backbone: str, weights: str, batch_size: int = 256, model: torch.nn.Module | None = None
+) -> np.ndarray:
+    """Trunk activations (N, C, H, W) -> the frozen backbone's pooled features (N, D), by running its
+    pretrained last stage once, in-process (cheap next to a second extraction)."""
+    tail = model if model is not None else split_backbone(backbone, build_backbone(backbone, weights))[1]
+    tail.eval()
+    dim = get_backbone_spec(backbone).feature_dim
+    out = np.empty((len(activations), dim), dtype=np.float32)
+    for start in range(0, len(activations), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(activations[start:start + batch_size], dtype=np.float32))
+        out[start:start + batch_size] = tail(batch).float().numpy()
+    return out
 
 
 def _align(table: FeatureTable, index: ImageIndex) -> FeatureTable:

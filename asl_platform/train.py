@@ -3,6 +3,10 @@
 The backbone is frozen, so training the classifier is training its head on the cached backbone
 features. That loop is plain PyTorch (``fit_head``); Ray Tune runs it once per trial and Ray Train's
 TorchTrainer runs it data-parallel for the final retrain, with a checkpoint every epoch.
+
+With ``model.unfreeze_last_stage`` the pipeline caches the activations *before* the backbone's last
+stage instead, and the retrain trains that last stage (``LastStageClassifier``: tail + head) on them
+by the same loop: the frozen trunk never runs again.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from ray.train import UserCallback
 from torch import nn
 
 from asl_platform.data import DataError
-from asl_platform.model import build_backbone, build_classifier, build_head
+from asl_platform.model import build_backbone, build_classifier, build_head, split_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +56,65 @@ def make_optimizer(model: nn.Module, hp: HeadHyperparams) -> torch.optim.AdamW:
     )
 
 
-def evaluate_head(head: nn.Module, features: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``head`` on feature vectors."""
+@dataclass(frozen=True)
+class LastStageOptions:
+    """Retraining the backbone's last stage on cached trunk activations (``model.unfreeze_last_stage``)."""
+
+    backbone: str
+    weights: str
+    lr_factor: float = 0.1  # the last stage's lr = the head's lr x this
+    label_smoothing: float = 0.1
+    feature_noise: float = 0.1  # multiplicative per-channel noise on the activations (light augmentation)
+    patience: int | None = 3  # early stopping: epochs without a better val loss
+    torch_threads: int | None = None
+
+
+class LastStageClassifier(nn.Module):
+    """The backbone's last stage (its ``split_backbone`` tail) followed by the head: what is trained
+    on trunk activations. The tail stays in eval mode, so its BatchNorm keeps the pretrained statistics
+    (as ``ASLClassifier`` keeps them when its last stage is unfrozen)."""
+
+    def __init__(self, tail: nn.Module, head: nn.Sequential):
+        super().__init__()
+        self.tail, self.head = tail, head
+
+    def train(self, mode: bool = True) -> LastStageClassifier:
+        super().train(mode)
+        self.tail.eval()
+        return self
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tail(activations))
+
+
+def build_last_stage_classifier(
+    backbone: str, weights: str, num_classes: int, hidden_size: int, dropout: float
+) -> LastStageClassifier:
+    """A fresh head on the (pretrained) last stage of ``backbone``; the trunk is built and dropped."""
+    from asl_platform.model import get_backbone_spec
+
+    tail = split_backbone(backbone, build_backbone(backbone, weights))[1]
+    for parameter in tail.parameters():
+        parameter.requires_grad = True
+    head = build_head(get_backbone_spec(backbone).feature_dim, num_classes, hidden_size, dropout)
+    return LastStageClassifier(tail, head)
+
+
+def make_last_stage_optimizer(model: LastStageClassifier, hp: HeadHyperparams, lr_factor: float) -> torch.optim.AdamW:
+    """AdamW with two parameter groups: the head at ``hp.lr``, the pretrained last stage at ``hp.lr * lr_factor``."""
+    return torch.optim.AdamW(
+        [{"params": list(model.head.parameters()), "lr": hp.lr},
+         {"params": list(model.tail.parameters()), "lr": hp.lr * lr_factor}],
+        lr=hp.lr, eps=hp.eps, weight_decay=hp.weight_decay,
+    )
+
+
+def evaluate_head(head: nn.Module, features: np.ndarray, labels: np.ndarray, batch_size: int | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``head`` on feature vectors (or of a ``LastStageClassifier``
+    on trunk activations)."""
     if len(labels) == 0:
         return float("nan"), float("nan")
+    batch_size = batch_size or (1024 if features.ndim == 2 else 256)
     head.eval()
     device = next(head.parameters()).device
     total_loss, correct = 0.0, 0
@@ -77,8 +136,13 @@ def fit_head(
     epochs: int,
     seed: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
+    label_smoothing: float = 0.0,
+    feature_noise: float = 0.0,
 ) -> Iterator[dict]:
-    """Train ``head`` with AdamW; yield metrics after every epoch (callers report/checkpoint)."""
+    """Train ``head`` with AdamW; yield metrics after every epoch (callers report/checkpoint).
+
+    ``feature_noise`` > 0 multiplies each input channel by ``1 + feature_noise * N(0, 1)`` (drawn per
+    example and channel): a light augmentation for training on cached activations."""
     generator = torch.Generator().manual_seed(seed)
     device = next(head.parameters()).device
     x_train, y_train = torch.from_numpy(train[0]).to(device), torch.from_numpy(train[1]).to(device)
@@ -89,7 +153,11 @@ def fit_head(
         running, seen = 0.0, 0
         for start in range(0, len(order), hp.batch_size):
             batch = order[start:start + hp.batch_size]
-            loss = nn.functional.cross_entropy(head(x_train[batch]), y_train[batch])
+            x = x_train[batch]
+            if feature_noise > 0:
+                noise = torch.randn(x.shape[:2], generator=generator).to(device)
+                x = x * (1 + feature_noise * noise.view(*x.shape[:2], *([1] * (x.dim() - 2))))
+            loss = nn.functional.cross_entropy(head(x), y_train[batch], label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -103,7 +171,11 @@ def fit_head(
 
 
 def _retrain_loop(config: dict) -> None:
-    """Runs on every Ray Train worker: each takes its rank's slice of the training features."""
+    """Runs on every Ray Train worker: each takes its rank's slice of the training features.
+
+    With ``config["last_stage"]`` the arrays are trunk activations and the trained module is the
+    backbone's last stage + head (``LastStageClassifier``); the checkpoint then holds both (never the
+    frozen trunk), and training stops early after ``patience`` epochs without a better val loss."""
     import ray
     import ray.train
     import ray.train.torch
@@ -112,33 +184,73 @@ def _retrain_loop(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config["seed"])
     hp = HeadHyperparams.from_mapping(config["hp"])
+    last_stage = LastStageOptions(**config["last_stage"]) if config.get("last_stage") else None
     x_train, y_train = ray.get(config["train"])
     val = ray.get(config["val"])
     usable = len(y_train) // world * world  # equal shards: DDP needs the same number of steps
     x_train, y_train = x_train[rank:usable:world], y_train[rank:usable:world]
-    head = build_head(x_train.shape[1], config["num_classes"], hp.hidden_size, hp.dropout)
-    optimizer = make_optimizer(head, hp)
+    if last_stage is None:
+        head = build_head(x_train.shape[1], config["num_classes"], hp.hidden_size, hp.dropout)
+        optimizer = make_optimizer(head, hp)
+        fit_options = {}
+    else:
+        # A 1-CPU Ray worker gets 1 thread; the last stage is real convolution work: use the node's share.
+        torch.set_num_threads(last_stage.torch_threads or max(1, (os.cpu_count() or 1) // world))
+        head = build_last_stage_classifier(
+            last_stage.backbone, last_stage.weights, config["num_classes"], hp.hidden_size, hp.dropout
+        )
+        optimizer = make_last_stage_optimizer(head, hp, last_stage.lr_factor)
+        fit_options = {"label_smoothing": last_stage.label_smoothing, "feature_noise": last_stage.feature_noise}
     start_epoch, saved = 1, None
+    early = {"best_val_loss": float("inf"), "stale_epochs": 0, "stopped": False}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # resumed after a failure: continue from the last finished epoch, same optimizer state
         with checkpoint.as_directory() as directory:
             saved = torch.load(Path(directory) / "head.pt", map_location="cpu", weights_only=True)
-            head.load_state_dict(saved["head"])
+            if last_stage is None:
+                head.load_state_dict(saved["head"])
+            else:
+                head.head.load_state_dict(saved["head"])
+                head.tail.load_state_dict(saved["tail"])
+                early = saved["early_stopping"]
             start_epoch = saved["epoch"] + 1
-    model = ray.train.torch.prepare_model(head)
+    if early["stopped"]:  # the failure came after early stopping had already ended the run
+        return
+    # The tail's frozen BatchNorm buffers never change: no need to broadcast them every step.
+    model = ray.train.torch.prepare_model(
+        head, parallel_strategy_kwargs={"broadcast_buffers": False} if last_stage else None
+    )
     if saved is not None:  # after the move to the device, so the optimizer state lands there too
         optimizer.load_state_dict(saved["optimizer"])
     remaining = config["epochs"] - start_epoch + 1
-    epochs = fit_head(model, (x_train, y_train), val, hp, remaining, seed=config["seed"] + start_epoch, optimizer=optimizer)
+    epochs = fit_head(model, (x_train, y_train), val, hp, remaining, seed=config["seed"] + start_epoch,
+                      optimizer=optimizer, **fit_options)
+    started = time.perf_counter()
     for metrics in epochs:
         metrics["epoch"] = epoch = metrics["epoch"] + start_epoch - 1
+        if last_stage is not None:  # an epoch takes seconds here: say how many (logged by the driver)
+            seconds, started = time.perf_counter() - started, time.perf_counter()
+            metrics.update(epoch_seconds=seconds, images_per_second=len(y_train) * world / max(seconds, 1e-9))
+        if last_stage is not None and last_stage.patience:
+            improved = metrics["val_loss"] < early["best_val_loss"]
+            stale = 0 if improved else early["stale_epochs"] + 1
+            metrics["early_stop"] = stale >= last_stage.patience
+            early = {"best_val_loss": min(metrics["val_loss"], early["best_val_loss"]), "stale_epochs": stale,
+                     "stopped": metrics["early_stop"]}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                state = {"head": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+                unwrapped = _unwrap(model)
+                if last_stage is None:
+                    state = {"head": unwrapped.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+                else:  # only what is trained: the last stage and the head, not the frozen trunk
+                    state = {"head": unwrapped.head.state_dict(), "tail": unwrapped.tail.state_dict(),
+                             "optimizer": optimizer.state_dict(), "epoch": epoch, "early_stopping": early}
                 torch.save(state, Path(tmp) / "head.pt")
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
+        if early["stopped"]:  # every worker saw the same val metrics, so all stop together
+            break
 
 
 def storage_uri(path: str) -> str:
@@ -161,17 +273,28 @@ def retrain_head(
     num_workers: int = 1,
     use_gpu: bool = False,
     seed: int = 0,
-) -> tuple[nn.Sequential, dict]:
-    """Retrain the head with Ray Train; return the head of the best epoch (lowest val loss)."""
+    last_stage: LastStageOptions | None = None,
+) -> tuple[nn.Module, dict]:
+    """Retrain the head with Ray Train; return the head of the best epoch (lowest val loss).
+
+    With ``last_stage`` the arrays are trunk activations (``extract_features(output="trunk")``) and
+    what is trained and returned is a ``LastStageClassifier`` (the backbone's last stage + head)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    callbacks, queue = [], None
+    if last_stage is not None:
+        from ray.util.queue import Queue
+
+        build_backbone(last_stage.backbone, last_stage.weights)  # missing weights: fail here, clearly, once
+        queue = Queue()
+        callbacks.append(EpochsToQueue(queue))
     trainer = TorchTrainer(
         _retrain_loop,
         train_loop_config={  # the arrays travel once, through the object store
             "train": ray.put(train), "val": ray.put(val), "num_classes": num_classes, "hp": asdict(hp),
-            "epochs": epochs, "seed": seed,
+            "epochs": epochs, "seed": seed, "last_stage": asdict(last_stage) if last_stage else None,
         },
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=RunConfig(
@@ -181,18 +304,26 @@ def retrain_head(
                 num_to_keep=2, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
             ),
             failure_config=FailureConfig(max_failures=2),
+            callbacks=callbacks,
         ),
     )
-    result = trainer.fit()
+    result = trainer.fit() if queue is None else fit_logging_epochs(trainer, queue, epochs)
     best_checkpoint = result.get_best_checkpoint(metric="val_loss", mode="min")
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best_checkpoint.path)
-    head = build_head(train[0].shape[1], num_classes, hp.hidden_size, hp.dropout)
     with best_checkpoint.as_directory() as directory:
-        head.load_state_dict(torch.load(Path(directory) / "head.pt", map_location="cpu", weights_only=True)["head"])
+        saved = torch.load(Path(directory) / "head.pt", map_location="cpu", weights_only=True)
+    if last_stage is None:
+        head = build_head(train[0].shape[1], num_classes, hp.hidden_size, hp.dropout)
+        head.load_state_dict(saved["head"])
+    else:
+        head = build_last_stage_classifier(last_stage.backbone, last_stage.weights, num_classes, hp.hidden_size, hp.dropout)
+        head.head.load_state_dict(saved["head"])
+        head.tail.load_state_dict(saved["tail"])
     head.eval()
-    logger.info("retrain done: best epoch %s, val_loss %.4f, val_accuracy %.4f",
-                best_metrics["epoch"], best_metrics["val_loss"], best_metrics["val_accuracy"])
-    return head, dict(best_metrics)
+    last = (getattr(result, "metrics", None) or {}).get("epoch")  # the last epoch run (early stopping)
+    logger.info("retrain done: best epoch %s of %s run, val_loss %.4f, val_accuracy %.4f",
+                best_metrics["epoch"], last, best_metrics["val_loss"], best_metrics["val_accuracy"])
+    return head, {**best_metrics, "epochs_run": last}
 
 
 # --------------------------------------------------------------------------- Ray Train on images
@@ -322,6 +453,19 @@ def _image_train_loop(config: dict) -> None:
             break
 
 
+def fit_logging_epochs(trainer, queue, epochs: int):
+    """``trainer.fit()`` while a driver thread logs the epochs ``EpochsToQueue`` forwards."""
+    stop = threading.Event()
+    reporter = threading.Thread(target=_log_epochs, args=(queue, epochs, stop), daemon=True)
+    reporter.start()
+    try:
+        return trainer.fit()
+    finally:
+        stop.set()
+        reporter.join(timeout=5)
+        queue.shutdown()
+
+
 class EpochsToQueue(UserCallback):
     """Ray Train callback (runs in the controller process): forward each epoch's metrics to the
     driver, which logs them, so a long training run shows where it is."""
@@ -433,15 +577,7 @@ def train_on_images(
             callbacks=[EpochsToQueue(queue)],
         ),
     )
-    stop = threading.Event()
-    reporter = threading.Thread(target=_log_epochs, args=(queue, train_cfg.epochs, stop), daemon=True)
-    reporter.start()
-    try:
-        result = trainer.fit()
-    finally:
-        stop.set()
-        reporter.join(timeout=5)
-        queue.shutdown()
+    result = fit_logging_epochs(trainer, queue, train_cfg.epochs)
     best = result.get_best_checkpoint(metric="val_loss", mode="min")
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     model = build_classifier(model_cfg.backbone, "none", len(classes), model_cfg.hidden_size, model_cfg.dropout,

@@ -13,6 +13,7 @@ from PIL import Image
 from asl_platform.data import list_images, preprocess_images, decode_image, stratified_split
 from asl_platform.model import (
     BACKBONES,
+    ASLClassifier,
     Predictor,
     WeightsUnavailableError,
     build_backbone,
@@ -21,6 +22,7 @@ from asl_platform.model import (
     get_backbone_spec,
     load_model_dir,
     save_model_dir,
+    split_backbone,
 )
 from asl_platform.train import HeadHyperparams, evaluate_head, fit_head
 from asl_platform.model import build_head
@@ -40,6 +42,41 @@ def test_backbone_output_matches_declared_feature_dim(name):
     with torch.inference_mode():
         out = model(torch.zeros(2, 3, size, size))
     assert out.shape == (2, spec.feature_dim)
+
+
+@pytest.mark.parametrize("name", ["tiny", "efficientnet_lite0", "resnet50"])
+def test_backbone_splits_into_trunk_and_last_stage_sharing_its_parameters(name):
+    """tail(trunk(x)) == backbone(x); the tail's parameters are the backbone's own (same objects) and
+    exactly its ``last_stage``, i.e. what ASLClassifier(unfreeze_last_stage=True) trains and exports."""
+    spec = get_backbone_spec(name)
+    torch.manual_seed(0)
+    backbone = build_backbone(name, "none")
+    trunk, tail = split_backbone(name, backbone)
+    size = spec.preprocessing.image_size
+    images = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        activations = trunk(images)
+        assert torch.allclose(tail(activations), backbone(images), rtol=1e-5, atol=1e-6)
+    assert activations.dim() == 4 and activations.shape[0] == 2
+    ids = lambda module: {id(p) for p in module.parameters()}  # noqa: E731
+    assert ids(tail) == ids(spec.last_stage(backbone))
+    assert ids(trunk) | ids(tail) == ids(backbone) and not ids(trunk) & ids(tail)
+    classifier = ASLClassifier(name, backbone, build_head(spec.feature_dim, 3, 8, 0.0), unfreeze_last_stage=True)
+    assert {id(p) for p in classifier.backbone.parameters() if p.requires_grad} == ids(tail)
+    with torch.no_grad():  # writing the tail's state writes the backbone's
+        next(tail.parameters()).add_(1.0)
+    assert torch.equal(next(tail.parameters()), next(p for p in backbone.parameters() if id(p) in ids(tail)))
+
+
+def test_random_weights_are_reproducible_and_leave_the_global_rng_alone():
+    """model.weights=none must give the same trunk in the feature actors and in the exported model."""
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    first, second = build_backbone("tiny", "none"), build_backbone("tiny", "none")
+    assert torch.equal(torch.rand(1), expected)
+    for key, tensor in first.state_dict().items():
+        assert torch.equal(second.state_dict()[key], tensor), key
 
 
 def test_efficientnet_lite0_imagenet_weights_really_load():

@@ -60,6 +60,64 @@ def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path):
     assert rerun["best_epoch"] <= 2  # a fresh retrain, not the first run's checkpoints
 
 
+@pytest.mark.e2e
+def test_pipeline_with_unfreeze_last_stage_trains_and_exports_the_last_stage(tmp_path):
+    """model.unfreeze_last_stage: activations before the last stage are cached once, the head is tuned
+    on pooled features from them, the last stage + head are retrained on them, and the exported model
+    (unfreeze_last_stage, trained last stage in its backbone) reproduces the test metrics from images."""
+    import torch
+
+    from asl_platform.data import load_image
+    from PIL import Image
+
+    from asl_platform.model import build_backbone, get_backbone_spec, load_model_dir, split_backbone
+
+    # Noisy colour patches (one colour per class): learnable from the tiny random backbone's activations.
+    rng, root = np.random.default_rng(0), tmp_path / "data"
+    for label, colour in {"A": (200, 40, 40), "B": (40, 180, 40), "C": (40, 40, 200), "space": (128, 128, 128)}.items():
+        (root / label).mkdir(parents=True)
+        for i in range(30):
+            pixels = np.clip(rng.normal(colour, 60, (48, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    args = ("pipeline", "--data", str(root), "--backbone", "tiny", "--set", "model.weights=none",
+            "--set", "model.unfreeze_last_stage=true", "--set", "model.hidden_size=32", "--set", "tune.num_samples=2",
+            "--set", "tune.max_epochs=4", "--set", "tune.lr=[0.003, 0.01]", "--set", "tune.hidden_size=[32]",
+            "--set", "train.epochs=8", "--set", "train.last_stage_lr_factor=0.3", "--set", "run.name=last")
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "ignored" not in result.stderr
+    assert "activations before its last stage" in result.stderr and "last stage + head" in result.stderr
+    cache = list((tmp_path / "asl_runs" / "cache" / "features").glob("tiny-trunk-*"))
+    assert len(cache) == 1 and json.loads((cache[0] / "meta.json").read_text())["shape"] == [32, 16, 16]
+
+    summary = json.loads((tmp_path / "asl_runs" / "last" / "summary.json").read_text())
+    metrics = summary["metrics"]
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 8
+    model_dir = Path(summary["model_dir"])
+    model, meta = load_model_dir(model_dir)
+    assert meta["unfreeze_last_stage"] is True and meta["last_stage"]["lr_factor"] == 0.3
+
+    # The trunk is the pretrained one the activations came from; the last stage was trained.
+    trunk, tail = split_backbone("tiny", build_backbone("tiny", "none"))
+    exported_trunk, exported_tail = split_backbone("tiny", model.backbone)
+    for mine, pretrained in zip(exported_trunk.state_dict().values(), trunk.state_dict().values()):
+        assert torch.equal(mine, pretrained)
+    assert any(not torch.equal(m, p) for m, p in zip(exported_tail.parameters(), tail.parameters()))
+
+    # The exported directory alone reproduces the reported test accuracy and loss from the image files
+    # (activations are cached as float16: predictions from images may differ by a rounding hair).
+    index = stratified_split(list_images(str(root)), 0.15, 0.15, 42)
+    test = [(p, y) for p, y, s in zip(index.paths, index.labels, index.splits) if s == "test"]
+    labels = np.asarray([y for _, y in test])
+    size = get_backbone_spec("tiny").preprocessing.image_size
+    probabilities = Predictor(model_dir).predict_images([load_image(p, draft_size=size) for p, _ in test])
+    assert len(test) == metrics["test_images"]
+    assert abs((probabilities.argmax(1) == labels).mean() - metrics["test_accuracy"]) <= 1.5 / len(test)
+    loss = float(np.mean(-np.log(probabilities[np.arange(len(test)), labels])))
+    assert loss == pytest.approx(metrics["test_loss"], rel=1e-2)
+    assert metrics["test_accuracy"] >= 0.6, metrics  # 4 classes: chance is 25%
+
+
 def test_cli_reports_bad_config_clearly(tmp_path):
     result = run_cli("pipeline", "--set", "train.lr=-1", "--set", "data.colour=red", cwd=tmp_path)
     assert result.returncode == 2

@@ -233,3 +233,77 @@ def test_warm_start_model_must_match_the_run(ray_local, tmp_path):
     with pytest.raises(DataError, match="hidden_size differ"):
         train_on_images(index.subset("train"), index.subset("val"), index.classes, cfg.model, cfg.train, cfg.data,
                         str(tmp_path / "ray"), "warm")
+
+
+def _retrain_loop_failing_once(fault_dir: Path, fail_after_epoch: int):
+    """The real ``_retrain_loop`` with ``ray.train.report`` wrapped: every report is logged (pid, epoch),
+    and right after reporting epoch ``fail_after_epoch`` the worker raises, once (a marker file).
+    Self-contained: Ray pickles it by value to the workers, where this module cannot be imported."""
+    fault_dir = str(fault_dir)
+
+    def loop(config: dict) -> None:
+        import json
+        import os
+        import time
+        from pathlib import Path
+
+        import ray.train
+
+        from asl_platform.train import _retrain_loop
+
+        log, marker = Path(fault_dir) / "epochs.jsonl", Path(fault_dir) / "failed"
+        real = ray.train.report
+
+        def report(metrics, checkpoint=None, **kwargs):
+            real(metrics, checkpoint=checkpoint, **kwargs)
+            with log.open("a") as handle:
+                handle.write(json.dumps({"pid": os.getpid(), "epoch": metrics["epoch"]}) + "\n")
+            if metrics["epoch"] == fail_after_epoch and not marker.exists():
+                marker.write_text("failed")
+                time.sleep(5)  # let the controller register this epoch's checkpoint first
+                raise RuntimeError("injected worker failure")
+
+        ray.train.report = report
+        _retrain_loop(config)
+
+    return loop
+
+
+def test_last_stage_retrain_checkpoints_tail_and_head_only_and_resumes(ray_local, tmp_path, monkeypatch):
+    """Retraining the last stage on trunk activations: a worker failure after epoch 2 resumes from its
+    checkpoint (epochs 3.. run once each), checkpoints hold the last stage + head (never the frozen
+    trunk), and the result is the best epoch's last stage + head."""
+    import asl_platform.train
+    from asl_platform.model import build_backbone, split_backbone
+    from asl_platform.train import HeadHyperparams, LastStageClassifier, LastStageOptions, retrain_head
+
+    monkeypatch.setattr(asl_platform.train, "_retrain_loop", _retrain_loop_failing_once(tmp_path, fail_after_epoch=2))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 96)
+    activations = (rng.random((96, 32, 16, 16)) + labels[:, None, None, None] * 0.3).astype(np.float32)
+    train, val = (activations[:64], labels[:64]), (activations[64:], labels[64:])
+    options = LastStageOptions("tiny", "none", lr_factor=0.5, patience=10)
+    model, metrics = retrain_head(train, val, 3, HeadHyperparams(lr=3e-3, batch_size=16, hidden_size=8), 4,
+                                  str(tmp_path / "ray"), "last-stage", last_stage=options)
+
+    assert isinstance(model, LastStageClassifier) and not model.training
+    assert metrics["epochs_run"] == 4 and 1 <= metrics["epoch"] <= 4
+    reports = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
+    first = reports[0]["pid"]
+    assert [r["epoch"] for r in reports if r["pid"] == first] == [1, 2]
+    assert [r["epoch"] for r in reports if r["pid"] != first] == [3, 4]  # resumed, nothing run twice
+
+    pretrained_tail = split_backbone("tiny", build_backbone("tiny", "none"))[1]
+    checkpoints = sorted((tmp_path / "ray" / "last-stage").glob("checkpoint_*/head.pt"))
+    assert checkpoints
+    for path in checkpoints:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        assert set(saved) == {"head", "tail", "optimizer", "epoch", "early_stopping"}
+        assert set(saved["tail"]) == set(pretrained_tail.state_dict())  # the last stage only, not the trunk
+        groups = saved["optimizer"]["param_groups"]  # the head at the searched lr, the last stage at lr x factor
+        assert [len(g["params"]) for g in groups] == [4, 3]
+        assert (groups[0]["lr"], groups[1]["lr"]) == pytest.approx((3e-3, 1.5e-3))
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(val[0]))
+    assert logits.shape == (32, 3) and torch.isfinite(logits).all()
+    assert any(not torch.equal(a, b) for a, b in zip(model.tail.parameters(), pretrained_tail.parameters()))

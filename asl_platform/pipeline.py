@@ -22,7 +22,11 @@ import numpy as np
 from asl_platform.config import Config
 from asl_platform.data import DataError, ImageIndex, find_unreadable, list_images, stratified_split, summarize_errors
 from asl_platform.features import FeatureTable, extract_features, pool_activations
-from asl_platform.model import ASLClassifier, build_backbone, get_backbone_spec, save_model_dir, split_backbone
+from asl_platform.evaluate import TEST_SPLIT_FILE
+from asl_platform.model import (
+    ASLClassifier, build_backbone, get_backbone_spec, mark_latest, next_version_dir, save_model_dir, split_backbone,
+    write_model_card,
+)
 from asl_platform.synthetic import make_smoke_dataset
 from asl_platform.train import LastStageOptions, evaluate_head, retrain_head
 from asl_platform.tune import format_table, plot_curves, run_search, write_results
@@ -280,7 +284,8 @@ def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
             head = head.head
             extra["last_stage"] = asdict(last_stage)
         classifier = ASLClassifier(cfg.model.backbone, backbone, head, unfreeze_last_stage=last_stage is not None)
-        model_dir = save_model_dir(classifier, run_dir / "model", classes, {
+        # Versioned like `train`'s exports, so serve/predict-batch/evaluate take <models>/<run.name> (its latest).
+        model_dir = save_model_dir(classifier, next_version_dir(cfg.models_dir.resolve()), classes, {
             "weights": cfg.model.weights,
             "metrics": metrics,
             "data": {"root": prepared.root, "layout": prepared.index.layout, "split": prepared.split_counts,
@@ -289,6 +294,9 @@ def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
             "config": cfg.model_dump(mode="json"),
             **extra,
         })
+        (model_dir / TEST_SPLIT_FILE).write_text("\n".join(prepared.index.subset("test").paths) + "\n")
+        write_model_card(model_dir)
+        mark_latest(model_dir)  # last: `latest` only ever names a complete model
 
     result = PipelineResult(run_dir, model_dir, metrics, progress.seconds)
     (run_dir / "summary.json").write_text(json.dumps(
@@ -320,8 +328,7 @@ TRAIN_STAGES = ("ingest", "check", "train", "export", "evaluate", "finalise")
 def run_train(cfg: Config, worker_logs: bool = False) -> dict:
     """`asl-platform train`: Ray Train on the image folders, then an honest evaluation (held-out test
     split, and a cross-domain folder when configured), a versioned export and a job summary."""
-    from asl_platform.evaluate import TEST_SPLIT_FILE, evaluate_folder
-    from asl_platform.model import mark_latest, next_version_dir, write_model_card
+    from asl_platform.evaluate import evaluate_folder
     from asl_platform.train import train_on_images, write_tensorboard
 
     started = time.perf_counter()

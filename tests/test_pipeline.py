@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from asl_platform.data import decode_image, list_images, stratified_split
-from asl_platform.model import Predictor
+from asl_platform.model import Predictor, resolve_model_dir
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -41,6 +41,8 @@ def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path):
 
     # The exported directory alone reproduces the reported test accuracy from raw image files.
     model_dir = Path(summary["model_dir"])
+    assert model_dir == resolve_model_dir(tmp_path / "asl_runs" / "models" / "smoke")  # versioned, `latest` names it
+    assert (model_dir / "README.md").is_file() and (model_dir / "test_split.txt").is_file()
     meta = json.loads((model_dir / "model.json").read_text())
     assert meta["classes"][:3] == ["A", "B", "C"] and len(meta["classes"]) == 29
     assert meta["data"]["smoke_set"] is True

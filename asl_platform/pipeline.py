@@ -159,24 +159,19 @@ def prepare_data(
         logger.info("%d classes; split %s", len(index.classes), split_counts)
     init_ray(cfg, worker_logs)  # after listing, so a wrong --data fails at once
     prepared = PreparedData(root, index, split_counts)
-    if with_features and activations:
-        with progress.stage("features", f"{cfg.model.backbone} activations before its last stage, "
-                                        "through a Ray Data actor pool"):
+    if with_features:
+        what = "activations before its last stage" if activations else "features"
+        with progress.stage("features", f"{cfg.model.backbone} {what} through a Ray Data actor pool"):
             prepared.table = extract_features(
                 index, cfg.model.backbone, cfg.model.weights, Path(cfg.run.output_dir).resolve() / "cache" / "features",
                 batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu, max_bytes=cfg.data.max_image_bytes,
-                output="trunk",
+                output="trunk" if activations else "features",
             )
-            started = time.perf_counter()
-            prepared.pooled = pool_activations(prepared.table.features, cfg.model.backbone, cfg.model.weights)
-            logger.info("activations %s per image; pooled features for tuning from the frozen last stage in %.1fs",
-                        "x".join(map(str, prepared.table.features.shape[1:])), time.perf_counter() - started)
-    elif with_features:
-        with progress.stage("features", f"{cfg.model.backbone} features through a Ray Data actor pool"):
-            prepared.table = extract_features(
-                index, cfg.model.backbone, cfg.model.weights, Path(cfg.run.output_dir).resolve() / "cache" / "features",
-                batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu, max_bytes=cfg.data.max_image_bytes,
-            )
+            if activations:
+                started = time.perf_counter()
+                prepared.pooled = pool_activations(prepared.table.features, cfg.model.backbone, cfg.model.weights)
+                logger.info("activations %s per image; pooled features for tuning from the frozen last stage in %.1fs",
+                            "x".join(map(str, prepared.table.features.shape[1:])), time.perf_counter() - started)
         prepared.unreadable = {str(p): str(e) for p, e in zip(prepared.table.paths, prepared.table.errors) if e}
     else:
         with progress.stage("check", "decoding every file once to list the unreadable ones"):
@@ -285,16 +280,13 @@ def run_pipeline(cfg: Config, worker_logs: bool = False) -> PipelineResult:
             extra["last_stage"] = asdict(last_stage)
         classifier = ASLClassifier(cfg.model.backbone, backbone, head, unfreeze_last_stage=last_stage is not None)
         # Versioned like `train`'s exports, so serve/predict-batch/evaluate take <models>/<run.name> (its latest).
-        model_dir = save_model_dir(classifier, next_version_dir(cfg.models_dir.resolve()), classes, {
-            "weights": cfg.model.weights,
+        model_dir = _export_version(cfg, classifier, prepared, {
             "metrics": metrics,
             "data": {"root": prepared.root, "layout": prepared.index.layout, "split": prepared.split_counts,
                      "smoke_set": cfg.data.root is None},
             "hyperparameters": asdict(best_hp),
-            "config": cfg.model_dump(mode="json"),
             **extra,
         })
-        (model_dir / TEST_SPLIT_FILE).write_text("\n".join(prepared.index.subset("test").paths) + "\n")
         write_model_card(model_dir)
         mark_latest(model_dir)  # last: `latest` only ever names a complete model
 
@@ -325,6 +317,19 @@ def format_summary(result: PipelineResult, smoke: bool) -> str:
 TRAIN_STAGES = ("ingest", "check", "train", "export", "evaluate", "finalise")
 
 
+def _export_version(cfg: Config, model: ASLClassifier, prepared: PreparedData, extra: dict) -> Path:
+    """Claim ``<models>/<run.name>/v<N>`` and write the model, its config and its exact held-out test
+    files (so `evaluate --split test` never re-derives the split). ``latest`` is moved by the caller,
+    last, once everything else in the folder is written."""
+    version_dir = next_version_dir(cfg.models_dir.resolve())
+    save_model_dir(model, version_dir, prepared.index.classes, {
+        "version": version_dir.name, "weights": cfg.model.weights, **extra, "config": cfg.model_dump(mode="json"),
+    })
+    (version_dir / "config.yaml").write_text(cfg.to_yaml())
+    (version_dir / TEST_SPLIT_FILE).write_text("\n".join(prepared.index.subset("test").paths) + "\n")
+    return version_dir
+
+
 def run_train(cfg: Config, worker_logs: bool = False) -> dict:
     """`asl-platform train`: Ray Train on the image folders, then an honest evaluation (held-out test
     split, and a cross-domain folder when configured), a versioned export and a job summary."""
@@ -347,20 +352,13 @@ def run_train(cfg: Config, worker_logs: bool = False) -> dict:
         )
 
     with progress.stage("export", "versioned model directory"):
-        version_dir = next_version_dir(cfg.models_dir)
-        save_model_dir(trained.model, version_dir, classes, {
-            "version": version_dir.name,
-            "weights": cfg.model.weights,
+        version_dir = _export_version(cfg, trained.model, prepared, {
             "metrics": {"val_loss": trained.best_metrics["val_loss"], "val_accuracy": trained.best_metrics["val_accuracy"],
                         "best_epoch": trained.best_metrics["epoch"], "epochs_run": len(trained.history)},
             "data": {"root": prepared.root, "layout": index.layout, "split": prepared.split_counts,
                      "skipped_files": prepared.skipped, "smoke_set": cfg.data.root is None},
             "training": {"checkpoint": trained.checkpoint_path},
-            "config": cfg.model_dump(mode="json"),
         })
-        (version_dir / "config.yaml").write_text(cfg.to_yaml())
-        # The exact held-out files, so `evaluate --split test` never depends on re-deriving the split.
-        (version_dir / TEST_SPLIT_FILE).write_text("\n".join(index.subset("test").paths) + "\n")
 
     with progress.stage("evaluate", "held-out test split" + (" and cross-domain folder" if cfg.data.cross_domain_root else "")):
         reports = {"test": evaluate_folder(version_dir, prepared.root, split="test", output_dir=version_dir / "eval", name="test")}

@@ -7,19 +7,17 @@ it loads nothing from the internet: system fonts instead of Google Fonts, no ana
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from asl_platform.config import ServeConfig
-from asl_platform.data import Preprocessing, resize_for_model, to_rgb
 
 if TYPE_CHECKING:
     import gradio as gr
     from fastapi import FastAPI
-    from PIL import Image
 
     from asl_platform.serve import Backend
 
@@ -75,11 +73,17 @@ class Speller:
         self.text, self.candidate, self.committed = "", None, None
 
 
-async def classify_pil(backend: Backend, image: Image.Image, prep: Preprocessing, k: int) -> dict[str, float]:
-    """Top-k ``{label: probability}`` for a PIL image, through the serving backend."""
-    (probabilities,) = await backend.classify([resize_for_model(to_rgb(image), prep)])
-    order = np.argsort(-probabilities)[:k]
-    return {backend.info["classes"][i]: float(probabilities[i]) for i in order}
+async def classify_file(backend: Backend, path: str, k: int) -> dict[str, float]:
+    """Top-k ``{label: probability}`` for an uploaded file, through the serving backend: the same
+    decoding, limits (pixels, bombs) and batching as ``POST /predict``, on the model replicas."""
+    import gradio as gr
+
+    from asl_platform.serve import ApiError, top_predictions
+
+    (result,) = await backend.classify([await asyncio.to_thread(Path(path).read_bytes)])
+    if isinstance(result, ApiError):
+        raise gr.Error(result.message)
+    return {p["label"]: p["probability"] for p in top_predictions(result, backend.info["classes"], k)}
 
 
 def _model_line(info: dict) -> str:
@@ -95,15 +99,13 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
 
     import gradio as gr
 
-    prep = Preprocessing.from_dict(backend.info["preprocessing"])
+    async def on_photo(image: str | None) -> dict[str, float] | None:
+        return None if image is None else await classify_file(backend, image, k=5)
 
-    async def on_photo(image: Image.Image | None) -> dict[str, float] | None:
-        return None if image is None else await classify_pil(backend, image, prep, k=5)
-
-    async def on_frame(frame: Image.Image | None, speller: Speller) -> tuple[str, str, Speller]:
+    async def on_frame(frame: str | None, speller: Speller) -> tuple[str, str, Speller]:
         if frame is None:
             return speller.text, "", speller
-        top = await classify_pil(backend, frame, prep, k=1)
+        top = await classify_file(backend, frame, k=1)
         label, probability = next(iter(top.items()))
         now = time.monotonic()
         committed = speller.update(label, probability, now)
@@ -118,7 +120,8 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
         gr.Markdown("# ASL alphabet recogniser\n" + _model_line(backend.info))
         with gr.Tab("Photo"):
             with gr.Row():
-                photo = gr.Image(sources=["upload", "webcam", "clipboard"], type="pil", label="Hand sign",
+                photo = gr.Image(sources=["upload", "webcam", "clipboard"], type="filepath", image_mode=None,
+                                 label="Hand sign",
                                  elem_id="photo")
                 letters = gr.Label(num_top_classes=5, label="Top 5 letters", elem_id="letters")
             photo.change(on_photo, inputs=photo, outputs=letters, api_visibility="private")
@@ -130,7 +133,8 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
             )
             speller = gr.State(Speller(settings.spell_hold_s, settings.spell_min_probability))
             with gr.Row():
-                camera = gr.Image(sources=["webcam"], streaming=True, type="pil", label="Webcam", elem_id="camera")
+                camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
+                                  label="Webcam", elem_id="camera")
                 with gr.Column():
                     spelled = gr.Textbox(label="Text", interactive=False, elem_id="spelled")
                     status = gr.Markdown(elem_id="spell-status")

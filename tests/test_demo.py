@@ -8,9 +8,10 @@ import io
 from PIL import Image
 
 from asl_platform.config import ServeConfig
-from asl_platform.demo import Speller, build_demo, classify_pil
+from asl_platform.demo import Speller, build_demo, classify_file
 from asl_platform.serve import LocalBackend
 from conftest import colour_image
+from test_serve import png_header_only
 
 
 def feed(speller: Speller, frames: list[tuple[str, float]], step: float = 0.25) -> list[str | None]:
@@ -53,12 +54,18 @@ def test_progress_grows_towards_a_commit():
     assert speller.progress(now=0.5) == 0.5 and speller.progress(now=3.0) == 1.0
 
 
-def test_demo_classifies_through_the_backend(colour_model):
-    backend = LocalBackend(colour_model)
-    image = Image.open(io.BytesIO(colour_image("C", size=300))).convert("RGBA")  # any mode, any size
-    from asl_platform.data import Preprocessing
+def test_demo_classifies_through_the_backend_with_the_apis_rules(colour_model, tmp_path):
+    import gradio as gr
+    import pytest
 
-    top = asyncio.run(classify_pil(backend, image, Preprocessing.from_dict(backend.info["preprocessing"]), k=5))
+    backend = LocalBackend(colour_model, max_pixels=1_000_000)
+    image = tmp_path / "c.png"
+    Image.open(io.BytesIO(colour_image("C", size=300))).convert("RGBA").save(image)  # any mode, any size
+    top = asyncio.run(classify_file(backend, str(image), k=5))
     assert next(iter(top)) == "C" and len(top) == 4 and abs(sum(top.values()) - 1) < 1e-5
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(5_000, 5_000))  # the demo refuses what /predict refuses
+    with pytest.raises(gr.Error, match="too large"):
+        asyncio.run(classify_file(backend, str(bomb), k=5))
     demo = build_demo(backend, ServeConfig())
     assert demo.title == "ASL alphabet recogniser"

@@ -351,6 +351,8 @@ async def _form_files(request: Request, max_files: int) -> list[Upload]:
     try:
         form = await request.form(max_files=max_files + 1, max_fields=max_files + 16)
     except Exception as exc:  # python-multipart raises several types for malformed bodies
+        if "Too many files" in str(exc):  # Starlette's MultiPartException for max_files
+            raise ApiError(413, "too_many_images", f"more than {max_files} images; send fewer per request") from None
         raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from None
     files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
     uploads = [Upload(await f.read(), f.filename) for f in files]

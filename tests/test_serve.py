@@ -166,8 +166,9 @@ def test_bad_multipart_is_400(client):
 
 
 def test_batch_limits(client):
-    files = [("files", (f"{i}.png", colour_image("A"), "image/png")) for i in range(5)]
-    _error(client.post("/predict/batch", files=files), 413, "too_many_images")
+    for count in (5, 9):  # limit + 1 and well over it: the same answer
+        files = [("files", (f"{i}.png", colour_image("A", size=16), "image/png")) for i in range(count)]
+        _error(client.post("/predict/batch", files=files), 413, "too_many_images")
     _error(client.post("/predict/batch", json={"images": []}), 400, "invalid_request")
 
 

@@ -101,7 +101,13 @@ def prepare_image(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarr
 def describe_model(model_dir: Path, meta: dict) -> dict:
     """What ``/v1/model`` shows and every prediction names: which model, which weights, how good."""
     weights = model_dir / "model.safetensors"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.is_file() else None
+    digest = None
+    if weights.is_file():
+        sha = hashlib.sha256()
+        with open(weights, "rb") as handle:  # streamed: no second weights-sized copy in memory
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(chunk)
+        digest = sha.hexdigest()[:16]
     return {
         "name": model_dir.parent.name,
         "version": model_dir.name,
@@ -460,9 +466,10 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     return app
 
 
-# One replica must take every concurrent request (Serve's default of 5 would queue the rest in the proxy,
-# which retries with backoff: throughput fell by half at 32 clients); the model deployment does the heavy work.
-@serve.deployment(name="ASLIngress", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+# One replica must take many concurrent requests (Serve's default of 5 queued the rest in the proxy, which
+# retries with backoff: throughput fell by half at 32 clients). 256 bounds what bodies it can hold at once
+# (256 x max_request_bytes); the model deployment does the heavy work.
+@serve.deployment(name="ASLIngress", num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class ASLIngress:
     """HTTP entry point; builds its FastAPI app on the replica (Gradio apps do not pickle)."""

@@ -10,7 +10,12 @@ In one run:
    while the load runs and after it stops.
 
 Targets: 0 errors; p50 at 1 client <= forward + 15 ms; 32-client throughput with batching >= 1.5x
-without; replicas go up under load and back down after. Run from the repository root::
+without; replicas go up under load and back down after.
+
+To explain the batching ratio, the run also prints the forward cost per image at several batch sizes
+and thread counts (batching can only pay where a batch is cheaper per image) and, for the heaviest
+load, the CPU time per request of each Serve process (read from /proc; Linux only). Run from the
+repository root::
 
     python bench/serve.py --model asl_runs/models/<run> [--duration 20] [--json out.json]
 """
@@ -63,7 +68,7 @@ async def _load(url: str, body: bytes, clients: int, duration: float) -> dict:
         began = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - began
-    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed, "pid": os.getpid()}
 
 
 def run_load(url: str, body: bytes, clients: int, duration: float) -> dict:
@@ -71,11 +76,12 @@ def run_load(url: str, body: bytes, clients: int, duration: float) -> dict:
     return asyncio.run(_load(url, body, clients, duration))
 
 
-def load_in_subprocess(pool, url: str, body: bytes, clients: int, duration: float) -> dict:
+def load_in_subprocess(pool, url: str, body: bytes, clients: int, duration: float, cpu: bool = False) -> dict:
+    before, started = (cpu_seconds_by_pid(), time.perf_counter()) if cpu else ({}, 0.0)
     result = pool.apply(run_load, (url, body, clients, duration))
     latencies = sorted(result["latencies"])
     ms = [1000 * x for x in latencies]
-    return {
+    row = {
         "clients": clients,
         "requests": len(latencies),
         "errors": sum(result["errors"].values()),
@@ -84,6 +90,10 @@ def load_in_subprocess(pool, url: str, body: bytes, clients: int, duration: floa
         "p99_ms": round(float(np.percentile(ms, 99)), 1) if ms else None,
         "rps": round(len(latencies) / result["elapsed"], 1),
     }
+    if cpu:
+        row["cpu"] = cpu_per_request(before, cpu_seconds_by_pid(), result["pid"], len(latencies),
+                                     time.perf_counter() - started)
+    return row
 
 
 # --------------------------------------------------------------------------- the pieces measured
@@ -112,6 +122,69 @@ def forward_time_ms(model_dir: str, image: bytes, threads: int) -> dict:
         decode.append(time.perf_counter() - started)
     return {"forward_ms": round(1000 * statistics.median(forward), 1),
             "decode_resize_ms": round(1000 * statistics.median(decode), 1)}
+
+
+def forward_scaling(model_dir: str, thread_counts: list[int], batch_sizes: tuple[int, ...] = (1, 2, 4, 8)) -> list[dict]:
+    """Model forward (normalisation included) in ms per image, by batch size and thread count:
+    dynamic batching only raises throughput where a batch is cheaper per image than one image."""
+    import torch
+
+    from asl_platform.model import Predictor
+
+    predictor = Predictor(model_dir)
+    size = predictor.preprocessing.image_size
+    rows = []
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        row: dict = {"threads": threads}
+        for batch in batch_sizes:
+            array = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+            for _ in range(3):
+                predictor.predict_uint8(array)
+            times = []
+            for _ in range(max(5, 40 // batch)):
+                started = time.perf_counter()
+                predictor.predict_uint8(array)
+                times.append(time.perf_counter() - started)
+            row[batch] = round(1000 * statistics.median(times) / batch, 1)
+        rows.append(row)
+    return rows
+
+
+# Serve's processes, by the name Ray gives them (their /proc cmdline).
+ROLES = {"model replica": "ASLModel", "ingress": "ASLIngress", "HTTP proxy": "ProxyActor",
+         "controller": "ServeController", "gcs/raylet": ("gcs_server", "raylet")}
+
+
+def cpu_seconds_by_pid() -> dict[int, tuple[str, float]]:
+    """user+system CPU seconds of every process, from /proc (empty where there is none)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    found: dict[int, tuple[str, float]] = {}
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while listed
+            continue
+        found[int(entry.name)] = (command, (int(fields[11]) + int(fields[12])) / ticks)
+    return found
+
+
+def cpu_per_request(before: dict, after: dict, load_pid: int, requests: int, seconds: float) -> dict:
+    """CPU ms per answered request of each Serve role and of the load generator, and cores in use."""
+    spent: dict[str, float] = {}
+    for pid, (command, cpu) in after.items():
+        if pid not in before:
+            continue
+        role = "load generator" if pid == load_pid else next(
+            (name for name, marks in ROLES.items()
+             if any(mark in command for mark in ((marks,) if isinstance(marks, str) else marks))), "other")
+        spent[role] = spent.get(role, 0.0) + cpu - before[pid][1]
+    per_request = {role: round(1000 * cpu / max(requests, 1), 1) for role, cpu in spent.items() if cpu > 0}
+    return {"ms_per_request": per_request, "cores_busy": round(sum(spent.values()) / seconds, 2)}
 
 
 def deploy(settings) -> None:
@@ -200,6 +273,8 @@ def main() -> None:
     threads = max(1, int(args.replica_cpus))  # Ray gives a replica OMP_NUM_THREADS = its num_cpus
     figures.update(forward_time_ms(model_dir, body, threads=threads), threads=threads)
     logger.info("model alone: forward %.1f ms, decode+resize %.1f ms", figures["forward_ms"], figures["decode_resize_ms"])
+    figures["forward_scaling"] = forward_scaling(model_dir, sorted({threads, os.cpu_count() or 1}))
+    logger.info("forward ms per image by batch size: %s", figures["forward_scaling"])
 
     pool = multiprocessing.get_context("spawn").Pool(1)  # the load comes from another process
     port = _free_port()
@@ -212,7 +287,8 @@ def main() -> None:
                            min_replicas=1, max_replicas=1, cpus_per_replica=args.replica_cpus, torch_threads=threads))
         load_in_subprocess(pool, url, body, 4, 3)  # warm up connections and the replica
         for clients in args.clients:
-            row = {"batching": batching, **load_in_subprocess(pool, url, body, clients, args.duration)}
+            heaviest = clients == max(args.clients)
+            row = {"batching": batching, **load_in_subprocess(pool, url, body, clients, args.duration, cpu=heaviest)}
             logger.info("%s", row)
             rows.append(row)
     figures["load"] = rows
@@ -242,6 +318,23 @@ def print_report(figures: dict) -> None:
     one = by_key.get(("on", 1))
     if one:
         print(f"\np50 at 1 client - forward = {one['p50_ms'] - figures['forward_ms']:.1f} ms (target <= 15)")
+    per_image = figures.get("forward_scaling") or []
+    if per_image:
+        sizes = [key for key in per_image[0] if key != "threads"]
+        print("\nmodel forward, ms per image, by batch size:\n")
+        print("| threads | " + " | ".join(f"batch {b}" for b in sizes) + " |")
+        print("|---|" + "---|" * len(sizes))
+        for row in per_image:
+            print(f"| {row['threads']} | " + " | ".join(str(row[b]) for b in sizes) + " |")
+    measured = [r for r in figures["load"] if r.get("cpu")]
+    if measured:
+        roles = sorted({role for r in measured for role in r["cpu"]["ms_per_request"]})
+        print(f"\nCPU ms per request at {measured[0]['clients']} clients, by process ({figures['cpus']} CPUs):\n")
+        print("| batching | " + " | ".join(roles) + " | cores busy |")
+        print("|---|" + "---|" * (len(roles) + 1))
+        for r in measured:
+            cells = [str(r["cpu"]["ms_per_request"].get(role, 0)) for role in roles]
+            print(f"| {r['batching']} | " + " | ".join(cells) + f" | {r['cpu']['cores_busy']} |")
     most = max(r["clients"] for r in figures["load"])
     if ("on", most) in by_key and ("off", most) in by_key:
         ratio = by_key[("on", most)]["rps"] / by_key[("off", most)]["rps"]

@@ -35,10 +35,14 @@ from asl_platform.evaluate import DEFAULT_MAX_BYTES, predict_paths
 logger = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 5.0
+# A file not modified for this long is taken at first sight; a newer one once two polls agree on it.
+DEFAULT_SETTLE_S = 10.0
 DEFAULT_BATCH_SIZE = 64
 # A long run writes a part every this many files, so a crash or Ctrl-C loses at most one part's work.
 MAX_FILES_PER_PART = 10_000
 COMBINED_CSV = "predictions.csv"
+# Present while rows are being appended to the CSV: if a crash leaves it, the CSV is rebuilt.
+APPENDING_MARKER = ".predictions.csv.appending"
 PART_NAME = re.compile(r"^predictions-\d{8}T\d{6}Z-(?P<number>\d+)\.parquet$")
 SUMMARY_ERRORS = 10
 SCHEMA = pa.schema([
@@ -90,7 +94,11 @@ def _local_output(output: str | Path) -> Path:
 
 class PredictionStore:
     """The output folder: one Parquet part per batch of files (published atomically), and a
-    combined ``predictions.csv`` of every part for people to open."""
+    combined ``predictions.csv`` of every part for people to open.
+
+    The CSV grows by appending each new part's rows, so a long watch costs the same per poll
+    however much it has classified; it is rebuilt from the parts only when a crash may have left
+    it behind them or half-appended."""
 
     def __init__(self, output: str | Path):
         self.root = _local_output(output)
@@ -127,18 +135,36 @@ class PredictionStore:
         return final
 
     def csv_is_stale(self) -> bool:
-        """True after a crash between publishing a part and rewriting the CSV."""
+        """True after a crash between publishing a part and adding its rows to the CSV, or during
+        an append (the marker is left)."""
         csv_path, parts = self.root / COMBINED_CSV, self.parts()
         if not parts:
             return False
-        return not csv_path.is_file() or csv_path.stat().st_mtime_ns < max(p.stat().st_mtime_ns for p in parts)
+        if (self.root / APPENDING_MARKER).exists() or not csv_path.is_file():
+            return True
+        return csv_path.stat().st_mtime_ns < max(p.stat().st_mtime_ns for p in parts)
 
     def write_csv(self) -> Path:
-        """Rewrite ``predictions.csv`` from every part (also atomically)."""
+        """Rewrite ``predictions.csv`` from every part (atomically): the recovery path."""
         path = self.root / COMBINED_CSV
         temporary = self.root / f".{COMBINED_CSV}.{os.getpid()}.tmp"
         pa_csv.write_csv(self.read(), temporary)
         os.replace(temporary, path)
+        (self.root / APPENDING_MARKER).unlink(missing_ok=True)
+        return path
+
+    def append_csv(self, table: pa.Table) -> Path:
+        """Add the rows of a just-published part to ``predictions.csv``. Needs a CSV that held
+        every earlier part, so call it right after ``write_part`` on a store that was not stale."""
+        path, marker = self.root / COMBINED_CSV, self.root / APPENDING_MARKER
+        if not path.is_file():
+            return self.write_csv()
+        marker.touch()
+        with path.open("ab") as handle:
+            pa_csv.write_csv(table, handle, write_options=pa_csv.WriteOptions(include_header=False))
+            handle.flush()
+            os.fsync(handle.fileno())
+        marker.unlink()
         return path
 
 
@@ -201,8 +227,10 @@ class BatchJob:
                            self.store.root, ", ".join(sorted(versions)), self.model_version)
         if self.done:
             logger.info("%d file(s) already classified in %s are skipped", len(self.done), self.store.root)
-            if self.store.csv_is_stale():
-                self.store.write_csv()
+        if self.store.csv_is_stale():
+            logger.warning("%s is behind the part files (an earlier run stopped while writing it); rebuilding it",
+                           self.store.root / COMBINED_CSV)
+            self.store.write_csv()
         self._previous: dict[str, tuple[int, int]] = {}
         self.stop_requested = False
 
@@ -217,14 +245,17 @@ class BatchJob:
             raise DataError(f"the output folder {target} must not be the input {source} or hold it; "
                             "choose another --output")
 
-    def poll(self, wait_until_stable: bool) -> BatchResult:
+    def poll(self, wait_until_stable: bool, settle_s: float = DEFAULT_SETTLE_S) -> BatchResult:
         """List the input once and classify what is new. With ``wait_until_stable`` a file is taken
-        only once two consecutive polls saw the same size and modification time, so a file still
-        being uploaded is not classified half-written."""
+        once it has not been modified for ``settle_s`` seconds, or once two consecutive polls saw the
+        same size and modification time, so a file still being uploaded is not classified
+        half-written, and files already there when a watch starts are taken by its first poll."""
         listing = scan_files(self.input, exclude=[str(self.store.root)])
         new = {path: stamp for path, stamp in listing.items() if path not in self.done}
         if wait_until_stable:
-            ready = [path for path, stamp in new.items() if self._previous.get(path) == stamp]
+            settled_before = time.time_ns() - int(settle_s * 1e9)
+            ready = [path for path, stamp in new.items()
+                     if self._previous.get(path) == stamp or stamp[1] <= settled_before]
             self._previous = new
         else:
             ready = list(new)
@@ -245,8 +276,9 @@ class BatchJob:
         started = time.perf_counter()
         probabilities, errors = predict_paths(self.model_dir, paths, batch_size=self.batch_size,
                                               max_bytes=DEFAULT_MAX_BYTES, use_gpu=self.use_gpu)
-        part = self.store.write_part(prediction_table(paths, probabilities, errors, self.classes, self.model_version))
-        self.store.write_csv()
+        table = prediction_table(paths, probabilities, errors, self.classes, self.model_version)
+        part = self.store.write_part(table)
+        self.store.append_csv(table)
         self.done.update(paths)
         unreadable = [(p, e) for p, e in zip(paths, errors) if e]
         logger.info("classified %d file(s) in %.1f s (%d unreadable) -> %s", len(paths) - len(unreadable),
@@ -300,7 +332,8 @@ def predict_batch(model_dir: str | Path, input: str, output: str | Path,
 
 
 def watch(model_dir: str | Path, input: str, output: str | Path, interval: float = DEFAULT_INTERVAL,
-          max_polls: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, use_gpu: bool = False) -> BatchResult:
+          max_polls: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, use_gpu: bool = False,
+          settle_s: float = DEFAULT_SETTLE_S) -> BatchResult:
     """Poll ``input`` every ``interval`` seconds and classify files as they arrive (each once).
 
     Runs until Ctrl-C (or ``max_polls`` polls). A listing that fails after the first poll (a network
@@ -310,13 +343,15 @@ def watch(model_dir: str | Path, input: str, output: str | Path, interval: float
         raise ValueError(f"interval must be >= 0 seconds; got {interval}")
     if max_polls is not None and max_polls < 1:
         raise ValueError(f"max_polls must be >= 1; got {max_polls}")
+    if settle_s < 0:
+        raise ValueError(f"settle_s must be >= 0 seconds; got {settle_s}")
     job = BatchJob(model_dir, input, output, batch_size=batch_size, use_gpu=use_gpu)
     total = BatchResult(str(job.store.root))
     logger.info("watching %s every %g s; predictions go to %s (Ctrl-C to stop)", input, interval, job.store.root)
     with _stop_on_interrupt(job):
         while True:
             try:
-                total.add(job.poll(wait_until_stable=True))
+                total.add(job.poll(wait_until_stable=True, settle_s=settle_s))
             except (OSError, DataError) as exc:
                 if total.polls == 0:
                     raise

@@ -87,14 +87,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict_batch(args: argparse.Namespace) -> int:
-    from asl_platform.batch import format_summary, predict_batch, watch
+    from asl_platform.batch import DEFAULT_SETTLE_S, format_summary, predict_batch, watch
 
     if args.max_polls is not None and not args.watch:
         logger.error("--max-polls only applies with --watch")
         return 2
+    if args.settle is not None and not args.watch:
+        logger.error("--settle only applies with --watch")
+        return 2
     common = {"batch_size": args.batch_size, "use_gpu": args.use_gpu}
     if args.watch:
-        result = watch(args.model, args.input, args.output, interval=args.interval, max_polls=args.max_polls, **common)
+        result = watch(args.model, args.input, args.output, interval=args.interval, max_polls=args.max_polls,
+                       settle_s=DEFAULT_SETTLE_S if args.settle is None else args.settle, **common)
     else:
         result = predict_batch(args.model, args.input, args.output, **common)
     print("\n" + format_summary(result))
@@ -155,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--watch", action="store_true", help="keep polling for new files until Ctrl-C")
     batch.add_argument("--interval", type=_non_negative_float, default=5.0, help="seconds between polls with --watch (default 5)")
     batch.add_argument("--max-polls", type=_positive_int, help="with --watch: stop after this many polls")
+    batch.add_argument("--settle", type=_non_negative_float,
+                       help="with --watch: a file unmodified this many seconds is complete and taken at once; a newer "
+                       "one once two polls agree on its size and time (default 10)")
     batch.add_argument("--batch-size", type=_positive_int, default=64, help="images per inference batch (default 64)")
     batch.add_argument("--use-gpu", action="store_true", help="one GPU per inference actor")
     batch.set_defaults(handler=_cmd_predict_batch)

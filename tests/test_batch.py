@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from asl_platform.batch import COMBINED_CSV, BatchJob, PredictionStore, predict_batch, watch
+from asl_platform.batch import APPENDING_MARKER, COMBINED_CSV, BatchJob, PredictionStore, predict_batch, watch
 from asl_platform.cli import main
 from asl_platform.data import DataError, decode_image, list_files, scan_files
 from asl_platform.model import Predictor, build_classifier, save_model_dir
@@ -177,3 +178,53 @@ def test_watch_classifies_new_stable_files_once_across_polls_and_restarts(ray_lo
     assert len(paths) == len(set(paths)) == 6 and added in paths
     with open(output / COMBINED_CSV, newline="") as handle:
         assert sorted(r["path"] for r in csv.DictReader(handle)) == sorted(paths)
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Set a file's modification time ``seconds`` into the past (an upload that finished then)."""
+    past = Path(path).stat().st_mtime - seconds
+    os.utime(path, (past, past))
+
+
+def test_watch_takes_settled_files_at_first_sight_and_waits_for_fresh_ones(ray_local, tmp_path, tiny_model):
+    root, output = tmp_path / "uploads", tmp_path / "out"
+    old = [_png(root / "old1.png", 1), _png(root / "sub" / "old2.png", 2)]
+    for path in old:
+        _age(path, 60)
+    fresh = _png(root / "fresh.png", 3)  # just written: may still be growing
+
+    first = watch(tiny_model, str(root), output, interval=0, max_polls=1, settle_s=30)
+    assert first.polls == 1 and first.classified == 2  # --max-polls 1 classifies what was already there
+    assert {row["path"] for row in _rows(output)} == {str(p) for p in old}
+
+    again = watch(tiny_model, str(root), output, interval=0, max_polls=2, settle_s=30)
+    assert again.classified == 1 and again.already_done == 2  # fresh: taken once two polls agreed
+    assert sorted(row["path"] for row in _rows(output)) == sorted(map(str, old + [fresh]))
+    with pytest.raises(ValueError, match="settle_s"):
+        watch(tiny_model, str(root), output, settle_s=-1)
+
+
+def test_csv_grows_by_appending_and_is_rebuilt_after_a_crash_mid_append(ray_local, tmp_path, tiny_model):
+    root, output = tmp_path / "uploads", tmp_path / "out"
+    _png(root / "a.png", 1)
+    job = BatchJob(tiny_model, str(root), output)
+    job.poll(wait_until_stable=False)
+    csv_path = output / COMBINED_CSV
+    first_bytes = csv_path.read_bytes()
+    _png(root / "b.png", 2)
+    job.poll(wait_until_stable=False)
+
+    content = csv_path.read_bytes()
+    assert content.startswith(first_bytes)  # appended, not rewritten
+    assert content.count(b'"path"') == 1  # one header
+    with open(csv_path, newline="") as handle:
+        assert [r["path"] for r in csv.DictReader(handle)] == [r["path"] for r in _rows(output)]
+    assert not (output / APPENDING_MARKER).exists()
+
+    # A crash half-way through an append leaves a torn last line and the marker behind.
+    with csv_path.open("ab") as handle:
+        handle.write(b'"' + str(root).encode() + b'/c.png","A",0.')
+    (output / APPENDING_MARKER).touch()
+    assert PredictionStore(output).csv_is_stale()
+    BatchJob(tiny_model, str(root), output)  # the next run repairs it before classifying anything
+    assert csv_path.read_bytes() == content and not (output / APPENDING_MARKER).exists()

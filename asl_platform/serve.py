@@ -289,14 +289,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodySizeLimit:
-    """Every route, the Gradio demo's included, refuses a body over ``limit`` bytes with 413: a declared
-    Content-Length before anything is read, a chunked body as soon as it passes the limit. (/predict's own,
-    lower limit in ``read_body`` answers first there.)"""
+    """Every route, the Gradio demo's included, refuses a body over ``limit`` bytes with a JSON 413.
+
+    A declared Content-Length is checked before anything is read (the server then holds the body to
+    that length). A body without one (chunked) is read here, up to the limit, and replayed to the
+    app: refusing it half-read instead would leave the answer to the route, and Gradio's parser
+    turns a failed read into a 400. (/predict's own, lower limit in ``read_body`` answers first there.)"""
 
     def __init__(self, app: Any, limit: int):
         self.app, self.limit = app, limit
@@ -304,32 +303,36 @@ class BodySizeLimit:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            response = _error_response(413, "payload_too_large",
-                                       f"request body is {int(declared)} bytes; the limit is {self.limit}")
-            return await response(scope, receive, send)
-        seen, started = 0, False
-
-        async def limited_receive() -> dict:
-            nonlocal seen
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.limit:
+                await self._refuse(scope, receive, send, f"request body is {int(declared)} bytes; the limit is {self.limit}")
+                return
+            return await self.app(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _BodyTooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await self._refuse(scope, receive, send, f"request body is over the {self.limit}-byte limit")
+                return
+        replayed = False
 
-        async def tracked_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # later calls wait for the client to disconnect, as usual
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-        try:
-            await self.app(scope, limited_receive, tracked_send)
-        except _BodyTooLarge:
-            if not started:
-                response = _error_response(413, "payload_too_large", f"request body is over the {self.limit}-byte limit")
-                await response(scope, receive, send)
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(scope: dict, receive: Any, send: Any, message: str) -> None:
+        await _error_response(413, "payload_too_large", message)(scope, receive, send)
 
 
 def _decode_base64(text: Any, where: str) -> bytes:

@@ -142,6 +142,18 @@ def test_too_large_body_is_413_declared_or_streamed(client):
     _error(client.post("/predict", content=chunks(), headers={"content-type": "image/png"}), 413, "payload_too_large")
 
 
+def test_chunked_body_under_the_limit_is_answered(client):
+    """A body without Content-Length is read by the size-limit middleware and handed on whole."""
+    image = colour_image("B", fmt="PNG", seed=3)
+
+    def chunks():
+        yield from (image[i:i + 100] for i in range(0, len(image), 100))
+
+    response = client.post("/predict", content=chunks(), headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] == "B"
+
+
 @pytest.mark.parametrize("body,code", [
     (b"{not json", "invalid_json"),
     (b"[1, 2]", "invalid_request"),

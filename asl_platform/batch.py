@@ -171,14 +171,16 @@ class PredictionStore:
 # --------------------------------------------------------------------------- classification
 
 
-def _model_identity(model_dir: str | Path) -> tuple[Path, list[str], str]:
-    """Resolve the model once up front (a wrong --model fails before Ray starts) and name it as
-    ``<models folder>/<version>``, e.g. ``default/v3``, for the ``model_version`` column."""
-    from asl_platform.model import resolve_model_dir
+def _model_identity(model_dir: str | Path) -> tuple[str, list[str], str]:
+    """Resolve the model once up front (a wrong --model fails before Ray starts): where the actors
+    load it from (see ``model_location``), its classes, and its name as ``<models folder>/<version>``,
+    e.g. ``default/v3``, for the ``model_version`` column."""
+    from asl_platform.model import model_location, resolve_model_dir
 
-    directory = resolve_model_dir(model_dir)
+    location = model_location(model_dir)
+    directory = resolve_model_dir(location)
     meta = json.loads((directory / "model.json").read_text())
-    return directory, list(meta["classes"]), f"{directory.parent.name}/{meta.get('version') or directory.name}"
+    return location, list(meta["classes"]), f"{directory.parent.name}/{meta.get('version') or directory.name}"
 
 
 def prediction_table(

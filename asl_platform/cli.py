@@ -66,13 +66,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_HELP = "model directory, or a models folder (its 'latest'); local, or s3:// / gs:// (fetched once per node)"
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from asl_platform.evaluate import evaluate_folder
-    from asl_platform.model import resolve_model_dir
+    from asl_platform.model import model_location, resolve_model_dir
 
-    model_dir = resolve_model_dir(args.model)
-    output = Path(args.output) if args.output else model_dir / "eval"
-    report = evaluate_folder(model_dir, args.data, split=args.split, output_dir=output)
+    location = model_location(args.model)
+    if args.output:
+        output = Path(args.output)
+    elif "://" in location:
+        output = Path("eval") / Path(location).name  # not into the local cache of a remote model
+    else:
+        output = resolve_model_dir(location) / "eval"
+    report = evaluate_folder(location, args.data, split=args.split, output_dir=output)
     print(f"\n{report['images']} images: accuracy {report['accuracy']:.2%}, loss {report['loss']:.4f}, "
           f"macro F1 {report['macro_f1']:.4f}")
     print("report: " + ", ".join(str(path) for path in report.get("files", {}).values()))
@@ -141,19 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(train)
     train.set_defaults(handler=_cmd_train)
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class P/R/F1 and confusion matrix of a model on a folder")
-    evaluate.add_argument("--model", required=True, help="model directory, or a models folder (its 'latest')")
+    evaluate.add_argument("--model", required=True, help=MODEL_HELP)
     evaluate.add_argument("--data", required=True, help="image folder or s3:// prefix")
     evaluate.add_argument("--split", choices=("all", "test"), default="all",
                           help="'test': only the held-out test split of the model's training data; 'all': every image")
-    evaluate.add_argument("--output", help="report folder (default: <model>/eval)")
+    evaluate.add_argument("--output", help="report folder (default: <model>/eval; ./eval/<version> for a remote model)")
     evaluate.set_defaults(handler=_cmd_evaluate)
     serve = commands.add_parser("serve", help="HTTP API (/predict, /docs) and Gradio demo (/demo) on local Ray Serve")
     _add_config_arguments(serve)
-    serve.add_argument("--model", help="model directory, or a models folder (its 'latest'); sets serve.model")
+    serve.add_argument("--model", help=MODEL_HELP + "; sets serve.model")
     serve.set_defaults(handler=_cmd_serve)
     batch = commands.add_parser("predict-batch", help="classify every file under a folder or s3:// prefix into "
                                 "Parquet + CSV (each file once); --watch keeps classifying new files")
-    batch.add_argument("--model", required=True, help="model directory, or a models folder (its 'latest')")
+    batch.add_argument("--model", required=True, help=MODEL_HELP)
     batch.add_argument("--input", required=True, help="folder or s3:// / gs:// prefix to classify (recursively)")
     batch.add_argument("--output", required=True, help="local folder for the predictions-*.parquet parts and predictions.csv")
     batch.add_argument("--watch", action="store_true", help="keep polling for new files until Ctrl-C")

@@ -112,7 +112,7 @@ def _remote_filesystem(scheme_and_host: str) -> pafs.FileSystem:
     return pafs.FileSystem.from_uri(scheme_and_host + "/")[0]
 
 
-def _split_uri(path: str) -> tuple[pafs.FileSystem, str]:
+def split_uri(path: str) -> tuple[pafs.FileSystem, str]:
     """``s3://bucket/key`` -> (S3 filesystem, ``bucket/key``); a local path -> (local fs, absolute path).
 
     Credentials and region come from the environment (e.g. AWS_REGION, AWS_ENDPOINT_URL), as for
@@ -214,7 +214,7 @@ def list_images(root: str, max_per_class: int | None = None, seed: int = 42) -> 
     root = str(root)
     if root.startswith("file://"):
         root = urlparse(root).path
-    fs, base = _split_uri(root.rstrip("/"))
+    fs, base = split_uri(root.rstrip("/"))
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"data root not found: {root}")
@@ -275,13 +275,13 @@ def scan_files(root: str, exclude: Iterable[str] = ()) -> dict[str, tuple[int, i
     root = str(root)
     if root.startswith("file://"):
         root = urlparse(root).path
-    fs, base = _split_uri(root.rstrip("/") or root)
+    fs, base = split_uri(root.rstrip("/") or root)
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"input not found: {root}")
     if info.type != pafs.FileType.Directory:
         raise DataError(f"input is not a folder or prefix: {root}")
-    skip = [_to_uri(path, _split_uri(path)[1]).rstrip("/") for path in map(str, exclude)]
+    skip = [_to_uri(path, split_uri(path)[1]).rstrip("/") for path in map(str, exclude)]
     found: dict[str, tuple[int, int]] = {}
     for entry in sorted(fs.get_file_info(pafs.FileSelector(base, recursive=True)), key=lambda f: f.path):
         if entry.type != pafs.FileType.File or _is_hidden(entry.path, base):
@@ -327,7 +327,7 @@ def _read_bytes(path: str, max_bytes: int) -> bytes:
         with open(path, "rb") as handle:
             data = handle.read(max_bytes + 1)
     else:
-        fs, fs_path = _split_uri(path)
+        fs, fs_path = split_uri(path)
         with fs.open_input_file(fs_path) as handle:
             data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:

@@ -256,10 +256,10 @@ def predict_paths(
     import ray.data
 
     from asl_platform.data import Preprocessing, image_dataset
-    from asl_platform.model import resolve_model_dir
+    from asl_platform.model import model_location, resolve_model_dir
 
-    model_dir = resolve_model_dir(model_dir)
-    meta = json.loads((model_dir / "model.json").read_text())
+    location = model_location(model_dir)  # what the actors load: they may run on other nodes
+    meta = json.loads((resolve_model_dir(location) / "model.json").read_text())
     num_classes, prep = len(meta["classes"]), Preprocessing.from_dict(meta["preprocessing"])
     paths = [str(p) for p in paths]
     if not paths:
@@ -272,7 +272,7 @@ def predict_paths(
     index = ImageIndex(root="", layout="paths", classes=[], paths=unique, labels=[-1] * len(unique))
     dataset = image_dataset(index, prep, batch_size=batch_size, max_bytes=max_bytes).map_batches(
         _BatchPredictor,
-        fn_constructor_kwargs={"model_dir": str(model_dir), "device": "cuda" if use_gpu else "cpu"},
+        fn_constructor_kwargs={"model_dir": location, "device": "cuda" if use_gpu else "cpu"},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
@@ -362,11 +362,12 @@ def evaluate_folder(
     Data classes join model classes by name; unknown classes, model classes without images and
     unreadable files are listed in the report rather than dropped quietly.
     """
-    from asl_platform.model import resolve_model_dir
+    from asl_platform.model import model_location, resolve_model_dir
 
     if split not in SPLIT_CHOICES:
         raise ValueError(f"split must be one of {SPLIT_CHOICES}; got {split!r}")
-    model_dir = resolve_model_dir(model_dir)
+    location = model_location(model_dir)
+    model_dir = resolve_model_dir(location)
     meta = json.loads((model_dir / "model.json").read_text())
     classes: list[str] = list(meta["classes"])
     data_cfg = _data_config(meta)
@@ -403,7 +404,7 @@ def evaluate_folder(
                         f"folder classes: {', '.join(listing.classes)}; model classes: {', '.join(classes)}")
 
     logger.info("evaluating %s on %d image(s) from %s (split %s)", model_dir, len(paths), data_root, split)
-    probabilities, errors = predict_paths(model_dir, paths, batch_size=data_cfg["batch_size"],
+    probabilities, errors = predict_paths(location, paths, batch_size=data_cfg["batch_size"],
                                           max_bytes=data_cfg["max_image_bytes"])
     good = np.asarray([not e for e in errors], dtype=bool)
     skipped_files = [{"path": p, "error": e} for p, e in zip(paths, errors) if e]

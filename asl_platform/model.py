@@ -372,9 +372,24 @@ def mark_latest(version_dir: str | Path) -> Path:
     return pointer
 
 
+MODEL_CACHE_ENV = "ASL_PLATFORM_MODEL_CACHE"
+
+
+def _is_remote(path: str | Path) -> bool:
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def _local(path: str | Path) -> Path:
+    text = str(path)
+    return Path(text[len("file://"):] if text.startswith("file://") else text).expanduser()
+
+
 def resolve_model_dir(path: str | Path) -> Path:
-    """A model directory, or a models folder whose ``latest`` pointer names one."""
-    path = Path(path)
+    """A local model directory: ``path`` itself, or a models folder's ``latest``; a model on
+    ``s3://``/``gs://`` is first copied into the local cache (see ``fetch_model_dir``)."""
+    if _is_remote(path):
+        return fetch_model_dir(str(path))
+    path = _local(path)
     if (path / "model.json").is_file():
         return path
     pointer = path / "latest"
@@ -386,6 +401,87 @@ def resolve_model_dir(path: str | Path) -> Path:
         f"{path} is not a model directory (needs model.json and model.safetensors) "
         "nor a models folder with a 'latest' pointer"
     )
+
+
+def model_location(path: str | Path) -> str:
+    """Where other processes (Serve replicas, Ray Data actors, maybe on other nodes) should load the
+    model from: the absolute local version folder, or for a remote model the version folder's URI.
+    A models folder's ``latest`` is read once, here, so every process loads the same version even if
+    ``latest`` moves while they start."""
+    if not _is_remote(path):
+        return str(resolve_model_dir(path).resolve())
+    from asl_platform.data import split_uri
+
+    fs, base = split_uri(str(path).rstrip("/"))
+    version = _remote_version(fs, base, str(path))
+    scheme = str(path).split("://", 1)[0]
+    return f"{scheme}://{version}"
+
+
+def _remote_version(fs, base: str, uri: str) -> str:
+    """The filesystem path of the version folder that ``base`` is or that its ``latest`` names."""
+    import pyarrow.fs as pafs
+
+    meta, pointer = fs.get_file_info([f"{base}/model.json", f"{base}/latest"])
+    if meta.type == pafs.FileType.File:
+        return base
+    if pointer.type == pafs.FileType.File:
+        with fs.open_input_stream(pointer.path) as stream:
+            version = f"{base}/{stream.read().decode().strip()}"
+        if fs.get_file_info(f"{version}/model.json").type == pafs.FileType.File:
+            return version
+    raise FileNotFoundError(f"{uri} is not a model directory (needs model.json and model.safetensors) "
+                            "nor a models folder with a 'latest' pointer")
+
+
+def model_cache_root() -> Path:
+    return Path(os.environ.get(MODEL_CACHE_ENV) or Path.home() / ".cache" / "asl-platform" / "models")
+
+
+def fetch_model_dir(uri: str, cache_root: Path | None = None) -> Path:
+    """Copy a model version folder from ``s3://``/``gs://`` into a local cache, once per node.
+
+    Why: weights are read from a local file, and a cluster's nodes share no disk, so each node
+    (each Serve replica, Ray Data actor or evaluation) fetches its own copy the first time. The cache
+    key is the version folder's URI plus its ``model.json``, so a folder overwritten in place is
+    fetched again. The copy is made under a temporary name and renamed, so a process never loads
+    half a model, and two processes fetching at once both end with the same whole copy."""
+    import hashlib
+    import shutil
+    import uuid
+
+    from asl_platform.data import split_uri
+
+    fs, base = split_uri(uri.rstrip("/"))
+    version = _remote_version(fs, base, uri)
+    with fs.open_input_stream(f"{version}/model.json") as stream:
+        meta = stream.read()
+    scheme = uri.split("://", 1)[0]
+    key = hashlib.sha256(f"{scheme}://{version}\n".encode() + meta).hexdigest()[:16]
+    parts = version.rstrip("/").split("/")
+    # <cache>/<key>/<models folder>/<version>: the folder names keep the model's name and version
+    target = (cache_root or model_cache_root()) / key / (parts[-2] if len(parts) > 1 else "model") / parts[-1]
+    if (target / "model.json").is_file():
+        return target
+    import pyarrow.fs as pafs
+
+    files = [f for f in fs.get_file_info(pafs.FileSelector(version)) if f.type == pafs.FileType.File]
+    size = sum(f.size or 0 for f in files)
+    logger.info("fetching model %s://%s (%d files, %.1f MB) into %s", scheme, version, len(files), size / 1e6, target)
+    temporary = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    temporary.mkdir(parents=True)
+    try:
+        for info in files:  # the version folder's own files; eval/ reports and the like are not needed to load
+            with fs.open_input_stream(info.path) as source, open(temporary / info.base_name, "wb") as sink:
+                shutil.copyfileobj(source, sink, length=1 << 20)
+        try:
+            temporary.rename(target)
+        except OSError:  # another process finished the same copy first
+            if not (target / "model.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return target
 
 
 def write_model_card(directory: str | Path) -> Path:

@@ -501,15 +501,15 @@ def autoscaling_config(settings: ServeConfig) -> dict:
 
 def build_application(settings: ServeConfig):
     """The Serve application for ``settings`` (its ``model`` must be set)."""
-    from asl_platform.model import resolve_model_dir
+    from asl_platform.model import model_location
 
     if not settings.model:
         raise ConfigError("serve.model is not set: pass --model DIR (a model version folder or a models folder)")
-    model_dir = resolve_model_dir(settings.model).resolve()  # replicas may not share this process's cwd
+    model_dir = model_location(settings.model)  # an absolute path (replicas may not share this cwd) or a URI
     model = ASLModel.options(
         autoscaling_config=autoscaling_config(settings),
         ray_actor_options={"num_cpus": settings.cpus_per_replica, "num_gpus": settings.gpus_per_replica},
-    ).bind(str(model_dir), settings.max_batch_size, settings.batch_wait_timeout_s, settings.torch_threads,
+    ).bind(model_dir, settings.max_batch_size, settings.batch_wait_timeout_s, settings.torch_threads,
            settings.max_image_pixels)
     return ASLIngress.bind(model, settings.model_dump(mode="json"))
 

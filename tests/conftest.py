@@ -35,6 +35,36 @@ def ray_local():
     ray.shutdown()
 
 
+# --------------------------------------------------------------------------- a local S3
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> dict[str, str]:
+    """A real S3 API on a free local port (moto's server), for s3:// paths end to end. Yields the
+    environment a process (or a Ray node) needs to reach it, as a user would set for AWS."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    server.stop()
+
+
+def upload_folder(env: dict[str, str], local: Path, bucket: str, prefix: str) -> str:
+    """Copy a local folder to ``s3://bucket/prefix`` on the ``s3_server``; returns that URI."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=bucket)
+    for path in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
+    return f"s3://{bucket}/{prefix}"
+
+
 # --------------------------------------------------------------------------- a small trained model
 
 COLOURS = {"A": (220, 30, 30), "B": (30, 200, 30), "C": (30, 30, 220), "space": (128, 128, 128)}

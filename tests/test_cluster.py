@@ -30,7 +30,8 @@ import pytest
 import requests
 import yaml
 
-from conftest import colour_image
+from asl_platform.synthetic import make_smoke_dataset
+from conftest import colour_image, upload_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never via a proxy
@@ -258,8 +259,9 @@ class LocalCluster:
 
 
 @pytest.fixture(scope="module")
-def local_cluster():
-    """Head (1 CPU) + one worker node (1 CPU) on this machine, token auth on, torn down even on failure."""
+def local_cluster(s3_server):
+    """Head (1 CPU) + one worker node (1 CPU) on this machine, token auth on, torn down even on failure.
+    The nodes reach a local S3 (``s3_server``) through the standard AWS variables, as EC2 nodes reach AWS."""
     # Ray's socket paths must stay under 107 characters: a short root, not pytest's tmp_path.
     root = Path(tempfile.mkdtemp(prefix="aslc-", dir="/tmp"))
     token_path = root / "auth_token"
@@ -272,6 +274,8 @@ def local_cluster():
         # A SIGTERM'd node first drains for up to 30 s (for Serve upgrades on Kubernetes); not here.
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job's `python` is this one
+        **s3_server,
+        "ASL_PLATFORM_MODEL_CACHE": str(root / "model-cache"),  # where nodes keep models fetched from s3://
     })
     cluster = LocalCluster(root, env)
     try:
@@ -306,7 +310,7 @@ def submit_job(cluster: LocalCluster, submission_id: str, entrypoint: list[str],
 
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
-def test_job_submitted_to_a_two_node_cluster_with_token_auth(local_cluster, tmp_path):
+def test_job_submitted_to_a_two_node_cluster_with_token_auth(local_cluster, s3_server, tmp_path):
     cluster = local_cluster
     # Token auth is really on: the Jobs API refuses a request without the token, or with a wrong one.
     assert cluster.api("/api/jobs/", token=None)[0] == 401
@@ -314,11 +318,12 @@ def test_job_submitted_to_a_two_node_cluster_with_token_auth(local_cluster, tmp_
     nodes = cluster.alive_nodes()
     assert len(nodes) == 2 and sum(n["is_head_node"] for n in nodes) == 1, nodes
 
-    # The whole pipeline, sized to run in seconds: the tiny backbone on the synthetic smoke set.
-    # Outputs and Tune/Train storage are paths every node can reach (on AWS: s3://... for both).
+    # The whole pipeline, sized to run in seconds: the tiny backbone on the synthetic smoke set, read
+    # from S3 by the nodes (Ray Data). Outputs and Tune/Train storage are paths every node can reach.
+    data_uri = upload_folder(s3_server, make_smoke_dataset(tmp_path / "smoke"), "asl-data", "smoke")
     output, storage = tmp_path / "asl_runs", tmp_path / "shared-storage"
     logs = submit_job(cluster, "asl-cluster-test-pipeline", [
-        "python", "jobs/pipeline.py", "--backbone", "tiny", "--output", str(output),
+        "python", "jobs/pipeline.py", "--backbone", "tiny", "--data", data_uri, "--output", str(output),
         "--set", "model.weights=none", "--set", "run.name=cluster", "--set", f"run.storage_path={storage}",
         "--set", "tune.num_samples=2", "--set", "tune.max_epochs=2", "--set", "tune.grace_period=1",
         "--set", "tune.cpus_per_trial=1", "--set", "train.epochs=2",
@@ -329,7 +334,8 @@ def test_job_submitted_to_a_two_node_cluster_with_token_auth(local_cluster, tmp_
     # The job wrote the run: summary, trials, an exported model, Tune and Train results in the storage.
     run_dir = output / "cluster"
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert json.loads((Path(summary["model_dir"]) / "model.json").read_text())["backbone"] == "tiny"
+    meta = json.loads((Path(summary["model_dir"]) / "model.json").read_text())
+    assert meta["backbone"] == "tiny" and meta["data"]["root"] == data_uri, meta["data"]
     assert len(json.loads((run_dir / "tune" / "trials.json").read_text())) == 2
     assert (storage / "tune").is_dir() and any(storage.glob("retrain-*")), list(storage.iterdir())
 
@@ -353,12 +359,15 @@ def test_job_submitted_to_a_two_node_cluster_with_token_auth(local_cluster, tmp_
 
     # ---- Serve: `serve deploy serve_config.yaml` (through the token-protected dashboard API), then call it.
     # A copy with a free port (8000 may be taken on a CI machine), the proxy on the head only (both
-    # nodes share this machine's ports: two proxies would collide) and the model the job just exported.
+    # nodes share this machine's ports: two proxies would collide) and the model the job just exported,
+    # published to S3 as a models folder: the replicas fetch its `latest` version from there.
+    model_dir = Path(summary["model_dir"])
+    model_uri = upload_folder(s3_server, model_dir.parent, "asl-models", "cluster")
     config = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     port = _free_ports(1)[0]
     config["proxy_location"] = "HeadOnly"
     config["http_options"]["port"] = port
-    config["applications"][0]["args"]["model"] = summary["model_dir"]
+    config["applications"][0]["args"]["model"] = model_uri
     config_copy = tmp_path / "serve_config.yaml"
     config_copy.write_text(yaml.safe_dump(config))
     deployed = cluster.cli("serve", "deploy", str(config_copy))
@@ -377,8 +386,10 @@ def test_job_submitted_to_a_two_node_cluster_with_token_auth(local_cluster, tmp_
     answer = requests.post(f"{url}/predict", data=colour_image("A", fmt="JPEG"), headers={"content-type": "image/jpeg"},
                            timeout=60)
     assert answer.status_code == 200, answer.text
-    assert answer.json()["model"]["version"] == Path(summary["model_dir"]).name
-    assert answer.json()["label"] in json.loads((Path(summary["model_dir"]) / "model.json").read_text())["classes"]
+    assert answer.json()["model"] == {"name": "cluster", "version": model_dir.name}
+    assert answer.json()["label"] in meta["classes"]
+    fetched = list(Path(cluster.env["ASL_PLATFORM_MODEL_CACHE"]).glob(f"*/cluster/{model_dir.name}/model.safetensors"))
+    assert [p.read_bytes() for p in fetched] == [(model_dir / "model.safetensors").read_bytes()], fetched
     assert requests.get(f"{url}/demo/", timeout=30).status_code == 200
     status = cluster.cli("serve", "status")
     assert "RUNNING" in status.stdout, status.stdout + status.stderr

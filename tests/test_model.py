@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from PIL import Image
 from asl_platform.data import list_images, preprocess_images, decode_image, stratified_split
 from asl_platform.model import (
     BACKBONES,
+    MODEL_CACHE_ENV,
     ASLClassifier,
     Predictor,
     WeightsUnavailableError,
@@ -21,11 +24,14 @@ from asl_platform.model import (
     efficientnet_lite0_weights_file,
     get_backbone_spec,
     load_model_dir,
+    model_location,
+    resolve_model_dir,
     save_model_dir,
     split_backbone,
 )
 from asl_platform.train import HeadHyperparams, evaluate_head, fit_head
 from asl_platform.model import build_head
+from conftest import upload_folder
 
 
 def test_registry_has_the_three_backbones_and_rejects_unknown():
@@ -173,6 +179,54 @@ def test_model_dir_round_trip_gives_identical_predictions(tmp_path):
 def test_load_model_dir_rejects_a_folder_without_model_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a model directory"):
         load_model_dir(tmp_path)
+
+
+def _models_folder(root: Path) -> Path:
+    """A models folder as ``train`` and ``pipeline`` export one: v1, v2 (with an eval/ report), latest -> v2."""
+    torch.manual_seed(0)
+    for version in ("v1", "v2"):
+        model = build_classifier("tiny", "none", num_classes=3, hidden_size=16, dropout=0.0).eval()
+        save_model_dir(model, root / "smoke" / version, ["A", "B", "nothing"], {"version": version})
+    (root / "smoke" / "v2" / "eval").mkdir()
+    (root / "smoke" / "v2" / "eval" / "report.md").write_text("# report\n")
+    (root / "smoke" / "latest").write_text("v2\n")
+    return root / "smoke"
+
+
+def test_a_model_on_s3_is_fetched_once_into_a_local_cache_and_predicts_the_same(tmp_path, monkeypatch, s3_server):
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(MODEL_CACHE_ENV, str(cache))
+    local = _models_folder(tmp_path / "local")
+    uri = upload_folder(s3_server, local, "models", "runs/smoke")
+
+    # Other processes are told the version folder: `latest` is read once, by whoever deploys.
+    assert model_location(uri) == "s3://models/runs/smoke/v2"
+    assert model_location(uri + "/v1/") == "s3://models/runs/smoke/v1"
+    assert model_location(local) == str((local / "v2").resolve())
+
+    fetched = resolve_model_dir(uri)
+    assert fetched.is_relative_to(cache) and (fetched.parent.name, fetched.name) == ("smoke", "v2")  # name/version kept
+    assert (fetched / "model.safetensors").read_bytes() == (local / "v2" / "model.safetensors").read_bytes()
+    assert not (fetched / "eval").exists()  # only what loading needs
+    images = [Image.new("RGB", (50, 80), (i * 60, 20, 200)) for i in range(3)]
+    np.testing.assert_array_equal(Predictor(uri).predict_images(images), Predictor(local / "v2").predict_images(images))
+
+    # Fetched once: a second resolve reuses the copy; no temporary folder is left behind.
+    written = (fetched / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model_dir(uri) == fetched and (fetched / "model.safetensors").stat().st_mtime_ns == written
+    assert [p.name for p in fetched.parent.iterdir()] == ["v2"]
+
+    # A version folder overwritten in place (new model.json) is fetched again, not served stale.
+    meta = json.loads((local / "v2" / "model.json").read_text())
+    (local / "v2" / "model.json").write_text(json.dumps({**meta, "metrics": {"test_accuracy": 0.75}}))
+    upload_folder(s3_server, local, "models", "runs/smoke")
+    refetched = resolve_model_dir(uri)
+    assert refetched != fetched and json.loads((refetched / "model.json").read_text())["metrics"] == {"test_accuracy": 0.75}
+
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        resolve_model_dir("s3://models/runs/no-such-model")
 
 
 @pytest.mark.real_data

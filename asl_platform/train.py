@@ -120,7 +120,7 @@ def evaluate_head(head: nn.Module, features: np.ndarray, labels: np.ndarray, bat
     total_loss, correct = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(labels), batch_size):
-            x = torch.from_numpy(features[start:start + batch_size]).to(device)
+            x = torch.from_numpy(features[start:start + batch_size]).to(device).float()  # activations are float16
             y = torch.from_numpy(labels[start:start + batch_size]).to(device)
             logits = head(x)
             total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
@@ -153,7 +153,7 @@ def fit_head(
         running, seen = 0.0, 0
         for start in range(0, len(order), hp.batch_size):
             batch = order[start:start + hp.batch_size]
-            x = x_train[batch]
+            x = x_train[batch].float()  # trunk activations stay float16 until a batch is taken
             if feature_noise > 0:
                 noise = torch.randn(x.shape[:2], generator=generator).to(device)
                 x = x * (1 + feature_noise * noise.view(*x.shape[:2], *([1] * (x.dim() - 2))))

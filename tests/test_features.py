@@ -71,7 +71,7 @@ def test_cache_key_changes_with_what_changes_a_feature(tmp_path):
 
 def test_trunk_activations_are_extracted_cached_as_float16_and_pool_to_the_features(ray_local, tmp_path):
     """output="trunk": the activations before the last stage, (N, C, H, W), cached as float16 with their
-    shape in meta.json and read back as float32; the frozen last stage pools them to the features."""
+    shape in meta.json, and kept as float16 in memory; the frozen last stage pools them to the features."""
     import json
 
     from asl_platform.features import pool_activations
@@ -86,7 +86,7 @@ def test_trunk_activations_are_extracted_cached_as_float16_and_pool_to_the_featu
 
     first = extract_features(index, "tiny", str(weights), cache, batch_size=4, output="trunk")
     assert not first.from_cache and list(first.paths) == index.paths
-    assert first.features.shape == (len(index), 32, 16, 16) and first.features.dtype == np.float32
+    assert first.features.shape == (len(index), 32, 16, 16) and first.features.dtype == np.float16
     directory = next(cache.glob("tiny-trunk-*"))
     meta = json.loads((directory / "meta.json").read_text())
     assert meta["output"] == "trunk" and meta["shape"] == [32, 16, 16] and meta["dtype"] == "float16"

@@ -369,10 +369,7 @@ def _image_train_loop(config: dict) -> None:
     # batch, so let the worker's math use its share of the node (0.63x -> see bench/train.py).
     torch.set_num_threads(config["torch_threads"] or max(1, (os.cpu_count() or 1) // config["num_workers"]))
     torch.manual_seed(config["seed"])
-    model = build_classifier(
-        config["backbone"], config["weights"], config["num_classes"], config["hidden_size"], config["dropout"],
-        config["unfreeze_last_stage"],
-    )
+    model = starting_classifier(config)
     optimizer = make_optimizer(model, HeadHyperparams.from_mapping(config["hp"]))
     state = {"epoch": 0, "best_val_loss": float("inf"), "stale_epochs": 0, "history": [], "stopped": False}
     saved = None
@@ -380,12 +377,8 @@ def _image_train_loop(config: dict) -> None:
     if checkpoint:  # a worker died: every worker restarts from the last checkpoint, nothing redone twice
         with checkpoint.as_directory() as directory:
             saved = torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"])
+        load_trained_state(model, saved["model"])
         state = saved["state"]
-    elif config["init_from"]:  # warm start (e.g. the pipeline's head trained on cached features)
-        from asl_platform.model import load_model_dir
-
-        model.load_state_dict(load_model_dir(config["init_from"])[0].state_dict())
     # The frozen backbone's BatchNorm buffers never change: no need to broadcast them every step.
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
     if saved is not None:  # after the move to the device, so the optimizer state lands there too
@@ -445,12 +438,44 @@ def _image_train_loop(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "state": state},
+                torch.save({"model": trained_state(_unwrap(model)), "optimizer": optimizer.state_dict(), "state": state},
                            Path(tmp) / "state.pt")
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if metrics["early_stop"]:  # every worker saw the same reduced metrics, so all stop together
             break
+
+
+def starting_classifier(config: dict) -> nn.Module:
+    """The classifier as training starts: backbone weights from ``config["weights"]``, then the warm
+    start ``init_from`` if any (e.g. the pipeline's head trained on cached features). A checkpoint holds
+    only what training changes (``trained_state``) and is loaded on top of this."""
+    model = build_classifier(
+        config["backbone"], config["weights"], config["num_classes"], config["hidden_size"], config["dropout"],
+        config["unfreeze_last_stage"],
+    )
+    if config["init_from"]:
+        from asl_platform.model import load_model_dir
+
+        model.load_state_dict(load_model_dir(config["init_from"])[0].state_dict())
+    return model
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What training changes: the trainable parameters and the buffers (BatchNorm statistics, small).
+    The frozen backbone is left out (``starting_classifier`` rebuilds it), so a ResNet-50 checkpoint
+    is about 4.5 MB instead of about 100 MB."""
+    keep = {name for name, p in model.named_parameters() if p.requires_grad} | {name for name, _ in model.named_buffers()}
+    return {name: tensor for name, tensor in model.state_dict().items() if name in keep}
+
+
+def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a ``trained_state`` onto a ``starting_classifier``; anything else missing is an error."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    if unexpected or set(missing) - frozen:
+        raise RuntimeError(f"checkpoint does not match the model: missing {sorted(set(missing) - frozen)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
 
 
 def fit_logging_epochs(trainer, queue, epochs: int):
@@ -549,16 +574,17 @@ def train_on_images(
     queue = Queue()
     hp = HeadHyperparams(lr=train_cfg.lr, eps=train_cfg.eps, weight_decay=train_cfg.weight_decay,
                          batch_size=train_cfg.batch_size, hidden_size=model_cfg.hidden_size, dropout=model_cfg.dropout)
+    loop_config = {
+        "backbone": model_cfg.backbone, "weights": model_cfg.weights, "num_classes": len(classes),
+        "hidden_size": model_cfg.hidden_size, "dropout": model_cfg.dropout,
+        "unfreeze_last_stage": model_cfg.unfreeze_last_stage, "hp": asdict(hp), "epochs": train_cfg.epochs,
+        "patience": train_cfg.early_stopping_patience, "seed": train_cfg.seed,
+        "torch_threads": train_cfg.torch_threads, "num_workers": train_cfg.num_workers,
+        "init_from": _checked_init_from(train_cfg.init_from, model_cfg, classes),
+    }
     trainer = TorchTrainer(
         _image_train_loop,
-        train_loop_config={
-            "backbone": model_cfg.backbone, "weights": model_cfg.weights, "num_classes": len(classes),
-            "hidden_size": model_cfg.hidden_size, "dropout": model_cfg.dropout,
-            "unfreeze_last_stage": model_cfg.unfreeze_last_stage, "hp": asdict(hp), "epochs": train_cfg.epochs,
-            "patience": train_cfg.early_stopping_patience, "seed": train_cfg.seed,
-            "torch_threads": train_cfg.torch_threads, "num_workers": train_cfg.num_workers,
-            "init_from": _checked_init_from(train_cfg.init_from, model_cfg, classes),
-        },
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu,
             resources_per_worker={"CPU": train_cfg.cpus_per_worker},
@@ -580,10 +606,9 @@ def train_on_images(
     result = fit_logging_epochs(trainer, queue, train_cfg.epochs)
     best = result.get_best_checkpoint(metric="val_loss", mode="min")
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
-    model = build_classifier(model_cfg.backbone, "none", len(classes), model_cfg.hidden_size, model_cfg.dropout,
-                             model_cfg.unfreeze_last_stage)
+    model = starting_classifier(loop_config)  # the frozen weights, as the workers started from
     with best.as_directory() as directory:
-        model.load_state_dict(torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True)["model"])
+        load_trained_state(model, torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True)["model"])
     model.eval()
     with result.checkpoint.as_directory() as directory:  # the last epoch's state holds the whole history
         history = torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True)["state"]["history"]

@@ -174,6 +174,18 @@ def test_a_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_local, t
     assert sorted((row["rank"], row["epoch"]) for row in resumed) == [(0, 2), (0, 3), (1, 2), (1, 3)]
     assert summary["epochs"] == list(range(1, epochs + 1))  # every epoch reported once: none lost or doubled
 
+    # Checkpoints hold what training changes (head, BatchNorm buffers), never the frozen backbone weights.
+    from asl_platform.model import build_classifier
+
+    model = build_classifier("tiny", "none", 4, 16, 0.0)
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    head = {name for name, p in model.named_parameters() if p.requires_grad}
+    checkpoints = list((tmp_path / "asl_runs" / "midepoch" / "ray").glob("train-*/checkpoint_*/state.pt"))
+    assert checkpoints and frozen and head
+    for path in checkpoints:
+        saved = set(torch.load(path, weights_only=True)["model"])
+        assert head <= saved and not saved & frozen, sorted(saved & frozen)[:5]
+
     version = resolve_model_dir(tmp_path / "asl_runs" / "models" / "midepoch")
     report = json.loads((version / "eval" / "test.json").read_text())
     test = (version / "test_split.txt").read_text().split()
@@ -307,3 +319,23 @@ def test_last_stage_retrain_checkpoints_tail_and_head_only_and_resumes(ray_local
         logits = model(torch.from_numpy(val[0]))
     assert logits.shape == (32, 3) and torch.isfinite(logits).all()
     assert any(not torch.equal(a, b) for a, b in zip(model.tail.parameters(), pretrained_tail.parameters()))
+
+
+def test_trained_state_leaves_out_the_frozen_backbone_and_loads_back_exactly():
+    from asl_platform.model import build_classifier
+    from asl_platform.train import load_trained_state, trained_state
+
+    torch.manual_seed(1)
+    trained = build_classifier("tiny", "none", 3, 8, 0.0)
+    with torch.no_grad():
+        for p in trained.head.parameters():
+            p.add_(1.0)  # "training" changed the head
+    state = trained_state(trained)
+    assert all(not key.startswith("backbone.") or "running_" in key or "num_batches" in key for key in state), state.keys()
+
+    fresh = build_classifier("tiny", "none", 3, 8, 0.0)  # what a resumed worker or the exporting driver builds
+    load_trained_state(fresh, state)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    with pytest.raises(RuntimeError, match="does not match"):
+        load_trained_state(fresh, {k: v for k, v in state.items() if not k.startswith("head.")})

@@ -80,7 +80,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         output = Path("eval") / Path(location).name  # not into the local cache of a remote model
     else:
         output = resolve_model_dir(location) / "eval"
-    report = evaluate_folder(location, args.data, split=args.split, output_dir=output)
+    report = evaluate_folder(location, args.data, split=args.split, output_dir=output, use_gpu=args.use_gpu)
     print(f"\n{report['images']} images: accuracy {report['accuracy']:.2%}, loss {report['loss']:.4f}, "
           f"macro F1 {report['macro_f1']:.4f}")
     print("report: " + ", ".join(str(path) for path in report.get("files", {}).values()))
@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("all", "test"), default="all",
                           help="'test': only the held-out test split of the model's training data; 'all': every image")
     evaluate.add_argument("--output", help="report folder (default: <model>/eval; ./eval/<version> for a remote model)")
+    evaluate.add_argument("--use-gpu", action="store_true", help="run inference on GPUs (one per actor)")
     evaluate.set_defaults(handler=_cmd_evaluate)
     serve = commands.add_parser("serve", help="HTTP API (/predict, /docs) and Gradio demo (/demo) on local Ray Serve")
     _add_config_arguments(serve)

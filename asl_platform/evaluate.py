@@ -356,8 +356,10 @@ def evaluate_folder(
     split: str = "all",
     output_dir: Path | None = None,
     name: str | None = None,
+    use_gpu: bool = False,
 ) -> dict:
-    """Evaluate a model on an image folder (``split="test"``: only the held-out images of training).
+    """Evaluate a model on an image folder (``split="test"``: only the held-out images of training);
+    ``use_gpu`` runs each inference actor on a GPU.
 
     Data classes join model classes by name; unknown classes, model classes without images and
     unreadable files are listed in the report rather than dropped quietly.
@@ -405,7 +407,7 @@ def evaluate_folder(
 
     logger.info("evaluating %s on %d image(s) from %s (split %s)", model_dir, len(paths), data_root, split)
     probabilities, errors = predict_paths(location, paths, batch_size=data_cfg["batch_size"],
-                                          max_bytes=data_cfg["max_image_bytes"])
+                                          max_bytes=data_cfg["max_image_bytes"], use_gpu=use_gpu)
     good = np.asarray([not e for e in errors], dtype=bool)
     skipped_files = [{"path": p, "error": e} for p, e in zip(paths, errors) if e]
     (logger.warning if skipped_files else logger.info)(summarize_errors(paths, errors))

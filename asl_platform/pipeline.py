@@ -361,10 +361,13 @@ def run_train(cfg: Config, worker_logs: bool = False) -> dict:
         })
 
     with progress.stage("evaluate", "held-out test split" + (" and cross-domain folder" if cfg.data.cross_domain_root else "")):
-        reports = {"test": evaluate_folder(version_dir, prepared.root, split="test", output_dir=version_dir / "eval", name="test")}
+        on_gpu = {"use_gpu": cfg.train.use_gpu}  # where training ran, inference runs too
+        reports = {"test": evaluate_folder(version_dir, prepared.root, split="test", output_dir=version_dir / "eval",
+                                           name="test", **on_gpu)}
         if cfg.data.cross_domain_root:
             reports["cross_domain"] = evaluate_folder(
-                version_dir, cfg.data.cross_domain_root, split="all", output_dir=version_dir / "eval", name="cross_domain"
+                version_dir, cfg.data.cross_domain_root, split="all", output_dir=version_dir / "eval", name="cross_domain",
+                **on_gpu,
             )
         meta_path = version_dir / "model.json"
         meta = json.loads(meta_path.read_text())

@@ -214,3 +214,27 @@ def test_saved_test_split_is_used_and_new_files_do_not_leak_in(ray_local, tmp_pa
     assert report["accuracy"] == pytest.approx(
         float(np.mean(_direct(model_dir, chosen).argmax(axis=1) == [["A", "B", "C", "Z"].index(p.split("/")[-2]) for p in chosen]))
     )
+
+
+def test_evaluate_use_gpu_reaches_the_inference_actors(tmp_path, tiny_model, monkeypatch):
+    """`asl-platform evaluate --use-gpu` (and `train` with train.use_gpu) ask Ray Data for GPU actors.
+    No GPU here, so the actor pool is replaced by the model run in-process, and the flag is recorded."""
+    import asl_platform.evaluate
+    from asl_platform.cli import main
+
+    asked = []
+
+    def in_process(model_dir, paths, batch_size=64, max_bytes=0, use_gpu=False, **_):
+        asked.append(use_gpu)
+        return _direct(model_dir, paths), [""] * len(paths)
+
+    monkeypatch.setattr(asl_platform.evaluate, "predict_paths", in_process)
+    root = tmp_path / "data"
+    for name, colour in {"A": (200, 40, 40), "B": (40, 200, 40)}.items():
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40), colour).save(root / name / "0.png")
+    assert main(["evaluate", "--model", str(tiny_model), "--data", str(root), "--output", str(tmp_path / "r"),
+                 "--use-gpu"]) == 0
+    assert main(["evaluate", "--model", str(tiny_model), "--data", str(root), "--output", str(tmp_path / "r")]) == 0
+    assert asked == [True, False]
+    assert json.loads((tmp_path / "r" / "data.json").read_text())["images"] == 2

@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from asl_platform.data import DataError, scan_files
+from asl_platform.data import DataError, is_remote, scan_files, strip_file_scheme
 from asl_platform.evaluate import DEFAULT_MAX_BYTES, predict_paths
 
 logger = logging.getLogger(__name__)
@@ -81,12 +80,9 @@ class BatchResult:
 
 def _local_output(output: str | Path) -> Path:
     """Part files are published by rename, which is atomic only on a local filesystem."""
-    text = str(output)
-    if text.startswith("file://"):
-        text = urlparse(text).path
-    elif "://" in text:
+    if is_remote(output):
         raise DataError(f"--output must be a local folder (got {output}); the input may be s3:// or gs://")
-    path = Path(text).expanduser().resolve()
+    path = Path(strip_file_scheme(output)).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise DataError(f"output is not a folder: {path}")
     return path
@@ -239,10 +235,9 @@ class BatchJob:
     def _check_folders(self) -> None:
         """An output folder inside the input is skipped by the listing; the input itself (or a
         folder holding it) cannot be, so it is refused."""
-        local_input = self.input[len("file://"):] if self.input.startswith("file://") else self.input
-        if "://" in local_input:
+        if is_remote(self.input):
             return
-        source, target = Path(local_input).expanduser().resolve(), self.store.root
+        source, target = Path(strip_file_scheme(self.input)).expanduser().resolve(), self.store.root
         if source == target or source.is_relative_to(target):
             raise DataError(f"the output folder {target} must not be the input {source} or hold it; "
                             "choose another --output")

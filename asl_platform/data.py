@@ -112,6 +112,18 @@ def _remote_filesystem(scheme_and_host: str) -> pafs.FileSystem:
     return pafs.FileSystem.from_uri(scheme_and_host + "/")[0]
 
 
+def strip_file_scheme(path: str | Path) -> str:
+    """``file:///a/b`` -> ``/a/b``; local paths and remote URIs unchanged."""
+    text = str(path)
+    return urlparse(text).path if text.startswith("file://") else text
+
+
+def is_remote(path: str | Path) -> bool:
+    """True for ``s3://``, ``gs://`` and other non-local URIs (not for ``file://``)."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
 def split_uri(path: str) -> tuple[pafs.FileSystem, str]:
     """``s3://bucket/key`` -> (S3 filesystem, ``bucket/key``); a local path -> (local fs, absolute path).
 
@@ -211,9 +223,7 @@ def list_images(root: str, max_per_class: int | None = None, seed: int = 42) -> 
     Every non-hidden file inside a class folder is kept, images or not, so that a non-image file is
     reported by the decoder rather than silently dropped.
     """
-    root = str(root)
-    if root.startswith("file://"):
-        root = urlparse(root).path
+    root = strip_file_scheme(root)
     fs, base = split_uri(root.rstrip("/"))
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
@@ -272,9 +282,7 @@ def scan_files(root: str, exclude: Iterable[str] = ()) -> dict[str, tuple[int, i
     path, or the URI with its scheme), sorted; anything at or under an ``exclude`` path is left out
     (an output folder inside the input).
     """
-    root = str(root)
-    if root.startswith("file://"):
-        root = urlparse(root).path
+    root = strip_file_scheme(root)
     fs, base = split_uri(root.rstrip("/") or root)
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:

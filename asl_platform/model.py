@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from asl_platform.data import Preprocessing, normalize_batch, preprocess_images
+from asl_platform.data import Preprocessing, is_remote, normalize_batch, preprocess_images, strip_file_scheme
 
 logger = logging.getLogger(__name__)
 
@@ -375,21 +375,12 @@ def mark_latest(version_dir: str | Path) -> Path:
 MODEL_CACHE_ENV = "ASL_PLATFORM_MODEL_CACHE"
 
 
-def _is_remote(path: str | Path) -> bool:
-    return isinstance(path, str) and "://" in path and not path.startswith("file://")
-
-
-def _local(path: str | Path) -> Path:
-    text = str(path)
-    return Path(text[len("file://"):] if text.startswith("file://") else text).expanduser()
-
-
 def resolve_model_dir(path: str | Path) -> Path:
     """A local model directory: ``path`` itself, or a models folder's ``latest``; a model on
     ``s3://``/``gs://`` is first copied into the local cache (see ``fetch_model_dir``)."""
-    if _is_remote(path):
+    if is_remote(path):
         return fetch_model_dir(str(path))
-    path = _local(path)
+    path = Path(strip_file_scheme(path)).expanduser()
     if (path / "model.json").is_file():
         return path
     pointer = path / "latest"
@@ -408,7 +399,7 @@ def model_location(path: str | Path) -> str:
     model from: the absolute local version folder, or for a remote model the version folder's URI.
     A models folder's ``latest`` is read once, here, so every process loads the same version even if
     ``latest`` moves while they start."""
-    if not _is_remote(path):
+    if not is_remote(path):
         return str(resolve_model_dir(path).resolve())
     from asl_platform.data import split_uri
 

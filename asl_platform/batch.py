@@ -34,7 +34,8 @@ from asl_platform.evaluate import DEFAULT_MAX_BYTES, predict_paths
 logger = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 5.0
-# A file not modified for this long is taken at first sight; a newer one once two polls agree on it.
+# A file not modified for this long (or for one --interval, if longer) is taken at first sight; a
+# newer one once two polls agree on it.
 DEFAULT_SETTLE_S = 10.0
 DEFAULT_BATCH_SIZE = 64
 # A long run writes a part every this many files, so a crash or Ctrl-C loses at most one part's work.
@@ -153,7 +154,7 @@ class PredictionStore:
         """Add the rows of a just-published part to ``predictions.csv``. Needs a CSV that held
         every earlier part, so call it right after ``write_part`` on a store that was not stale."""
         path, marker = self.root / COMBINED_CSV, self.root / APPENDING_MARKER
-        if not path.is_file():
+        if not path.is_file() or marker.exists():  # missing, or an earlier append failed half-way
             return self.write_csv()
         marker.touch()
         with path.open("ab") as handle:
@@ -250,9 +251,9 @@ class BatchJob:
         listing = scan_files(self.input, exclude=[str(self.store.root)])
         new = {path: stamp for path, stamp in listing.items() if path not in self.done}
         if wait_until_stable:
-            settled_before = time.time_ns() - int(settle_s * 1e9)
-            ready = [path for path, stamp in new.items()
-                     if self._previous.get(path) == stamp or stamp[1] <= settled_before]
+            settled_before = time.time_ns() - int(settle_s * 1e9)  # by this machine's clock
+            ready = [path for path, stamp in new.items()  # an mtime of 0 is unknown: never settled by age
+                     if self._previous.get(path) == stamp or 0 < stamp[1] <= settled_before]
             self._previous = new
         else:
             ready = list(new)
@@ -275,8 +276,8 @@ class BatchJob:
                                               max_bytes=DEFAULT_MAX_BYTES, use_gpu=self.use_gpu)
         table = prediction_table(paths, probabilities, errors, self.classes, self.model_version)
         part = self.store.write_part(table)
+        self.done.update(paths)  # published: never again, even if the CSV append below fails
         self.store.append_csv(table)
-        self.done.update(paths)
         unreadable = [(p, e) for p, e in zip(paths, errors) if e]
         logger.info("classified %d file(s) in %.1f s (%d unreadable) -> %s", len(paths) - len(unreadable),
                     time.perf_counter() - started, len(unreadable), part)
@@ -330,7 +331,7 @@ def predict_batch(model_dir: str | Path, input: str, output: str | Path,
 
 def watch(model_dir: str | Path, input: str, output: str | Path, interval: float = DEFAULT_INTERVAL,
           max_polls: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, use_gpu: bool = False,
-          settle_s: float = DEFAULT_SETTLE_S) -> BatchResult:
+          settle_s: float | None = None) -> BatchResult:
     """Poll ``input`` every ``interval`` seconds and classify files as they arrive (each once).
 
     Runs until Ctrl-C (or ``max_polls`` polls). A listing that fails after the first poll (a network
@@ -340,8 +341,10 @@ def watch(model_dir: str | Path, input: str, output: str | Path, interval: float
         raise ValueError(f"interval must be >= 0 seconds; got {interval}")
     if max_polls is not None and max_polls < 1:
         raise ValueError(f"max_polls must be >= 1; got {max_polls}")
-    if settle_s < 0:
-        raise ValueError(f"settle_s must be >= 0 seconds; got {settle_s}")
+    if settle_s is None:  # a writer paused for a whole interval was never taken before; keep it so
+        settle_s = max(DEFAULT_SETTLE_S, interval)
+    if not 0 <= settle_s < 1e9:
+        raise ValueError(f"settle_s must be a number of seconds >= 0; got {settle_s}")
     job = BatchJob(model_dir, input, output, batch_size=batch_size, use_gpu=use_gpu)
     total = BatchResult(str(job.store.root))
     logger.info("watching %s every %g s; predictions go to %s (Ctrl-C to stop)", input, interval, job.store.root)

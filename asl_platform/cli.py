@@ -77,7 +77,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.output:
         output = Path(args.output)
     elif "://" in location:
-        output = Path("eval") / Path(location).name  # not into the local cache of a remote model
+        output = Path("eval") / f"{Path(location).parent.name}-{Path(location).name}"  # not into a node's model cache
     else:
         output = resolve_model_dir(location) / "eval"
     report = evaluate_folder(location, args.data, split=args.split, output_dir=output, use_gpu=args.use_gpu)
@@ -95,7 +95,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict_batch(args: argparse.Namespace) -> int:
-    from asl_platform.batch import DEFAULT_SETTLE_S, format_summary, predict_batch, watch
+    from asl_platform.batch import format_summary, predict_batch, watch
 
     if args.max_polls is not None and not args.watch:
         logger.error("--max-polls only applies with --watch")
@@ -106,7 +106,7 @@ def _cmd_predict_batch(args: argparse.Namespace) -> int:
     common = {"batch_size": args.batch_size, "use_gpu": args.use_gpu}
     if args.watch:
         result = watch(args.model, args.input, args.output, interval=args.interval, max_polls=args.max_polls,
-                       settle_s=DEFAULT_SETTLE_S if args.settle is None else args.settle, **common)
+                       settle_s=args.settle, **common)
     else:
         result = predict_batch(args.model, args.input, args.output, **common)
     print("\n" + format_summary(result))
@@ -127,8 +127,8 @@ def _positive_int(text: str) -> int:
 
 def _non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (got {text})")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (got {text})")
     return value
 
 
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="image folder or s3:// prefix")
     evaluate.add_argument("--split", choices=("all", "test"), default="all",
                           help="'test': only the held-out test split of the model's training data; 'all': every image")
-    evaluate.add_argument("--output", help="report folder (default: <model>/eval; ./eval/<version> for a remote model)")
+    evaluate.add_argument("--output", help="report folder (default: <model>/eval; ./eval/<name>-<version> for a remote model)")
     evaluate.add_argument("--use-gpu", action="store_true", help="run inference on GPUs (one per actor)")
     evaluate.set_defaults(handler=_cmd_evaluate)
     serve = commands.add_parser("serve", help="HTTP API (/predict, /docs) and Gradio demo (/demo) on local Ray Serve")
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--max-polls", type=_positive_int, help="with --watch: stop after this many polls")
     batch.add_argument("--settle", type=_non_negative_float,
                        help="with --watch: a file unmodified this many seconds is complete and taken at once; a newer "
-                       "one once two polls agree on its size and time (default 10)")
+                       "one once two polls agree on its size and time (default: 10, or --interval if longer)")
     batch.add_argument("--batch-size", type=_positive_int, default=64, help="images per inference batch (default 64)")
     batch.add_argument("--use-gpu", action="store_true", help="one GPU per inference actor")
     batch.set_defaults(handler=_cmd_predict_batch)

@@ -418,9 +418,11 @@ def _remote_version(fs, base: str, uri: str) -> str:
         return base
     if pointer.type == pafs.FileType.File:
         with fs.open_input_stream(pointer.path) as stream:
-            version = f"{base}/{stream.read().decode().strip()}"
-        if fs.get_file_info(f"{version}/model.json").type == pafs.FileType.File:
-            return version
+            name = stream.read().decode(errors="replace").strip().strip("/")
+        if name and "/" not in name and name not in (".", ".."):  # a sibling version folder, nothing else
+            version = f"{base}/{name}"
+            if fs.get_file_info(f"{version}/model.json").type == pafs.FileType.File:
+                return version
     raise FileNotFoundError(f"{uri} is not a model directory (needs model.json and model.safetensors) "
                             "nor a models folder with a 'latest' pointer")
 
@@ -443,20 +445,24 @@ def fetch_model_dir(uri: str, cache_root: Path | None = None) -> Path:
 
     from asl_platform.data import split_uri
 
+    import pyarrow.fs as pafs
+
     fs, base = split_uri(uri.rstrip("/"))
     version = _remote_version(fs, base, uri)
+    files = sorted((f for f in fs.get_file_info(pafs.FileSelector(version)) if f.type == pafs.FileType.File),
+                   key=lambda f: f.base_name)
+    if "model.safetensors" not in {f.base_name for f in files}:  # e.g. an upload still under way
+        raise FileNotFoundError(f"{uri}: {version} has model.json but no model.safetensors (yet?)")
     with fs.open_input_stream(f"{version}/model.json") as stream:
         meta = stream.read()
     scheme = uri.split("://", 1)[0]
-    key = hashlib.sha256(f"{scheme}://{version}\n".encode() + meta).hexdigest()[:16]
+    listing = "".join(f"{f.base_name}:{f.size}\n" for f in files)  # a re-upload of any file changes the key
+    key = hashlib.sha256(f"{scheme}://{version}\n{listing}".encode() + meta).hexdigest()[:16]
     parts = version.rstrip("/").split("/")
     # <cache>/<key>/<models folder>/<version>: the folder names keep the model's name and version
     target = (cache_root or model_cache_root()) / key / (parts[-2] if len(parts) > 1 else "model") / parts[-1]
-    if (target / "model.json").is_file():
+    if (target / "model.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    import pyarrow.fs as pafs
-
-    files = [f for f in fs.get_file_info(pafs.FileSelector(version)) if f.type == pafs.FileType.File]
     size = sum(f.size or 0 for f in files)
     logger.info("fetching model %s://%s (%d files, %.1f MB) into %s", scheme, version, len(files), size / 1e6, target)
     temporary = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"

@@ -303,7 +303,9 @@ class BodySizeLimit:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        # With Transfer-Encoding the body's own framing decides its length, whatever Content-Length says.
+        declared = None if b"transfer-encoding" in headers else headers.get(b"content-length")
         if declared is not None:
             if declared.isdigit() and int(declared) > self.limit:
                 await self._refuse(scope, receive, send, f"request body is {int(declared)} bytes; the limit is {self.limit}")

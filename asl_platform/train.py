@@ -519,16 +519,17 @@ def _checked_init_from(path: str | None, model_cfg, classes: list[str]) -> str |
     """The warm-start model must match what is trained; say so before any worker starts."""
     if path is None:
         return None
-    from asl_platform.model import resolve_model_dir
+    from asl_platform.model import model_location, resolve_model_dir
 
-    directory = resolve_model_dir(path)
+    location = model_location(path)  # what the workers load: they may run on other nodes
+    directory = resolve_model_dir(location)
     meta = json.loads((directory / "model.json").read_text())
     wanted = {"backbone": model_cfg.backbone, "classes": classes, "hidden_size": model_cfg.hidden_size}
     found = {"backbone": meta["backbone"], "classes": meta["classes"], "hidden_size": meta["head"]["hidden_size"]}
     if wanted != found:
         mismatched = [key for key in wanted if wanted[key] != found[key]]
-        raise DataError(f"train.init_from {directory} does not match this training run ({', '.join(mismatched)} differ)")
-    return str(directory.resolve())
+        raise DataError(f"train.init_from {location} does not match this training run ({', '.join(mismatched)} differ)")
+    return location
 
 
 @dataclass

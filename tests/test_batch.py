@@ -192,16 +192,19 @@ def test_watch_takes_settled_files_at_first_sight_and_waits_for_fresh_ones(ray_l
     for path in old:
         _age(path, 60)
     fresh = _png(root / "fresh.png", 3)  # just written: may still be growing
+    unknown = _png(root / "unknown.png", 4)
+    os.utime(unknown, (0, 0))  # no modification time (0): its age is unknown, so it is not taken at first sight
 
     first = watch(tiny_model, str(root), output, interval=0, max_polls=1, settle_s=30)
     assert first.polls == 1 and first.classified == 2  # --max-polls 1 classifies what was already there
     assert {row["path"] for row in _rows(output)} == {str(p) for p in old}
 
     again = watch(tiny_model, str(root), output, interval=0, max_polls=2, settle_s=30)
-    assert again.classified == 1 and again.already_done == 2  # fresh: taken once two polls agreed
-    assert sorted(row["path"] for row in _rows(output)) == sorted(map(str, old + [fresh]))
-    with pytest.raises(ValueError, match="settle_s"):
-        watch(tiny_model, str(root), output, settle_s=-1)
+    assert again.classified == 2 and again.already_done == 2  # fresh and unknown: taken once two polls agreed
+    assert sorted(row["path"] for row in _rows(output)) == sorted(map(str, old + [fresh, unknown]))
+    for bad in (-1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="settle_s"):
+            watch(tiny_model, str(root), output, settle_s=bad)
 
 
 def test_csv_grows_by_appending_and_is_rebuilt_after_a_crash_mid_append(ray_local, tmp_path, tiny_model):
@@ -228,3 +231,13 @@ def test_csv_grows_by_appending_and_is_rebuilt_after_a_crash_mid_append(ray_loca
     assert PredictionStore(output).csv_is_stale()
     BatchJob(tiny_model, str(root), output)  # the next run repairs it before classifying anything
     assert csv_path.read_bytes() == content and not (output / APPENDING_MARKER).exists()
+
+    # An append that failed within a running watcher (marker left) is repaired by its next append.
+    with csv_path.open("ab") as handle:
+        handle.write(b'"torn')
+    (output / APPENDING_MARKER).touch()
+    _png(root / "c.png", 3)
+    job.poll(wait_until_stable=False)
+    with open(csv_path, newline="") as handle:
+        assert [r["path"] for r in csv.DictReader(handle)] == [r["path"] for r in _rows(output)]
+    assert len(_rows(output)) == 3 and not (output / APPENDING_MARKER).exists()

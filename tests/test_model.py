@@ -228,6 +228,23 @@ def test_a_model_on_s3_is_fetched_once_into_a_local_cache_and_predicts_the_same(
     with pytest.raises(FileNotFoundError, match="not a model directory"):
         resolve_model_dir("s3://models/runs/no-such-model")
 
+    # An upload caught half-way (model.json there, weights not yet) is refused and not cached as a model.
+    partial = tmp_path / "partial" / "v1"
+    partial.mkdir(parents=True)
+    (partial / "model.json").write_text((local / "v1" / "model.json").read_text())
+    upload_folder(s3_server, partial.parent, "models", "runs/partial")
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        resolve_model_dir("s3://models/runs/partial/v1")
+    (partial / "model.safetensors").write_bytes((local / "v1" / "model.safetensors").read_bytes())
+    upload_folder(s3_server, partial.parent, "models", "runs/partial")
+    assert (resolve_model_dir("s3://models/runs/partial/v1") / "model.safetensors").is_file()
+
+    # A `latest` naming anything but a sibling version folder is refused.
+    (partial.parent / "latest").write_text("../smoke/v2\n")
+    upload_folder(s3_server, partial.parent, "models", "runs/partial")
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        model_location("s3://models/runs/partial")
+
 
 @pytest.mark.real_data
 def test_pretrained_features_separate_real_asl_classes_far_better_than_random(asl_alphabet):

@@ -142,6 +142,18 @@ def test_too_large_body_is_413_declared_or_streamed(client):
     _error(client.post("/predict", content=chunks(), headers={"content-type": "image/png"}), 413, "payload_too_large")
 
 
+def test_transfer_encoding_wins_over_a_small_content_length(client):
+    """A body framed by Transfer-Encoding is measured as it arrives, whatever Content-Length claims."""
+    def chunks():
+        for _ in range(20):
+            yield b"\0" * 8192
+
+    response = client.post("/demo/gradio_api/upload", content=chunks(),
+                           headers={"content-type": "application/json", "content-length": "10",
+                                    "transfer-encoding": "chunked"})
+    _error(response, 413, "payload_too_large")
+
+
 def test_chunked_body_under_the_limit_is_answered(client):
     """A body without Content-Length is read by the size-limit middleware and handed on whole."""
     image = colour_image("B", fmt="PNG", seed=3)

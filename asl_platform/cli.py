@@ -71,12 +71,13 @@ MODEL_HELP = "model directory, or a models folder (its 'latest'); local, or s3:/
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from asl_platform.evaluate import evaluate_folder
+    from asl_platform.data import is_remote
     from asl_platform.model import model_location, resolve_model_dir
 
     location = model_location(args.model)
     if args.output:
         output = Path(args.output)
-    elif "://" in location:
+    elif is_remote(location):
         output = Path("eval") / f"{Path(location).parent.name}-{Path(location).name}"  # not into a node's model cache
     else:
         output = resolve_model_dir(location) / "eval"

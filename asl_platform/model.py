@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from asl_platform.data import Preprocessing, is_remote, normalize_batch, preprocess_images, strip_file_scheme
+from asl_platform.data import Preprocessing, is_remote, normalize_batch, preprocess_images, split_uri, strip_file_scheme
 
 logger = logging.getLogger(__name__)
 
@@ -401,8 +401,6 @@ def model_location(path: str | Path) -> str:
     ``latest`` moves while they start."""
     if not is_remote(path):
         return str(resolve_model_dir(path).resolve())
-    from asl_platform.data import split_uri
-
     fs, base = split_uri(str(path).rstrip("/"))
     version = _remote_version(fs, base, str(path))
     scheme = str(path).split("://", 1)[0]
@@ -436,14 +434,12 @@ def fetch_model_dir(uri: str, cache_root: Path | None = None) -> Path:
 
     Why: weights are read from a local file, and a cluster's nodes share no disk, so each node
     (each Serve replica, Ray Data actor or evaluation) fetches its own copy the first time. The cache
-    key is the version folder's URI plus its ``model.json``, so a folder overwritten in place is
-    fetched again. The copy is made under a temporary name and renamed, so a process never loads
+    key is the version folder's URI, its file names and sizes, and its ``model.json``, so a folder
+    overwritten in place is fetched again. The copy is made under a temporary name and renamed, so a process never loads
     half a model, and two processes fetching at once both end with the same whole copy."""
     import hashlib
     import shutil
     import uuid
-
-    from asl_platform.data import split_uri
 
     import pyarrow.fs as pafs
 

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from asl_platform.data import DataError, is_remote, scan_files, strip_file_scheme
 from asl_platform.evaluate import DEFAULT_MAX_BYTES, predict_paths
+from asl_platform.model import ModelCard, model_location, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -172,12 +173,10 @@ def _model_identity(model_dir: str | Path) -> tuple[str, list[str], str]:
     """Resolve the model once up front (a wrong --model fails before Ray starts): where the actors
     load it from (see ``model_location``), its classes, and its name as ``<models folder>/<version>``,
     e.g. ``default/v3``, for the ``model_version`` column."""
-    from asl_platform.model import model_location, resolve_model_dir
-
     location = model_location(model_dir)
     directory = resolve_model_dir(location)
-    meta = json.loads((directory / "model.json").read_text())
-    return location, list(meta["classes"]), f"{directory.parent.name}/{meta.get('version') or directory.name}"
+    card = ModelCard.load(directory)
+    return location, list(card.classes), f"{directory.parent.name}/{card.version or directory.name}"
 
 
 def prediction_table(

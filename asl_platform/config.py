@@ -14,8 +14,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from asl_platform.errors import UserError
+from asl_platform.limits import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A configuration file or override is invalid; the message says which key and why."""
 
 
@@ -40,7 +43,7 @@ class DataConfig(_Section):
     )
     batch_size: int = Field(default=64, ge=1, le=4096, description="Images per Ray Data batch.")
     max_image_bytes: int = Field(
-        default=20 * 1024 * 1024, ge=1024, description="Larger files are skipped as unreadable."
+        default=MAX_IMAGE_BYTES, ge=1024, description="Larger files are skipped as unreadable."
     )
     cross_domain_root: str | None = Field(
         default=None,
@@ -161,7 +164,9 @@ class ServeConfig(_Section):
     """The HTTP endpoint, its model deployment (batching, autoscaling) and the Gradio demo.
 
     ``asl-platform serve`` reads this section; ``serve_config.yaml`` (for ``serve run`` /
-    ``serve deploy``) passes the same keys as application args, and a test keeps the two in step.
+    ``serve deploy``) holds the same keys: the batching and fingerspelling thresholds as the
+    deployments' ``user_config`` (changed live by ``reconfigure``, no replica restart), replicas and
+    resources in its ``deployments`` section, the rest as application args. A test keeps the two in step.
     """
 
     model: str | None = Field(
@@ -170,7 +175,7 @@ class ServeConfig(_Section):
     host: str = Field(default="127.0.0.1", description="Bind address; 0.0.0.0 exposes the server to the network.")
     port: int = Field(default=8000, ge=1, le=65535)
     max_request_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, description="Larger bodies get 413, unread.")
-    max_image_pixels: int = Field(default=40_000_000, ge=1, description="Larger images (or bombs) get 413.")
+    max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1, description="Larger images (or bombs) get 413.")
     max_batch_images: int = Field(default=32, ge=1, le=1024, description="Images per /predict/batch request.")
     top_k: int = Field(default=5, ge=1, le=29)
     max_batch_size: int = Field(default=8, ge=1, le=1024, description="@serve.batch size; 1 turns batching off.")

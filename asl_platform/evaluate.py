@@ -18,7 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from asl_platform.config import DataConfig
-from asl_platform.data import DataError, ImageIndex, list_images, stratified_split, summarize_errors
+from asl_platform.data import (
+    DataError, ImageIndex, is_remote, list_images, stratified_split, strip_file_scheme, summarize_errors,
+)
+from asl_platform.model import ModelCard
 
 logger = logging.getLogger(__name__)
 
@@ -231,14 +234,6 @@ class _BatchPredictor:
         return {"path": np.asarray(batch["path"]).astype(str), "error": errors, "probabilities": probabilities}
 
 
-def _ensure_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        logger.info("starting a local Ray for evaluation")
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-
-
 def predict_paths(
     model_dir: str | Path,
     paths: list[str],
@@ -255,16 +250,17 @@ def predict_paths(
     import ray
     import ray.data
 
-    from asl_platform.data import Preprocessing, image_dataset
-    from asl_platform.model import model_location, resolve_model_dir
+    from asl_platform.data import image_dataset
+    from asl_platform.model import ModelCard, model_location, resolve_model_dir
+    from asl_platform.runtime import init_ray
 
     location = model_location(model_dir)  # what the actors load: they may run on other nodes
-    meta = json.loads((resolve_model_dir(location) / "model.json").read_text())
-    num_classes, prep = len(meta["classes"]), Preprocessing.from_dict(meta["preprocessing"])
+    card = ModelCard.load(resolve_model_dir(location))
+    num_classes, prep = len(card.classes), card.prep
     paths = [str(p) for p in paths]
     if not paths:
         return np.zeros((0, num_classes), dtype=np.float32), []
-    _ensure_ray()
+    init_ray()
     if concurrency is None:
         available = int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1))
         concurrency = max(1, min(available, math.ceil(len(paths) / batch_size)))  # no idle actors
@@ -292,9 +288,9 @@ def predict_paths(
 # --------------------------------------------------------------------------- folder evaluation
 
 
-def _data_config(meta: dict) -> dict:
+def _data_config(card: ModelCard) -> dict:
     """The training run's data section (for the identical split), with defaults for what is absent."""
-    section = (meta.get("config") or {}).get("data") or {}
+    section = (card.config or {}).get("data") or {}
     values = {key: section.get(key, default) for key, default in DEFAULT_DATA_CONFIG.items()}
     for key, default in DEFAULT_DATA_CONFIG.items():
         if values[key] is None:
@@ -334,7 +330,9 @@ def _default_name(data_root: str, split: str) -> str:
 
 
 def _same_root(a: str, b: str) -> bool:
-    normalise = lambda p: str(Path(p).expanduser().resolve()) if "://" not in p else p.rstrip("/")  # noqa: E731
+    def normalise(path: str) -> str:
+        return path.rstrip("/") if is_remote(path) else str(Path(strip_file_scheme(path)).expanduser().resolve())
+
     return normalise(a) == normalise(b)
 
 
@@ -370,10 +368,10 @@ def evaluate_folder(
         raise ValueError(f"split must be one of {SPLIT_CHOICES}; got {split!r}")
     location = model_location(model_dir)
     model_dir = resolve_model_dir(location)
-    meta = json.loads((model_dir / "model.json").read_text())
-    classes: list[str] = list(meta["classes"])
-    data_cfg = _data_config(meta)
-    trained_root = (meta.get("data") or {}).get("root")
+    card = ModelCard.load(model_dir)
+    classes: list[str] = list(card.classes)
+    data_cfg = _data_config(card)
+    trained_root = card.data.root if card.data else None
     if split == "test" and trained_root and not _same_root(str(trained_root), str(data_root)):
         logger.warning("split=test on %s, but the model was trained on %s: the 'test' images are only held out "
                        "if it is the same folder", data_root, trained_root)
@@ -417,7 +415,7 @@ def evaluate_folder(
     report = compute_report(labels[good], probabilities[good], classes)
     report.update({
         "model_dir": str(model_dir),
-        "model_version": meta.get("version"),
+        "model_version": card.version,
         "data_root": str(data_root),
         "split": split,
         "missing_classes": missing_classes,
@@ -428,7 +426,7 @@ def evaluate_folder(
                 100 * report["accuracy"], report["loss"], report["macro_f1"], report["images"])
     if output_dir is not None:
         name = name or _default_name(data_root, split)
-        title = f"Evaluation of {meta.get('version') or model_dir.name} on {Path(str(data_root).rstrip('/')).name or data_root} ({split})"
+        title = f"Evaluation of {card.version or model_dir.name} on {Path(str(data_root).rstrip('/')).name or data_root} ({split})"
         files = write_report(report, Path(output_dir), name, title)
         good_paths = [p for p, ok in zip(paths, good) if ok]
         files["predictions"] = _write_predictions(Path(output_dir) / f"{name}_predictions.csv", good_paths,

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from asl_platform.data import ImageIndex, Preprocessing, image_dataset
+from asl_platform.limits import MAX_IMAGE_BYTES
 from asl_platform.model import build_backbone, get_backbone_spec, split_backbone
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def extract_features(
     batch_size: int = 64,
     concurrency: int | None = None,
     use_gpu: bool = False,
-    max_bytes: int = 20 << 20,
+    max_bytes: int = MAX_IMAGE_BYTES,
     output: str = "features",
 ) -> FeatureTable:
     """Features for every file of ``index`` (in index order), from the cache when the key matches.

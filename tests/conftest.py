@@ -67,6 +67,22 @@ def upload_folder(env: dict[str, str], local: Path, bucket: str, prefix: str) ->
 
 # --------------------------------------------------------------------------- a small trained model
 
+
+def train_head(head, train: tuple, val: tuple, lr: float = 1e-3, batch_size: int = 64, epochs: int = 10,
+               weight_decay: float = 1e-2) -> list[dict]:
+    """Train ``head`` in-process on (features, labels) arrays with the platform's one loop (AdamW,
+    no early stopping); returns the per-epoch metrics."""
+    import torch
+
+    from asl_platform.training.loop import EarlyStopping, TrainingState, fit
+    from asl_platform.training.sources import ArrayBatches
+
+    cpu = torch.device("cpu")
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    state = TrainingState(EarlyStopping(patience=None))
+    return list(fit(head, optimizer, ArrayBatches(*train, batch_size, cpu, shuffle=True), ArrayBatches(*val, 1024, cpu),
+                    epochs=epochs, state=state))
+
 COLOURS = {"A": (220, 30, 30), "B": (30, 200, 30), "C": (30, 30, 220), "space": (128, 128, 128)}
 
 
@@ -96,7 +112,6 @@ def colour_model(tmp_path_factory) -> Path:
 
     from asl_platform.data import preprocess_images
     from asl_platform.model import build_classifier, get_backbone_spec, save_model_dir
-    from asl_platform.train import HeadHyperparams, fit_head
 
     torch.manual_seed(0)
     classes = list(COLOURS)
@@ -110,8 +125,8 @@ def colour_model(tmp_path_factory) -> Path:
     with torch.inference_mode():
         features = model.backbone(torch.from_numpy(preprocess_images(images, prep))).numpy()
     data = (features, np.asarray(labels, dtype=np.int64))
-    history = list(fit_head(model.head, data, data, HeadHyperparams(lr=3e-2, batch_size=16, hidden_size=32), epochs=40))
+    history = train_head(model.head, data, data, lr=3e-2, batch_size=16, epochs=40)
     assert history[-1]["val_accuracy"] == 1.0, history[-1]
     directory = tmp_path_factory.mktemp("models") / "colours" / "v1"
-    save_model_dir(model.eval(), directory, classes, {"version": "v1", "metrics": {"test_accuracy": 1.0}})
+    save_model_dir(model.eval(), directory, classes, version="v1", metrics={"test_accuracy": 1.0})
     return directory

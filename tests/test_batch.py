@@ -73,7 +73,9 @@ def _check_good_rows(model_dir: Path, rows: list[dict], paths: list[str]) -> Non
 def tiny_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = build_classifier("tiny", "none", num_classes=len(CLASSES), hidden_size=16, dropout=0.0).eval()
-    return save_model_dir(model, tmp_path_factory.mktemp("models") / "v1", CLASSES, {"version": "v1"})
+    directory = tmp_path_factory.mktemp("models") / "v1"
+    save_model_dir(model, directory, CLASSES, version="v1")
+    return directory
 
 
 # --------------------------------------------------------------------------- listing (no Ray)

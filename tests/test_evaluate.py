@@ -132,9 +132,8 @@ def tiny_model(tmp_path_factory):
     torch.manual_seed(0)
     model = build_classifier("tiny", "none", num_classes=4, hidden_size=16, dropout=0.0).eval()
     directory = tmp_path_factory.mktemp("model") / "v1"
-    save_model_dir(model, directory, ["A", "B", "C", "Z"], {
-        "version": "v1", "config": {"data": {"val_fraction": 0.2, "test_fraction": 0.4, "seed": 1}},
-    })
+    save_model_dir(model, directory, ["A", "B", "C", "Z"], version="v1",
+                   config={"data": {"val_fraction": 0.2, "test_fraction": 0.4, "seed": 1}})
     return directory
 
 

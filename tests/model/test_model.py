@@ -29,9 +29,8 @@ from asl_platform.model import (
     save_model_dir,
     split_backbone,
 )
-from asl_platform.train import HeadHyperparams, evaluate_head, fit_head
 from asl_platform.model import build_head
-from conftest import upload_folder
+from conftest import train_head, upload_folder
 
 
 def test_registry_has_the_three_backbones_and_rejects_unknown():
@@ -163,9 +162,9 @@ def test_model_dir_round_trip_gives_identical_predictions(tmp_path):
     torch.manual_seed(0)
     model = build_classifier("tiny", "none", num_classes=3, hidden_size=16, dropout=0.0).eval()
     classes = ["A", "B", "nothing"]
-    save_model_dir(model, tmp_path / "m", classes, {"metrics": {"test_accuracy": 0.5}})
-    loaded, meta = load_model_dir(tmp_path / "m")
-    assert meta["classes"] == classes and meta["backbone"] == "tiny" and meta["metrics"]["test_accuracy"] == 0.5
+    save_model_dir(model, tmp_path / "m", classes, metrics={"test_accuracy": 0.5})
+    loaded, card = load_model_dir(tmp_path / "m")
+    assert card.classes == classes and card.backbone == "tiny" and card.metrics["test_accuracy"] == 0.5
     batch = torch.randn(4, 3, 64, 64)
     with torch.inference_mode():
         assert torch.equal(model(batch), loaded(batch))
@@ -186,7 +185,7 @@ def _models_folder(root: Path) -> Path:
     torch.manual_seed(0)
     for version in ("v1", "v2"):
         model = build_classifier("tiny", "none", num_classes=3, hidden_size=16, dropout=0.0).eval()
-        save_model_dir(model, root / "smoke" / version, ["A", "B", "nothing"], {"version": version})
+        save_model_dir(model, root / "smoke" / version, ["A", "B", "nothing"], version=version)
     (root / "smoke" / "v2" / "eval").mkdir()
     (root / "smoke" / "v2" / "eval" / "report.md").write_text("# report\n")
     (root / "smoke" / "latest").write_text("v2\n")
@@ -262,10 +261,9 @@ def test_pretrained_features_separate_real_asl_classes_far_better_than_random(as
         with torch.inference_mode():
             features = torch.cat([backbone(torch.from_numpy(images[i:i + 64])) for i in range(0, len(images), 64)]).numpy()
         head = build_head(features.shape[1], len(index.classes), 256, 0.0)
-        hp = HeadHyperparams(lr=3e-3, batch_size=32)
-        for _ in fit_head(head, (features[train_mask], labels[train_mask]), (features[~train_mask], labels[~train_mask]), hp, 40):
-            pass
-        return evaluate_head(head, features[~train_mask], labels[~train_mask])[1]
+        history = train_head(head, (features[train_mask], labels[train_mask]), (features[~train_mask], labels[~train_mask]),
+                             lr=3e-3, batch_size=32, epochs=40)
+        return history[-1]["val_accuracy"]
 
     pretrained, random_init = probe_accuracy("imagenet"), probe_accuracy("none")
     print(f"linear probe on asl-alphabet: pretrained {pretrained:.3f}, random {random_init:.3f}")

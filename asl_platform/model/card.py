@@ -1,0 +1,157 @@
+"""The model card: one typed record of what a model folder holds (``model.json``), read and written
+only here, and rendered for people as the folder's ``README.md``.
+
+Every reader (loading, serving, batch inference, evaluation, warm starts) takes a ``ModelCard``, so
+a field is spelled once and a folder written by an older version is upgraded on load (or refused
+with a clear error when it is newer than this code).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from asl_platform.data import Preprocessing
+from asl_platform.errors import UserError
+
+CARD_FILE = "model.json"
+FORMAT_VERSION = 2
+
+
+class ModelCardError(UserError):
+    """A ``model.json`` that cannot be read: not JSON, a format from a newer asl-platform, or a field wrong."""
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PreprocessingCard(_Record):
+    """What serving and batch inference must do to an image before the model sees it."""
+
+    image_size: int = Field(ge=1)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.image_size, self.mean, self.std)
+
+    @classmethod
+    def of(cls, prep: Preprocessing) -> PreprocessingCard:
+        return cls(image_size=prep.image_size, mean=prep.mean, std=prep.std)
+
+
+class HeadCard(_Record):
+    hidden_size: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+
+
+class DataCard(_Record):
+    """Where the training images came from and how they were split."""
+
+    root: str | None = None
+    layout: str | None = None
+    split: dict[str, int] = Field(default_factory=dict)
+    smoke_set: bool = False
+    skipped_files: int = 0
+
+
+class ModelCard(_Record):
+    format_version: int = FORMAT_VERSION
+    version: str | None = Field(default=None, description="v<N> inside its models folder")
+    created: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    backbone: str
+    weights: str = Field(default="imagenet", description="the backbone's starting weights")
+    classes: list[str] = Field(min_length=2)
+    preprocessing: PreprocessingCard
+    head: HeadCard
+    unfreeze_last_stage: bool = False
+    metrics: dict[str, float | int] = Field(default_factory=dict)
+    data: DataCard | None = None
+    checkpoint: str | None = Field(default=None, description="the Ray Train checkpoint the weights come from")
+    config: dict[str, Any] | None = Field(default=None, description="the resolved training config")
+
+    @property
+    def prep(self) -> Preprocessing:
+        return self.preprocessing.to_preprocessing()
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CARD_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ModelCard:
+        path = Path(directory) / CARD_FILE
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{directory} is not a model directory (no {CARD_FILE})") from None
+        except ValueError as exc:
+            raise ModelCardError(f"{path} is not valid JSON: {exc}") from None
+        return cls.from_json_dict(raw, str(path))
+
+    @classmethod
+    def from_json_dict(cls, raw: Any, source: str = CARD_FILE) -> ModelCard:
+        if not isinstance(raw, dict):
+            raise ModelCardError(f"{source} must hold a JSON object")
+        version = raw.get("format_version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelCardError(f"{source} has format_version {version!r}; this asl-platform reads up to "
+                                 f"{FORMAT_VERSION}: upgrade asl-platform to load it")
+        if version < FORMAT_VERSION:
+            raw = _upgrade_v1(raw)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ModelCardError(f"{source} is not a valid model card: {problems}") from None
+
+
+def _upgrade_v1(raw: dict) -> dict:
+    """Format 1 (until 2026-12) was an untyped dict: the pipeline also wrote ``hyperparameters`` and
+    ``last_stage`` (both also inside ``config``) and ``train`` wrote ``training.checkpoint``."""
+    training = raw.get("training")
+    checkpoint = training.get("checkpoint") if isinstance(training, dict) else None
+    raw = {k: v for k, v in raw.items() if k not in ("hyperparameters", "last_stage", "training")}
+    return {**raw, "format_version": FORMAT_VERSION, **({"checkpoint": checkpoint} if checkpoint else {})}
+
+
+def write_readme(directory: str | Path, card: ModelCard | None = None) -> Path:
+    """A short human-readable README.md next to the weights, from the card. In-domain and
+    cross-domain accuracy stand side by side: the second is what a new user should expect."""
+    directory = Path(directory)
+    card = card or ModelCard.load(directory)
+    prep, data = card.preprocessing, card.data or DataCard()
+    lines = [
+        f"# ASL alphabet recogniser {card.version or ''}".rstrip(),
+        "",
+        f"- **Backbone**: `{card.backbone}` ({card.weights} weights), "
+        f"head: two fully connected layers (hidden {card.head.hidden_size}, dropout {card.head.dropout:.2f})",
+        f"- **Classes** ({len(card.classes)}): {', '.join(card.classes)}",
+        f"- **Input**: RGB, resized to {prep.image_size}px, normalised with mean {list(prep.mean)} and std {list(prep.std)}",
+        f"- **Trained on**: `{data.root or '?'}`" + (" (synthetic smoke set: not a real ASL model)" if data.smoke_set else ""),
+        f"- **Created**: {card.created}",
+        "",
+        "## Metrics",
+        "",
+    ]
+    lines += [f"- {key}: {value:.4f}" if isinstance(value, float) else f"- {key}: {value}" for key, value in card.metrics.items()]
+    lines += [
+        "",
+        "## Intended use and limits",
+        "",
+        "Classifies a single image of one hand signing a letter of the ASL fingerspelling alphabet (plus",
+        "`del`, `nothing`, `space`). Accuracy on other people, lighting and backgrounds (cross-domain) is",
+        "lower than on the training distribution; see the cross-domain metric above when present. J and Z",
+        "are moving signs, seen here as a single frame. Not a sign-language translator.",
+        "",
+        "Load with `asl_platform.model.Predictor(<this folder>)`; weights are safetensors (no code runs on load).",
+    ]
+    path = directory / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

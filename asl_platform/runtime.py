@@ -1,0 +1,28 @@
+"""Starting (or joining) Ray: the one place every command that needs a cluster goes through.
+
+Kept apart from training and serving so that starting a server imports nothing of the training stack.
+"""
+
+from __future__ import annotations
+
+import os
+
+from asl_platform.config import Config
+
+
+def init_ray(cfg: Config | None = None, worker_logs: bool = True) -> None:
+    """Connect to the cluster in RAY_ADDRESS (ray job submit sets it), else start a local Ray.
+
+    Worker log lines are forwarded to the driver (``worker_logs``): that is how the epoch lines that
+    rank 0 of a Ray Train run logs reach the user's terminal.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Ray Train polls its workers at this interval; the 2 s default dominates short epochs.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=worker_logs)
+    else:
+        ray.init(num_cpus=cfg.run.num_cpus if cfg else None, include_dashboard=False, configure_logging=False, log_to_driver=worker_logs)

@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from asl_platform.config import Config, ConfigError, builtin_config_path, load_config
+from asl_platform.config import Config, builtin_config_path, load_config
+from asl_platform.errors import UserError
 
 logger = logging.getLogger("asl_platform")
 
@@ -37,7 +38,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from asl_platform.pipeline import format_summary, run_pipeline
 
     cfg = resolve_config(args)
-    result = run_pipeline(cfg, worker_logs=args.verbose)
+    result = run_pipeline(cfg)
     print(format_summary(result, smoke=cfg.data.root is None))
     return 0
 
@@ -45,7 +46,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from asl_platform.pipeline import run_tune
 
-    best_config_path, rows = run_tune(resolve_config(args), resume=args.resume, worker_logs=args.verbose)
+    best_config_path, rows = run_tune(resolve_config(args), resume=args.resume)
     done = [row for row in rows if "best_val_loss" in row]
     print(f"\n{len(done)}/{len(rows)} trials finished; best val accuracy "
           f"{done[0]['best_val_accuracy']:.2%} (val loss {done[0]['best_val_loss']:.4f})" if done else "no trial finished")
@@ -56,7 +57,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from asl_platform.pipeline import run_train
 
-    summary = run_train(resolve_config(args), worker_logs=args.verbose)
+    summary = run_train(resolve_config(args))
     metrics = summary["metrics"]
     print(f"\nmodel: {summary['model_dir']}")
     for key in ("test_accuracy", "cross_domain_accuracy", "val_accuracy"):
@@ -89,7 +90,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from asl_platform.serve import start
+    from asl_platform.serving.deployments import start
 
     start(resolve_config(args, {"serve.model": args.model}))
     return 0
@@ -198,12 +199,9 @@ def setup_logging(verbose: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from asl_platform.data import DataError
-    from asl_platform.model import WeightsUnavailableError
-
     try:
         return args.handler(args)
-    except (ConfigError, DataError, WeightsUnavailableError, FileNotFoundError) as exc:  # the user's to fix
+    except (UserError, FileNotFoundError) as exc:  # the user's to fix: a config, a path, the data, missing weights
         logger.error("%s", exc, exc_info=args.verbose)  # -v shows where, e.g. for a FileNotFoundError
         return 2
 

@@ -2,7 +2,7 @@
 
 Same images, same model, same augmentation, same batch size, in one run:
 
-1. Ray Train: ``asl_platform.train.train_on_images`` (1 worker; Ray Data decodes and augments on
+1. Ray Train: ``asl_platform.training.trainer.run_training`` (1 worker; Ray Data decodes and augments on
    the remaining CPUs), images/s of the last epoch (the first warms up);
 2. a plain single-process PyTorch loop: read, decode, augment, preprocess and train inline.
 
@@ -19,19 +19,20 @@ import argparse
 import json
 import logging
 import os
-import random
 import tempfile
 import time
 from pathlib import Path
 
 import ray
 import torch
-from torch import nn
 
-from asl_platform.config import load_config
-from asl_platform.data import augment_image, list_images, load_image, preprocess_images, stratified_split
-from asl_platform.model import build_classifier, get_backbone_spec
-from asl_platform.train import HeadHyperparams, make_optimizer, train_on_images
+from asl_platform.config import Config, load_config
+from asl_platform.data import list_images, stratified_split
+from asl_platform.model import get_backbone_spec
+from asl_platform.training import setup
+from asl_platform.training.loop import train_one_epoch
+from asl_platform.training.sources import FileBatches
+from asl_platform.training.trainer import run_training
 
 logger = logging.getLogger("bench.train")
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "asl-alphabet"
@@ -50,28 +51,17 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def plain_loop_images_per_second(paths: list[str], labels: list[int], backbone: str, batch_size: int) -> float:
-    """One epoch of the simplest single-process loop doing the same work as a Ray Train worker."""
+def plain_loop_images_per_second(paths: list[str], labels: list[int], cfg: Config) -> float:
+    """One epoch of the simplest single-process loop doing the same work as a Ray Train worker: the
+    platform's own ``train_one_epoch`` over files read, decoded and augmented inline."""
     torch.set_num_threads(os.cpu_count() or 1)
-    weights = "none" if backbone == "resnet50" else ("imagenet" if backbone != "tiny" else "none")
-    model = build_classifier(backbone, weights, 29, 128, 0.2)
-    optimizer = make_optimizer(model, HeadHyperparams(batch_size=batch_size))
-    prep = get_backbone_spec(backbone).preprocessing
-    rng = random.Random(0)
-    order = list(range(len(paths)))
-    rng.shuffle(order)
-    model.train()
-    started = time.perf_counter()
-    for start in range(0, len(order), batch_size):
-        chosen = order[start:start + batch_size]
-        images = [augment_image(load_image(paths[i], draft_size=prep.image_size), rng) for i in chosen]
-        x = torch.from_numpy(preprocess_images(images, prep))
-        y = torch.tensor([labels[i] for i in chosen])
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return len(order) / (time.perf_counter() - started)
+    torch.manual_seed(0)
+    model = setup.build_model(cfg, "images", 29)
+    optimizer = setup.make_optimizer(model, cfg)
+    prep = get_backbone_spec(cfg.model.backbone).preprocessing
+    batches = FileBatches(paths, labels, prep, cfg.train.batch_size, torch.device("cpu"), shuffle=True, augment=True)
+    stats = train_one_epoch(model, optimizer, batches.batches(1))
+    return stats["images"] / stats["seconds"]
 
 
 def main() -> None:
@@ -82,16 +72,17 @@ def main() -> None:
     weights = "none" if args.backbone in ("resnet50", "tiny") else "imagenet"
     index = stratified_split(list_images(args.data, max_per_class=args.per_class, seed=3), 0.1, 0.0, seed=3)
     train_index, val_index = index.subset("train"), index.subset("val")
-    cfg = load_config(None, [f"model.backbone={args.backbone}", f"model.weights={weights}", "model.hidden_size=128",
-                             f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}",
-                             f"train.early_stopping_patience={args.epochs}", "train.augment=true"])
-
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     with tempfile.TemporaryDirectory() as tmp:
-        trained = train_on_images(train_index, val_index, index.classes, cfg.model, cfg.train, cfg.data, tmp, "bench")
-    ray.shutdown()
+        cfg = load_config(None, [f"model.backbone={args.backbone}", f"model.weights={weights}", "model.hidden_size=128",
+                                 f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}",
+                                 f"train.early_stopping_patience={args.epochs}", "train.augment=true",
+                                 f"run.storage_path={tmp}"])
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        trained = run_training(cfg, "images", len(index.classes), "bench",
+                               index={"train": train_index, "val": val_index})
+        ray.shutdown()
     ray_rate = trained.history[-1]["images_per_second"]
-    plain_rate = plain_loop_images_per_second(train_index.paths, train_index.labels, args.backbone, args.batch_size)
+    plain_rate = plain_loop_images_per_second(train_index.paths, train_index.labels, cfg)
 
     figures = {
         "cpus": os.cpu_count(), "backbone": args.backbone, "train_images": len(train_index), "batch_size": args.batch_size,

@@ -17,7 +17,6 @@ val accuracy >= 97%); a benchmark, not a test. Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -30,12 +29,14 @@ import numpy as np
 import ray
 import torch
 
-from asl_platform.config import TuneConfig
+from asl_platform.config import Config, load_config
 from asl_platform.data import list_images, stratified_split
 from asl_platform.features import extract_features
-from asl_platform.model import build_classifier
-from asl_platform.train import HeadHyperparams, make_optimizer
-from asl_platform.tune import fit_on_images, run_search
+from asl_platform.model import get_backbone_spec
+from asl_platform.training import setup
+from asl_platform.training.loop import EarlyStopping, TrainingState, fit
+from asl_platform.training.search import run_search, searched_values
+from asl_platform.training.sources import FileBatches
 
 logger = logging.getLogger("bench.tune")
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "asl-alphabet"
@@ -58,16 +59,18 @@ def split_files(index, split: str) -> tuple[list[str], list[int]]:
     return [index.paths[i] for i in chosen], [index.labels[i] for i in chosen]
 
 
-def time_recompute_epoch(index, per_class: int) -> float:
+def time_recompute_epoch(index, per_class: int, cfg: Config) -> float:
     """Seconds per image of one full-image epoch (train step on train images, eval on val images),
-    with the backbone frozen as in the search: the cost the feature cache removes."""
+    with the backbone frozen as in the search: the cost the feature cache removes. It runs what a
+    full-image trial runs: ``loop.fit`` over files decoded in-process."""
     torch.set_num_threads(os.cpu_count() or 1)
     subset = stratified_split(list_images(index.root, max_per_class=per_class, seed=1), 0.5, 0.0, seed=1)
     train, val = split_files(subset, "train"), split_files(subset, "val")
-    model = build_classifier(BACKBONE, WEIGHTS, len(subset.classes), 256, 0.2)
-    hp = HeadHyperparams(batch_size=64)
+    model = setup.build_model(cfg, "images", len(subset.classes))
+    prep, cpu = get_backbone_spec(BACKBONE).preprocessing, torch.device("cpu")
     started = time.perf_counter()
-    for _ in fit_on_images(model, make_optimizer(model, hp), train, val, hp.batch_size, 1, augment=False, seed=0):
+    for _ in fit(model, setup.make_optimizer(model, cfg), FileBatches(*train, prep, 64, cpu, shuffle=True),
+                 FileBatches(*val, prep, 64, cpu), epochs=1, state=TrainingState(EarlyStopping(None))):
         pass
     seconds = time.perf_counter() - started
     images = len(train[0]) + len(val[0])
@@ -89,15 +92,18 @@ def main() -> None:
         table = extract_features(index, BACKBONE, WEIGHTS, Path(tmp) / "cache")
         extraction = time.perf_counter() - started
         splits = np.asarray(index.splits)
-        data = {"train": table.take(splits == "train"), "val": table.take(splits == "val"), "num_classes": len(index.classes)}
-        cfg = TuneConfig(num_samples=args.samples, max_epochs=args.max_epochs, grace_period=2, reduction_factor=3)
+        data = {"kind": "features", "train": table.take(splits == "train"), "val": table.take(splits == "val"),
+                "num_classes": len(index.classes)}
+        cfg = load_config(None, [f"model.backbone={BACKBONE}", f"model.weights={WEIGHTS}", "model.hidden_size=256",
+                                 f"tune.num_samples={args.samples}", f"tune.max_epochs={args.max_epochs}",
+                                 "tune.grace_period=2", "tune.reduction_factor=3", f"run.storage_path={Path(tmp) / 'ray'}"])
         started = time.perf_counter()
-        best, rows, _ = run_search(data, cfg, str(Path(tmp) / "ray"), "bench")
+        best, rows, _ = run_search(data, cfg, "bench")
         search = time.perf_counter() - started
     ray.shutdown()
 
     epochs_run = sum(row.get("epochs", 0) for row in rows)
-    per_image = time_recompute_epoch(index, args.recompute_per_class)
+    per_image = time_recompute_epoch(index, args.recompute_per_class, cfg)
     recompute = epochs_run * per_image * (len(train_files[0]) + len(val_files[0]))
     whole = extraction + search
     figures = {
@@ -107,7 +113,7 @@ def main() -> None:
         "feature_extraction_s": round(extraction, 1), "search_s": round(search, 1), "whole_search_s": round(whole, 1),
         "recompute_s_extrapolated": round(recompute, 1), "speedup_vs_recompute": round(recompute / whole, 1),
         "best_val_accuracy": rows[0]["best_val_accuracy"], "best_val_loss": rows[0]["best_val_loss"],
-        "best_hyperparameters": dataclasses.asdict(best),
+        "best_hyperparameters": searched_values(best.model_dump()),
     }
     width = 58
     print("\n" + "=" * 78)

@@ -96,8 +96,8 @@ def test_pipeline_with_unfreeze_last_stage_trains_and_exports_the_last_stage(tmp
     metrics = summary["metrics"]
     assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 8
     model_dir = Path(summary["model_dir"])
-    model, meta = load_model_dir(model_dir)
-    assert meta["unfreeze_last_stage"] is True and meta["last_stage"]["lr_factor"] == 0.3
+    model, card = load_model_dir(model_dir)
+    assert card.unfreeze_last_stage is True and card.config["train"]["last_stage_lr_factor"] == 0.3
 
     # The trunk is the pretrained one the activations came from; the last stage was trained.
     trunk, tail = split_backbone("tiny", build_backbone("tiny", "none"))

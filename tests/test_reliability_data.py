@@ -194,7 +194,7 @@ def test_train_finishes_exports_a_model_and_lists_every_bad_file(ray_local, faul
     split = stratified_split(list_images(str(faulty.root)), 0.25, 0.25, cfg.data.seed)
     readable_train = [p for p, s in zip(split.paths, split.splits) if s == "train" and p not in faulty.bad]
     assert set(readable_train) & set(faulty.wrong_mode)
-    state = torch.load(Path(meta["training"]["checkpoint"]) / "state.pt", map_location="cpu", weights_only=True)["state"]
+    state = torch.load(Path(meta["checkpoint"]) / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert [row["train_images"] for row in state["history"]] == [len(readable_train)] * len(state["history"])
     test_files = set((version / "test_split.txt").read_text().split())
 

@@ -11,17 +11,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import yaml
 
-from asl_platform.config import TuneConfig, load_config
+from asl_platform.config import load_config
 from asl_platform.data import Preprocessing, list_images
 from asl_platform.features import extract_features
 from asl_platform.model import BACKBONES
 from asl_platform.synthetic import make_smoke_dataset
-from asl_platform.tune import run_search, write_results
+from asl_platform.training.search import run_search, searched_values, write_results
 
 
 def _blobs(n_per_class: int, classes: int, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -33,8 +34,11 @@ def _blobs(n_per_class: int, classes: int, dim: int = 16, seed: int = 0) -> tupl
 
 def test_asha_stops_trials_early_and_the_best_config_round_trips(ray_local, tmp_path):
     train, val = _blobs(30, 5, seed=0), _blobs(10, 5, seed=1)
-    cfg = TuneConfig(num_samples=8, max_epochs=9, grace_period=1, reduction_factor=3, seed=3)
-    best, rows, _ = run_search({"train": train, "val": val, "num_classes": 5}, cfg, str(tmp_path / "ray"))
+    cfg = load_config(None, ["model.backbone=tiny", "model.weights=none", "tune.num_samples=8", "tune.max_epochs=9",
+                             "tune.grace_period=1", "tune.reduction_factor=3", "tune.seed=3",
+                             f"run.storage_path={tmp_path / 'ray'}"])
+    best_config, rows, _ = run_search({"kind": "features", "train": train, "val": val, "num_classes": 5}, cfg)
+    best = SimpleNamespace(**searched_values(best_config.model_dump()))  # lr, eps, ..., dropout
 
     assert len(rows) == 8
     assert any(row["stopped_early"] for row in rows), rows
@@ -42,8 +46,8 @@ def test_asha_stops_trials_early_and_the_best_config_round_trips(ray_local, tmp_
     assert rows[0]["best_val_loss"] == min(row["best_val_loss"] for row in rows)
     assert best.lr == pytest.approx(rows[0]["lr"]) and best.batch_size == rows[0]["batch_size"]
 
-    base = load_config(None, ["model.backbone=tiny", "model.weights=none"])
-    path = write_results(rows, best, base, tmp_path / "out")
+    assert best_config.model.backbone == "tiny" and best_config.tune == cfg.tune  # the rest of the config is the run's
+    path = write_results(rows, best_config, tmp_path / "out")
     reloaded = load_config(path)  # usable directly as --config
     assert reloaded.train.lr == pytest.approx(best.lr) and reloaded.train.eps == pytest.approx(best.eps)
     assert reloaded.train.weight_decay == pytest.approx(best.weight_decay)
@@ -135,9 +139,10 @@ def test_full_image_trials_run_the_backbone_with_augmentation(ray_local, tmp_pat
     (root / "A" / "broken.png").write_bytes(b"not an image")  # skipped by the trial, not a crash
     files["train"][0].append(str(root / "A" / "broken.png"))
     files["train"][1].append(0)
-    data = {"train_files": files["train"], "val_files": files["val"], "num_classes": 3,
-            "backbone": "tiny", "weights": "none", "unfreeze_last_stage": True}
-    cfg = TuneConfig(mode="images", num_samples=2, max_epochs=2, grace_period=1, batch_size=[4], hidden_size=[8])
-    best, rows, _ = run_search(data, cfg, str(tmp_path / "ray"))
+    data = {"kind": "images", "train_files": files["train"], "val_files": files["val"], "num_classes": 3}
+    cfg = load_config(None, ["model.backbone=tiny", "model.weights=none", "model.unfreeze_last_stage=true",
+                             "tune.mode=images", "tune.num_samples=2", "tune.max_epochs=2", "tune.grace_period=1",
+                             "tune.batch_size=[4]", "tune.hidden_size=[8]", f"run.storage_path={tmp_path / 'ray'}"])
+    best, rows, _ = run_search(data, cfg)
     assert len(rows) == 2 and all("best_val_loss" in row and row["epochs"] >= 1 for row in rows), rows
-    assert 0.0 <= rows[0]["best_val_accuracy"] <= 1.0 and best.batch_size == 4
+    assert 0.0 <= rows[0]["best_val_accuracy"] <= 1.0 and best.train.batch_size == 4

@@ -95,7 +95,7 @@ def test_two_workers_survive_a_killed_worker_and_export_a_valid_model(tmp_path):
 
 
 def _loop_killing_a_worker_mid_epoch(fault_dir: Path, kill_rank: int, kill_epoch: int, after_batches: int):
-    """The real worker loop (``_image_train_loop``) with its train shard wrapped: each epoch's start is
+    """The real worker loop (``train_loop_per_worker``) with its train shard wrapped: each epoch's start is
     logged (pid, rank, epoch), and rank ``kill_rank`` SIGKILLs its own process after ``after_batches``
     training steps of epoch ``kill_epoch``, once (a marker file). Self-contained, because Ray pickles
     it by value to the workers, where this test module cannot be imported."""
@@ -110,13 +110,13 @@ def _loop_killing_a_worker_mid_epoch(fault_dir: Path, kill_rank: int, kill_epoch
         import ray.train
         import torch
 
-        from asl_platform.train import _image_train_loop
+        from asl_platform.training.worker import train_loop_per_worker
 
         rank, epoch = ray.train.get_context().get_world_rank(), 1
         checkpoint = ray.train.get_checkpoint()
         if checkpoint:
             with checkpoint.as_directory() as directory:
-                epoch = torch.load(Path(directory) / "state.pt", weights_only=True)["state"]["epoch"] + 1
+                epoch = torch.load(Path(directory) / "checkpoint.pt", weights_only=True)["epoch"] + 1
         log, marker = Path(fault_dir) / "epochs.jsonl", Path(fault_dir) / "killed.json"
 
         class Shard:
@@ -136,7 +136,7 @@ def _loop_killing_a_worker_mid_epoch(fault_dir: Path, kill_rank: int, kill_epoch
 
         real = ray.train.get_dataset_shard
         ray.train.get_dataset_shard = lambda name: Shard(real(name)) if name == "train" else real(name)
-        _image_train_loop(config)
+        train_loop_per_worker(config)
 
     return loop
 
@@ -146,12 +146,12 @@ def test_a_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_local, t
     """SIGKILL one of two workers after 2 of its ~4 steps in epoch 2: the driver goes on untouched, the
     worker group restarts from epoch 1's checkpoint, runs epochs 2 and 3 once each, and the exported
     model predicts what its test report says."""
-    import asl_platform.train
+    import asl_platform.training.trainer
     from asl_platform.config import load_config
     from asl_platform.pipeline import run_train
 
     epochs, driver = 3, os.getpid()
-    monkeypatch.setattr(asl_platform.train, "_image_train_loop",
+    monkeypatch.setattr(asl_platform.training.trainer, "train_loop_per_worker",
                         _loop_killing_a_worker_mid_epoch(tmp_path, kill_rank=1, kill_epoch=2, after_batches=2))
     root = make_smoke_dataset(tmp_path / "data", per_class=24, classes=["A", "B", "C", "space"])
     cfg = load_config(None, [
@@ -180,7 +180,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_local, t
     model = build_classifier("tiny", "none", 4, 16, 0.0)
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     head = {name for name, p in model.named_parameters() if p.requires_grad}
-    checkpoints = list((tmp_path / "asl_runs" / "midepoch" / "ray").glob("train-*/checkpoint_*/state.pt"))
+    checkpoints = list((tmp_path / "asl_runs" / "midepoch" / "ray").glob("train-*/checkpoint_*/checkpoint.pt"))
     assert checkpoints and frozen and head
     for path in checkpoints:
         saved = set(torch.load(path, weights_only=True)["model"])
@@ -202,11 +202,11 @@ def test_versioned_exports_and_latest_pointer(tmp_path):
     torch.manual_seed(0)
     first = build_classifier("tiny", "none", 3, 8, 0.0).eval()
     v1 = next_version_dir(models)
-    save_model_dir(first, v1, ["A", "B", "C"], {"version": v1.name})
+    save_model_dir(first, v1, ["A", "B", "C"], version=v1.name)
     mark_latest(v1)
     v2 = next_version_dir(models)
     assert (v1.name, v2.name) == ("v1", "v2")
-    save_model_dir(build_classifier("tiny", "none", 3, 8, 0.0), v2, ["A", "B", "C"], {"version": v2.name})
+    save_model_dir(build_classifier("tiny", "none", 3, 8, 0.0), v2, ["A", "B", "C"], version=v2.name)
     assert resolve_model_dir(models) == v1  # v2 is not 'latest' until it is marked complete
     mark_latest(v2)
     assert resolve_model_dir(models) == v2 and (models / "v1" / "model.safetensors").is_file()
@@ -220,35 +220,35 @@ def test_versioned_exports_and_latest_pointer(tmp_path):
 
 def test_too_many_worker_cpus_is_a_clear_error(ray_local, tmp_path):
     from asl_platform.config import load_config
-    from asl_platform.data import DataError
-    from asl_platform.train import train_on_images
+    from asl_platform.errors import UserError
+    from asl_platform.training.trainer import run_training
 
     root = make_smoke_dataset(tmp_path / "data", per_class=3, classes=["A", "B"])
     index = stratified_split(list_images(str(root)), 0.34, 0.0, 0)
-    cfg = load_config(None, ["model.backbone=tiny", "model.weights=none", "train.num_workers=2"])
-    with pytest.raises(DataError, match="leave at least one CPU for Ray Data"):
-        train_on_images(index.subset("train"), index.subset("val"), index.classes, cfg.model, cfg.train, cfg.data,
-                        str(tmp_path / "ray"), "too-big")
+    cfg = load_config(None, ["model.backbone=tiny", "model.weights=none", "train.num_workers=2",
+                             f"run.storage_path={tmp_path / 'ray'}"])
+    with pytest.raises(UserError, match="leave at least one CPU for Ray Data"):
+        run_training(cfg, "images", 2, "too-big", index={"train": index.subset("train"), "val": index.subset("val")})
 
 
 def test_warm_start_model_must_match_the_run(ray_local, tmp_path):
     from asl_platform.config import load_config
-    from asl_platform.data import DataError
+    from asl_platform.errors import UserError
     from asl_platform.model import build_classifier, save_model_dir
-    from asl_platform.train import train_on_images
+    from asl_platform.training.trainer import run_training
 
     root = make_smoke_dataset(tmp_path / "data", per_class=3, classes=["A", "B"])
     index = stratified_split(list_images(str(root)), 0.34, 0.0, 0)
-    save_model_dir(build_classifier("tiny", "none", 2, 8, 0.0), tmp_path / "old", ["A", "B"], {})
+    save_model_dir(build_classifier("tiny", "none", 2, 8, 0.0), tmp_path / "old", ["A", "B"])
     cfg = load_config(None, ["model.backbone=tiny", "model.weights=none", "model.hidden_size=16",
-                             f"train.init_from={tmp_path / 'old'}"])
-    with pytest.raises(DataError, match="hidden_size differ"):
-        train_on_images(index.subset("train"), index.subset("val"), index.classes, cfg.model, cfg.train, cfg.data,
-                        str(tmp_path / "ray"), "warm")
+                             f"train.init_from={tmp_path / 'old'}", "train.cpus_per_worker=0.5",
+                             f"run.storage_path={tmp_path / 'ray'}"])
+    with pytest.raises(UserError, match="hidden_size differ"):
+        run_training(cfg, "images", 2, "warm", index={"train": index.subset("train"), "val": index.subset("val")})
 
 
-def _retrain_loop_failing_once(fault_dir: Path, fail_after_epoch: int):
-    """The real ``_retrain_loop`` with ``ray.train.report`` wrapped: every report is logged (pid, epoch),
+def _loop_failing_once(fault_dir: Path, fail_after_epoch: int):
+    """The real ``train_loop_per_worker`` with ``ray.train.report`` wrapped: every report is logged (pid, epoch),
     and right after reporting epoch ``fail_after_epoch`` the worker raises, once (a marker file).
     Self-contained: Ray pickles it by value to the workers, where this module cannot be imported."""
     fault_dir = str(fault_dir)
@@ -261,7 +261,7 @@ def _retrain_loop_failing_once(fault_dir: Path, fail_after_epoch: int):
 
         import ray.train
 
-        from asl_platform.train import _retrain_loop
+        from asl_platform.training.worker import train_loop_per_worker
 
         log, marker = Path(fault_dir) / "epochs.jsonl", Path(fault_dir) / "failed"
         real = ray.train.report
@@ -276,7 +276,7 @@ def _retrain_loop_failing_once(fault_dir: Path, fail_after_epoch: int):
                 raise RuntimeError("injected worker failure")
 
         ray.train.report = report
-        _retrain_loop(config)
+        train_loop_per_worker(config)
 
     return loop
 
@@ -285,33 +285,42 @@ def test_last_stage_retrain_checkpoints_tail_and_head_only_and_resumes(ray_local
     """Retraining the last stage on trunk activations: a worker failure after epoch 2 resumes from its
     checkpoint (epochs 3.. run once each), checkpoints hold the last stage + head (never the frozen
     trunk), and the result is the best epoch's last stage + head."""
-    import asl_platform.train
-    from asl_platform.model import build_backbone, split_backbone
-    from asl_platform.train import HeadHyperparams, LastStageClassifier, LastStageOptions, retrain_head
+    import asl_platform.training.trainer
+    from asl_platform.config import load_config
+    from asl_platform.model import LastStageClassifier, build_backbone, split_backbone
+    from asl_platform.training.trainer import run_training
 
-    monkeypatch.setattr(asl_platform.train, "_retrain_loop", _retrain_loop_failing_once(tmp_path, fail_after_epoch=2))
+    monkeypatch.setattr(asl_platform.training.trainer, "train_loop_per_worker",
+                        _loop_failing_once(tmp_path, fail_after_epoch=2))
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 96)
     activations = (rng.random((96, 32, 16, 16)) + labels[:, None, None, None] * 0.3).astype(np.float32)
     train, val = (activations[:64], labels[:64]), (activations[64:], labels[64:])
-    options = LastStageOptions("tiny", "none", lr_factor=0.5, patience=10)
-    model, metrics = retrain_head(train, val, 3, HeadHyperparams(lr=3e-3, batch_size=16, hidden_size=8), 4,
-                                  str(tmp_path / "ray"), "last-stage", last_stage=options)
+    cfg = load_config(None, [
+        "model.backbone=tiny", "model.weights=none", "model.unfreeze_last_stage=true", "model.hidden_size=8",
+        "train.lr=3e-3", "train.batch_size=16", "train.epochs=4", "train.last_stage_lr_factor=0.5",
+        "train.early_stopping_patience=10", f"run.storage_path={tmp_path / 'ray'}",
+    ])
+    trained = run_training(cfg, "activations", 3, "last-stage", arrays={"train": train, "val": val})
+    model, metrics = trained.model, trained.best_metrics
 
     assert isinstance(model, LastStageClassifier) and not model.training
-    assert metrics["epochs_run"] == 4 and 1 <= metrics["epoch"] <= 4
+    assert len(trained.history) == 4 and 1 <= metrics["epoch"] <= 4
     reports = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
     first = reports[0]["pid"]
     assert [r["epoch"] for r in reports if r["pid"] == first] == [1, 2]
     assert [r["epoch"] for r in reports if r["pid"] != first] == [3, 4]  # resumed, nothing run twice
 
     pretrained_tail = split_backbone("tiny", build_backbone("tiny", "none"))[1]
-    checkpoints = sorted((tmp_path / "ray" / "last-stage").glob("checkpoint_*/head.pt"))
+    checkpoints = sorted((tmp_path / "ray" / "last-stage").glob("checkpoint_*/checkpoint.pt"))
     assert checkpoints
     for path in checkpoints:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        assert set(saved) == {"head", "tail", "optimizer", "epoch", "early_stopping"}
-        assert set(saved["tail"]) == set(pretrained_tail.state_dict())  # the last stage only, not the trunk
+        assert set(saved) == {"model", "optimizer", "epoch", "early_stopping", "history"}  # the one format
+        tail = {key.removeprefix("tail.") for key in saved["model"] if key.startswith("tail.")}
+        assert tail == set(pretrained_tail.state_dict())  # the last stage only, not the trunk
+        assert all(key.startswith(("tail.", "head.")) for key in saved["model"])
+        assert [row["epoch"] for row in saved["history"]] == list(range(1, saved["epoch"] + 1))
         groups = saved["optimizer"]["param_groups"]  # the head at the searched lr, the last stage at lr x factor
         assert [len(g["params"]) for g in groups] == [4, 3]
         assert (groups[0]["lr"], groups[1]["lr"]) == pytest.approx((3e-3, 1.5e-3))
@@ -322,8 +331,7 @@ def test_last_stage_retrain_checkpoints_tail_and_head_only_and_resumes(ray_local
 
 
 def test_trained_state_leaves_out_the_frozen_backbone_and_loads_back_exactly():
-    from asl_platform.model import build_classifier
-    from asl_platform.train import load_trained_state, trained_state
+    from asl_platform.model import build_classifier, load_trained_state, trained_state
 
     torch.manual_seed(1)
     trained = build_classifier("tiny", "none", 3, 8, 0.0)

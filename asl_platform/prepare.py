@@ -1,0 +1,158 @@
+"""The stages every training command starts with: list and split the images, then extract
+(or reuse) cached backbone features, or decode every file once; every unreadable file is listed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from asl_platform.config import Config, ConfigError
+from asl_platform.data import DataError, ImageIndex, find_unreadable, list_images, stratified_split, summarize_errors
+from asl_platform.features import FeatureTable, extract_features, pool_activations
+from asl_platform.model import get_backbone_spec
+from asl_platform.runtime import init_ray
+from asl_platform.synthetic import make_smoke_dataset
+
+logger = logging.getLogger(__name__)
+
+
+class StageProgress:
+    """Logs '[n/N] stage' on entry and its duration on exit, so long runs show where they are."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str, what: str) -> Iterator[None]:
+        number = self.names.index(name) + 1
+        logger.info("[%d/%d] %s: %s", number, len(self.names), name, what)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        logger.info("[%d/%d] %s done in %.1fs", number, len(self.names), name, self.seconds[name])
+
+
+def write_skipped(unreadable: dict[str, str], path: Path) -> int:
+    """``skipped_files.csv`` (path, error) and a log line with the count and the first few: every
+    command that trains says which files it could not use, by path."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "error"])
+        writer.writerows(unreadable.items())
+    (logger.warning if unreadable else logger.info)(summarize_errors(unreadable.keys(), unreadable.values()))
+    return len(unreadable)
+
+
+@dataclass
+class PreparedData:
+    """The listed, split and (in features mode) featurised dataset that the later stages share."""
+
+    root: str
+    index: ImageIndex
+    split_counts: dict[str, int]
+    table: FeatureTable | None = None
+    unreadable: dict[str, str] = field(default_factory=dict)  # path -> error, as in skipped_files.csv
+    pooled: np.ndarray | None = None  # when ``table`` holds trunk activations: the frozen backbone's features
+
+    @property
+    def skipped(self) -> int:
+        return len(self.unreadable)
+
+    def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The split's pooled backbone features (what the head is tuned on)."""
+        mask = np.asarray(self.index.splits) == split
+        if self.pooled is not None:
+            keep = mask & self.table.valid
+            return self.pooled[keep], self.table.labels[keep]
+        return self.table.take(mask)
+
+    def activations(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The split's trunk activations (N, C, H, W), when extracted with ``activations=True``."""
+        if self.pooled is None:
+            raise ValueError("no trunk activations: prepare_data(..., activations=True) extracts them")
+        return self.table.take(np.asarray(self.index.splits) == split)
+
+    def readable(self, split: str) -> ImageIndex:
+        """The split's files less the unreadable ones (already reported: no need to decode them again)."""
+        return self.index.subset(split).without(self.unreadable)
+
+    def files(self, split: str) -> tuple[list[str], list[int]]:
+        subset = self.readable(split)
+        return subset.paths, subset.labels
+
+
+def start_run(cfg: Config) -> Path:
+    run_dir = cfg.run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    if cfg.data.val_fraction <= 0:
+        raise ConfigError("data.val_fraction: tuning and training select on the validation split: set it > 0")
+    return run_dir
+
+
+def prepare_data(
+    cfg: Config, progress: StageProgress, run_dir: Path, with_features: bool = True,
+    activations: bool = False,
+) -> PreparedData:
+    """Stages ingest, then features (extract or reuse backbone features) or, for training on images,
+    check (decode every file once); either way every unreadable file goes to skipped_files.csv.
+
+    ``activations``: cache the activations before the backbone's last stage instead (to train that
+    stage on them), and derive the pooled features from them by running the frozen last stage once."""
+    with progress.stage("ingest", "listing images and splitting train/val/test"):
+        root = cfg.data.root
+        if root is None:
+            root = str(make_smoke_dataset(Path(cfg.run.output_dir).resolve() / "smoke-data"))
+            logger.warning("no data.root given: using the synthetic SMOKE set in %s (not real ASL images)", root)
+        index = stratified_split(
+            list_images(root, cfg.data.max_images_per_class, cfg.data.seed),
+            cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed,
+        )
+        split_counts = {s: index.splits.count(s) for s in ("train", "val", "test")}
+        logger.info("%d classes; split %s", len(index.classes), split_counts)
+    init_ray(cfg)  # after listing, so a wrong --data fails at once
+    prepared = PreparedData(root, index, split_counts)
+    if with_features:
+        what = "activations before its last stage" if activations else "features"
+        with progress.stage("features", f"{cfg.model.backbone} {what} through a Ray Data actor pool"):
+            prepared.table = extract_features(
+                index, cfg.model.backbone, cfg.model.weights, Path(cfg.run.output_dir).resolve() / "cache" / "features",
+                batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu, max_bytes=cfg.data.max_image_bytes,
+                output="trunk" if activations else "features",
+            )
+            if activations:
+                started = time.perf_counter()
+                prepared.pooled = pool_activations(prepared.table.features, cfg.model.backbone, cfg.model.weights)
+                logger.info("activations %s per image; pooled features for tuning from the frozen last stage in %.1fs",
+                            "x".join(map(str, prepared.table.features.shape[1:])), time.perf_counter() - started)
+        prepared.unreadable = {str(p): str(e) for p, e in zip(prepared.table.paths, prepared.table.errors) if e}
+    else:
+        with progress.stage("check", "decoding every file once to list the unreadable ones"):
+            draft = get_backbone_spec(cfg.model.backbone).preprocessing.image_size  # as training decodes
+            prepared.unreadable = find_unreadable(index.paths, cfg.data.max_image_bytes, draft, cfg.data.batch_size)
+    write_skipped(prepared.unreadable, run_dir / "skipped_files.csv")
+    _require_trainable(prepared, run_dir)
+    return prepared
+
+
+def _require_trainable(prepared: PreparedData, run_dir: Path) -> None:
+    """Refuse, before any training starts, data with no readable validation image or a class with
+    no readable training image: the model could not be selected or could never predict that class."""
+    by_features = prepared.table is not None
+    train = prepared.features("train")[1] if by_features else np.asarray(prepared.files("train")[1])
+    val = prepared.features("val")[1] if by_features else prepared.files("val")[1]
+    if len(val) == 0:
+        raise DataError(f"no readable validation images (split sizes {prepared.split_counts}); "
+                        "add images or raise data.val_fraction")
+    untrained = [name for i, name in enumerate(prepared.index.classes) if not np.any(train == i)]
+    if untrained:
+        raise DataError(f"no readable training images for class(es) {', '.join(untrained)}; see {run_dir / 'skipped_files.csv'}")

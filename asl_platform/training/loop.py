@@ -1,0 +1,150 @@
+"""The one training loop, in the style of torchvision's ``references/classification``: one
+``train_one_epoch`` and one ``evaluate`` over any iterable of ``(inputs, labels)`` batches (cached
+features, cached trunk activations, image shards), one ``EarlyStopping``, and one checkpoint format.
+
+Tune trials, the pipeline's Ray Train retrain and ``asl-platform train`` all run ``fit``; they differ
+only in where batches come from (``training.sources``) and which model is built (``training.setup``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol
+
+import torch
+from torch import nn
+
+from asl_platform.model import load_trained_state, trained_state
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class BatchSource(Protocol):
+    """Where one epoch's batches come from; ``epoch`` numbers let a source reshuffle each epoch."""
+
+    def batches(self, epoch: int) -> Iterable[Batch]: ...
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def train_one_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], *,
+    label_smoothing: float = 0.0, amp: bool = False,
+) -> dict[str, float]:
+    """One pass over ``batches``; returns this worker's loss sum, images, and time spent waiting for data."""
+    model.train()
+    device_type = next(unwrap(model).parameters()).device.type
+    started = waiting_since = time.perf_counter()
+    waiting, loss_sum, images = 0.0, 0.0, 0
+    for inputs, labels in batches:
+        waiting += time.perf_counter() - waiting_since
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            loss = nn.functional.cross_entropy(model(inputs), labels, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(labels)
+        images += len(labels)
+        waiting_since = time.perf_counter()
+    return {"loss_sum": loss_sum, "images": images, "seconds": time.perf_counter() - started, "data_wait_seconds": waiting}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches: Iterable[Batch], *, amp: bool = False) -> dict[str, float]:
+    """Mean cross-entropy and accuracy over ``batches`` (NaN for no batches)."""
+    model.eval()
+    device_type = next(model.parameters()).device.type
+    loss_sum, correct, images = 0.0, 0, 0
+    for inputs, labels in batches:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(inputs).float()
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        images += len(labels)
+    if images == 0:
+        return {"loss": math.nan, "accuracy": math.nan, "images": 0}
+    return {"loss": loss_sum / images, "accuracy": correct / images, "images": images}
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` epochs without a lower validation loss (``None``: never)."""
+
+    patience: int | None
+    best_loss: float = math.inf
+    stale_epochs: int = 0
+    stopped: bool = False
+
+    def update(self, val_loss: float) -> bool:
+        """Record one epoch's validation loss; True when training should stop now."""
+        if val_loss < self.best_loss:
+            self.best_loss, self.stale_epochs = val_loss, 0
+        else:
+            self.stale_epochs += 1
+        self.stopped = self.patience is not None and self.stale_epochs >= self.patience
+        return self.stopped
+
+
+@dataclass
+class TrainingState:
+    """Everything besides weights that a resumed run needs: where it was, early stopping, the history."""
+
+    early_stopping: EarlyStopping
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState) -> Path:
+    """The one checkpoint format: what training changes (never the frozen backbone), the optimizer,
+    early stopping and the history (so a resumed run reports every epoch exactly once)."""
+    path = Path(directory) / CHECKPOINT_FILE
+    torch.save({"model": trained_state(unwrap(model)), "optimizer": optimizer.state_dict(), "epoch": state.epoch,
+                "early_stopping": asdict(state.early_stopping), "history": state.history}, path)
+    return path
+
+
+def read_checkpoint(directory: str | Path) -> dict:
+    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def restore(model: nn.Module, saved: dict) -> TrainingState:
+    """Load a checkpoint's weights into ``model`` (the optimizer's state is loaded by the caller,
+    once the model is on its device) and return the state to continue from."""
+    load_trained_state(unwrap(model), saved["model"])
+    return TrainingState(EarlyStopping(**saved["early_stopping"]), saved["epoch"], list(saved["history"]))
+
+
+def fit(
+    model: nn.Module, optimizer: torch.optim.Optimizer, train: BatchSource, val: BatchSource, *,
+    epochs: int, state: TrainingState, label_smoothing: float = 0.0, amp: bool = False,
+    reduce: Callable[[list[float]], list[float]] = lambda values: values,
+) -> Iterator[dict]:
+    """Train from ``state.epoch + 1`` to ``epochs``, yielding each epoch's metrics after updating
+    ``state`` (the caller reports and checkpoints). ``reduce`` sums per-worker training totals
+    across a data-parallel group; validation is scored whole on every worker, so all of them see
+    the same metrics and stop together."""
+    for epoch in range(state.epoch + 1, epochs + 1):
+        trained = train_one_epoch(model, optimizer, train.batches(epoch), label_smoothing=label_smoothing, amp=amp)
+        loss_sum, images = reduce([trained["loss_sum"], trained["images"]])
+        scored = evaluate(unwrap(model), val.batches(epoch), amp=amp)
+        if scored["images"] == 0:
+            raise RuntimeError("no readable validation images")
+        metrics = {
+            "epoch": epoch, "train_loss": loss_sum / max(images, 1), "val_loss": scored["loss"],
+            "val_accuracy": scored["accuracy"], "train_images": int(images), "train_seconds": trained["seconds"],
+            "data_wait_seconds": trained["data_wait_seconds"],
+            "images_per_second": images / max(trained["seconds"], 1e-9),
+        }
+        metrics["early_stop"] = state.early_stopping.update(scored["loss"])
+        state.epoch = epoch
+        state.history.append(metrics)
+        yield metrics
+        if metrics["early_stop"]:
+            break

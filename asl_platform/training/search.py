@@ -1,0 +1,222 @@
+"""Hyperparameter search: parallel ASHA trials with Ray Tune, each running the one training loop.
+
+The whole config is the search's ``param_space``; only the sampled keys (``setup.SEARCHED``) are
+search domains, so every trial trains exactly what the config says, with its own sampled values.
+Trials on cached features are cheap because the backbone never runs: the arrays go into Ray's object
+store once (``tune.with_parameters``) and every trial trains only the head.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from asl_platform.config import Config, set_key
+from asl_platform.data import is_remote, storage_uri
+from asl_platform.errors import UserError
+from asl_platform.model import get_backbone_spec
+from asl_platform.training import setup
+from asl_platform.training.loop import EarlyStopping, TrainingState, fit
+from asl_platform.training.sources import ArrayBatches, FileBatches, evaluation_batch_size
+
+logger = logging.getLogger(__name__)
+
+
+def param_space(cfg: Config) -> dict:
+    """The run's whole config, with the sampled keys replaced by search domains whose bounds are
+    ``tune.*``: the original AdamW space (lr, eps, weight_decay, batch_size) plus the head's shape."""
+    from ray import tune
+
+    bounds = cfg.tune
+    domains = {
+        "train.lr": tune.loguniform(*bounds.lr),
+        "train.eps": tune.loguniform(*bounds.eps),
+        "train.weight_decay": tune.loguniform(*bounds.weight_decay),
+        "train.batch_size": tune.choice(list(bounds.batch_size)),
+        "model.hidden_size": tune.choice(list(bounds.hidden_size)),
+        "model.dropout": tune.uniform(*bounds.dropout),
+    }
+    assert set(domains) == set(setup.SEARCHED)
+    space = cfg.model_dump(mode="json")
+    for dotted, domain in domains.items():
+        set_key(space, dotted.split("."), domain)
+    return space
+
+
+def searched_values(config: dict) -> dict:
+    """A trial's sampled values by short name (lr, eps, ..., dropout), from its whole config."""
+    values = {}
+    for dotted in setup.SEARCHED:
+        section, key = dotted.split(".")
+        values[key] = config[section][key]
+    return values
+
+
+def search_trial(config: dict, data: dict) -> None:
+    """One Tune trial: a fresh model trained by ``loop.fit`` on ``data``; val loss/accuracy reported every epoch."""
+    from ray import tune
+
+    cfg = Config.model_validate(config)
+    torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))
+    torch.manual_seed(cfg.tune.seed)
+    device = torch.device("cuda" if cfg.tune.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
+    kind, batch_size = data["kind"], cfg.train.batch_size
+    if kind == "features":
+        (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
+        model = setup.build_model(cfg, kind, data["num_classes"], x_train.shape[1])
+        train = ArrayBatches(x_train, y_train, batch_size, device, shuffle=True, seed=cfg.tune.seed)
+        val = ArrayBatches(x_val, y_val, evaluation_batch_size(x_val), device)
+    else:  # full images: the backbone runs on every image, every epoch (augmentation, an unfrozen last stage)
+        prep = get_backbone_spec(cfg.model.backbone).preprocessing
+        model = setup.build_model(cfg, kind, data["num_classes"])
+        train = FileBatches(*data["train_files"], prep, batch_size, device, shuffle=True, augment=cfg.tune.augment,
+                            seed=cfg.tune.seed)
+        val = FileBatches(*data["val_files"], prep, batch_size, device)
+    model = model.to(device)
+    optimizer = setup.make_optimizer(model, cfg)
+    state = TrainingState(EarlyStopping(patience=None))  # ASHA decides which trials stop early
+    for metrics in fit(model, optimizer, train, val, epochs=cfg.tune.max_epochs, state=state,
+                       label_smoothing=setup.label_smoothing(cfg, kind)):
+        tune.report(metrics)
+
+
+def _trainable(cfg: Config, data: dict):
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(search_trial, data=data), {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial}
+    )
+
+
+def run_search(data: dict, cfg: Config, name: str = "tune", resume: bool = False):
+    """Run (or resume) the ASHA search; return the best trial's whole config, one row per trial, and
+    Tune's results.
+
+    ``data`` holds what trials need besides the config: ``kind`` ("features": ``train``/``val``
+    arrays; "images": ``train_files``/``val_files``) and ``num_classes``. A fresh search never
+    overwrites an earlier one: its folder is renamed aside first."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    bounds = cfg.tune
+    experiment = f"{storage_uri(cfg.storage_path)}/{name}"
+    if resume:
+        if not tune.Tuner.can_restore(experiment):
+            raise UserError(f"no interrupted search to resume at {experiment}; run without --resume")
+        logger.info("resuming the search in %s (finished trials are kept)", experiment)
+        tuner = tune.Tuner.restore(experiment, trainable=_trainable(cfg, data), resume_unfinished=True, resume_errored=True)
+    else:
+        _move_aside(experiment)
+        tuner = tune.Tuner(
+            _trainable(cfg, data),
+            param_space=param_space(cfg),
+            tune_config=tune.TuneConfig(
+                metric="val_loss",
+                mode="min",
+                num_samples=bounds.num_samples,
+                max_concurrent_trials=bounds.max_concurrent_trials,
+                search_alg=BasicVariantGenerator(random_state=bounds.seed),
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=bounds.max_epochs,
+                                        grace_period=bounds.grace_period, reduction_factor=bounds.reduction_factor),
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=storage_uri(cfg.storage_path), verbose=1),
+        )
+    results = tuner.fit()
+    rows = trial_rows(results, bounds.max_epochs)
+    best = results.get_best_result(metric="val_loss", mode="min", scope="all")
+    return Config.model_validate(best.config), rows, results
+
+
+def _move_aside(experiment: str) -> None:
+    """Keep an earlier search's results: rename its folder with a timestamp (local storage)."""
+    path = Path(experiment)
+    if not is_remote(experiment) and path.exists():
+        target = path.with_name(f"{path.name}-{datetime.now():%Y%m%d-%H%M%S-%f}")
+        path.rename(target)
+        logger.info("an earlier search was kept as %s", target)
+
+
+def plot_curves(results, path: Path) -> Path:
+    """Validation loss and accuracy per epoch, one line per trial (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for result in results:
+        history = result.metrics_dataframe
+        if history is None or history.empty:
+            continue
+        label = str(result.metrics.get("trial_id", "?"))
+        loss_axis.plot(history["training_iteration"], history["val_loss"], marker=".", label=label)
+        accuracy_axis.plot(history["training_iteration"], history["val_accuracy"], marker=".", label=label)
+    loss_axis.set(title="validation loss", xlabel="epoch", yscale="log")
+    accuracy_axis.set(title="validation accuracy", xlabel="epoch", ylim=(0, 1))
+    accuracy_axis.legend(fontsize=7, ncol=2, loc="lower right")
+    figure.suptitle("ASHA trials (lines that end early were stopped by the scheduler)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def trial_rows(results, max_epochs: int) -> list[dict]:
+    """One row per trial: its config, epochs run, best val loss/accuracy, stopped early or not."""
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        if history is None or history.empty:
+            rows.append({"trial": Path(result.path).name if result.path else "?", **searched_values(result.config),
+                         "error": str(result.error)})
+            continue
+        best = history.loc[history["val_loss"].idxmin()]
+        epochs = int(history["training_iteration"].max())
+        rows.append({
+            "trial": str(result.metrics.get("trial_id", Path(result.path).name)),
+            **searched_values(result.config),
+            "epochs": epochs,
+            "best_val_loss": float(best["val_loss"]),
+            "best_val_accuracy": float(best["val_accuracy"]),
+            "stopped_early": epochs < max_epochs,
+        })
+    return sorted(rows, key=lambda row: row.get("best_val_loss", float("inf")))
+
+
+def write_results(rows: list[dict], best: Config, directory: Path) -> Path:
+    """Save the trial table (CSV + JSON) and the best trial's config as a YAML usable as ``--config``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
+    if rows:
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+        with open(directory / "trials.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    path = directory / "best_config.yaml"
+    path.write_text("# The run's config with the best trial of the ASHA search in train.lr/eps/weight_decay/\n"
+                    "# batch_size and model.hidden_size/dropout; usable as --config.\n" + best.to_yaml())
+    return path
+
+
+def format_table(rows: list[dict], limit: int = 20) -> str:
+    """A plain-text table of the trials for the log."""
+    header = f"{'trial':<12} {'lr':>9} {'wd':>8} {'bs':>4} {'hid':>4} {'drop':>5} {'ep':>3} {'val_loss':>9} {'val_acc':>8}"
+    lines = [header]
+    for row in rows[:limit]:
+        if "best_val_loss" not in row:
+            lines.append(f"{row['trial']:<12} failed: {row.get('error')}")
+            continue
+        lines.append(
+            f"{row['trial']:<12} {row['lr']:>9.2e} {row['weight_decay']:>8.1e} {row['batch_size']:>4} "
+            f"{row['hidden_size']:>4} {row['dropout']:>5.2f} {row['epochs']:>3} {row['best_val_loss']:>9.4f} "
+            f"{row['best_val_accuracy']:>8.4f}" + ("  (stopped early)" if row["stopped_early"] else "")
+        )
+    return "\n".join(lines)
+

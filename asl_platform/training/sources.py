@@ -1,0 +1,94 @@
+"""Where training batches come from. Each source yields ``(inputs, labels)`` tensors on the training
+device for one epoch at a time, so ``loop.fit`` never needs to know which kind it is training on:
+
+- ``ArrayBatches``: cached backbone features (N, D) or trunk activations (N, C, H, W, float16), in memory;
+- ``ShardBatches``: a Ray Train worker's shard of the Ray Data image stream (decoded and augmented there);
+- ``FileBatches``: image files decoded in-process (a full-image Tune trial, which has no dataset shard).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from asl_platform.data import Preprocessing, augmentation, load_image, preprocess_images
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class ArrayBatches:
+    """Rows of in-memory arrays; with ``shuffle`` a new order every epoch (seeded by ``seed`` and the
+    epoch, so a resumed run draws what it would have drawn). ``noise`` > 0 multiplies each input
+    channel by ``1 + noise * N(0, 1)``, drawn per example and channel: light augmentation for inputs
+    that are cached activations. Inputs stay in their cached dtype until a batch is taken."""
+
+    def __init__(self, inputs: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device,
+                 shuffle: bool = False, seed: int = 0, noise: float = 0.0):
+        self.inputs = torch.from_numpy(np.array(inputs)).to(device)  # a copy: arrays from the object store are read-only
+        self.labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(device)
+        self.batch_size, self.device, self.shuffle, self.seed, self.noise = batch_size, device, shuffle, seed, noise
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self), generator=generator) if self.shuffle else torch.arange(len(self))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size].to(self.device)
+            inputs = self.inputs[rows].float()
+            if self.noise > 0:
+                shape = inputs.shape[:2] + (1,) * (inputs.dim() - 2)
+                inputs = inputs * (1 + self.noise * torch.randn(shape, generator=generator).to(self.device))
+            yield inputs, self.labels[rows]
+
+
+def evaluation_batch_size(inputs: np.ndarray) -> int:
+    """Scoring needs no gradients: large batches, smaller for activations (4-D) than for features."""
+    return 1024 if inputs.ndim == 2 else 256
+
+
+class ShardBatches:
+    """A Ray Train dataset shard of decoded images (columns ``image``, ``label``)."""
+
+    def __init__(self, shard, batch_size: int, device: torch.device, shuffle: bool = False):
+        self.shard, self.batch_size, self.device, self.shuffle = shard, batch_size, device, shuffle
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        buffer = {"local_shuffle_buffer_size": 4 * self.batch_size} if self.shuffle else {}
+        for batch in self.shard.iter_torch_batches(batch_size=self.batch_size, device=self.device, **buffer):
+            yield batch["image"], batch["label"]
+
+
+class FileBatches:
+    """Image files read, decoded (and augmented) in this process. A file that cannot be read is
+    skipped: the ingest stage has already reported it by path."""
+
+    def __init__(self, paths: list[str], labels: list[int], prep: Preprocessing, batch_size: int,
+                 device: torch.device, shuffle: bool = False, augment: bool = False, seed: int = 0):
+        self.paths, self.labels, self.prep = list(paths), list(labels), prep
+        self.batch_size, self.device, self.shuffle, self.seed = batch_size, device, shuffle, seed
+        self.transform = augmentation(prep.image_size) if augment else None
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        order = list(range(len(self.paths)))
+        if self.shuffle:
+            random.Random(self.seed * 100_003 + epoch).shuffle(order)
+        for start in range(0, len(order), self.batch_size):
+            images, labels = [], []
+            for i in order[start:start + self.batch_size]:
+                try:
+                    image = load_image(self.paths[i], draft_size=self.prep.image_size)
+                except Exception:  # any failure on one file skips that file only (reported at ingest)
+                    continue
+                images.append(self.transform(image) if self.transform else image)
+                labels.append(self.labels[i])
+            if images:
+                yield (torch.from_numpy(preprocess_images(images, self.prep)).to(self.device),
+                       torch.tensor(labels, device=self.device))

@@ -1,0 +1,97 @@
+"""The one training loop: train_one_epoch/evaluate/fit, EarlyStopping, the checkpoint format, resume."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from asl_platform.model import build_head
+from asl_platform.training.loop import (
+    EarlyStopping, TrainingState, evaluate, fit, read_checkpoint, restore, save_checkpoint, train_one_epoch,
+)
+from asl_platform.training.sources import ArrayBatches
+
+CPU = torch.device("cpu")
+
+
+def _blobs(n: int = 40, classes: int = 3, dim: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian blobs around fixed centres; ``seed`` draws other points from the same classes."""
+    centres = np.random.default_rng(0).normal(0, 3, (classes, dim))
+    y = np.repeat(np.arange(classes), n)
+    noise = np.random.default_rng(seed + 1).normal(0, 1, (len(y), dim))
+    return (centres[y] + noise).astype(np.float32), y.astype(np.int64)
+
+
+def _model_and_optimizer(seed: int = 0):
+    torch.manual_seed(seed)
+    head = build_head(8, 3, 16, 0.0)
+    return head, torch.optim.AdamW(head.parameters(), lr=1e-2)
+
+
+def test_early_stopping_counts_epochs_without_a_lower_loss():
+    early = EarlyStopping(patience=2)
+    assert [early.update(loss) for loss in (1.0, 0.9, 0.95, 0.92)] == [False, False, False, True]
+    assert early.best_loss == 0.9 and early.stale_epochs == 2 and early.stopped
+    never = EarlyStopping(patience=None)
+    assert not any(never.update(1.0) for _ in range(10))
+
+
+def test_train_one_epoch_and_evaluate_learn_separable_blobs():
+    head, optimizer = _model_and_optimizer()
+    train, val = ArrayBatches(*_blobs(), 16, CPU, shuffle=True), ArrayBatches(*_blobs(seed=1), 64, CPU)
+    before = evaluate(head, val.batches(0))
+    for epoch in range(1, 6):
+        stats = train_one_epoch(head, optimizer, train.batches(epoch))
+    after = evaluate(head, val.batches(0))
+    assert stats["images"] == 120 and stats["seconds"] > 0
+    assert after["loss"] < before["loss"] and after["accuracy"] >= 0.9 and after["images"] == 120
+    assert math.isnan(evaluate(head, iter(()))["loss"])
+
+
+def test_fit_stops_early_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    """Interrupt after epoch 2, restore model + optimizer + state from the checkpoint into fresh objects:
+    the resumed run reports epochs 3.. once each and ends with exactly the weights of a run never stopped."""
+    data, val = _blobs(), _blobs(seed=1)
+
+    def run(epochs: int, state: TrainingState, head, optimizer):
+        train, scored = ArrayBatches(*data, 16, CPU, shuffle=True, seed=7), ArrayBatches(*val, 64, CPU)
+        return list(fit(head, optimizer, train, scored, epochs=epochs, state=state))
+
+    head, optimizer = _model_and_optimizer()
+    whole = run(5, TrainingState(EarlyStopping(None)), head, optimizer)
+
+    first, first_optimizer = _model_and_optimizer()
+    state = TrainingState(EarlyStopping(None))
+    run(2, state, first, first_optimizer)
+    save_checkpoint(tmp_path, first, first_optimizer, state)
+    saved = read_checkpoint(tmp_path)
+    assert set(saved) == {"model", "optimizer", "epoch", "early_stopping", "history"} and saved["epoch"] == 2
+
+    resumed, resumed_optimizer = _model_and_optimizer(seed=123)  # different initial weights: all must come from the checkpoint
+    resumed_state = restore(resumed, saved)
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    later = run(5, resumed_state, resumed, resumed_optimizer)
+    assert [m["epoch"] for m in later] == [3, 4, 5]
+    assert [m["epoch"] for m in resumed_state.history] == [1, 2, 3, 4, 5]
+    for mine, reference in zip(resumed.state_dict().values(), head.state_dict().values()):
+        assert torch.allclose(mine, reference, atol=1e-6)
+    assert later[-1]["val_loss"] == whole[-1]["val_loss"]
+
+    stopping = TrainingState(EarlyStopping(patience=1, best_loss=-1.0))  # nothing can beat it: stop after one epoch
+    assert [m["early_stop"] for m in run(5, stopping, *_model_and_optimizer())] == [True]
+
+
+def test_array_batches_reshuffle_per_epoch_repeatably_and_add_noise_only_when_asked():
+    x, y = _blobs(n=10)
+    plain = ArrayBatches(x, y, 8, CPU, shuffle=True, seed=1)
+    order = lambda source, epoch: torch.cat([labels for _, labels in source.batches(epoch)]).tolist()
+    assert order(plain, 1) == order(ArrayBatches(x, y, 8, CPU, shuffle=True, seed=1), 1)
+    assert order(plain, 1) != order(plain, 2) and sorted(order(plain, 1)) == sorted(y.tolist())
+    unshuffled = next(iter(ArrayBatches(x, y, 30, CPU).batches(1)))[0]
+    assert torch.equal(unshuffled, torch.from_numpy(x[:30]))
+    activations = np.ones((6, 4, 3, 3), dtype=np.float16)
+    noisy = next(iter(ArrayBatches(activations, np.zeros(6), 6, CPU, noise=0.1).batches(1)))[0]
+    assert noisy.dtype == torch.float32 and not torch.all(noisy == 1)
+    assert torch.all(noisy == noisy[:, :, :1, :1])  # one factor per example and channel, not per pixel

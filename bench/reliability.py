@@ -1,5 +1,5 @@
 """Reliability figures for the live Serve app, full length (CI runs shorter versions in
-tests/test_reliability_serve.py, with the same load and fuzz code):
+tests/serving/test_reliability.py, with the same load and fuzz code):
 
 1. fuzzing: >= 1,000 generated bad requests; per kind, how many got a 4xx JSON error / 5xx / other;
 2. replica failure: a model replica SIGKILLed under load; failed requests and time to replacement;
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the load, fuzz and process helpers the tests use
 
 import fuzz_inputs  # noqa: E402
-from test_reliability_serve import Load, kill_replica_and_wait, model_replica_pids, resident_mb  # noqa: E402
+from serving.helpers import Load, free_port, kill_replica_and_wait, model_replica_pids, resident_mb  # noqa: E402
 
 logger = logging.getLogger("bench.reliability")
 
@@ -82,8 +82,7 @@ def main() -> None:
     from ray import serve
 
     from asl_platform.config import ServeConfig
-    from asl_platform.serve import APP_NAME, build_application
-    from test_serve_e2e import free_port
+    from asl_platform.serving.deployments import APP_NAME, build_application
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -190,7 +190,7 @@ def cpu_per_request(before: dict, after: dict, load_pid: int, requests: int, sec
 def deploy(settings) -> None:
     from ray import serve
 
-    from asl_platform.serve import APP_NAME, build_application
+    from asl_platform.serving.deployments import APP_NAME, build_application
 
     serve.run(build_application(settings), name=APP_NAME, route_prefix="/")
 
@@ -198,7 +198,7 @@ def deploy(settings) -> None:
 def replica_count() -> int:
     from ray import serve
 
-    from asl_platform.serve import APP_NAME
+    from asl_platform.serving.deployments import APP_NAME
 
     states = serve.status().applications[APP_NAME].deployments["ASLModel"].replica_states
     return int(sum(count for state, count in states.items() if str(getattr(state, "value", state)) == "RUNNING"))

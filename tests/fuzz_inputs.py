@@ -1,4 +1,4 @@
-"""Generated bad requests for the HTTP API, shared by tests/test_reliability_serve.py and
+"""Generated bad requests for the HTTP API, shared by tests/serving/test_reliability.py and
 bench/reliability.py. Every case is definitely unusable (or refused by a rule), so the only right
 answer is a 4xx with a JSON error; a 5xx, a dropped connection or a 200 is a failure."""
 

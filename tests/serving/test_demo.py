@@ -1,17 +1,18 @@
-"""asl_platform.demo: the fingerspelling rules (pure logic) and the demo's wiring to a real model."""
+"""asl_platform.serving.demo: the fingerspelling rules (pure logic) and the demo's wiring to a real model."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import time
 
 from PIL import Image
 
 from asl_platform.config import ServeConfig
-from asl_platform.demo import Speller, build_demo, classify_file
-from asl_platform.serve import LocalBackend
+from asl_platform.serving.backends import LocalBackend
+from asl_platform.serving.demo import Speller, build_demo, classify_file
 from conftest import colour_image
-from test_serve import png_header_only
+from serving.helpers import png_header_only
 
 
 def feed(speller: Speller, frames: list[tuple[str, float]], step: float = 0.25) -> list[str | None]:
@@ -69,3 +70,24 @@ def test_demo_classifies_through_the_backend_with_the_apis_rules(colour_model, t
         asyncio.run(classify_file(backend, str(bomb), k=5))
     demo = build_demo(backend, ServeConfig())
     assert demo.title == "ASL alphabet recogniser"
+
+
+def test_the_demo_reads_the_spelling_thresholds_when_it_uses_them(colour_model, tmp_path):
+    """The ingress's reconfigure changes ``settings`` in place; open sessions and new pages follow."""
+    settings = ServeConfig(spell_hold_s=30.0)
+    demo = build_demo(LocalBackend(colour_model), settings)
+    handlers = {fn.name: fn.fn for fn in demo.fns.values()}
+    assert "held for 30 s" in handlers["on_load"]()
+    image = tmp_path / "a.png"
+    image.write_bytes(colour_image("A"))
+    speller = Speller.of(settings)  # a session opened before the change
+    settings.spell_hold_s = 0.05
+    asyncio.run(handlers["on_frame"](str(image), speller))
+    time.sleep(0.1)
+    text, status, speller = asyncio.run(handlers["on_frame"](str(image), speller))
+    assert text == "A" and "added A" in status and speller.hold_s == 0.05
+    assert "held for 0.05 s" in handlers["on_load"]()
+    settings.spell_min_probability = 0.99
+    asyncio.run(handlers["on_frame"](str(image), speller))
+    assert speller.min_probability == 0.99
+    assert handlers["on_clear"]()[2] == Speller(0.05, 0.99)

@@ -3,8 +3,8 @@ never unpickled; no path from a request reaches the filesystem; request bodies a
 
 Fast tests drive the real app in-process (FastAPI TestClient + LocalBackend, the Gradio demo mounted
 exactly as in production); one e2e test checks the listening sockets of a real Ray Serve server.
-The /predict body limits themselves are tested in test_serve.py
-(test_too_large_body_is_413_declared_or_streamed) and over HTTP in test_serve_e2e.py (test_errors_over_http).
+The /predict body limits themselves are tested in test_app.py
+(test_too_large_body_is_413_declared_or_streamed) and over HTTP in test_deployments_e2e.py (test_errors_over_http).
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ from fastapi.testclient import TestClient
 import asl_platform
 from asl_platform.config import ServeConfig, load_config, read_yaml
 from asl_platform.model import Predictor, WeightsUnavailableError, build_backbone, load_model_dir, read_state_dict
-from asl_platform.serve import ApiError, LocalBackend, create_app, read_body, serve_config_document
+from asl_platform.serving.app import create_app
+from asl_platform.serving.backends import LocalBackend
+from asl_platform.serving.deployments import serve_config_document
+from asl_platform.serving.protocol import ApiError, read_body
 from conftest import REPO_ROOT, colour_image
+from serving.helpers import free_port, run_demo_event, serve_app
 
 LIMIT = 64 * 1024
 PACKAGE = Path(asl_platform.__file__).parent
@@ -363,24 +367,6 @@ def test_gradio_code_editing_and_admin_endpoints_are_off(client, method, url, bo
     assert response.status_code in (401, 403, 404), (response.status_code, response.text[:200])
 
 
-def _gradio_photo_event(client, file_data: dict, session: str) -> dict:
-    """Run the demo's photo handler the way the browser does (queue/join, then the SSE stream),
-    with ``file_data`` as the image; returns the process_completed message."""
-    config = client.get("/demo/config").json()
-    photo = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "photo")
-    fn_index = next(d["id"] for d in config["dependencies"] if d["inputs"] == [photo])
-    body = {"data": [file_data], "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": photo}
-    joined = client.post("/demo/gradio_api/queue/join", json=body)
-    assert joined.status_code == 200, joined.text
-    completed = None
-    with client.stream("GET", f"/demo/gradio_api/queue/data?session_hash={session}") as stream:
-        for line in stream.iter_lines():  # read to the end (the server closes the stream after the event)
-            if line.startswith("data:") and '"process_completed"' in line:
-                completed = json.loads(line[len("data:"):])
-    assert completed is not None, "no process_completed message"
-    return completed
-
-
 def test_gradio_refuses_server_paths_sent_as_the_image(client, tmp_path, upload_folder):
     """The browser uploads a file (POST /upload) and then names it in the event; a client that names any
     other server path instead must be refused, not have the file copied into the cache, where
@@ -389,13 +375,13 @@ def test_gradio_refuses_server_paths_sent_as_the_image(client, tmp_path, upload_
     secret.write_bytes(colour_image("A", seed=9))
     (uploaded,) = client.post("/demo/gradio_api/upload", files={"files": (f"sectest-hand-{uuid.uuid4().hex}.png", colour_image("A", seed=9))}).json()
 
-    control = _gradio_photo_event(client, {"path": uploaded, "meta": {"_type": "gradio.FileData"}}, "sec-control")
+    control = run_demo_event(client, "sec-control", [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}], inputs="photo")
     assert control["success"], control  # a real upload works: the refusals below are not vacuous
     assert control["output"]["data"][0]["label"] == "A"
 
     leaked_before = set(upload_folder.rglob("passwd"))
     for index, path in enumerate([str(secret), "/etc/passwd", f"{tmp_path}/../{tmp_path.name}/{secret.name}"]):
-        message = _gradio_photo_event(client, {"path": path, "meta": {"_type": "gradio.FileData"}}, f"sec-{index}")
+        message = run_demo_event(client, f"sec-{index}", [{"path": path, "meta": {"_type": "gradio.FileData"}}], inputs="photo")
         assert not message["success"], f"{path} was read: {json.dumps(message)[:300]}"
         assert "root:" not in json.dumps(message)
     assert list(upload_folder.rglob(secret.name)) == [], "a server file was copied into Gradio's cache"
@@ -420,7 +406,8 @@ def test_gradio_does_not_fetch_private_urls_sent_as_the_image(client):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/hand.png"
-        message = _gradio_photo_event(client, {"path": url, "url": url, "meta": {"_type": "gradio.FileData"}}, "sec-ssrf")
+        message = run_demo_event(client, "sec-ssrf", [{"path": url, "url": url, "meta": {"_type": "gradio.FileData"}}],
+                                 inputs="photo")
     finally:
         server.shutdown()
         server.server_close()
@@ -432,7 +419,7 @@ def test_gradio_does_not_fetch_private_urls_sent_as_the_image(client):
 
 
 def test_a_declared_oversize_body_is_refused_before_any_of_it_is_read():
-    """What makes the 413s of test_serve.py cheap: the declared Content-Length is checked first."""
+    """What makes the 413s of test_app.py cheap: the declared Content-Length is checked first."""
     import asyncio
 
     from starlette.requests import Request
@@ -482,18 +469,10 @@ def test_every_route_refuses_bodies_over_the_limit(client, url):
 @pytest.mark.e2e
 @needs_proc
 def test_real_serve_listens_on_loopback_only_and_gradio_adds_no_port(ray_local, colour_model):
-    from ray import serve
-
-    from asl_platform.serve import APP_NAME, build_application
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     settings = ServeConfig(model=str(colour_model), port=port, max_replicas=1, demo=True)
     assert settings.host == "127.0.0.1"
-    serve.start(http_options={"host": settings.host, "port": port})
-    try:
-        serve.run(build_application(settings), name=APP_NAME, route_prefix="/")
+    with serve_app(settings):
         import requests
 
         assert requests.get(f"http://127.0.0.1:{port}/demo/", timeout=30).status_code == 200
@@ -518,5 +497,3 @@ def test_real_serve_listens_on_loopback_only_and_gradio_adds_no_port(ray_local, 
 
         assert listening_of("ServeReplica:asl:ASLIngress") <= listening_of("ServeReplica:asl:ASLModel")
         assert [p for _, p, _ in ours if 7860 <= p < 7960] == []
-    finally:
-        serve.shutdown()

@@ -1,30 +1,37 @@
-"""Gradio demo, mounted at ``/demo`` by the Serve ingress: a photo (upload or webcam snapshot) ->
-top-5 letters, and a fingerspelling mode where a live webcam stream builds text letter by letter.
+"""Gradio demo, mounted at ``/demo`` by the HTTP app: a photo (upload or webcam snapshot) -> top-5
+letters, and a fingerspelling mode where a live webcam stream builds text letter by letter.
 
 It classifies through the same backend as ``/predict`` (so through ``@serve.batch`` on Serve), and
 it loads nothing from the internet: system fonts instead of Google Fonts, no analytics.
+
+The fingerspelling thresholds (``SPELLING_KEYS``) are read from ``settings`` each time they are used,
+so the ingress's ``reconfigure`` (Serve ``user_config``) changes them for every open session at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asl_platform.config import ServeConfig
+from asl_platform.serving.protocol import ApiError, top_predictions
 
 if TYPE_CHECKING:
     import gradio as gr
     from fastapi import FastAPI
 
-    from asl_platform.serve import Backend
+    from asl_platform.serving.backends import Backend
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline demo
 
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Consolas", "Liberation Mono", "monospace"]
+# The ServeConfig keys the demo reads at use time: the ingress deployment's user_config.
+SPELLING_KEYS = ("spell_hold_s", "spell_min_probability")
 
 
 @dataclass
@@ -43,6 +50,14 @@ class Speller:
     candidate: str | None = None
     since: float = 0.0
     committed: str | None = None
+
+    @classmethod
+    def of(cls, settings: ServeConfig) -> Speller:
+        return cls(settings.spell_hold_s, settings.spell_min_probability)
+
+    def follow(self, settings: ServeConfig) -> None:
+        """Take the thresholds ``settings`` hold now (a session's Speller outlives a reconfigure)."""
+        self.hold_s, self.min_probability = settings.spell_hold_s, settings.spell_min_probability
 
     def update(self, label: str, probability: float, now: float) -> str | None:
         """Feed one frame's top prediction; returns the sign committed on this frame, if any."""
@@ -78,8 +93,6 @@ async def classify_file(backend: Backend, path: str, k: int) -> dict[str, float]
     decoding, limits (pixels, bombs) and batching as ``POST /predict``, on the model replicas."""
     import gradio as gr
 
-    from asl_platform.serve import ApiError, top_predictions
-
     (result,) = await backend.classify([await asyncio.to_thread(Path(path).read_bytes)])
     if isinstance(result, ApiError):
         raise gr.Error(result.message)
@@ -93,10 +106,14 @@ def _model_line(info: dict) -> str:
     return f"Model **{info['name']}/{info['version']}** ({info['backbone']})" + (f": {', '.join(scores)}" if scores else "")
 
 
+def spelling_help(settings: ServeConfig) -> str:
+    return (f"Sign letters to the webcam. A letter is added once it is held for {settings.spell_hold_s:g} s; "
+            "`space` adds a space, `del` deletes, `nothing` (hand down) pauses. "
+            "To spell a double letter, drop your hand for a moment between the two.")
+
+
 def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
     """The demo's two tabs, wired to ``backend``."""
-    import time
-
     import gradio as gr
 
     async def on_photo(image: str | None) -> dict[str, float] | None:
@@ -108,13 +125,17 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
         top = await classify_file(backend, frame, k=1)
         label, probability = next(iter(top.items()))
         now = time.monotonic()
+        speller.follow(settings)
         committed = speller.update(label, probability, now)
         status = f"**{label}** {probability:.0%}" + (f" - added {committed}" if committed else
                                                     f" - hold {speller.progress(now):.0%}")
         return speller.text, status, speller
 
     def on_clear() -> tuple[str, str, Speller]:
-        return "", "", Speller(settings.spell_hold_s, settings.spell_min_probability)
+        return "", "", Speller.of(settings)
+
+    def on_load() -> str:
+        return spelling_help(settings)
 
     with gr.Blocks(title="ASL alphabet recogniser", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# ASL alphabet recogniser\n" + _model_line(backend.info))
@@ -126,12 +147,8 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
                 letters = gr.Label(num_top_classes=5, label="Top 5 letters", elem_id="letters")
             photo.change(on_photo, inputs=photo, outputs=letters, api_visibility="private")
         with gr.Tab("Fingerspelling"):
-            gr.Markdown(
-                f"Sign letters to the webcam. A letter is added once it is held for {settings.spell_hold_s:g} s; "
-                "`space` adds a space, `del` deletes, `nothing` (hand down) pauses. "
-                "To spell a double letter, drop your hand for a moment between the two."
-            )
-            speller = gr.State(Speller(settings.spell_hold_s, settings.spell_min_probability))
+            instructions = gr.Markdown(spelling_help(settings), elem_id="spell-help")
+            speller = gr.State(Speller.of(settings))
             with gr.Row():
                 camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
                                   label="Webcam", elem_id="camera")
@@ -142,6 +159,8 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
             camera.stream(on_frame, inputs=[camera, speller], outputs=[spelled, status, speller],
                           stream_every=0.3, time_limit=600, api_visibility="private")
             clear.click(on_clear, outputs=[spelled, status, speller], api_visibility="private")
+        # Each page load shows the hold time in force now (it changes with the ingress's user_config).
+        demo.load(on_load, outputs=instructions, show_progress="hidden", api_visibility="private")
     return demo
 
 
@@ -155,6 +174,6 @@ def mount_demo(app: FastAPI, backend: Backend, settings: ServeConfig) -> FastAPI
                               max_file_size=settings.max_request_bytes, footer_links=[])
     # Gradio checks that a file named in an event was uploaded by this user (processing_utils._check_allowed)
     # only once the Blocks "has launched", which mount_gradio_app never sets: without this, a client could
-    # name /etc/passwd as the image and fetch the cached copy from /demo/gradio_api/file=... (tests/test_security.py).
+    # name /etc/passwd as the image and fetch the cached copy from /demo/gradio_api/file=... (tests/serving/test_security.py).
     demo.has_launched = True
     return app

@@ -1,23 +1,19 @@
-"""asl_platform.serve in-process: every input format and every error, through the real FastAPI app
-(TestClient) on a real trained model, without Ray. The same app runs under Serve in test_serve_e2e."""
+"""asl_platform.serving.app in-process: every input format and every error, through the real FastAPI app
+(TestClient) on a real trained model, without Ray. The same app runs under Serve in test_deployments_e2e."""
 
 from __future__ import annotations
 
 import base64
-import io
 import json
-import zlib
-import struct
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from asl_platform.config import ServeConfig
-from asl_platform.data import Preprocessing
-from asl_platform.serve import ApiError, LocalBackend, create_app, prepare_image, top_predictions
+from asl_platform.serving.app import create_app
+from asl_platform.serving.backends import LocalBackend
 from conftest import colour_image
+from serving.helpers import png_header_only
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +32,6 @@ def _error(response, status: int, code: str) -> dict:
     assert body["error"]["code"] == code, body
     assert body["error"]["message"]
     return body
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A tiny PNG that declares huge dimensions (the start of a decompression bomb)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 # --------------------------------------------------------------------------- formats
@@ -100,6 +87,14 @@ def test_health_model_info_docs_and_index(client):
     assert client.get("/docs").status_code == 200
     assert client.get("/", follow_redirects=False).headers["location"] == "/demo/"
     assert "ASL alphabet recogniser" in client.get("/demo/").text
+
+
+def test_healthz_shows_the_settings_read_at_use_time(colour_model):
+    settings = ServeConfig(demo=False)
+    client = TestClient(create_app(LocalBackend(colour_model), settings))
+    assert client.get("/healthz").json()["settings"] == {"spell_hold_s": 1.0, "spell_min_probability": 0.6}
+    settings.spell_hold_s = 0.3  # what ASLIngress.reconfigure does with a new user_config
+    assert client.get("/healthz").json()["settings"] == {"spell_hold_s": 0.3, "spell_min_probability": 0.6}
 
 
 # --------------------------------------------------------------------------- errors
@@ -205,26 +200,6 @@ def test_server_still_answers_after_bad_input(client):
     for data in (b"", b"junk", png_header_only(50_000, 50_000)):
         assert _raw(client, data, "image/png").status_code in (400, 413)
     assert _raw(client, colour_image("A"), "image/png").json()["label"] == "A"
-
-
-# --------------------------------------------------------------------------- pieces
-
-
-def test_prepare_image_resizes_and_converts_modes():
-    prep = Preprocessing(image_size=32)
-    for mode in ("RGB", "RGBA", "L", "CMYK", "P"):
-        buffer = io.BytesIO()
-        Image.new(mode, (50, 40)).save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
-        array = prepare_image(buffer.getvalue(), prep, max_pixels=10_000)
-        assert array.shape == (32, 32, 3) and array.dtype == np.uint8
-    with pytest.raises(ApiError) as caught:
-        prepare_image(png_header_only(200, 200), prep, max_pixels=10_000)
-    assert caught.value.status == 413
-
-
-def test_top_predictions_sorted_and_cut():
-    top = top_predictions(np.array([0.1, 0.6, 0.3]), ["x", "y", "z"], 2)
-    assert top == [{"label": "y", "probability": 0.6}, {"label": "z", "probability": 0.3}]
 
 
 def test_openapi_schema_is_valid_json(client):

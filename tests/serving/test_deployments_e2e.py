@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,32 +14,21 @@ import requests
 import yaml
 
 from asl_platform.config import ConfigError, ServeConfig
-from asl_platform.serve import APP_NAME, build_app, build_application, serve_config_document
+from asl_platform.serving.deployments import build_app, checked_user_config, serve_config_document
 from conftest import REPO_ROOT, colour_image
-from test_serve import png_header_only
+from serving.helpers import free_port, png_header_only, serve_app
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(ray_local, colour_model) -> str:
-    from ray import serve
-
-    port = free_port()
-    settings = ServeConfig(model=str(colour_model), port=port, max_request_bytes=256 * 1024, max_replicas=1,
+    settings = ServeConfig(model=str(colour_model), port=free_port(), max_request_bytes=256 * 1024, max_replicas=1,
                            spell_hold_s=0.6, spell_min_probability=0.5)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_application(settings), name=APP_NAME, route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    with serve_app(settings) as url:
+        yield url
 
 
 def test_every_input_format_over_http(server):
@@ -54,7 +42,10 @@ def test_every_input_format_over_http(server):
     assert [r["label"] for r in requests.post(f"{server}/predict/batch", files=files).json()["results"]] == ["B", "space"]
     info = requests.get(f"{server}/v1/model").json()
     assert info["classes"] == ["A", "B", "C", "space"]
-    assert requests.get(f"{server}/healthz").json()["status"] == "ok"
+    health = requests.get(f"{server}/healthz").json()
+    assert health["status"] == "ok"
+    assert health["settings"] == {"max_batch_size": 8, "batch_wait_timeout_s": 0.0, "spell_hold_s": 0.6,
+                                  "spell_min_probability": 0.5}  # the model replica's batching, the demo's thresholds
     assert requests.get(f"{server}/docs").status_code == 200
 
 
@@ -103,6 +94,27 @@ def test_serve_config_yaml_matches_the_serve_defaults_and_builds():
         build_app({**args, "max_batch_sise": 8})
     with pytest.raises(FileNotFoundError):
         build_app({**args, "model": "/nonexistent/model"})
+    # The settings that may change while serving are each deployment's user_config, not args (args are part
+    # of the application's code version: changing one restarts every replica), and every serve key is somewhere.
+    deployments = {d["name"]: d for d in document["applications"][0]["deployments"]}
+    live = {**deployments["ASLModel"]["user_config"], **deployments["ASLIngress"]["user_config"]}
+    assert set(live) == {"max_batch_size", "batch_wait_timeout_s", "spell_hold_s", "spell_min_probability"}
+    assert not set(live) & set(args)
+    for name, deployment in deployments.items():
+        assert checked_user_config(deployment["user_config"], name) == deployment["user_config"]
+
+
+def test_user_config_is_checked_like_the_serve_section():
+    assert checked_user_config({"max_batch_size": 4}, "ASLModel") == {"max_batch_size": 4, "batch_wait_timeout_s": 0.0}
+    assert checked_user_config(None, "ASLIngress") == {"spell_hold_s": 1.0, "spell_min_probability": 0.6}
+    with pytest.raises(ConfigError, match="max_batch_sise"):
+        checked_user_config({"max_batch_sise": 4}, "ASLModel")
+    with pytest.raises(ConfigError, match="spell_hold_s"):  # a key of the other deployment
+        checked_user_config({"spell_hold_s": 2.0}, "ASLModel")
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        checked_user_config({"max_batch_size": 0}, "ASLModel")
+    with pytest.raises(ConfigError, match="spell_min_probability"):
+        checked_user_config({"spell_min_probability": 1.5}, "ASLIngress")
 
 
 # --------------------------------------------------------------------------- the browser

@@ -1,0 +1,90 @@
+"""The FastAPI app: /predict, /predict/batch, /healthz, /v1/model, /docs, and the Gradio demo at /demo.
+
+``create_app`` takes any ``Backend``: tests drive it in-process with a ``LocalBackend``, the Serve
+ingress builds it on its replica around a ``HandleBackend`` (see ``deployments``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+
+from asl_platform.config import ServeConfig
+from asl_platform.serving.backends import Backend
+from asl_platform.serving.demo import SPELLING_KEYS, mount_demo
+from asl_platform.serving.protocol import (
+    ApiError, BodySizeLimit, error_response, install_error_handlers, read_uploads, top_predictions,
+)
+
+# multipart framing around a max-sized Gradio upload (its own per-file limit is max_request_bytes)
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
+    """The app for ``backend``. ``settings`` is read when the app is built, except ``SPELLING_KEYS``,
+    which the demo (and /healthz) read at use time: the ingress's ``reconfigure`` changes them."""
+    info = backend.info
+    classes = info["classes"]
+    model_ref = {"name": info["name"], "version": info["version"]}
+    app = FastAPI(
+        title="ASL alphabet recogniser",
+        version=info["version"],
+        description="Classify a photo of an American Sign Language hand sign into one of "
+        f"{len(classes)} classes (A-Z, del, nothing, space).",
+    )
+    install_error_handlers(app)
+
+    def answer(probabilities: np.ndarray, k: int) -> dict:
+        top = top_predictions(probabilities, classes, k)
+        return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+
+    def elapsed_ms(started: float) -> float:
+        return round((time.perf_counter() - started) * 1000, 2)
+
+    @app.post("/predict", summary="Classify one image (raw body, multipart 'file', or JSON {'image': base64})")
+    async def predict(request: Request, top_k: int = Query(settings.top_k, ge=1, le=len(classes))) -> dict:
+        started = time.perf_counter()
+        (upload,) = await read_uploads(request, settings, batch=False)
+        (result,) = await backend.classify([upload.data])
+        if isinstance(result, ApiError):
+            raise result
+        return {**answer(result, top_k), "model": model_ref, "elapsed_ms": elapsed_ms(started)}
+
+    @app.post("/predict/batch", summary="Classify several images (multipart files, or JSON {'images': [base64]})")
+    async def predict_batch(request: Request, top_k: int = Query(settings.top_k, ge=1, le=len(classes))) -> dict:
+        started = time.perf_counter()
+        uploads = await read_uploads(request, settings, batch=True)
+        results = []
+        outcomes = await backend.classify([u.data for u in uploads])
+        for upload, result in zip(uploads, outcomes):
+            item = {"error": result.to_dict()} if isinstance(result, ApiError) else answer(result, top_k)
+            results.append({"filename": upload.filename, **item} if upload.filename else item)
+        if all("error" in item for item in results):  # nothing usable: the request as a whole failed
+            statuses = {r.status for r in outcomes}
+            raise ApiError(statuses.pop() if len(statuses) == 1 else 400, "no_valid_images",
+                           "none of the images could be classified; see results", {"results": results})
+        return {"results": results, "model": model_ref, "elapsed_ms": elapsed_ms(started)}
+
+    @app.get("/healthz", summary="Ready to classify (the model deployment answers), and the live settings")
+    async def healthz() -> JSONResponse:
+        model_settings = await backend.health()
+        if model_settings is None:
+            return error_response(503, "unavailable", "the model deployment is not answering")
+        live = {**model_settings, **{key: getattr(settings, key) for key in SPELLING_KEYS}}
+        return JSONResponse({"status": "ok", "model": model_ref, "settings": live})
+
+    @app.get("/v1/model", summary="Classes, version and evaluation metrics of the served model")
+    async def model_info() -> dict:
+        return info
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> RedirectResponse:
+        return RedirectResponse("/demo/" if settings.demo else "/docs")
+
+    if settings.demo:
+        app = mount_demo(app, backend, settings)
+    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes + MULTIPART_OVERHEAD_BYTES)
+    return app

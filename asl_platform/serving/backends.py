@@ -1,0 +1,133 @@
+"""What the HTTP app and the demo classify with: a ``Backend`` (a model's description, batched
+classification, a health probe), either a model in this process (``LocalBackend``, for tests and
+for running without Ray) or the model deployment through a Serve handle (``HandleBackend``).
+
+``ImageClassifier`` is the model side that both run: decode a batch of uploads, one forward pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from asl_platform.limits import MAX_IMAGE_PIXELS
+from asl_platform.serving.protocol import ApiError, prepare_image
+
+if TYPE_CHECKING:
+    from asl_platform.model import ModelCard
+
+logger = logging.getLogger(__name__)
+
+
+def describe_model(model_dir: Path, card: ModelCard) -> dict:
+    """What ``/v1/model`` shows and every prediction names: which model, which weights, how good."""
+    weights = model_dir / "model.safetensors"
+    digest = None
+    if weights.is_file():
+        sha = hashlib.sha256()
+        with open(weights, "rb") as handle:  # streamed: no second weights-sized copy in memory
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(chunk)
+        digest = sha.hexdigest()[:16]
+    return {
+        "name": model_dir.parent.name,
+        "version": model_dir.name,
+        "backbone": card.backbone,
+        "classes": list(card.classes),
+        "preprocessing": card.preprocessing.model_dump(mode="json"),
+        "metrics": dict(card.metrics),
+        "created": card.created,
+        "sha256": digest,
+    }
+
+
+class ImageClassifier:
+    """Decodes and classifies a batch of uploads in one forward pass. A bad upload gets an error
+    result (a dict: exceptions with custom fields do not survive pickling), never an exception, so
+    one corrupt image cannot fail the other requests batched with it."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", max_pixels: int = MAX_IMAGE_PIXELS):
+        from asl_platform.model import Predictor, resolve_model_dir  # torch: only where a model runs
+
+        directory = resolve_model_dir(model_dir)
+        self.predictor = Predictor(directory, device=device)
+        self.info = describe_model(directory, self.predictor.card)
+        self.max_pixels = max_pixels
+
+    def __call__(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | dict]:
+        prep, arrays, results = self.predictor.preprocessing, [], []
+        for item in items:
+            try:
+                arrays.append(item if isinstance(item, np.ndarray) else prepare_image(item, prep, self.max_pixels))
+                results.append(None)
+            except ApiError as exc:
+                results.append({"status": exc.status, **exc.to_dict()})
+        probabilities = iter(self.predictor.predict_uint8(np.stack(arrays)) if arrays else ())
+        return [next(probabilities) if result is None else result for result in results]
+
+
+def as_result(result: np.ndarray | dict) -> np.ndarray | ApiError:
+    """An ``ImageClassifier`` result as the app uses it: probabilities, or the ApiError it stands for."""
+    return ApiError(result["status"], result["code"], result["message"]) if isinstance(result, dict) else result
+
+
+class Backend(Protocol):
+    """What the HTTP app needs from a model: its description, batched classification, and health."""
+
+    info: dict
+
+    async def classify(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | ApiError]: ...
+
+    async def health(self) -> dict | None:
+        """None when the model cannot answer; else the settings it runs with now (may be empty)."""
+
+
+class LocalBackend:
+    """A model in this process: for tests and for the demo without Ray."""
+
+    def __init__(self, model_dir: str | Path, max_pixels: int = MAX_IMAGE_PIXELS):
+        self.classifier = ImageClassifier(model_dir, max_pixels=max_pixels)
+        self.info = self.classifier.info
+
+    async def classify(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | ApiError]:
+        return [as_result(result) for result in await asyncio.to_thread(self.classifier, items)]
+
+    async def health(self) -> dict | None:
+        return {}  # no batching in-process
+
+
+class HandleBackend:
+    """The model deployment, through a Serve handle: one call per image, so ``@serve.batch``
+    can batch images from different requests together."""
+
+    def __init__(self, handle: Any, info: dict, attempts: int = 3):
+        self.handle, self.info, self.attempts = handle, info, attempts
+
+    async def _classify_one(self, item: bytes | np.ndarray) -> np.ndarray | ApiError:
+        """Classification is idempotent, so a request caught on a replica that died is sent again
+        (Serve routes it to a live or replacement replica): a crash costs latency, not answers."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return as_result(await self.handle.classify.remote(item))
+            except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+                if attempt == self.attempts:
+                    raise ApiError(503, "unavailable", "no model replica could answer; try again") from exc
+                logger.warning("model replica lost (%s); retrying (%d/%d)", type(exc).__name__, attempt, self.attempts)
+                await asyncio.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
+
+    async def classify(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | ApiError]:
+        return list(await asyncio.gather(*(self._classify_one(item) for item in items)))
+
+    async def health(self) -> dict | None:
+        try:
+            return await asyncio.wait_for(self.handle.batching.remote(), timeout=5)
+        except Exception:  # a health check reports, it does not raise
+            return None

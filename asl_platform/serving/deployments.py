@@ -1,0 +1,222 @@
+"""The Ray Serve application: an autoscaling model deployment (``ASLModel``, batching with
+``@serve.batch``) behind one FastAPI ingress replica (``ASLIngress``: HTTP rules, OpenAPI docs,
+the Gradio demo), how it is built (``build_application``, ``build_app`` for ``serve run`` /
+``serve deploy``, ``serve_config_document``) and run (``start``, for ``asl-platform serve``).
+
+Why two deployments: model replicas scale with load and batch across requests, while the ingress
+stays one replica because Gradio keeps per-session state in its process. The ingress forwards the
+still-compressed image; the model replica decodes it in a worker thread (off the event loop), so
+decoding scales with the replicas and a corrupt upload becomes that request's 4xx, never a crash.
+
+What may change while running goes in each deployment's Serve ``user_config`` (``USER_CONFIG_KEYS``)
+and is applied by its ``reconfigure``: ``serve deploy`` of a config that changes only those values
+updates the replicas in place, without restarting them. Everything else is an application arg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from pydantic import ValidationError
+from ray import serve
+
+from asl_platform.config import Config, ConfigError, ServeConfig
+from asl_platform.limits import MAX_IMAGE_PIXELS
+from asl_platform.serving.app import create_app
+from asl_platform.serving.backends import HandleBackend, ImageClassifier
+from asl_platform.serving.demo import SPELLING_KEYS
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "asl"
+BATCHING_KEYS = ("max_batch_size", "batch_wait_timeout_s")
+# The ServeConfig keys each deployment takes as its user_config (and applies in reconfigure).
+USER_CONFIG_KEYS = {"ASLModel": BATCHING_KEYS, "ASLIngress": SPELLING_KEYS}
+DEPLOYMENT_KEYS = ("host", "port", "min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
+                   "downscale_delay_s", "cpus_per_replica", "gpus_per_replica")
+_DEFAULTS = ServeConfig()
+
+
+def user_config(settings: ServeConfig, deployment: str) -> dict:
+    """``deployment``'s user_config for ``settings``."""
+    return {key: getattr(settings, key) for key in USER_CONFIG_KEYS[deployment]}
+
+
+def checked_user_config(config: dict | None, deployment: str) -> dict:
+    """A user_config as ``reconfigure`` applies it: every key of ``deployment``'s, checked like the
+    ``serve`` config section; a key left out takes its default (the config alone decides the state)."""
+    keys = USER_CONFIG_KEYS[deployment]
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(keys))
+    if unknown:
+        raise ConfigError(f"{deployment} user_config: unknown key(s) {', '.join(unknown)}; it takes {', '.join(keys)}")
+    try:
+        checked = ServeConfig.model_validate(config)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {deployment} user_config: {exc}") from None
+    return user_config(checked, deployment)
+
+
+@serve.deployment(name="ASLModel", max_ongoing_requests=64)
+class ASLModel:
+    """Holds the classifier; ``classify`` gathers concurrent requests into one forward pass.
+
+    Uploads arrive as the client's compressed bytes (smaller than pixels: they travel inline, not
+    through the object store) and are decoded here, so decoding scales with the replicas."""
+
+    def __init__(self, model_dir: str, torch_threads: int | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS):
+        import ray
+        import torch
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"  # num_gpus in the config decides
+        self.classifier = ImageClassifier(model_dir, device=device, max_pixels=max_image_pixels)
+        self._batching = checked_user_config({}, "ASLModel")  # what @serve.batch starts with, until reconfigure
+        size = self.classifier.predictor.preprocessing.image_size
+        self.classifier([np.zeros((size, size, 3), dtype=np.uint8)])  # warm up before traffic
+        info = self.classifier.info
+        logger.info("model %s/%s ready on %s", info["name"], info["version"], device)
+
+    def reconfigure(self, config: dict) -> None:
+        """Serve calls this with the user_config, at start and whenever a deploy changes only it."""
+        batching = checked_user_config(config, "ASLModel")
+        self.classify.set_max_batch_size(batching["max_batch_size"])
+        self.classify.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
+        self._batching = batching
+        logger.info("batching: %s", batching)
+
+    def describe(self) -> dict:
+        return self.classifier.info
+
+    def batching(self) -> dict:
+        """The batching settings in force on this replica (its health probe, too)."""
+        return dict(self._batching)
+
+    @serve.batch(max_batch_size=_DEFAULTS.max_batch_size, batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s)
+    async def classify(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | dict]:
+        """Encoded images (or uint8 arrays at the input size) -> probabilities or an error each."""
+        return await asyncio.to_thread(self.classifier, items)
+
+
+# One replica must take many concurrent requests (Serve's default of 5 queued the rest in the proxy, which
+# retries with backoff: throughput fell by half at 32 clients). 256 bounds what bodies it can hold at once
+# (256 x max_request_bytes); the model deployment does the heavy work.
+@serve.deployment(name="ASLIngress", num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class ASLIngress:
+    """HTTP entry point; builds its FastAPI app on the replica (Gradio apps do not pickle).
+
+    Ray 2.60's ``serve.ingress`` documents two ways to build the app on the replica: a builder
+    function (``serve.ingress(build)``) and, with no argument, the class's ``__serve_build_asgi_app__``.
+    The builder function is called synchronously, without arguments, from inside the constructor, so
+    it sees neither the model handle and settings bound to this deployment nor the model's
+    description, which needs an ``await`` (``DeploymentResponse.result()`` is refused inside the
+    replica's event loop). Ray's example of the builder form fetches a handle per request
+    (``serve.get_deployment_handle`` in a dependency); this app needs the description before its first
+    request (classes, the bounds of ``top_k`` in the OpenAPI schema, the demo's header), so it uses
+    the second form, which Serve awaits after the constructor and before the replica takes traffic."""
+
+    def __init__(self, model: Any, settings: dict):
+        self.model = model
+        # Shared with the app and the demo: reconfigure() updates its SPELLING_KEYS in place.
+        self.settings = ServeConfig.model_validate(settings)
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        info = await self.model.describe.remote()
+        return create_app(HandleBackend(self.model, info), self.settings)
+
+    def reconfigure(self, config: dict) -> None:
+        """Serve calls this with the user_config, at start and whenever a deploy changes only it."""
+        for key, value in checked_user_config(config, "ASLIngress").items():
+            setattr(self.settings, key, value)
+        logger.info("demo: %s", user_config(self.settings, "ASLIngress"))
+
+
+# --------------------------------------------------------------------------- building and running
+
+
+def autoscaling_config(settings: ServeConfig) -> dict:
+    return {
+        "min_replicas": settings.min_replicas,
+        "max_replicas": settings.max_replicas,
+        "target_ongoing_requests": settings.target_ongoing_requests,
+        "upscale_delay_s": settings.upscale_delay_s,
+        "downscale_delay_s": settings.downscale_delay_s,
+    }
+
+
+def build_application(settings: ServeConfig):
+    """The Serve application for ``settings`` (its ``model`` must be set)."""
+    from asl_platform.model import model_location
+
+    if not settings.model:
+        raise ConfigError("serve.model is not set: pass --model DIR (a model version folder or a models folder)")
+    model_dir = model_location(settings.model)  # an absolute path (replicas may not share this cwd) or a URI
+    model = ASLModel.options(
+        autoscaling_config=autoscaling_config(settings),
+        ray_actor_options={"num_cpus": settings.cpus_per_replica, "num_gpus": settings.gpus_per_replica},
+        user_config=user_config(settings, "ASLModel"),
+    ).bind(model_dir, settings.torch_threads, settings.max_image_pixels)
+    return ASLIngress.options(user_config=user_config(settings, "ASLIngress")).bind(
+        model, settings.model_dump(mode="json"))
+
+
+def serve_config_document(settings: ServeConfig) -> dict:
+    """A ``serve run`` / ``serve deploy`` config for ``settings``: replicas, resources and each
+    deployment's user_config go in the Ray-native ``deployments`` section (which overrides code),
+    everything else in the app's args."""
+    live = {key for keys in USER_CONFIG_KEYS.values() for key in keys}
+    args = {k: v for k, v in settings.model_dump(mode="json").items() if k not in DEPLOYMENT_KEYS and k not in live}
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": settings.host, "port": settings.port},
+        "applications": [{
+            "name": APP_NAME,
+            "route_prefix": "/",
+            "import_path": "asl_platform.serving.deployments:build_app",
+            "args": args,
+            "deployments": [
+                {"name": "ASLModel", "autoscaling_config": autoscaling_config(settings),
+                 "ray_actor_options": {"num_cpus": settings.cpus_per_replica, "num_gpus": settings.gpus_per_replica},
+                 "user_config": user_config(settings, "ASLModel")},
+                {"name": "ASLIngress", "num_replicas": 1, "user_config": user_config(settings, "ASLIngress")},
+            ],
+        }],
+    }
+
+
+def build_app(args: dict):
+    """Application builder for ``serve_config.yaml`` (``import_path:
+    asl_platform.serving.deployments:build_app``): ``args`` are the ``serve`` section's keys, checked
+    like any config. (A user_config key given here becomes the code's user_config; the config file's
+    ``deployments`` entry, where ``serve_config_document`` puts them, overrides it.)"""
+    try:
+        settings = ServeConfig.model_validate(dict(args))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid serve application args: {exc}") from None
+    return build_application(settings)
+
+
+def start(cfg: Config, blocking: bool = True) -> str:
+    """``asl-platform serve``: start local Ray + Serve on ``serve.host:port`` and deploy the app;
+    with ``blocking``, serve until Ctrl-C, then shut Serve down."""
+    from asl_platform.runtime import init_ray
+
+    settings = cfg.serve
+    application = build_application(settings)
+    init_ray(cfg)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    url = f"http://{settings.host}:{settings.port}"
+    logger.info("deploying %s: POST %s/predict, docs %s/docs%s", settings.model, url, url,
+                f", demo {url}/demo" if settings.demo else "")
+    try:
+        serve.run(application, name=APP_NAME, route_prefix="/", blocking=blocking)
+    except KeyboardInterrupt:
+        logger.info("shutting down")
+        serve.shutdown()
+    return url

@@ -73,6 +73,7 @@ def test_two_workers_survive_a_killed_worker_and_export_a_valid_model(tmp_path):
     output, _ = process.communicate(timeout=600)
     assert killed is not None, "training ended before a worker could be killed:\n" + output[-3000:]
     assert process.returncode == 0, output[-5000:]
+    assert f"epoch {epochs}/{epochs}: train loss" in output  # rank 0's progress, forwarded by Ray to the terminal
 
     version = resolve_model_dir(tmp_path / "asl_runs" / "models" / "faulty")  # via the latest pointer
     assert version.name == "v1"

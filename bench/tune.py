@@ -128,7 +128,7 @@ def main() -> None:
     print(f"{'same budget recomputing the backbone (extrapolated)':<{width}} {recompute:8.1f} s")
     print(f"{'speed-up vs recomputing':<{width}} {recompute / whole:8.1f} x   target >= 20x")
     print(f"{'best validation accuracy':<{width}} {rows[0]['best_val_accuracy']:8.2%}   target >= 97%")
-    print(f"best hyperparameters: {best}")
+    print(f"best hyperparameters: {figures['best_hyperparameters']}")
     print("=" * 78)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

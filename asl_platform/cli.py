@@ -136,7 +136,7 @@ def _non_negative_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asl-platform", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and log lines from Ray workers")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (training epoch lines from Ray workers show either way)")
     commands = parser.add_subparsers(dest="command", required=True)
     pipeline = commands.add_parser(
         "pipeline", help="ingest -> features -> tune -> retrain -> evaluate -> export, on local Ray"

@@ -142,10 +142,11 @@ class TrainConfig(_Section):
     early_stopping_patience: int = Field(default=3, ge=1, description="Epochs without a better val loss.")
     last_stage_lr_factor: float = Field(
         default=0.1, gt=0, le=10,
-        description="Pipeline with model.unfreeze_last_stage: the last stage's lr = the head's lr x this.",
+        description="Where the last stage is trained (model.unfreeze_last_stage): its lr = the head's lr x this.",
     )
     last_stage_label_smoothing: float = Field(
-        default=0.1, ge=0, lt=1, description="Pipeline with model.unfreeze_last_stage: cross-entropy label smoothing.",
+        default=0.1, ge=0, lt=1,
+        description="Where the last stage is trained (model.unfreeze_last_stage): cross-entropy label smoothing.",
     )
     last_stage_feature_noise: float = Field(
         default=0.1, ge=0, le=1,

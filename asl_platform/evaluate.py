@@ -260,7 +260,7 @@ def predict_paths(
     paths = [str(p) for p in paths]
     if not paths:
         return np.zeros((0, num_classes), dtype=np.float32), []
-    init_ray()
+    init_ray(worker_logs=False)  # inference actors have nothing to tell the terminal
     if concurrency is None:
         available = int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1))
         concurrency = max(1, min(available, math.ceil(len(paths) / batch_size)))  # no idle actors

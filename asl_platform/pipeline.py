@@ -26,7 +26,9 @@ from asl_platform.model import (
 from asl_platform.prepare import PreparedData, StageProgress, prepare_data, start_run
 from asl_platform.training import setup
 from asl_platform.training.loop import evaluate
-from asl_platform.training.search import format_table, plot_curves, run_search, searched_values, write_results
+from asl_platform.training.search import (
+    check_bounds, format_table, plot_curves, run_search, searched_values, write_results,
+)
 from asl_platform.training.sources import ArrayBatches, evaluation_batch_size
 from asl_platform.training.trainer import run_training, write_tensorboard
 
@@ -63,6 +65,7 @@ def search(cfg: Config, prepared: PreparedData, progress: StageProgress, run_dir
 
 def run_tune(cfg: Config, resume: bool = False) -> tuple[Path, list[dict]]:
     """`asl-platform tune`: ingest, features (when used), and the search; returns best_config.yaml."""
+    check_bounds(cfg)  # before any work
     run_dir = start_run(cfg)
     stages = ("ingest", "features", "tune") if cfg.tune.mode == "features" else ("ingest", "check", "tune")
     progress = StageProgress(stages)
@@ -89,6 +92,7 @@ def run_pipeline(cfg: Config) -> PipelineResult:
     """Run every stage on ``cfg``; with no data root, on the built-in synthetic smoke set."""
     kind: setup.Kind = "activations" if cfg.model.unfreeze_last_stage else "features"
     setup.check_train_keys(cfg, kind, searched=True)  # before any work: no setting may silently do nothing
+    check_bounds(cfg)
     run_dir = start_run(cfg)
     if kind == "activations":
         logger.info(

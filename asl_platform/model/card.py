@@ -27,7 +27,8 @@ class ModelCardError(UserError):
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN metrics (e.g. no test images) are written as NaN, which json.loads reads back, not as null.
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
 
 class PreprocessingCard(_Record):

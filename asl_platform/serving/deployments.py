@@ -209,7 +209,7 @@ def start(cfg: Config, blocking: bool = True) -> str:
 
     settings = cfg.serve
     application = build_application(settings)
-    init_ray(cfg)
+    init_ray(cfg, worker_logs=False)  # replicas log every request; their logs stay in Ray's log files
     serve.start(http_options={"host": settings.host, "port": settings.port})
     url = f"http://{settings.host}:{settings.port}"
     logger.info("deploying %s: POST %s/predict, docs %s/docs%s", settings.model, url, url,

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from asl_platform.config import Config, set_key
+from pydantic import ValidationError
+
+from asl_platform.config import Config, ConfigError, set_key
 from asl_platform.data import is_remote, storage_uri
 from asl_platform.errors import UserError
 from asl_platform.model import get_backbone_spec
@@ -46,6 +48,27 @@ def param_space(cfg: Config) -> dict:
     for dotted, domain in domains.items():
         set_key(space, dotted.split("."), domain)
     return space
+
+
+def check_bounds(cfg: Config) -> None:
+    """Every value the search can sample must be valid where it lands (a ``tune.lr`` bound above
+    what ``train.lr`` accepts would otherwise fail every trial): refuse such bounds up front."""
+    bounds = cfg.tune
+    extremes = {"train.lr": bounds.lr, "train.eps": bounds.eps, "train.weight_decay": bounds.weight_decay,
+                "train.batch_size": bounds.batch_size, "model.hidden_size": bounds.hidden_size,
+                "model.dropout": bounds.dropout}
+    problems = []
+    for dotted, values in extremes.items():
+        for value in values:
+            tree = cfg.model_dump(mode="json")
+            set_key(tree, dotted.split("."), value)
+            try:
+                Config.model_validate(tree)
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"]
+                problems.append(f"  tune.{dotted.split('.')[1]}: {value:g} can be sampled, but {dotted}: {reason}")
+    if problems:
+        raise ConfigError("search bounds outside what the config accepts:\n" + "\n".join(problems))
 
 
 def searched_values(config: dict) -> dict:
@@ -105,6 +128,10 @@ def run_search(data: dict, cfg: Config, name: str = "tune", resume: bool = False
     from ray.tune.search import BasicVariantGenerator
 
     bounds = cfg.tune
+    check_bounds(cfg)
+    if cfg.train.init_from:  # trials start fresh; a warm start is asl-platform train's
+        raise ConfigError("train.init_from applies only to asl-platform train (a warm start of the whole "
+                          "classifier); the search trains fresh models")
     experiment = f"{storage_uri(cfg.storage_path)}/{name}"
     if resume:
         if not tune.Tuner.can_restore(experiment):

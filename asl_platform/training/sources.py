@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -30,8 +31,10 @@ class ArrayBatches:
 
     def __init__(self, inputs: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device,
                  shuffle: bool = False, seed: int = 0, noise: float = 0.0):
-        self.inputs = torch.from_numpy(np.array(inputs)).to(device)  # a copy: arrays from the object store are read-only
-        self.labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(device)
+        with warnings.catch_warnings():  # arrays from the object store are read-only; they are only read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.inputs = torch.from_numpy(inputs).to(device)  # shared with the object store, not copied
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64).copy()).to(device)
         self.batch_size, self.device, self.shuffle, self.seed, self.noise = batch_size, device, shuffle, seed, noise
 
     def __len__(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -42,6 +43,15 @@ def test_save_and_load_round_trip_every_field(tmp_path):
     assert loaded == saved and loaded.head.dropout == 0.25 and loaded.checkpoint == "/ckpt/3"
     with pytest.raises(ValueError, match="3 class names for a head with 2 outputs"):
         save_model_dir(model, tmp_path / "bad", ["A", "B", "C"])
+
+
+def test_nan_metrics_round_trip(tmp_path):
+    """No readable test image gives NaN test metrics: the folder must still load (NaN, not null)."""
+    torch.manual_seed(0)
+    save_model_dir(build_classifier("tiny", "none", 2, 4, 0.0), tmp_path, ["A", "B"],
+                   metrics={"test_accuracy": float("nan"), "val_accuracy": 0.5})
+    _, card = load_model_dir(tmp_path)
+    assert math.isnan(card.metrics["test_accuracy"]) and card.metrics["val_accuracy"] == 0.5
 
 
 def test_newer_unknown_or_broken_cards_are_refused_with_the_reason(tmp_path):

@@ -90,6 +90,18 @@ def test_the_refusal_says_why_and_what_to_do():
     setup.check_train_keys(cfg.model_copy(update={"train": TrainConfig(lr=0.01)}), "images")  # train: lr applies
 
 
+def test_search_bounds_that_no_trial_could_use_and_warm_starts_are_refused_before_the_search():
+    from asl_platform.training.search import check_bounds, run_search
+
+    check_bounds(load_config(None, []))  # the defaults are fine
+    with pytest.raises(ConfigError) as info:
+        check_bounds(load_config(None, ["tune.lr=[0.001, 20]", "tune.dropout=[-0.1, 0.3]"]))
+    assert "tune.lr: 20 can be sampled, but train.lr: Input should be less than or equal to 10" in str(info.value)
+    assert "tune.dropout: -0.1 can be sampled, but model.dropout: Input should be greater than" in str(info.value)
+    with pytest.raises(ConfigError, match="train.init_from applies only to asl-platform train"):
+        run_search({"kind": "images"}, load_config(None, ["train.init_from=/models/old"]))
+
+
 def test_tune_trials_get_the_whole_config_with_only_the_sampled_keys_as_domains():
     from ray.tune.search.sample import Domain
 

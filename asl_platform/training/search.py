@@ -29,23 +29,20 @@ from asl_platform.training.sources import ArrayBatches, FileBatches, evaluation_
 logger = logging.getLogger(__name__)
 
 
+def search_bounds(cfg: Config) -> dict[str, list]:
+    """Dotted key -> its bounds (``tune.<key>``): a range's two ends, or a choice's values."""
+    return {dotted: list(getattr(cfg.tune, dotted.split(".")[1])) for dotted in setup.SEARCHED}
+
+
 def param_space(cfg: Config) -> dict:
     """The run's whole config, with the sampled keys replaced by search domains whose bounds are
     ``tune.*``: the original AdamW space (lr, eps, weight_decay, batch_size) plus the head's shape."""
     from ray import tune
 
-    bounds = cfg.tune
-    domains = {
-        "train.lr": tune.loguniform(*bounds.lr),
-        "train.eps": tune.loguniform(*bounds.eps),
-        "train.weight_decay": tune.loguniform(*bounds.weight_decay),
-        "train.batch_size": tune.choice(list(bounds.batch_size)),
-        "model.hidden_size": tune.choice(list(bounds.hidden_size)),
-        "model.dropout": tune.uniform(*bounds.dropout),
-    }
-    assert set(domains) == set(setup.SEARCHED)
     space = cfg.model_dump(mode="json")
-    for dotted, domain in domains.items():
+    for dotted, values in search_bounds(cfg).items():
+        sampler = setup.SEARCHED[dotted]
+        domain = tune.choice(values) if sampler == "choice" else getattr(tune, sampler)(*values)
         set_key(space, dotted.split("."), domain)
     return space
 
@@ -53,12 +50,8 @@ def param_space(cfg: Config) -> dict:
 def check_bounds(cfg: Config) -> None:
     """Every value the search can sample must be valid where it lands (a ``tune.lr`` bound above
     what ``train.lr`` accepts would otherwise fail every trial): refuse such bounds up front."""
-    bounds = cfg.tune
-    extremes = {"train.lr": bounds.lr, "train.eps": bounds.eps, "train.weight_decay": bounds.weight_decay,
-                "train.batch_size": bounds.batch_size, "model.hidden_size": bounds.hidden_size,
-                "model.dropout": bounds.dropout}
     problems = []
-    for dotted, values in extremes.items():
+    for dotted, values in search_bounds(cfg).items():
         for value in values:
             tree = cfg.model_dump(mode="json")
             set_key(tree, dotted.split("."), value)

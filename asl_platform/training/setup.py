@@ -22,9 +22,11 @@ from asl_platform.model import (
 
 Kind = Literal["features", "activations", "images"]
 KINDS: tuple[Kind, ...] = ("features", "activations", "images")
-# The keys an ASHA search samples, as dotted config paths: they reach every trial (and the retrain
-# that follows the search) from the search, never from the config file.
-SEARCHED = ("train.lr", "train.eps", "train.weight_decay", "train.batch_size", "model.hidden_size", "model.dropout")
+# The keys an ASHA search samples, as dotted config paths, with how each is sampled from its bounds
+# ``tune.<key>`` (same name): they reach every trial (and the retrain that follows the search) from
+# the search, never from the config file.
+SEARCHED = {"train.lr": "loguniform", "train.eps": "loguniform", "train.weight_decay": "loguniform",
+            "train.batch_size": "choice", "model.hidden_size": "choice", "model.dropout": "uniform"}
 
 
 def trains_last_stage(cfg: Config, kind: Kind) -> bool:

@@ -12,11 +12,9 @@ pooled features of the frozen backbone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from asl_platform.cache import listing_key, write_atomically
 from asl_platform.data import ImageIndex, Preprocessing, image_dataset
 from asl_platform.limits import MAX_IMAGE_BYTES
 from asl_platform.model import build_backbone, get_backbone_spec, split_backbone
@@ -85,25 +84,17 @@ def cache_key(
 ) -> str:
     """Hash of what determines a feature: the files (path, size, mtime from the listing), backbone,
     weights, preprocessing, the size limit (which decides what is skipped), and what is output."""
-    digest = hashlib.sha256()
     header = {"v": CACHE_FORMAT_VERSION, "backbone": backbone, "weights": weights, "prep": prep.to_dict(), "max_bytes": max_bytes}
     if output != "features":  # pooled features keep their original keys (existing caches stay valid)
         header["output"] = output
     if weights not in ("imagenet", "none"):
         stat = os.stat(weights)
         header["weights_stat"] = f"{stat.st_size}:{stat.st_mtime_ns}"
-    digest.update(json.dumps(header, sort_keys=True).encode())
-    stamps = index.stamps or [""] * len(index.paths)
-    for path, label, stamp in zip(index.paths, index.labels, stamps):
-        digest.update(f"{path}\t{label}\t{stamp}\n".encode())
-    return digest.hexdigest()[:20]
+    return listing_key(header, index)
 
 
 def _write_table(table: FeatureTable, directory: Path, meta: dict) -> None:
     """Write atomically: into a temporary folder, renamed into place only when complete."""
-    tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     shape = meta.get("shape")  # trunk activations: (C, H, W), stored flat as float16
     dim = int(np.prod(shape)) if shape else table.features.shape[1]
     dtype = np.float16 if shape else np.float32
@@ -113,10 +104,12 @@ def _write_table(table: FeatureTable, directory: Path, meta: dict) -> None:
         "error": pa.array(table.errors.astype(str)),
         "features": pa.FixedSizeListArray.from_arrays(pa.array(table.features.reshape(-1).astype(dtype)), dim),
     })
-    pq.write_table(arrow, tmp / "features.parquet")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
+
+    def write(tmp: Path) -> None:
+        pq.write_table(arrow, tmp / "features.parquet")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    write_atomically(directory, write)
 
 
 def _read_table(directory: Path) -> FeatureTable:

@@ -31,9 +31,10 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the images are and how they are split and preprocessed."""
 
-    root: str | None = Field(
+    root: str | list[str] | None = Field(
         default=None,
-        description="Image folder (local path or s3://...). None uses the built-in synthetic smoke set.",
+        description="Image folder (local path or s3://...), or a list of them (classes matched by name, each "
+                    "split on its own). None uses the built-in synthetic smoke set.",
     )
     val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
@@ -49,6 +50,22 @@ class DataConfig(_Section):
         default=None,
         description="Evaluated (never trained on) after training, e.g. ../shared/data/asl-webcam.",
     )
+
+    @field_validator("root")
+    @classmethod
+    def _roots_are_distinct(cls, root: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(root, list):
+            if not root:
+                raise ValueError("an empty list of folders; give one or more, or leave data.root unset")
+            if len(set(root)) != len(root):
+                raise ValueError(f"a folder is listed twice: {root}")
+            return root[0] if len(root) == 1 else root
+        return root
+
+    @property
+    def roots(self) -> list[str] | None:
+        """The training folders as a list (None: the synthetic smoke set)."""
+        return None if self.root is None else [self.root] if isinstance(self.root, str) else list(self.root)
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:
@@ -80,6 +97,28 @@ class ModelConfig(_Section):
     hidden_size: int = Field(default=256, ge=1, le=16384)
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     unfreeze_last_stage: bool = False
+    kind: Literal["image", "hand_aware"] = Field(
+        default="image",
+        description="'image': the image model alone. 'hand_aware': also a landmark model on MediaPipe hand "
+                    "landmarks (section hands), and the pipeline exports the combination that scores best "
+                    "cross-domain (data.cross_domain_root) or, without one, on the validation split.",
+    )
+
+
+class HandsConfig(_Section):
+    """Hand detection (MediaPipe Hands) and the landmark model's training augmentation
+    (model.kind hand_aware only; set elsewhere, a key here is refused)."""
+
+    paddings: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.25, 0.0], min_length=1, max_length=4,
+        description="Border (fraction of each side, the image's own edge pixels) tried in order until a hand is found.",
+    )
+    min_confidence: float = Field(default=0.5, gt=0, le=1, description="MediaPipe's min_detection_confidence.")
+    model_complexity: Literal[0, 1] = Field(default=1, description="MediaPipe hand model: 0 lite, 1 full.")
+    augment_roll_deg: float = Field(default=15, ge=0, le=90, description="Training: random in-plane rotation (+-).")
+    augment_tilt_deg: float = Field(default=25, ge=0, le=90, description="Training: random 3-D yaw and pitch (+-).")
+    augment_stretch: float = Field(default=0.1, ge=0, lt=1, description="Training: random per-axis stretch (+-).")
+    augment_jitter: float = Field(default=0.02, ge=0, le=1, description="Training: landmark noise (x palm size).")
 
 
 class TuneConfig(_Section):
@@ -219,10 +258,21 @@ class Config(_Section):
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    hands: HandsConfig = Field(default_factory=HandsConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _hands_only_where_used(self) -> Config:
+        if self.model.kind != "hand_aware":
+            changed = sorted(key for key, value in self.hands.model_dump().items()
+                             if value != getattr(HandsConfig(), key))
+            if changed:
+                raise ValueError(f"hands: {', '.join('hands.' + k for k in changed)} apply only with "
+                                 "model.kind=hand_aware (set it, or drop these keys)")
+        return self
 
     @property
     def run_dir(self) -> Path:

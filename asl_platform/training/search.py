@@ -82,7 +82,7 @@ def search_trial(config: dict, data: dict) -> None:
     torch.manual_seed(cfg.tune.seed)
     device = torch.device("cuda" if cfg.tune.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
     kind, batch_size = data["kind"], cfg.train.batch_size
-    if kind == "features":
+    if kind in setup.ARRAY_KINDS:
         (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
         model = setup.build_model(cfg, kind, data["num_classes"], x_train.shape[1])
         train = ArrayBatches(x_train, y_train, batch_size, device, shuffle=True, seed=cfg.tune.seed)

@@ -1,8 +1,9 @@
 """What is trained for each kind of input, with which optimizer, and which ``train.*`` keys apply.
 
 Kinds: ``features`` (the head on cached backbone features), ``activations`` (the backbone's last stage
-+ head on cached trunk activations, ``model.unfreeze_last_stage`` in the pipeline) and ``images``
-(the whole classifier on image files, ``asl-platform train`` and full-image Tune trials).
++ head on cached trunk activations, ``model.unfreeze_last_stage`` in the pipeline), ``images``
+(the whole classifier on image files, ``asl-platform train`` and full-image Tune trials) and
+``landmarks`` (the landmark model on cached hand landmarks, ``model.kind=hand_aware``).
 
 A ``train.*`` key set (to anything but its default) where it has no effect is refused before any
 work starts, so that no setting silently does nothing.
@@ -16,12 +17,15 @@ import torch
 from torch import nn
 
 from asl_platform.config import Config, ConfigError, TrainConfig
+from asl_platform.hands.features import LandmarkAugment
+from asl_platform.model.landmarks import LandmarkClassifier
 from asl_platform.model import (
     build_classifier, build_head, build_last_stage_classifier, get_backbone_spec, load_model_dir,
 )
 
-Kind = Literal["features", "activations", "images"]
-KINDS: tuple[Kind, ...] = ("features", "activations", "images")
+Kind = Literal["features", "activations", "images", "landmarks"]
+KINDS: tuple[Kind, ...] = ("features", "activations", "images", "landmarks")
+ARRAY_KINDS = ("features", "activations", "landmarks")  # trained on cached arrays, not image files
 # The keys an ASHA search samples, as dotted config paths, with how each is sampled from its bounds
 # ``tune.<key>`` (same name): they reach every trial (and the retrain that follows the search) from
 # the search, never from the config file.
@@ -77,6 +81,11 @@ def build_model(cfg: Config, kind: Kind, num_classes: int, feature_dim: int | No
 
     ``images`` starts from ``model.weights`` and then the warm start ``train.init_from``, if any."""
     model_cfg = cfg.model
+    if kind == "landmarks":
+        hands = cfg.hands
+        augment = LandmarkAugment(hands.augment_roll_deg, hands.augment_tilt_deg, hands.augment_stretch,
+                                  hands.augment_jitter)
+        return LandmarkClassifier(num_classes, model_cfg.hidden_size, model_cfg.dropout, augment)
     if kind == "features":
         return build_head(feature_dim or get_backbone_spec(model_cfg.backbone).feature_dim, num_classes,
                           model_cfg.hidden_size, model_cfg.dropout)

@@ -129,7 +129,7 @@ def run_training(cfg: Config, kind: setup.Kind, num_classes: int, name: str, *,
     _check_resources(cfg, kind)
     if kind == "images":
         cfg = checked_init_from(cfg, index["train"].classes)
-    if kind != "features":
+    if kind in ("activations", "images"):
         build_backbone(cfg.model.backbone, cfg.model.weights)  # missing weights: fail here, clearly, once
     datasets = image_datasets(cfg, index["train"], index["val"]) if kind == "images" else None
     trainer = build_trainer(cfg, kind, num_classes, name, arrays=arrays, datasets=datasets)

@@ -1,0 +1,32 @@
+"""The landmark model: invariant hand-shape features (``asl_platform.hands.features``) followed by
+the same two fully connected layers as the image model's head. Tiny (~100k parameters) and, unlike
+pixels, what it sees is the same for a new signer in a new room."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from asl_platform.hands.features import FEATURE_DIM, LandmarkAugment, LandmarkFeatures
+from asl_platform.model.classifier import build_head
+
+LANDMARK_WEIGHTS_FILE = "landmarks.safetensors"
+
+
+class LandmarkClassifier(nn.Module):
+    """(N, 64) raw landmark rows (see ``hands.landmark_inputs``) -> logits (N, classes)."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout: float, augment: LandmarkAugment | None = None):
+        super().__init__()
+        self.features = LandmarkFeatures(augment)
+        self.head = build_head(FEATURE_DIM, num_classes, hidden_size, dropout)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(inputs))
+
+
+def save_landmark_weights(model: LandmarkClassifier, directory) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / LANDMARK_WEIGHTS_FILE))

@@ -1,7 +1,7 @@
 """Batch inference: classify every file under a folder or ``s3://`` prefix into Parquet and CSV, once.
 
 This is the original S3-upload trigger done the Ray way: instead of one function call per upload
-event, a Ray Data actor pool (``evaluate.predict_paths``) classifies whole listings, and ``watch``
+event, a Ray Data actor pool (``evaluate.predict_paths_with_hands``) classifies whole listings, and ``watch``
 polls for files that arrived since. The output folder is the only state: the paths in its part
 files are what has been classified, so a re-run or a restarted watcher never classifies a file
 twice and no database or queue is needed. Unreadable files become rows with their error, so nothing
@@ -10,6 +10,7 @@ is dropped silently.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from asl_platform.data import DataError, is_remote, scan_files, strip_file_scheme
-from asl_platform.evaluate import DEFAULT_MAX_BYTES, predict_paths
+from asl_platform.evaluate import DEFAULT_MAX_BYTES, predict_paths_with_hands
 from asl_platform.model import ModelCard, model_location, resolve_model_dir
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ SCHEMA = pa.schema([
     ("error", pa.string()),  # "" when fine
     ("model_version", pa.string()),
     ("classified_at", pa.timestamp("ms", tz="UTC")),
+    ("hand_found", pa.bool_()),  # hand-aware models: MediaPipe found a hand; null for image models and unreadable files
 ])
 
 
@@ -118,7 +120,7 @@ class PredictionStore:
         if not tables:
             schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
             return schema.empty_table()
-        return pa.concat_tables(tables)
+        return pa.concat_tables(tables, promote_options="default")  # parts written before hand_found: null there
 
     def write_part(self, table: pa.Table) -> Path:
         """Write under a hidden temporary name, then rename: a reader (or a restarted watcher) sees
@@ -155,8 +157,8 @@ class PredictionStore:
         """Add the rows of a just-published part to ``predictions.csv``. Needs a CSV that held
         every earlier part, so call it right after ``write_part`` on a store that was not stale."""
         path, marker = self.root / COMBINED_CSV, self.root / APPENDING_MARKER
-        if not path.is_file() or marker.exists():  # missing, or an earlier append failed half-way
-            return self.write_csv()
+        if not path.is_file() or marker.exists() or _csv_header(path) != table.column_names:
+            return self.write_csv()  # missing, an earlier append failed half-way, or older columns
         marker.touch()
         with path.open("ab") as handle:
             pa_csv.write_csv(table, handle, write_options=pa_csv.WriteOptions(include_header=False))
@@ -164,6 +166,11 @@ class PredictionStore:
             os.fsync(handle.fileno())
         marker.unlink()
         return path
+
+
+def _csv_header(path: Path) -> list[str]:
+    with path.open(newline="") as handle:
+        return next(csv.reader(handle), [])
 
 
 # --------------------------------------------------------------------------- classification
@@ -180,9 +187,11 @@ def _model_identity(model_dir: str | Path) -> tuple[str, list[str], str]:
 
 
 def prediction_table(
-    paths: list[str], probabilities: np.ndarray, errors: list[str], classes: list[str], model_version: str
+    paths: list[str], probabilities: np.ndarray, errors: list[str], classes: list[str], model_version: str,
+    hand_found: np.ndarray | None = None,
 ) -> pa.Table:
-    """Rows of the output: the top letter, its probability and the top three, or the error."""
+    """Rows of the output: the top letter, its probability and the top three, or the error; and
+    whether a hand was found (hand-aware models)."""
     letters, best, top3 = [], [], []
     for probs, error in zip(probabilities, errors):
         if error:
@@ -198,6 +207,8 @@ def prediction_table(
     return pa.table({
         "path": paths, "letter": letters, "probability": best, "top3": top3, "error": list(errors),
         "model_version": [model_version] * len(paths), "classified_at": [now] * len(paths),
+        "hand_found": [None if hand_found is None or error else bool(found)
+                       for found, error in zip(hand_found if hand_found is not None else errors, errors)],
     }, schema=SCHEMA)
 
 
@@ -271,9 +282,9 @@ class BatchJob:
     def _classify(self, paths: list[str]) -> BatchResult:
         """One part: Ray Data inference, a new Parquet part, the combined CSV rewritten."""
         started = time.perf_counter()
-        probabilities, errors = predict_paths(self.model_dir, paths, batch_size=self.batch_size,
-                                              max_bytes=DEFAULT_MAX_BYTES, use_gpu=self.use_gpu)
-        table = prediction_table(paths, probabilities, errors, self.classes, self.model_version)
+        probabilities, errors, found = predict_paths_with_hands(self.model_dir, paths, batch_size=self.batch_size,
+                                                                max_bytes=DEFAULT_MAX_BYTES, use_gpu=self.use_gpu)
+        table = prediction_table(paths, probabilities, errors, self.classes, self.model_version, found)
         part = self.store.write_part(table)
         self.done.update(paths)  # published: never again, even if the CSV append below fails
         self.store.append_csv(table)

@@ -15,7 +15,8 @@ logger = logging.getLogger("asl_platform")
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file (sections: data, model, tune, train, serve, run)")
-    parser.add_argument("--data", help="image folder or s3:// prefix (sets data.root)")
+    parser.add_argument("--data", action="append", help="image folder or s3:// prefix (sets data.root); repeat it to "
+                        "train on several folders (classes matched by name, each split on its own)")
     parser.add_argument("--backbone", help="sets model.backbone (resnet50, efficientnet_lite0, tiny)")
     parser.add_argument("--output", help="sets run.output_dir")
     parser.add_argument(
@@ -30,7 +31,8 @@ def resolve_config(args: argparse.Namespace, extra: dict[str, str | None] | None
     if path is None and args.data is None and args.command in ("pipeline", "tune", "train"):
         path = builtin_config_path("smoke")
         logger.info("no --config/--data: using the built-in smoke config %s", path)
-    flags = {"data.root": args.data, "model.backbone": args.backbone, "run.output_dir": args.output, **(extra or {})}
+    data = args.data[0] if args.data and len(args.data) == 1 else args.data
+    flags = {"data.root": data, "model.backbone": args.backbone, "run.output_dir": args.output, **(extra or {})}
     return load_config(path, args.overrides, values={k: v for k, v in flags.items() if v is not None})
 
 
@@ -82,7 +84,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         output = Path("eval") / f"{Path(location).parent.name}-{Path(location).name}"  # not into a node's model cache
     else:
         output = resolve_model_dir(location) / "eval"
-    report = evaluate_folder(location, args.data, split=args.split, output_dir=output, use_gpu=args.use_gpu)
+    report = evaluate_folder(location, args.data[0] if len(args.data) == 1 else args.data, split=args.split, output_dir=output, use_gpu=args.use_gpu)
     print(f"\n{report['images']} images: accuracy {report['accuracy']:.2%}, loss {report['loss']:.4f}, "
           f"macro F1 {report['macro_f1']:.4f}")
     print("report: " + ", ".join(str(path) for path in report.get("files", {}).values()))
@@ -152,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_cmd_train)
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class P/R/F1 and confusion matrix of a model on a folder")
     evaluate.add_argument("--model", required=True, help=MODEL_HELP)
-    evaluate.add_argument("--data", required=True, help="image folder or s3:// prefix")
+    evaluate.add_argument("--data", required=True, action="append",
+                          help="image folder or s3:// prefix; repeat it for a model trained on several folders")
     evaluate.add_argument("--split", choices=("all", "test"), default="all",
                           help="'test': only the held-out test split of the model's training data; 'all': every image")
     evaluate.add_argument("--output", help="report folder (default: <model>/eval; ./eval/<name>-<version> for a remote model)")

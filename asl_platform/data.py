@@ -330,6 +330,39 @@ def stratified_split(index: ImageIndex, val_fraction: float, test_fraction: floa
     return index
 
 
+def merge_sources(indexes: list[ImageIndex]) -> ImageIndex:
+    """Several listed and split folders as one index: classes matched by name (the union, sorted as
+    ``list_images`` sorts them), each file keeping the split its own folder gave it."""
+    if len(indexes) == 1:
+        return indexes[0]
+    classes = sorted({name for index in indexes for name in index.classes})
+    position = {name: i for i, name in enumerate(classes)}
+    merged = ImageIndex(root=", ".join(index.root for index in indexes),
+                        layout="+".join(index.layout for index in indexes), classes=classes, paths=[], labels=[])
+    for index in indexes:
+        merged.paths += index.paths
+        merged.labels += [position[index.classes[y]] for y in index.labels]
+        merged.stamps += index.stamps or [""] * len(index.paths)
+        merged.splits += index.splits
+    seen: set[str] = set()
+    twice = [path for path in merged.paths if path in seen or seen.add(path)]
+    if twice:  # nested or repeated folders: one photo would count twice, maybe in two splits
+        raise DataError(f"{len(twice)} file(s) are under more than one of the data folders, e.g. {twice[0]}; "
+                        "list folders that do not overlap")
+    return merged
+
+
+def list_sources(roots: list[str], max_per_class: int | None, seed: int, val_fraction: float,
+                 test_fraction: float) -> tuple[ImageIndex, list[dict]]:
+    """List and split every folder (stratified per folder and class, so each source is in every
+    split in proportion), merged into one index; and per folder its image and split counts."""
+    indexes = [stratified_split(list_images(root, max_per_class, seed), val_fraction, test_fraction, seed)
+               for root in roots]
+    sources = [{"root": index.root, "images": len(index),
+                "split": {s: index.splits.count(s) for s in ("train", "val", "test")}} for index in indexes]
+    return merge_sources(indexes), sources
+
+
 # --------------------------------------------------------------------------- decoding
 
 
@@ -371,6 +404,15 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, draft_size: in
         except (OSError, SyntaxError) as exc:  # truncated or corrupt data
             raise ValueError(f"corrupt or truncated image: {exc}") from None
     return to_rgb(image)
+
+
+def oriented_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an encoded image as ``decode_image`` shows it (EXIF rotation applied),
+    from its header only; a decode at reduced (draft) scale is smaller than this."""
+    image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    orientation = image.getexif().get(0x0112, 1)  # 5-8: rotated a quarter turn
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -19,7 +19,7 @@ import numpy as np
 
 from asl_platform.config import DataConfig
 from asl_platform.data import (
-    DataError, ImageIndex, is_remote, list_images, stratified_split, strip_file_scheme, summarize_errors,
+    DataError, ImageIndex, is_remote, list_images, list_sources, merge_sources, strip_file_scheme, summarize_errors,
 )
 from asl_platform.model import ModelCard
 
@@ -159,6 +159,10 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def report_markdown(report: dict, title: str, png_name: str | None = None) -> str:
     """A short human-readable summary of a report, for the model folder."""
     lines = [f"# {title}", ""]
@@ -181,9 +185,16 @@ def report_markdown(report: dict, title: str, png_name: str | None = None) -> st
         lines.append(f"- **Skipped classes** (unknown to the model; images not evaluated): {skipped}")
     if report.get("skipped_files"):
         lines.append(f"- **Skipped files** (unreadable): {len(report['skipped_files'])}")
-    lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    hands = report.get("hands")
+    if hands:
+        lines += [f"- **Hand found** (MediaPipe): {hands['hand_found']:.1%} of images; accuracy "
+                  f"{_pct(hands['accuracy_with_hand'])} with a hand ({hands['images_with_hand']}), "
+                  f"{_pct(hands['accuracy_without_hand'])} without ({hands['images_without_hand']})"]
+    lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |" + (" hand found |" if hands else ""),
+              "|---|---:|---:|---:|---:|" + ("---:|" if hands else "")]
     lines += [
         f"| {row['class']} | {_fmt(row['precision'])} | {_fmt(row['recall'])} | {_fmt(row['f1'])} | {row['support']} |"
+        + (f" {_pct(hands['detection_rate'].get(row['class']))} |" if hands else "")
         for row in report["per_class"]
     ]
     lines += ["", "## Most confused", ""]
@@ -285,6 +296,73 @@ def predict_paths(
     return probabilities, [rows[p][1] for p in paths]
 
 
+def landmark_answers(model_dir: str | Path, paths: list[str], batch_size: int = 64,
+                     max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A hand-aware model's hand side on ``paths``: the hands stage (MediaPipe with the model's
+    detection settings) and the landmark model. Per path: hand found, landmark probabilities (zeros
+    without a hand) and the detection error ("" when the file was read)."""
+    import torch
+
+    from asl_platform.hands import DetectionSettings, detect_hands
+    from asl_platform.model import model_location, resolve_model_dir
+    from asl_platform.model.store import load_landmark_model
+
+    directory = resolve_model_dir(model_location(model_dir))
+    card = ModelCard.load(directory)
+    detection = card.hands.detection
+    unique = list(dict.fromkeys(str(p) for p in paths))
+    index = ImageIndex(root="", layout="paths", classes=[], paths=unique, labels=[-1] * len(unique))
+    hands = detect_hands(index, DetectionSettings(tuple(detection.paddings), detection.min_confidence,
+                                                  detection.model_complexity),
+                         cache_root=None, batch_size=batch_size, max_bytes=max_bytes)
+    row = {path: i for i, path in enumerate(unique)}
+    order = np.asarray([row[str(p)] for p in paths], dtype=np.int64)
+    found = hands.found[order] & hands.valid[order]
+    landmarks = np.zeros((len(paths), len(card.classes)), np.float32)
+    if found.any():
+        model = load_landmark_model(directory, card)
+        with torch.inference_mode():
+            landmarks[found] = torch.softmax(model(torch.from_numpy(hands.inputs(order[found]))), 1).numpy()
+    return found, landmarks, [str(hands.errors[i]) for i in order]
+
+
+def predict_paths_with_hands(
+    model_dir: str | Path, paths: list[str], batch_size: int = 64, max_bytes: int = DEFAULT_MAX_BYTES,
+    use_gpu: bool = False,
+) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """``predict_paths``, and for a hand-aware model the answer it gives: its image model, the hand
+    side (``landmark_answers``) and the card's fusion rule. The third value says per path whether a
+    hand was found (None for an image-only model)."""
+    from asl_platform.model import model_location, resolve_model_dir
+    from asl_platform.model.fusion import fuse
+
+    probabilities, errors = predict_paths(model_dir, paths, batch_size=batch_size, max_bytes=max_bytes, use_gpu=use_gpu)
+    card = ModelCard.load(resolve_model_dir(model_location(model_dir)))
+    if card.kind != "hand_aware" or not len(paths):
+        return probabilities, errors, None
+    found, landmarks, hand_errors = landmark_answers(model_dir, paths, batch_size, max_bytes)
+    errors = [e or (f"hand detection: {h}" if h else "") for e, h in zip(errors, hand_errors)]
+    bad = np.asarray([bool(e) for e in errors], dtype=bool)
+    fused = fuse(card.fusion.rule, np.nan_to_num(probabilities), landmarks, found, card.classes).astype(np.float32)
+    fused[bad] = np.nan
+    return fused, errors, found
+
+
+def hand_metrics(labels: np.ndarray, probabilities: np.ndarray, found: np.ndarray, classes: list[str]) -> dict:
+    """How often a hand was found (overall and per class) and accuracy with and without one."""
+    correct = probabilities.argmax(axis=1) == labels
+
+    def share(mask: np.ndarray) -> float | None:
+        return float(mask.mean()) if len(mask) else None
+
+    return {
+        "hand_found": share(found),
+        "accuracy_with_hand": share(correct[found]), "images_with_hand": int(found.sum()),
+        "accuracy_without_hand": share(correct[~found]), "images_without_hand": int((~found).sum()),
+        "detection_rate": {name: share(found[labels == i]) for i, name in enumerate(classes) if np.any(labels == i)},
+    }
+
+
 # --------------------------------------------------------------------------- folder evaluation
 
 
@@ -303,10 +381,10 @@ def _data_config(card: ModelCard) -> dict:
 TEST_SPLIT_FILE = "test_split.txt"
 
 
-def _select_images(index: ImageIndex, split: str, data_cfg: dict, saved_test: set[str] | None = None) -> ImageIndex:
+def _select_images(index: ImageIndex, split: str, saved_test: set[str] | None = None) -> ImageIndex:
     """Everything (``all``) or the held-out test split exactly as training made it (``test``): the
     file list saved with the model when there is one (files added later cannot leak in), else the
-    same seeded split recomputed."""
+    same seeded split recomputed (``index`` comes split, by ``list_sources``)."""
     if split == "all":
         return index
     if saved_test is not None:
@@ -315,10 +393,9 @@ def _select_images(index: ImageIndex, split: str, data_cfg: dict, saved_test: se
         if missing:
             logger.warning("%d held-out test file(s) of the model are no longer under %s", missing, index.root)
         return index.subset("test")
-    index = stratified_split(index, data_cfg["val_fraction"], data_cfg["test_fraction"], data_cfg["seed"])
     test = index.subset("test")
     if not test.paths:
-        raise DataError(f"the test split of {index.root} is empty (test_fraction={data_cfg['test_fraction']})")
+        raise DataError(f"the test split of {index.root} is empty")
     return test
 
 
@@ -329,11 +406,8 @@ def _default_name(data_root: str, split: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def _same_root(a: str, b: str) -> bool:
-    def normalise(path: str) -> str:
-        return path.rstrip("/") if is_remote(path) else str(Path(strip_file_scheme(path)).expanduser().resolve())
-
-    return normalise(a) == normalise(b)
+def _normalised(path: str) -> str:
+    return path.rstrip("/") if is_remote(path) else str(Path(strip_file_scheme(path)).expanduser().resolve())
 
 
 def _write_predictions(path: Path, paths: list[str], labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> str:
@@ -350,7 +424,7 @@ def _write_predictions(path: Path, paths: list[str], labels: np.ndarray, probabi
 
 def evaluate_folder(
     model_dir: str | Path,
-    data_root: str,
+    data_root: str | list[str],
     split: str = "all",
     output_dir: Path | None = None,
     name: str | None = None,
@@ -371,12 +445,18 @@ def evaluate_folder(
     card = ModelCard.load(model_dir)
     classes: list[str] = list(card.classes)
     data_cfg = _data_config(card)
-    trained_root = card.data.root if card.data else None
-    if split == "test" and trained_root and not _same_root(str(trained_root), str(data_root)):
+    roots = [str(data_root)] if isinstance(data_root, (str, Path)) else [str(r) for r in data_root]
+    trained = [s.root for s in card.data.sources] if card.data and card.data.sources else \
+        [card.data.root] if card.data and card.data.root else []
+    if split == "test" and trained and sorted(map(_normalised, roots)) != sorted(map(_normalised, trained)):
         logger.warning("split=test on %s, but the model was trained on %s: the 'test' images are only held out "
-                       "if it is the same folder", data_root, trained_root)
-
-    listing = list_images(str(data_root), data_cfg["max_images_per_class"] if split == "test" else None, data_cfg["seed"])
+                       "if they are the same folders", ", ".join(roots), ", ".join(trained))
+    if split == "test":  # listed and split per folder exactly as training did
+        listing, _ = list_sources(roots, data_cfg["max_images_per_class"], data_cfg["seed"],
+                                  data_cfg["val_fraction"], data_cfg["test_fraction"])
+    else:
+        listing = merge_sources([list_images(root) for root in roots])
+    data_root = ", ".join(roots)
     saved_test = None
     if split == "test" and (model_dir / TEST_SPLIT_FILE).is_file():
         saved_test = set((model_dir / TEST_SPLIT_FILE).read_text().splitlines())
@@ -384,7 +464,7 @@ def evaluate_folder(
             logger.warning("none of %s's saved test files are under %s; recomputing the seeded split",
                            model_dir, data_root)
             saved_test = None
-    selected = _select_images(listing, split, data_cfg, saved_test)
+    selected = _select_images(listing, split, saved_test)
 
     position = {name_: i for i, name_ in enumerate(classes)}
     counts = selected.class_counts()
@@ -404,8 +484,8 @@ def evaluate_folder(
                         f"folder classes: {', '.join(listing.classes)}; model classes: {', '.join(classes)}")
 
     logger.info("evaluating %s on %d image(s) from %s (split %s)", model_dir, len(paths), data_root, split)
-    probabilities, errors = predict_paths(location, paths, batch_size=data_cfg["batch_size"],
-                                          max_bytes=data_cfg["max_image_bytes"], use_gpu=use_gpu)
+    probabilities, errors, found = predict_paths_with_hands(location, paths, batch_size=data_cfg["batch_size"],
+                                                            max_bytes=data_cfg["max_image_bytes"], use_gpu=use_gpu)
     good = np.asarray([not e for e in errors], dtype=bool)
     skipped_files = [{"path": p, "error": e} for p, e in zip(paths, errors) if e]
     (logger.warning if skipped_files else logger.info)(summarize_errors(paths, errors))
@@ -413,6 +493,8 @@ def evaluate_folder(
         raise DataError(f"none of the {len(paths)} image(s) under {data_root} could be read")
 
     report = compute_report(labels[good], probabilities[good], classes)
+    if found is not None:
+        report["hands"] = hand_metrics(labels[good], probabilities[good], found[good], classes)
     report.update({
         "model_dir": str(model_dir),
         "model_version": card.version,
@@ -422,8 +504,9 @@ def evaluate_folder(
         "skipped_classes": skipped_classes,
         "skipped_files": skipped_files,
     })
-    logger.info("%s: accuracy %.2f%%, loss %.4f, macro F1 %.4f on %d image(s)", _default_name(data_root, split),
-                100 * report["accuracy"], report["loss"], report["macro_f1"], report["images"])
+    logger.info("%s: accuracy %.2f%%, loss %.4f, macro F1 %.4f on %d image(s)%s", _default_name(data_root, split),
+                100 * report["accuracy"], report["loss"], report["macro_f1"], report["images"],
+                f"; hand found in {report['hands']['hand_found']:.1%}" if "hands" in report else "")
     if output_dir is not None:
         name = name or _default_name(data_root, split)
         title = f"Evaluation of {card.version or model_dir.name} on {Path(str(data_root).rstrip('/')).name or data_root} ({split})"

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import torch
 
-from asl_platform.config import Config
+from asl_platform.config import Config, ConfigError
 from asl_platform.evaluate import TEST_SPLIT_FILE, evaluate_folder
 from asl_platform.data import list_images
 from asl_platform.model import (
     ASLClassifier, DataCard, ModelCard, build_backbone, into_classifier, mark_latest, next_version_dir, save_model_dir,
     write_readme,
 )
+from asl_platform.model.landmarks import save_landmark_weights
 from asl_platform.prepare import PreparedData, StageProgress, prepare_data, start_run
+from asl_platform.selection import fusion_scores, make_hand_aware, score_cross_domain
 from asl_platform.training import setup
 from asl_platform.training.loop import evaluate
 from asl_platform.training.search import (
@@ -35,6 +37,7 @@ from asl_platform.training.trainer import run_training, write_tensorboard
 logger = logging.getLogger(__name__)
 
 STAGES = ("ingest", "features", "tune", "retrain", "evaluate", "export")
+HAND_AWARE_STAGES = ("ingest", "features", "hands", "tune", "retrain", "evaluate", "export")
 TRAIN_STAGES = ("ingest", "check", "train", "export", "evaluate", "finalise")
 
 
@@ -47,17 +50,23 @@ class PipelineResult:
 
 
 def search(cfg: Config, prepared: PreparedData, progress: StageProgress, run_dir: Path,
-           resume: bool = False) -> tuple[Config, list[dict], Path]:
-    """Stage tune: the ASHA search; writes trials.csv/json, best_config.yaml and curves.png."""
-    with progress.stage("tune", f"ASHA search, {cfg.tune.num_samples} trials ({cfg.tune.mode} mode)"):
-        if cfg.tune.mode == "images":
+           resume: bool = False, kind: setup.Kind | None = None) -> tuple[Config, list[dict], Path]:
+    """Stage tune: the ASHA search; writes trials.csv/json, best_config.yaml and curves.png (under
+    ``tune/``, or ``tune-landmarks/`` for the landmark model)."""
+    kind = kind or ("images" if cfg.tune.mode == "images" else "features")
+    name = "tune-landmarks" if kind == "landmarks" else "tune"
+    what = "the landmark model" if kind == "landmarks" else f"the image model ({cfg.tune.mode} mode)"
+    with progress.stage("tune", f"ASHA search, {cfg.tune.num_samples} trials, {what}"):
+        if kind == "images":
             data = {"kind": "images", "train_files": prepared.files("train"), "val_files": prepared.files("val")}
+        elif kind == "landmarks":
+            data = {"kind": "landmarks", "train": prepared.landmarks("train"), "val": prepared.landmarks("val")}
         else:
             data = {"kind": "features", "train": prepared.features("train"), "val": prepared.features("val")}
         data["num_classes"] = len(prepared.index.classes)
-        best, rows, results = run_search(data, cfg, "tune", resume=resume)
-        best_config_path = write_results(rows, best, run_dir / "tune")
-        plot_curves(results, run_dir / "tune" / "curves.png")
+        best, rows, results = run_search(data, cfg, name, resume=resume)
+        best_config_path = write_results(rows, best, run_dir / name)
+        plot_curves(results, run_dir / name / "curves.png")
         logger.info("trials (best first):\n%s", format_table(rows))
         logger.info("best hyperparameters: %s -> %s", searched_values(best.model_dump()), best_config_path)
     return best, rows, best_config_path
@@ -65,6 +74,7 @@ def search(cfg: Config, prepared: PreparedData, progress: StageProgress, run_dir
 
 def run_tune(cfg: Config, resume: bool = False) -> tuple[Path, list[dict]]:
     """`asl-platform tune`: ingest, features (when used), and the search; returns best_config.yaml."""
+    _image_model_only(cfg, "tune")
     check_bounds(cfg)  # before any work
     run_dir = start_run(cfg)
     stages = ("ingest", "features", "tune") if cfg.tune.mode == "features" else ("ingest", "check", "tune")
@@ -74,12 +84,19 @@ def run_tune(cfg: Config, resume: bool = False) -> tuple[Path, list[dict]]:
     return best_config_path, rows
 
 
+def _image_model_only(cfg: Config, command: str) -> None:
+    if cfg.model.kind != "image":
+        raise ConfigError(f"model.kind={cfg.model.kind}: asl-platform {command} trains the image model only; "
+                          "asl-platform pipeline builds hand-aware models")
+
+
 def _export_version(cfg: Config, model: ASLClassifier, prepared: PreparedData, **card_fields) -> tuple[Path, ModelCard]:
     """Claim ``<models>/<run.name>/v<N>`` and write the model, its config and its exact held-out test
     files (so `evaluate --split test` never re-derives the split). ``latest`` is moved by the caller,
     last, once everything else in the folder is written."""
     version_dir = next_version_dir(cfg.models_dir.resolve())
-    data = DataCard(root=prepared.root, layout=prepared.index.layout, split=prepared.split_counts,
+    data = DataCard(root=prepared.root if not prepared.sources else None, sources=prepared.sources,
+                    layout=prepared.index.layout, split=prepared.split_counts,
                     smoke_set=cfg.data.root is None, skipped_files=prepared.skipped)
     card = save_model_dir(model, version_dir, prepared.index.classes, version=version_dir.name,
                           weights=cfg.model.weights, data=data, config=cfg.model_dump(mode="json"), **card_fields)
@@ -91,9 +108,13 @@ def _export_version(cfg: Config, model: ASLClassifier, prepared: PreparedData, *
 def run_pipeline(cfg: Config) -> PipelineResult:
     """Run every stage on ``cfg``; with no data root, on the built-in synthetic smoke set."""
     kind: setup.Kind = "activations" if cfg.model.unfreeze_last_stage else "features"
+    hand_aware = cfg.model.kind == "hand_aware"
     setup.check_train_keys(cfg, kind, searched=True)  # before any work: no setting may silently do nothing
     check_bounds(cfg)
+    if hand_aware and cfg.tune.mode == "images":
+        raise ConfigError("model.kind=hand_aware tunes the image head on cached features: use tune.mode=features")
     run_dir = start_run(cfg)
+    cross_index = list_images(cfg.data.cross_domain_root) if cfg.data.cross_domain_root else None  # fail now, not later
     if kind == "activations":
         logger.info(
             "model.unfreeze_last_stage: caching the %s activations before its last stage; the head is tuned on "
@@ -102,19 +123,25 @@ def run_pipeline(cfg: Config) -> PipelineResult:
             "val loss)", cfg.model.backbone, cfg.train.last_stage_lr_factor, cfg.train.last_stage_label_smoothing,
             cfg.train.last_stage_feature_noise, cfg.train.early_stopping_patience,
         )
-    progress = StageProgress(STAGES)
+    progress = StageProgress(HAND_AWARE_STAGES if hand_aware else STAGES)
     prepared = prepare_data(cfg, progress, run_dir, activations=kind == "activations")
     best, _, _ = search(cfg, prepared, progress, run_dir)
+    best_landmarks = search(cfg, prepared, progress, run_dir, kind="landmarks")[0] if hand_aware else None
     arrays = prepared.activations if kind == "activations" else prepared.features
     classes = prepared.index.classes
 
     what = "last stage + head on the cached activations" if kind == "activations" else "head on the cached features"
-    with progress.stage("retrain", f"Ray Train TorchTrainer, {what}, up to {best.train.epochs} epochs, best config"):
+    with progress.stage("retrain", f"Ray Train TorchTrainer, {what}" + (" and the landmark model" if hand_aware else "")
+                        + ", best config"):
         # A unique name per invocation: a re-run must never pick up an old run's checkpoints.
-        trained = run_training(best, kind, len(classes), f"retrain-{datetime.now():%Y%m%d-%H%M%S-%f}",
+        stamp = f"{datetime.now():%Y%m%d-%H%M%S-%f}"
+        trained = run_training(best, kind, len(classes), f"retrain-{stamp}",
                                arrays={"train": arrays("train"), "val": arrays("val")})
+        landmarks = run_training(best_landmarks, "landmarks", len(classes), f"retrain-landmarks-{stamp}",
+                                 arrays={"train": prepared.landmarks("train"), "val": prepared.landmarks("val")}
+                                 ) if hand_aware else None
 
-    with progress.stage("evaluate", "held-out test split"):
+    with progress.stage("evaluate", "held-out test split" + (", every fusion rule" if hand_aware else "")):
         test = arrays("test")
         scored = evaluate(trained.model, ArrayBatches(*test, evaluation_batch_size(test[0]), torch.device("cpu")).batches(0))
         metrics = {
@@ -123,8 +150,10 @@ def run_pipeline(cfg: Config) -> PipelineResult:
             "best_epoch": trained.best_metrics["epoch"], "epochs_run": len(trained.history),
             "skipped_files": prepared.skipped,
         }
+        split_scores = {split: fusion_scores(prepared, trained.model, landmarks.model, split)
+                        for split in ("val", "test")} if hand_aware else {}
 
-    with progress.stage("export", "writing the model directory"):
+    with progress.stage("export", "writing the model directory" + (", cross-domain scoring" if cross_index else "")):
         if kind == "activations":  # the trained last stage goes into the pretrained backbone
             classifier = into_classifier(cfg.model.backbone, cfg.model.weights, trained.model)
         else:
@@ -133,8 +162,16 @@ def run_pipeline(cfg: Config) -> PipelineResult:
         # Versioned like `train`'s exports, so serve/predict-batch/evaluate take <models>/<run.name> (its latest).
         model_dir, card = _export_version(best, classifier, prepared, metrics=metrics,
                                           checkpoint=trained.checkpoint_path)
+        cross = score_cross_domain(cfg, model_dir, card, cross_index, landmarks and landmarks.model) if cross_index else None
+        if hand_aware:
+            card = make_hand_aware(card, cfg, best_landmarks, prepared, split_scores, cross)
+            save_landmark_weights(landmarks.model, model_dir)
+        if cross is not None:
+            card.metrics.update(cross.metrics(card.fusion.rule if card.fusion else "image"))
+        card.save(model_dir)
         write_readme(model_dir, card)
         mark_latest(model_dir)  # last: `latest` only ever names a complete model
+        metrics = dict(card.metrics)
 
     result = PipelineResult(run_dir, model_dir, metrics, progress.seconds)
     (run_dir / "summary.json").write_text(json.dumps(
@@ -145,11 +182,21 @@ def run_pipeline(cfg: Config) -> PipelineResult:
 
 def format_summary(result: PipelineResult, smoke: bool) -> str:
     m = result.metrics
+    loss = f" (loss {m['test_loss']:.4f})" if "test_loss" in m else ""
     lines = [
         "",
         "=" * 60,
         "asl-platform pipeline finished" + ("  (SYNTHETIC SMOKE SET - not real ASL accuracy)" if smoke else ""),
-        f"  test accuracy : {m['test_accuracy']:.2%} on {m['test_images']} images (loss {m['test_loss']:.4f})",
+        f"  test accuracy : {m['test_accuracy']:.2%} on {m['test_images']} images{loss}",
+    ]
+    if "test_accuracy_image" in m:
+        lines.append(f"    image model : {m['test_accuracy_image']:.2%}; hand found in {m['test_hand_found']:.1%}")
+    if "cross_domain_accuracy" in m:
+        lines.append(f"  cross-domain  : {m['cross_domain_accuracy']:.2%} on {m['cross_domain_images']} images"
+                     " (other people; what a new user should expect)")
+    if "cross_domain_accuracy_image" in m:
+        lines.append(f"    image model : {m['cross_domain_accuracy_image']:.2%}; hand found in {m['cross_domain_hand_found']:.1%}")
+    lines += [
         f"  val accuracy  : {m['val_accuracy']:.2%} (best epoch {m['best_epoch']})",
         f"  skipped files : {m['skipped_files']}",
         f"  model         : {result.model_dir}",
@@ -163,6 +210,7 @@ def format_summary(result: PipelineResult, smoke: bool) -> str:
 def run_train(cfg: Config) -> dict:
     """`asl-platform train`: Ray Train on the image folders, then an honest evaluation (held-out test
     split, and a cross-domain folder when configured), a versioned export and a job summary."""
+    _image_model_only(cfg, "train")
     setup.check_train_keys(cfg, "images")
     started = time.perf_counter()
     run_dir = start_run(cfg)
@@ -185,7 +233,7 @@ def run_train(cfg: Config) -> dict:
 
     with progress.stage("evaluate", "held-out test split" + (" and cross-domain folder" if cfg.data.cross_domain_root else "")):
         on_gpu = {"use_gpu": cfg.train.use_gpu}  # where training ran, inference runs too
-        reports = {"test": evaluate_folder(version_dir, prepared.root, split="test", output_dir=version_dir / "eval",
+        reports = {"test": evaluate_folder(version_dir, cfg.data.roots or [prepared.root], split="test", output_dir=version_dir / "eval",
                                            name="test", **on_gpu)}
         if cfg.data.cross_domain_root:
             reports["cross_domain"] = evaluate_folder(

@@ -15,8 +15,9 @@ from typing import Iterator
 import numpy as np
 
 from asl_platform.config import Config, ConfigError
-from asl_platform.data import DataError, ImageIndex, find_unreadable, list_images, stratified_split, summarize_errors
+from asl_platform.data import DataError, ImageIndex, find_unreadable, list_sources, summarize_errors
 from asl_platform.features import FeatureTable, extract_features, pool_activations
+from asl_platform.hands import DetectionSettings, HandTable, detect_hands
 from asl_platform.model import get_backbone_spec
 from asl_platform.runtime import init_ray
 from asl_platform.synthetic import make_smoke_dataset
@@ -37,8 +38,9 @@ class StageProgress:
         logger.info("[%d/%d] %s: %s", number, len(self.names), name, what)
         started = time.perf_counter()
         yield
-        self.seconds[name] = round(time.perf_counter() - started, 2)
-        logger.info("[%d/%d] %s done in %.1fs", number, len(self.names), name, self.seconds[name])
+        seconds = round(time.perf_counter() - started, 2)
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 2)  # a stage may run twice (two searches)
+        logger.info("[%d/%d] %s done in %.1fs", number, len(self.names), name, seconds)
 
 
 def write_skipped(unreadable: dict[str, str], path: Path) -> int:
@@ -62,6 +64,8 @@ class PreparedData:
     table: FeatureTable | None = None
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> error, as in skipped_files.csv
     pooled: np.ndarray | None = None  # when ``table`` holds trunk activations: the frozen backbone's features
+    hands: HandTable | None = None  # model.kind hand_aware: MediaPipe hands of every listed file
+    sources: list[dict] = field(default_factory=list)  # several data roots: each one's images and split
 
     @property
     def skipped(self) -> int:
@@ -80,6 +84,11 @@ class PreparedData:
         if self.pooled is None:
             raise ValueError("no trunk activations: prepare_data(..., activations=True) extracts them")
         return self.table.take(np.asarray(self.index.splits) == split)
+
+    def landmarks(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The split's landmark rows (``hands.landmark_inputs``) and labels, of images with a hand found."""
+        keep = (np.asarray(self.index.splits) == split) & self.hands.found & self.hands.valid
+        return self.hands.inputs(keep), self.hands.labels[keep]
 
     def readable(self, split: str) -> ImageIndex:
         """The split's files less the unreadable ones (already reported: no need to decode them again)."""
@@ -109,18 +118,18 @@ def prepare_data(
     ``activations``: cache the activations before the backbone's last stage instead (to train that
     stage on them), and derive the pooled features from them by running the frozen last stage once."""
     with progress.stage("ingest", "listing images and splitting train/val/test"):
-        root = cfg.data.root
-        if root is None:
-            root = str(make_smoke_dataset(Path(cfg.run.output_dir).resolve() / "smoke-data"))
-            logger.warning("no data.root given: using the synthetic SMOKE set in %s (not real ASL images)", root)
-        index = stratified_split(
-            list_images(root, cfg.data.max_images_per_class, cfg.data.seed),
-            cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed,
-        )
+        roots = cfg.data.roots
+        if roots is None:
+            roots = [str(make_smoke_dataset(Path(cfg.run.output_dir).resolve() / "smoke-data"))]
+            logger.warning("no data.root given: using the synthetic SMOKE set in %s (not real ASL images)", roots[0])
+        index, sources = list_sources(roots, cfg.data.max_images_per_class, cfg.data.seed,
+                                      cfg.data.val_fraction, cfg.data.test_fraction)
         split_counts = {s: index.splits.count(s) for s in ("train", "val", "test")}
-        logger.info("%d classes; split %s", len(index.classes), split_counts)
+        logger.info("%d classes; split %s%s", len(index.classes), split_counts,
+                    "".join(f"; {s['root']}: {s['split']}" for s in sources) if len(sources) > 1 else "")
     init_ray(cfg)  # after listing, so a wrong --data fails at once
-    prepared = PreparedData(root, index, split_counts)
+    prepared = PreparedData(roots[0] if len(roots) == 1 else index.root, index, split_counts,
+                            sources=sources if len(sources) > 1 else [])
     if with_features:
         what = "activations before its last stage" if activations else "features"
         with progress.stage("features", f"{cfg.model.backbone} {what} through a Ray Data actor pool"):
@@ -139,9 +148,37 @@ def prepare_data(
         with progress.stage("check", "decoding every file once to list the unreadable ones"):
             draft = get_backbone_spec(cfg.model.backbone).preprocessing.image_size  # as training decodes
             prepared.unreadable = find_unreadable(index.paths, cfg.data.max_image_bytes, draft, cfg.data.batch_size)
+    if cfg.model.kind == "hand_aware":
+        with progress.stage("hands", "MediaPipe Hands through a Ray Data actor pool"):
+            prepared.hands = detect_hands(index, detection_settings(cfg), hands_cache(cfg), cfg.data.batch_size,
+                                          max_bytes=cfg.data.max_image_bytes)
+            for path, error in zip(prepared.hands.paths, prepared.hands.errors):  # e.g. changed since the features
+                if error and str(path) not in prepared.unreadable:
+                    prepared.unreadable[str(path)] = f"hand detection: {error}"
+            _require_hands(prepared)
     write_skipped(prepared.unreadable, run_dir / "skipped_files.csv")
     _require_trainable(prepared, run_dir)
     return prepared
+
+
+def detection_settings(cfg: Config) -> DetectionSettings:
+    hands = cfg.hands
+    return DetectionSettings(tuple(hands.paddings), hands.min_confidence, hands.model_complexity)
+
+
+def hands_cache(cfg: Config) -> Path:
+    return Path(cfg.run.output_dir).resolve() / "cache" / "hands"
+
+
+def _require_hands(prepared: PreparedData) -> None:
+    """A landmark model needs hands to learn from and to be selected on."""
+    found = {split: int(len(prepared.landmarks(split)[1])) for split in ("train", "val")}
+    rates = prepared.hands.found[prepared.hands.valid]
+    logger.info("hands found in %.1f%% of readable images (train %d, val %d with a hand)",
+                100 * rates.mean() if len(rates) else 0.0, found["train"], found["val"])
+    if not found["train"] or not found["val"]:
+        raise DataError(f"model.kind=hand_aware: MediaPipe found no hand in the {'train' if not found['train'] else 'val'} "
+                        "split; it needs photos of hands (the synthetic smoke set has none): use model.kind=image")
 
 
 def _require_trainable(prepared: PreparedData, run_dir: Path) -> None:

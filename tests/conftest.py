@@ -130,3 +130,71 @@ def colour_model(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("models") / "colours" / "v1"
     save_model_dir(model.eval(), directory, classes, version="v1", metrics={"test_accuracy": 1.0})
     return directory
+
+
+# --------------------------------------------------------------------------- a hand-aware model
+
+
+def alphabet_photos(root: Path, label: str, count: int) -> list[Path]:
+    """The first ``count`` photos of a class of asl-alphabet, in a stable order."""
+    return sorted(p for p in (root / label).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:count]
+
+
+def detected_photos(root: Path, labels: list[str], per_class: int, scan: int = 40, skip: int = 0) -> dict[str, list]:
+    """Per label, up to ``per_class`` (path, Hand) pairs of asl-alphabet photos MediaPipe finds a hand in,
+    after the first ``skip`` such photos (those the ``hand_model`` fixture was trained on: ``skip=12``)."""
+    import numpy as np
+    from PIL import Image
+
+    from asl_platform.hands import HandDetector
+
+    detector, found = HandDetector(), {}
+    for label in labels:
+        found[label], skipped = [], 0
+        for path in alphabet_photos(root, label, scan):
+            hand = detector.detect(np.asarray(Image.open(path).convert("RGB")))
+            if hand is not None and skipped < skip:
+                skipped += 1
+            elif hand is not None:
+                found[label].append((path, hand))
+            if len(found[label]) == per_class:
+                break
+    detector.close()
+    return found
+
+
+@pytest.fixture(scope="session")
+def hand_model(tmp_path_factory, colour_model, asl_alphabet) -> Path:
+    """A real hand-aware model folder: the colour model's image model, and a landmark model trained
+    in-process on the MediaPipe landmarks of real asl-alphabet photos of A, B and C (answer rule
+    ``landmarks|image``: a photo with a hand is read by its landmarks, one without by its colour)."""
+    import numpy as np
+    import torch
+
+    from asl_platform.hands import DetectionSettings, landmark_inputs
+    from asl_platform.hands.detect import mediapipe_version
+    from asl_platform.model import load_model_dir, save_model_dir
+    from asl_platform.model.card import DetectionCard, FusionCard, HandsCard, HeadCard
+    from asl_platform.model.landmarks import LandmarkClassifier
+
+    image_model, card = load_model_dir(colour_model)
+    photos = detected_photos(asl_alphabet, ["A", "B", "C"], per_class=12)
+    rows, labels = [], []
+    for label, pairs in photos.items():
+        for _, hand in pairs:
+            rows.append(landmark_inputs(hand.landmarks, [1.0 if hand.handedness == "Right" else 0.0])[0])
+            labels.append(card.classes.index(label))
+    data = (np.stack(rows).astype(np.float32), np.asarray(labels, dtype=np.int64))
+    torch.manual_seed(0)
+    landmarks = LandmarkClassifier(len(card.classes), hidden_size=32, dropout=0.0)
+    history = train_head(landmarks, data, data, lr=1e-2, batch_size=16, epochs=60)
+    assert history[-1]["val_accuracy"] >= 0.9, history[-1]
+    settings = DetectionSettings()
+    hands = HandsCard(detection=DetectionCard(paddings=list(settings.paddings), min_confidence=settings.min_confidence,
+                                              model_complexity=settings.model_complexity, mediapipe=mediapipe_version()),
+                      head=HeadCard(hidden_size=32, dropout=0.0))
+    directory = tmp_path_factory.mktemp("models") / "hands" / "v1"
+    save_model_dir(image_model, directory, card.classes, landmarks=landmarks.eval(), version="v1",
+                   metrics={"test_accuracy": 1.0, "cross_domain_accuracy": 0.5}, kind="hand_aware", hands=hands,
+                   fusion=FusionCard(rule="landmarks|image", selected_on="the test fixture", scores={}))
+    return directory

@@ -704,3 +704,43 @@ def test_image_dataset_end_to_end(ray_local, tmp_path):
     for path, label, split in zip(index.paths, index.labels, index.splits):
         assert int(by_path[path]["label"]) == label
         assert by_path[path]["split"] == split
+
+
+def test_several_sources_merge_by_class_name_and_split_each_on_its_own(tmp_path):
+    from asl_platform.data import list_sources
+
+    def folder(name: str, counts: dict[str, int]) -> str:
+        for label, count in counts.items():
+            (tmp_path / name / label).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8)).save(tmp_path / name / label / f"{i}.png")
+        return str(tmp_path / name)
+
+    kaggle = folder("kaggle", {"A": 20, "B": 20, "nothing": 20})
+    mine = folder("mine", {"B": 10, "A": 10, "C": 10})  # another class order, a class the first lacks
+    index, sources = list_sources([kaggle, mine], None, 42, 0.2, 0.2)
+    assert index.classes == ["A", "B", "C", "nothing"]
+    assert [s["images"] for s in sources] == [60, 30]
+    assert sources[1]["split"] == {"train": 18, "val": 6, "test": 6}
+    for source, per_class in ((kaggle, 20), (mine, 10)):
+        for label in ("A", "B"):
+            rows = [i for i, p in enumerate(index.paths) if p.startswith(source) and f"/{label}/" in p]
+            assert len(rows) == per_class
+            assert {index.classes[index.labels[i]] for i in rows} == {label}  # matched by name, not position
+            assert [index.splits[i] for i in rows].count("test") == round(per_class * 0.2)  # each source in test
+    # A folder split alone is split the same way when it is one of several.
+    alone, _ = list_sources([mine], None, 42, 0.2, 0.2)
+    together = dict(zip(index.paths, index.splits))
+    assert all(together[p] == s for p, s in zip(alone.paths, alone.splits))
+
+
+def test_data_root_takes_one_folder_or_a_list_of_distinct_ones():
+    from asl_platform.config import ConfigError, load_config
+
+    assert load_config(None, ["data.root=[a, b]"]).data.roots == ["a", "b"]
+    assert load_config(None, ["data.root=[a]"]).data.root == "a"
+    assert load_config(None, ["data.root=a"]).data.roots == ["a"]
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_config(None, ["data.root=[a, a]"])
+    with pytest.raises(ConfigError, match="empty list"):
+        load_config(None, ["data.root=[]"])

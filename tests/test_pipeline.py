@@ -138,3 +138,111 @@ def test_cli_reports_missing_data_root_clearly(tmp_path):
     result = run_cli("pipeline", "--data", str(tmp_path / "nope"), "--backbone", "tiny", "--set", "model.weights=none", cwd=tmp_path)
     assert result.returncode == 2
     assert "data root not found" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.real_data
+def test_hand_aware_pipeline_chooses_its_rule_cross_domain_and_every_tool_uses_it(tmp_path, asl_alphabet):
+    """model.kind=hand_aware on real photos (a few per class): the hands stage, two ASHA searches,
+    two Ray Train retrains, every fusion rule scored on a cross-domain folder, the best one exported
+    and recorded; then evaluate and predict-batch answer as the card says, with hand numbers."""
+    from conftest import ASL_WEBCAM, require_dataset
+    from asl_platform.model import ModelCard
+
+    webcam = require_dataset(ASL_WEBCAM)
+    cross = tmp_path / "cross"
+    for label in ("A", "B", "L", "V", "Y", "nothing"):
+        (cross / label).mkdir(parents=True)
+        for photo in sorted((webcam / label).iterdir())[:6]:
+            (cross / label / photo.name).symlink_to(photo)
+    args = ("pipeline", "--data", str(asl_alphabet), "--backbone", "tiny", "--set", "model.weights=none",
+            "--set", "model.kind=hand_aware", "--set", "data.max_images_per_class=8", "--set", "tune.num_samples=2",
+            "--set", "tune.max_epochs=3", "--set", "tune.grace_period=1", "--set", "train.epochs=3",
+            "--set", f"data.cross_domain_root={cross}", "--set", "hands.augment_tilt_deg=20", "--set", "run.name=hands")
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    for stage in ("[3/7] hands", "[4/7] tune", "[5/7] retrain", "[7/7] export"):
+        assert stage in result.stderr, stage
+    assert "cross-domain  :" in result.stdout and "hand found in" in result.stdout
+    assert (tmp_path / "asl_runs" / "hands" / "tune-landmarks" / "best_config.yaml").is_file()
+    assert len(list((tmp_path / "asl_runs" / "cache" / "hands").glob("hands-*"))) == 2  # training and cross-domain
+
+    model_dir = resolve_model_dir(tmp_path / "asl_runs" / "models" / "hands")
+    card = ModelCard.load(model_dir)
+    assert card.kind == "hand_aware" and (model_dir / "landmarks.safetensors").is_file()
+    assert card.hands.augment["augment_tilt_deg"] == 20 and card.hands.detection.mediapipe
+    assert set(card.fusion.scores) == {"image", "landmarks|nothing", "landmarks|image", "average|image"}
+    assert card.fusion.scores[card.fusion.rule] == max(card.fusion.scores.values())
+    assert {"lr", "batch_size", "hidden_size"} <= set(card.hands.searched)  # the landmark search's own choice
+    assert card.hands.head.hidden_size == card.hands.searched["hidden_size"]
+    assert "cross-domain" in card.fusion.selected_on and "36 images" in card.fusion.selected_on
+    metrics = card.metrics
+    assert metrics["cross_domain_accuracy"] == pytest.approx(card.fusion.scores[card.fusion.rule])
+    assert metrics["cross_domain_images"] == 36 and 0 < metrics["cross_domain_hand_found"] <= 1
+    assert {"test_accuracy", "test_accuracy_image", "test_hand_found"} <= set(metrics)
+    assert card.hands.detection_rate.get("nothing", 0.0) <= 0.5
+    readme = (model_dir / "README.md").read_text()
+    assert "Hand-aware" in readme and "cross-domain (other people)" in readme
+
+    # evaluate: the answer of the exported rule, with detection rates and accuracy with/without a hand.
+    report_dir = tmp_path / "eval"
+    evaluated = run_cli("evaluate", "--model", str(model_dir), "--data", str(cross), "--output", str(report_dir),
+                        cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-4000:]
+    report = json.loads(next(report_dir.glob("*.json")).read_text())
+    assert report["accuracy"] == pytest.approx(metrics["cross_domain_accuracy"], abs=1e-9)  # the same answers
+    hands = report["hands"]
+    assert hands["hand_found"] == pytest.approx(metrics["cross_domain_hand_found"], abs=1e-9)
+    assert hands["images_with_hand"] + hands["images_without_hand"] == 36
+    assert set(hands["detection_rate"]) == {"A", "B", "L", "V", "Y", "nothing"}
+    assert "Hand found" in next(report_dir.glob("*.md")).read_text()
+
+    # predict-batch: a hand_found column beside the letters.
+    out = tmp_path / "batch"
+    batch = run_cli("predict-batch", "--model", str(model_dir), "--input", str(cross / "A"), "--output", str(out),
+                    cwd=tmp_path)
+    assert batch.returncode == 0, batch.stderr[-4000:]
+    import pyarrow.csv as pa_csv
+
+    rows = pa_csv.read_csv(out / "predictions.csv").to_pylist()
+    assert len(rows) == 6 and all(row["hand_found"] in (True, False) for row in rows)
+
+
+@pytest.mark.e2e
+def test_pipeline_trains_on_several_folders_and_lists_them_in_the_card(tmp_path):
+    """--data twice: classes matched by name (the second folder lacks one class and orders them
+    otherwise), each folder split on its own, both listed with their counts in the model card."""
+    from PIL import Image
+
+    from asl_platform.model import ModelCard
+
+    rng = np.random.default_rng(0)
+    colours = {"A": (200, 40, 40), "B": (40, 180, 40), "C": (40, 40, 200)}
+    for folder, labels, count in (("kaggle", ("A", "B", "C"), 20), ("mine", ("C", "A"), 10)):
+        for label in labels:
+            (tmp_path / folder / label).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(colours[label], 50, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / folder / label / f"{folder}{i}.png")
+    result = run_cli("pipeline", "--data", str(tmp_path / "kaggle"), "--data", str(tmp_path / "mine"),
+                     "--backbone", "tiny", "--set", "model.weights=none", "--set", "tune.num_samples=2",
+                     "--set", "tune.max_epochs=3", "--set", "tune.grace_period=1", "--set", "train.epochs=3",
+                     "--set", "run.name=two", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    model_dir = resolve_model_dir(tmp_path / "asl_runs" / "models" / "two")
+    card = ModelCard.load(model_dir)
+    assert card.classes == ["A", "B", "C"]
+    assert [(Path(s.root).name, s.images) for s in card.data.sources] == [("kaggle", 60), ("mine", 20)]
+    # 15% of 10 images rounds to 2 per class and split, of 20 to 3: each folder split on its own.
+    assert card.data.sources[1].split == {"train": 12, "val": 4, "test": 4}
+    assert card.data.split == {"train": 54, "val": 13, "test": 13}
+    test_files = (model_dir / "test_split.txt").read_text().split()
+    assert sum("/mine/" in f for f in test_files) == 4 and len(test_files) == 13
+    assert "2 folders" in (model_dir / "README.md").read_text()
+    # evaluate --split test takes both folders back and finds exactly the held-out images.
+    evaluated = run_cli("evaluate", "--model", str(model_dir), "--data", str(tmp_path / "kaggle"),
+                        "--data", str(tmp_path / "mine"), "--split", "test", "--output", str(tmp_path / "eval"),
+                        cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-4000:]
+    report = json.loads(next((tmp_path / "eval").glob("*.json")).read_text())
+    assert report["images"] == 13 and report["accuracy"] == pytest.approx(card.metrics["test_accuracy"], abs=1e-6)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from asl_platform.data import Preprocessing
 from asl_platform.errors import UserError
 
 CARD_FILE = "model.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: hand-aware models (kind, hands, fusion); 2 and 1 are upgraded on load
 
 
 class ModelCardError(UserError):
@@ -51,14 +51,50 @@ class HeadCard(_Record):
     dropout: float = Field(ge=0, lt=1)
 
 
+class SourceCard(_Record):
+    """One of several training folders: how many images it gave and how they were split."""
+
+    root: str
+    images: int = Field(ge=0)
+    split: dict[str, int] = Field(default_factory=dict)
+
+
 class DataCard(_Record):
-    """Where the training images came from and how they were split."""
+    """Where the training images came from and how they were split (``sources`` when several folders)."""
 
     root: str | None = None
+    sources: list[SourceCard] = Field(default_factory=list)
     layout: str | None = None
     split: dict[str, int] = Field(default_factory=dict)
     smoke_set: bool = False
     skipped_files: int = 0
+
+
+class DetectionCard(_Record):
+    """MediaPipe Hands as it ran on the training images: serving must detect the same way."""
+
+    paddings: list[Annotated[float, Field(ge=0, le=1)]] = Field(min_length=1)
+    min_confidence: float = Field(gt=0, le=1)
+    model_complexity: int = Field(ge=0, le=1)
+    mediapipe: str
+
+
+class HandsCard(_Record):
+    """The landmark model beside the image model (``landmarks.safetensors``)."""
+
+    detection: DetectionCard
+    head: HeadCard
+    augment: dict[str, float] = Field(default_factory=dict, description="training augmentation, for the record")
+    searched: dict[str, float | int] = Field(default_factory=dict, description="the landmark search's chosen values")
+    detection_rate: dict[str, float] = Field(default_factory=dict, description="hand found, per class, on the test split")
+
+
+class FusionCard(_Record):
+    """Which combination of the two models answers, and why it was chosen."""
+
+    rule: Literal["image", "landmarks|nothing", "landmarks|image", "average|image"]
+    selected_on: str = Field(description="what the rules were scored on (the cross-domain folder, or the validation split)")
+    scores: dict[str, float] = Field(default_factory=dict, description="accuracy of every rule on that set")
 
 
 class ModelCard(_Record):
@@ -71,10 +107,28 @@ class ModelCard(_Record):
     preprocessing: PreprocessingCard
     head: HeadCard
     unfreeze_last_stage: bool = False
+    kind: Literal["image", "hand_aware"] = "image"
+    hands: HandsCard | None = None
+    fusion: FusionCard | None = None
     metrics: dict[str, float | int] = Field(default_factory=dict)
     data: DataCard | None = None
     checkpoint: str | None = Field(default=None, description="the Ray Train checkpoint the weights come from")
     config: dict[str, Any] | None = Field(default=None, description="the resolved training config")
+
+    @model_validator(mode="after")
+    def _hand_aware_is_complete(self) -> ModelCard:
+        present = (self.hands is not None, self.fusion is not None)
+        if self.kind == "hand_aware" and present != (True, True):
+            raise ValueError("a hand_aware model needs both 'hands' and 'fusion'")
+        if self.kind == "image" and any(present):
+            raise ValueError("an image model has neither 'hands' nor 'fusion'")
+        if self.fusion is not None:
+            from asl_platform.model.fusion import rules_for
+
+            if self.fusion.rule not in rules_for(self.classes):
+                raise ValueError(f"fusion rule {self.fusion.rule!r} cannot answer with these classes "
+                                 "(landmarks|nothing needs a 'nothing' class)")
+        return self
 
     @property
     def prep(self) -> Preprocessing:
@@ -104,8 +158,12 @@ class ModelCard(_Record):
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ModelCardError(f"{source} has format_version {version!r}; this asl-platform reads up to "
                                  f"{FORMAT_VERSION}: upgrade asl-platform to load it")
-        if version < FORMAT_VERSION:
+        if version < 3 and any(key in raw for key in ("kind", "hands", "fusion")):
+            raise ModelCardError(f"{source}: format_version {version} has no hand-aware fields (kind, hands, fusion); "
+                                 "the file was edited or written by another tool")
+        if version < 2:
             raw = _upgrade_v1(raw)
+        raw = {**raw, "format_version": FORMAT_VERSION}  # 2 -> 3 only added optional fields
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
@@ -135,12 +193,24 @@ def write_readme(directory: str | Path, card: ModelCard | None = None) -> Path:
         f"head: two fully connected layers (hidden {card.head.hidden_size}, dropout {card.head.dropout:.2f})",
         f"- **Classes** ({len(card.classes)}): {', '.join(card.classes)}",
         f"- **Input**: RGB, resized to {prep.image_size}px, normalised with mean {list(prep.mean)} and std {list(prep.std)}",
-        f"- **Trained on**: `{data.root or '?'}`" + (" (synthetic smoke set: not a real ASL model)" if data.smoke_set else ""),
+        (f"- **Trained on**: {len(data.sources)} folders, classes matched by name and each split on its own: "
+         + "; ".join(f"`{s.root}` ({s.images} images)" for s in data.sources) if data.sources else
+         f"- **Trained on**: `{data.root or '?'}`" + (" (synthetic smoke set: not a real ASL model)" if data.smoke_set else "")),
         f"- **Created**: {card.created}",
-        "",
-        "## Metrics",
-        "",
     ]
+    if card.hands is not None and card.fusion is not None:
+        detection = card.hands.detection
+        lines += [
+            f"- **Hand-aware**: MediaPipe Hands {detection.mediapipe} (paddings {detection.paddings}, min confidence "
+            f"{detection.min_confidence}) finds the hand; a landmark model (hidden {card.hands.head.hidden_size}) reads "
+            f"its shape. Answer: `{card.fusion.rule}` (see `asl_platform.model.fusion`), chosen on the "
+            f"{card.fusion.selected_on}: " + ", ".join(f"{rule} {score:.1%}" for rule, score in card.fusion.scores.items())
+            + " (the exported rule's score there is the best of these, so slightly optimistic)",
+        ]
+    headline = [f"{name} {card.metrics[key]:.1%}" for key, name in
+                (("test_accuracy", "in-domain test"), ("cross_domain_accuracy", "cross-domain (other people)"))
+                if isinstance(card.metrics.get(key), (int, float))]
+    lines += ["", "## Metrics", ""] + ([f"**{' | '.join(headline)}**", ""] if headline else [])
     lines += [f"- {key}: {value:.4f}" if isinstance(value, float) else f"- {key}: {value}" for key, value in card.metrics.items()]
     lines += [
         "",

@@ -1,15 +1,25 @@
 """``Predictor``: a model folder loaded once, classifying images the way it was trained to see them
-(the preprocessing recorded in its card). Evaluation, batch inference and serving all use it."""
+(the preprocessing recorded in its card). Evaluation, batch inference and serving all use it.
+
+A hand-aware folder also detects the hand (MediaPipe, with the settings it was trained with), runs
+the landmark model on it and combines both models by the card's fusion rule.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from asl_platform.data import normalize_batch, preprocess_images
-from asl_platform.model.store import load_model_dir
+from asl_platform.data import normalize_batch, resize_for_model
+from asl_platform.model.fusion import fuse
+from asl_platform.model.store import load_landmark_model, load_model_dir
+
+logger = logging.getLogger(__name__)
 
 
 class Predictor:
@@ -19,17 +29,87 @@ class Predictor:
         self.model.to(self.device, memory_format=torch.channels_last)  # about 1.2x faster convolutions on CPU
         self.classes: list[str] = self.card.classes
         self.preprocessing = self.card.prep
+        self.hand_aware = self.card.kind == "hand_aware"
+        self.landmark_model = load_landmark_model(directory, self.card) if self.hand_aware else None
+        self._detector = None
+        self._detector_lock = threading.Lock()  # one MediaPipe graph, callers on several threads
+
+    @property
+    def detector(self):
+        """The hand detector, made on first use (a MediaPipe graph costs ~100 ms to build); use
+        ``detect``, which holds the lock, from code that may run on several threads."""
+        with self._detector_lock:
+            if self._detector is None:
+                from asl_platform.hands.detect import DetectionSettings, HandDetector, mediapipe_version
+
+                detection = self.card.hands.detection
+                if detection.mediapipe != mediapipe_version():
+                    logger.warning("the model's hands were detected with MediaPipe %s during training; this is %s: "
+                                   "landmarks may differ a little", detection.mediapipe, mediapipe_version())
+                self._detector = HandDetector(DetectionSettings(
+                    tuple(detection.paddings), detection.min_confidence, detection.model_complexity))
+            return self._detector
+
+    def detect(self, images: list[np.ndarray]) -> list:
+        """The ``Hand`` (or None) in each RGB uint8 image, one at a time on the one detector."""
+        detector = self.detector
+        with self._detector_lock:
+            return [detector.detect(np.ascontiguousarray(image)) for image in images]
 
     @torch.inference_mode()
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed NCHW batch -> class probabilities (N, C)."""
+        """Preprocessed NCHW batch -> the image model's class probabilities (N, C)."""
         images = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
         logits = self.model(images)
         return torch.softmax(logits, dim=1).cpu().numpy()
 
+    @torch.inference_mode()
+    def predict_landmarks(self, inputs: np.ndarray) -> np.ndarray:
+        """(N, 64) landmark rows (``hands.landmark_inputs``) -> the landmark model's probabilities."""
+        if not len(inputs):
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return torch.softmax(self.landmark_model(torch.from_numpy(np.asarray(inputs, np.float32))), dim=1).numpy()
+
+    def combine(self, image_probs: np.ndarray, landmark_inputs: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """The answer of a hand-aware model from the image model's probabilities and the hands."""
+        if not self.hand_aware:
+            return image_probs
+        found = np.asarray(found, dtype=bool)
+        landmark_probs = np.zeros_like(image_probs)
+        landmark_probs[found] = self.predict_landmarks(landmark_inputs[found])
+        return fuse(self.card.fusion.rule, image_probs, landmark_probs, found, self.classes)
+
+    def predict_with_hands(self, images: list[Image.Image]) -> tuple[np.ndarray, list]:
+        """RGB images -> probabilities and, per image, the ``Hand`` found (or None; always None for
+        an image-only model). Both models see the images as given; the served path decodes each
+        model's input as training did instead (``serving.backends.ImageClassifier``)."""
+        return self.predict_uint8_with_hands(np.stack([resize_for_model(i, self.preprocessing) for i in images])
+                                             if images else np.zeros((0, 1, 1, 3), np.uint8),
+                                             [np.asarray(image) for image in images])
+
+    def predict_uint8_with_hands(self, batch: np.ndarray, detection_images: list[np.ndarray]) -> tuple[np.ndarray, list]:
+        """The image model on a uint8 NHWC batch at its input size, the hand detector on the same
+        images decoded for detection (see ``hands.detect.DETECT_MAX_SIDE``), combined by the card's rule."""
+        if not len(batch):
+            return np.zeros((0, len(self.classes)), dtype=np.float32), []
+        image_probs = self.predict_uint8(batch)
+        if not self.hand_aware:
+            return image_probs, [None] * len(batch)
+        from asl_platform.hands.stage import landmark_inputs
+
+        hands = self.detect(detection_images)
+        found = np.asarray([hand is not None for hand in hands], dtype=bool)
+        rows = landmark_inputs(
+            np.stack([h.landmarks if h is not None else np.zeros((21, 3), np.float32) for h in hands]) if hands
+            else np.zeros((0, 21, 3), np.float32),
+            np.asarray([1.0 if h is not None and h.handedness == "Right" else 0.0 for h in hands], np.float32),
+        )
+        return self.combine(image_probs, rows, found), hands
+
     def predict_images(self, images: list) -> np.ndarray:
-        return self.predict_arrays(preprocess_images(images, self.preprocessing))
+        return self.predict_with_hands(images)[0]
 
     def predict_uint8(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 NHWC batch at the model's input size (see ``resize_for_model``) -> probabilities."""
+        """uint8 NHWC batch at the model's input size (see ``resize_for_model``) -> the image model's
+        probabilities (a hand-aware model needs the images themselves: ``predict_with_hands``)."""
         return self.predict_arrays(normalize_batch(batch, self.preprocessing))

@@ -4,6 +4,7 @@ overwritten with a ``latest`` pointer, and models on ``s3://``/``gs://`` copied 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -12,15 +13,18 @@ from asl_platform.data import is_remote, split_uri, strip_file_scheme
 from asl_platform.model.backbones import get_backbone_spec, load_safetensors
 from asl_platform.model.card import CARD_FILE, HeadCard, ModelCard, PreprocessingCard
 from asl_platform.model.classifier import ASLClassifier, build_head
+from asl_platform.model.landmarks import LANDMARK_WEIGHTS_FILE, LandmarkClassifier, save_landmark_weights
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 
 
-def save_model_dir(model: ASLClassifier, directory: str | Path, classes: list[str], **card_fields) -> ModelCard:
+def save_model_dir(model: ASLClassifier, directory: str | Path, classes: list[str],
+                   landmarks: LandmarkClassifier | None = None, **card_fields) -> ModelCard:
     """Write weights (safetensors) and the model card describing them; ``card_fields`` are the
-    card's other fields (version, metrics, data, config, ...)."""
+    card's other fields (version, metrics, data, config, hands and fusion for a hand-aware model,
+    whose ``landmarks`` model is written beside the image model)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -37,8 +41,22 @@ def save_model_dir(model: ASLClassifier, directory: str | Path, classes: list[st
         head=HeadCard(hidden_size=first.out_features, dropout=dropout),
         unfreeze_last_stage=model.unfreeze_last_stage, **card_fields,
     )
+    if landmarks is not None:
+        save_landmark_weights(landmarks, directory)
     card.save(directory)
     return card
+
+
+def load_landmark_model(directory: str | Path, card: ModelCard) -> LandmarkClassifier:
+    """The landmark model of a hand-aware model folder (``card.hands``), in eval mode."""
+    path = Path(directory) / LANDMARK_WEIGHTS_FILE
+    if card.hands is None:
+        raise ValueError(f"{directory} holds an image model only (kind {card.kind!r})")
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is a hand-aware model without its {LANDMARK_WEIGHTS_FILE}")
+    model = LandmarkClassifier(len(card.classes), card.hands.head.hidden_size, card.hands.head.dropout)
+    model.load_state_dict(load_safetensors(path), strict=True)
+    return model.eval()
 
 
 def load_model_dir(directory: str | Path) -> tuple[ASLClassifier, ModelCard]:
@@ -171,6 +189,12 @@ def fetch_model_dir(uri: str, cache_root: Path | None = None) -> Path:
         raise FileNotFoundError(f"{uri}: {version} has model.json but no model.safetensors (yet?)")
     with fs.open_input_stream(f"{version}/{CARD_FILE}") as stream:
         meta = stream.read()
+    try:
+        hand_aware = json.loads(meta).get("kind") == "hand_aware"
+    except (ValueError, AttributeError):  # a broken card: ModelCard.load says what is wrong, after the copy
+        hand_aware = False
+    if hand_aware and LANDMARK_WEIGHTS_FILE not in {f.base_name for f in files}:
+        raise FileNotFoundError(f"{uri}: {version} is a hand-aware model without {LANDMARK_WEIGHTS_FILE} (yet?)")
     scheme = uri.split("://", 1)[0]
     listing = "".join(f"{f.base_name}:{f.size}\n" for f in files)  # a re-upload of any file changes the key
     key = hashlib.sha256(f"{scheme}://{version}\n{listing}".encode() + meta).hexdigest()[:16]

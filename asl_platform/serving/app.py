@@ -13,7 +13,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from asl_platform.config import ServeConfig
-from asl_platform.serving.backends import Backend
+from asl_platform.serving.backends import Backend, Prediction
 from asl_platform.serving.demo import SPELLING_KEYS, mount_demo
 from asl_platform.serving.protocol import (
     ApiError, BodySizeLimit, error_response, install_error_handlers, read_uploads, top_predictions,
@@ -37,9 +37,9 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     )
     install_error_handlers(app)
 
-    def answer(probabilities: np.ndarray, k: int) -> dict:
-        top = top_predictions(probabilities, classes, k)
-        return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+    def answer(prediction: Prediction, k: int) -> dict:
+        top = top_predictions(prediction.probabilities, classes, k)
+        return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top, "hand": prediction.hand}
 
     def elapsed_ms(started: float) -> float:
         return round((time.perf_counter() - started) * 1000, 2)

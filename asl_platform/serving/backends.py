@@ -11,12 +11,14 @@ import asyncio
 import hashlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
+from asl_platform.data import oriented_size
+from asl_platform.hands.detect import no_hand_json
 from asl_platform.limits import MAX_IMAGE_PIXELS
-from asl_platform.serving.protocol import ApiError, prepare_image
+from asl_platform.serving.protocol import ApiError, decode_upload, prepare_image
 
 if TYPE_CHECKING:
     from asl_platform.model import ModelCard
@@ -26,13 +28,16 @@ logger = logging.getLogger(__name__)
 
 def describe_model(model_dir: Path, card: ModelCard) -> dict:
     """What ``/v1/model`` shows and every prediction names: which model, which weights, how good."""
-    weights = model_dir / "model.safetensors"
+    files = [model_dir / "model.safetensors"] + ([model_dir / "landmarks.safetensors"] if card.kind == "hand_aware" else [])
     digest = None
-    if weights.is_file():
+    if all(f.is_file() for f in files):
         sha = hashlib.sha256()
-        with open(weights, "rb") as handle:  # streamed: no second weights-sized copy in memory
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                sha.update(chunk)
+        for weights in files:
+            with open(weights, "rb") as handle:  # streamed: no second weights-sized copy in memory
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    sha.update(chunk)
+        if card.fusion is not None:  # the same weights answering by another rule are another model
+            sha.update(card.fusion.rule.encode())
         digest = sha.hexdigest()[:16]
     return {
         "name": model_dir.parent.name,
@@ -41,15 +46,29 @@ def describe_model(model_dir: Path, card: ModelCard) -> dict:
         "classes": list(card.classes),
         "preprocessing": card.preprocessing.model_dump(mode="json"),
         "metrics": dict(card.metrics),
+        "kind": card.kind,
+        "fusion": card.fusion.model_dump(mode="json") if card.fusion else None,
         "created": card.created,
         "sha256": digest,
     }
 
 
+class Prediction(NamedTuple):
+    """One classified image: class probabilities and, for a hand-aware model, the hand block
+    (``found``, box, landmarks, handedness; None for an image-only model, which looks for no hand)."""
+
+    probabilities: np.ndarray
+    hand: dict | None = None
+
+
 class ImageClassifier:
     """Decodes and classifies a batch of uploads in one forward pass. A bad upload gets an error
     result (a dict: exceptions with custom fields do not survive pickling), never an exception, so
-    one corrupt image cannot fail the other requests batched with it."""
+    one corrupt image cannot fail the other requests batched with it.
+
+    Each model gets an upload decoded as its training images were: the image model at its input
+    size, the hand detector (a hand-aware model) at up to ``DETECT_MAX_SIDE`` pixels; the hand
+    block is then given in the pixels of the upload itself."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", max_pixels: int = MAX_IMAGE_PIXELS):
         from asl_platform.model import Predictor, resolve_model_dir  # torch: only where a model runs
@@ -59,20 +78,41 @@ class ImageClassifier:
         self.info = describe_model(directory, self.predictor.card)
         self.max_pixels = max_pixels
 
-    def __call__(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | dict]:
-        prep, arrays, results = self.predictor.preprocessing, [], []
+    def __call__(self, items: list[bytes | np.ndarray]) -> list[Prediction | dict]:
+        prep, arrays, detection, sizes, results = self.predictor.preprocessing, [], [], [], []
+        hand_aware = self.predictor.hand_aware
         for item in items:
             try:
-                arrays.append(item if isinstance(item, np.ndarray) else prepare_image(item, prep, self.max_pixels))
+                if isinstance(item, np.ndarray):  # already at the model's input size
+                    arrays.append(item)
+                    detection.append(item)
+                    sizes.append((item.shape[1], item.shape[0]))
+                else:
+                    arrays.append(prepare_image(item, prep, self.max_pixels))  # as training decodes it
+                    if hand_aware:  # as the hands stage decodes it, and the size to report hands in
+                        detection.append(np.asarray(decode_upload(item, self.max_pixels)))
+                        sizes.append(oriented_size(item))
                 results.append(None)
             except ApiError as exc:
                 results.append({"status": exc.status, **exc.to_dict()})
-        probabilities = iter(self.predictor.predict_uint8(np.stack(arrays)) if arrays else ())
-        return [next(probabilities) if result is None else result for result in results]
+        if not arrays:
+            return results
+        probabilities, hands = self.predictor.predict_uint8_with_hands(np.stack(arrays), detection)
+        answers = iter(Prediction(p, _hand_block(hand, image, size) if hand_aware else None)
+                       for p, hand, image, size in zip(probabilities, hands, detection or arrays, sizes or arrays))
+        return [next(answers) if result is None else result for result in results]
 
 
-def as_result(result: np.ndarray | dict) -> np.ndarray | ApiError:
-    """An ``ImageClassifier`` result as the app uses it: probabilities, or the ApiError it stands for."""
+def _hand_block(hand, image: np.ndarray, size: tuple[int, int]) -> dict:
+    """The /predict hand block, in the pixels of the upload as sent (EXIF rotation applied)."""
+    if hand is None:
+        return no_hand_json()
+    height, width = image.shape[:2]
+    return hand.scaled(size[0] / width, size[1] / height, size).to_json()
+
+
+def as_result(result: Prediction | dict) -> Prediction | ApiError:
+    """An ``ImageClassifier`` result as the app uses it: the prediction, or the ApiError it stands for."""
     return ApiError(result["status"], result["code"], result["message"]) if isinstance(result, dict) else result
 
 
@@ -81,7 +121,7 @@ class Backend(Protocol):
 
     info: dict
 
-    async def classify(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | ApiError]: ...
+    async def classify(self, items: list[bytes | np.ndarray]) -> list[Prediction | ApiError]: ...
 
     async def health(self) -> dict | None:
         """None when the model cannot answer; else the settings it runs with now (may be empty)."""
@@ -94,7 +134,7 @@ class LocalBackend:
         self.classifier = ImageClassifier(model_dir, max_pixels=max_pixels)
         self.info = self.classifier.info
 
-    async def classify(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | ApiError]:
+    async def classify(self, items: list[bytes | np.ndarray]) -> list[Prediction | ApiError]:
         return [as_result(result) for result in await asyncio.to_thread(self.classifier, items)]
 
     async def health(self) -> dict | None:
@@ -108,7 +148,7 @@ class HandleBackend:
     def __init__(self, handle: Any, info: dict, attempts: int = 3):
         self.handle, self.info, self.attempts = handle, info, attempts
 
-    async def _classify_one(self, item: bytes | np.ndarray) -> np.ndarray | ApiError:
+    async def _classify_one(self, item: bytes | np.ndarray) -> Prediction | ApiError:
         """Classification is idempotent, so a request caught on a replica that died is sent again
         (Serve routes it to a live or replacement replica): a crash costs latency, not answers."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -123,7 +163,7 @@ class HandleBackend:
                 await asyncio.sleep(0.2 * attempt)
         raise AssertionError("unreachable")
 
-    async def classify(self, items: list[bytes | np.ndarray]) -> list[np.ndarray | ApiError]:
+    async def classify(self, items: list[bytes | np.ndarray]) -> list[Prediction | ApiError]:
         return list(await asyncio.gather(*(self._classify_one(item) for item in items)))
 
     async def health(self) -> dict | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,7 +41,8 @@ class Speller:
     A sign is committed once it has been the confident top prediction for ``hold_s`` seconds.
     The same letter is not committed twice in a row until the hand shows something else (drop the
     hand for a moment, ``nothing``, to spell a double letter); ``del`` repeats while held, like a
-    backspace key. ``space`` adds a space, ``nothing`` adds nothing.
+    backspace key. ``space`` adds a space, ``nothing`` adds nothing. Each frame's answer is the
+    mean of the last ``window`` frames' probabilities (``smooth``): one odd frame does not restart a hold.
     """
 
     hold_s: float = 1.0
@@ -50,6 +51,16 @@ class Speller:
     candidate: str | None = None
     since: float = 0.0
     committed: str | None = None
+    window: int = 3
+    recent: list[dict[str, float]] = field(default_factory=list)
+
+    def smooth(self, top: dict[str, float]) -> tuple[str, float]:
+        """Add one frame's ``{label: probability}`` and return the best label over the last frames."""
+        self.recent = [*self.recent, top][-self.window:]
+        labels = {label for frame in self.recent for label in frame}
+        mean = {label: sum(frame.get(label, 0.0) for frame in self.recent) / len(self.recent) for label in labels}
+        label = max(mean, key=mean.get)
+        return label, mean[label]
 
     @classmethod
     def of(cls, settings: ServeConfig) -> Speller:
@@ -85,24 +96,44 @@ class Speller:
         return min(1.0, (now - self.since) / self.hold_s)
 
     def clear(self) -> None:
-        self.text, self.candidate, self.committed = "", None, None
+        self.text, self.candidate, self.committed, self.recent = "", None, None, []
 
 
-async def classify_file(backend: Backend, path: str, k: int) -> dict[str, float]:
-    """Top-k ``{label: probability}`` for an uploaded file, through the serving backend: the same
-    decoding, limits (pixels, bombs) and batching as ``POST /predict``, on the model replicas."""
+async def classify_with_hand(backend: Backend, path: str, k: int) -> tuple[dict[str, float], dict | None]:
+    """Top-k ``{label: probability}`` for an uploaded file and the hand block (None from an
+    image-only model), through the serving backend: the same decoding, limits (pixels, bombs) and
+    batching as ``POST /predict``, on the model replicas."""
     import gradio as gr
 
     (result,) = await backend.classify([await asyncio.to_thread(Path(path).read_bytes)])
     if isinstance(result, ApiError):
         raise gr.Error(result.message)
-    return {p["label"]: p["probability"] for p in top_predictions(result, backend.info["classes"], k)}
+    top = {p["label"]: p["probability"] for p in top_predictions(result.probabilities, backend.info["classes"], k)}
+    return top, result.hand
+
+
+async def classify_file(backend: Backend, path: str, k: int) -> dict[str, float]:
+    return (await classify_with_hand(backend, path, k))[0]
+
+
+def overlay(path: str, hand: dict | None):
+    """The photo with the hand's skeleton and box drawn on it; None (nothing shown) without a hand block."""
+    if hand is None:
+        return None
+    from PIL import Image, ImageOps
+
+    from asl_platform.hands.draw import draw_hand
+
+    with Image.open(path) as image:
+        return draw_hand(ImageOps.exif_transpose(image), hand)
 
 
 def _model_line(info: dict) -> str:
     metrics = info.get("metrics", {})
-    scores = [f"{name.replace('_', ' ')} {metrics[name]:.1%}" for name in ("test_accuracy", "cross_domain_accuracy")
-              if isinstance(metrics.get(name), (int, float))]
+    names = {"test_accuracy": "in-domain test accuracy", "cross_domain_accuracy": "cross-domain accuracy (other people)"}
+    scores = [f"{shown} {metrics[name]:.1%}" for name, shown in names.items() if isinstance(metrics.get(name), (int, float))]
+    if "cross_domain_accuracy" not in metrics:
+        scores.append("no cross-domain measurement: expect less on your own photos")
     return f"Model **{info['name']}/{info['version']}** ({info['backbone']})" + (f": {', '.join(scores)}" if scores else "")
 
 
@@ -116,26 +147,33 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
     """The demo's two tabs, wired to ``backend``."""
     import gradio as gr
 
-    async def on_photo(image: str | None) -> dict[str, float] | None:
-        return None if image is None else await classify_file(backend, image, k=5)
+    async def on_photo(image: str | None):
+        if image is None:
+            return None, None
+        top, hand = await classify_with_hand(backend, image, k=5)
+        return top, await asyncio.to_thread(overlay, image, hand)
 
-    async def on_frame(frame: str | None, speller: Speller) -> tuple[str, str, Speller]:
+    async def on_frame(frame: str | None, speller: Speller):
         if frame is None:
-            return speller.text, "", speller
-        top = await classify_file(backend, frame, k=1)
-        label, probability = next(iter(top.items()))
+            return speller.text, "", speller, None
+        top, hand = await classify_with_hand(backend, frame, k=5)
+        label, probability = speller.smooth(top)
         now = time.monotonic()
         speller.follow(settings)
         committed = speller.update(label, probability, now)
         status = f"**{label}** {probability:.0%}" + (f" - added {committed}" if committed else
                                                     f" - hold {speller.progress(now):.0%}")
-        return speller.text, status, speller
+        if hand is not None and not hand["found"]:
+            status += " (no hand found)"
+        return speller.text, status, speller, await asyncio.to_thread(overlay, frame, hand)
 
     def on_clear() -> tuple[str, str, Speller]:
         return "", "", Speller.of(settings)
 
     def on_load() -> str:
         return spelling_help(settings)
+
+    hand_aware = backend.info.get("kind") == "hand_aware"
 
     with gr.Blocks(title="ASL alphabet recogniser", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# ASL alphabet recogniser\n" + _model_line(backend.info))
@@ -145,7 +183,9 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
                                  label="Hand sign",
                                  elem_id="photo")
                 letters = gr.Label(num_top_classes=5, label="Top 5 letters", elem_id="letters")
-            photo.change(on_photo, inputs=photo, outputs=letters, api_visibility="private")
+                hand_view = gr.Image(label="Hand found", interactive=False, elem_id="hand-overlay",
+                                     visible=hand_aware)
+            photo.change(on_photo, inputs=photo, outputs=[letters, hand_view], api_visibility="private")
         with gr.Tab("Fingerspelling"):
             instructions = gr.Markdown(spelling_help(settings), elem_id="spell-help")
             speller = gr.State(Speller.of(settings))
@@ -156,7 +196,9 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
                     spelled = gr.Textbox(label="Text", interactive=False, elem_id="spelled")
                     status = gr.Markdown(elem_id="spell-status")
                     clear = gr.Button("Clear", elem_id="clear")
-            camera.stream(on_frame, inputs=[camera, speller], outputs=[spelled, status, speller],
+                    frame_view = gr.Image(label="Hand found", interactive=False, elem_id="frame-overlay",
+                                          visible=hand_aware)
+            camera.stream(on_frame, inputs=[camera, speller], outputs=[spelled, status, speller, frame_view],
                           stream_every=0.3, time_limit=600, api_visibility="private")
             clear.click(on_clear, outputs=[spelled, status, speller], api_visibility="private")
         # Each page load shows the hold time in force now (it changes with the ingress's user_config).

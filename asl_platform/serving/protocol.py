@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from PIL import Image
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from asl_platform.config import ServeConfig
 from asl_platform.data import ImageTooLargeError, Preprocessing, decode_image, resize_for_model
+from asl_platform.hands.detect import DETECT_MAX_SIDE
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +78,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def prepare_image(data: bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
     """Bytes -> uint8 array at the model's input size; ApiError (413/400) for anything unusable."""
+    return resize_for_model(decode_upload(data, max_pixels, draft_size=prep.image_size), prep)
+
+
+def decode_upload(data: bytes, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+    """Bytes -> RGB image (JPEGs decoded at reduced scale when far above ``draft_size``); ApiError
+    (413/400) for anything unusable."""
     try:
-        return resize_for_model(decode_image(data, max_pixels=max_pixels, draft_size=prep.image_size), prep)
+        return decode_image(data, max_pixels=max_pixels, draft_size=draft_size or DETECT_MAX_SIDE)
     except ImageTooLargeError as exc:
         raise ApiError(413, "image_too_large", str(exc)) from None
     except ValueError as exc:

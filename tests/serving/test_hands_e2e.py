@@ -1,0 +1,61 @@
+"""A hand-aware model on real Ray Serve: the hand block over HTTP (through @serve.batch and the
+model replica) and the skeleton overlay in the Gradio demo, seen by a real headless Chromium."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from asl_platform.config import ServeConfig
+from conftest import detected_photos
+from serving.helpers import free_port, serve_app
+from serving.test_deployments_e2e import ARTIFACTS, _block_external, launch_chromium, playwright_or_skip  # noqa: F401
+
+pytestmark = [pytest.mark.e2e, pytest.mark.real_data]
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, hand_model) -> str:
+    settings = ServeConfig(model=str(hand_model), port=free_port(), max_replicas=1)
+    with serve_app(settings) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def photo(asl_alphabet):
+    return detected_photos(asl_alphabet, ["B"], per_class=1)["B"][0]
+
+
+def test_the_hand_block_over_http(server, photo):
+    path, hand = photo
+    body = requests.post(f"{server}/predict", data=path.read_bytes(), headers={"content-type": "image/jpeg"},
+                         timeout=60).json()
+    assert body["label"] == "B" and body["hand"]["found"] is True
+    assert body["hand"]["box"] == pytest.approx(list(hand.box), abs=0.2)
+    batch = requests.post(f"{server}/predict/batch", files=[("file", ("b.jpg", path.read_bytes(), "image/jpeg"))],
+                          timeout=60).json()
+    assert batch["results"][0]["hand"]["found"] is True
+
+
+def test_the_demo_shows_the_skeleton_over_the_photo(server, photo, playwright_or_skip):
+    path, _ = photo
+    browser = launch_chromium(playwright_or_skip)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        external = _block_external(page)
+        page.goto(f"{server}/demo/", wait_until="load")
+        page.wait_for_selector("#photo input[type=file]", state="attached", timeout=60_000)
+        page.locator("#photo input[type=file]").set_input_files(str(path))
+        page.wait_for_function("document.querySelector('#letters')?.innerText.includes('%')", timeout=60_000)
+        overlay = page.locator("#hand-overlay img")
+        overlay.wait_for(state="visible", timeout=60_000)
+        size = overlay.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        assert size == [200, 200]  # the photo itself, with the skeleton drawn on it
+        shown = page.locator("#letters").inner_text().split()
+        assert shown[shown.index("letters") + 1] == "B"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "demo_hand_overlay.png"), full_page=True)
+        assert external == [], f"the demo tried to reach the internet: {external}"
+    finally:
+        browser.close()

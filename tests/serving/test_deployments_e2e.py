@@ -153,6 +153,19 @@ def _block_external(page) -> list[str]:
     return external
 
 
+def upload_photo_in_the_demo(browser, server: str, image_path) -> tuple:
+    """Open the demo offline (every request leaving localhost is refused and recorded), upload a photo
+    on its Photo tab and wait for the letters; returns the page and the refused external URLs."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    external = _block_external(page)
+    page.goto(f"{server}/demo/", wait_until="load")
+    page.wait_for_selector("#photo input[type=file]", state="attached", timeout=60_000)
+    assert "ASL alphabet recogniser" in page.content()
+    page.locator("#photo input[type=file]").set_input_files(str(image_path))
+    page.wait_for_function("document.querySelector('#letters')?.innerText.includes('%')", timeout=60_000)
+    return page, external
+
+
 def test_demo_in_a_real_browser_upload_shows_the_letter(server, playwright_or_skip, tmp_path):
     image_path = tmp_path / "sign_c.png"
     image_path.write_bytes(colour_image("C", size=200, seed=3))
@@ -161,13 +174,7 @@ def test_demo_in_a_real_browser_upload_shows_the_letter(server, playwright_or_sk
     assert expected["label"] == "C"
     browser = launch_chromium(playwright_or_skip)
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        external = _block_external(page)
-        page.goto(f"{server}/demo/", wait_until="load")
-        page.wait_for_selector("#photo input[type=file]", state="attached", timeout=60_000)
-        assert "ASL alphabet recogniser" in page.content()
-        page.locator("#photo input[type=file]").set_input_files(str(image_path))
-        page.wait_for_function("document.querySelector('#letters')?.innerText.includes('%')", timeout=60_000)
+        page, external = upload_photo_in_the_demo(browser, server, image_path)
         page.wait_for_timeout(500)  # let the label's fade-in finish before the screenshot
         shown = page.locator("#letters").inner_text().split()
         assert "Top 5 letters" in page.locator("#letters").inner_text()

@@ -9,7 +9,9 @@ import requests
 from asl_platform.config import ServeConfig
 from conftest import detected_photos
 from serving.helpers import free_port, serve_app
-from serving.test_deployments_e2e import ARTIFACTS, _block_external, launch_chromium, playwright_or_skip  # noqa: F401
+from serving.test_deployments_e2e import (  # noqa: F401 (playwright_or_skip is a fixture)
+    ARTIFACTS, launch_chromium, playwright_or_skip, upload_photo_in_the_demo,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.real_data]
 
@@ -41,12 +43,7 @@ def test_the_demo_shows_the_skeleton_over_the_photo(server, photo, playwright_or
     path, _ = photo
     browser = launch_chromium(playwright_or_skip)
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        external = _block_external(page)
-        page.goto(f"{server}/demo/", wait_until="load")
-        page.wait_for_selector("#photo input[type=file]", state="attached", timeout=60_000)
-        page.locator("#photo input[type=file]").set_input_files(str(path))
-        page.wait_for_function("document.querySelector('#letters')?.innerText.includes('%')", timeout=60_000)
+        page, external = upload_photo_in_the_demo(browser, server, path)
         overlay = page.locator("#hand-overlay img")
         overlay.wait_for(state="visible", timeout=60_000)
         size = overlay.evaluate("img => [img.naturalWidth, img.naturalHeight]")

@@ -303,7 +303,7 @@ def landmark_answers(model_dir: str | Path, paths: list[str], batch_size: int = 
     without a hand) and the detection error ("" when the file was read)."""
     import torch
 
-    from asl_platform.hands import DetectionSettings, detect_hands
+    from asl_platform.hands import detect_hands
     from asl_platform.model import model_location, resolve_model_dir
     from asl_platform.model.store import load_landmark_model
 
@@ -312,9 +312,7 @@ def landmark_answers(model_dir: str | Path, paths: list[str], batch_size: int = 
     detection = card.hands.detection
     unique = list(dict.fromkeys(str(p) for p in paths))
     index = ImageIndex(root="", layout="paths", classes=[], paths=unique, labels=[-1] * len(unique))
-    hands = detect_hands(index, DetectionSettings(tuple(detection.paddings), detection.min_confidence,
-                                                  detection.model_complexity),
-                         cache_root=None, batch_size=batch_size, max_bytes=max_bytes)
+    hands = detect_hands(index, detection.settings(), cache_root=None, batch_size=batch_size, max_bytes=max_bytes)
     row = {path: i for i, path in enumerate(unique)}
     order = np.asarray([row[str(p)] for p in paths], dtype=np.int64)
     found = hands.found[order] & hands.valid[order]

@@ -78,6 +78,12 @@ class DetectionCard(_Record):
     model_complexity: int = Field(ge=0, le=1)
     mediapipe: str
 
+    def settings(self):
+        """The detector settings this card records (``hands.detect.DetectionSettings``)."""
+        from asl_platform.hands.detect import DetectionSettings
+
+        return DetectionSettings(tuple(self.paddings), self.min_confidence, self.model_complexity)
+
 
 class HandsCard(_Record):
     """The landmark model beside the image model (``landmarks.safetensors``)."""

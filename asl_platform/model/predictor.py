@@ -40,14 +40,13 @@ class Predictor:
         ``detect``, which holds the lock, from code that may run on several threads."""
         with self._detector_lock:
             if self._detector is None:
-                from asl_platform.hands.detect import DetectionSettings, HandDetector, mediapipe_version
+                from asl_platform.hands.detect import HandDetector, mediapipe_version
 
                 detection = self.card.hands.detection
                 if detection.mediapipe != mediapipe_version():
                     logger.warning("the model's hands were detected with MediaPipe %s during training; this is %s: "
                                    "landmarks may differ a little", detection.mediapipe, mediapipe_version())
-                self._detector = HandDetector(DetectionSettings(
-                    tuple(detection.paddings), detection.min_confidence, detection.model_complexity))
+                self._detector = HandDetector(detection.settings())
             return self._detector
 
     def detect(self, images: list[np.ndarray]) -> list:

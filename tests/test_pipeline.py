@@ -21,6 +21,13 @@ def run_cli(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedPr
     return subprocess.run([script, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def tracebacks_through_our_code(stderr: str) -> list[str]:
+    """Traceback frames in the platform's own files, raised or "Exception ignored", from the driver or a
+    worker. Ray's own teardown noise (a trial ASHA stopped getting SIGTERM inside a weakref callback; Train's
+    placement-group cleaner when two local Rays run, as under pytest) does not count: it is not ours."""
+    return [line for line in stderr.splitlines() if 'File "' in line and "asl_platform" in line]
+
+
 @pytest.mark.e2e
 def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path):
     """No arguments: synthetic data, EfficientNet-Lite0, tune, Ray Train retrain, evaluate, export."""
@@ -93,7 +100,7 @@ def test_pipeline_with_unfreeze_last_stage_trains_and_exports_the_last_stage(tmp
             "--set", "train.epochs=8", "--set", "train.last_stage_lr_factor=0.3", "--set", "run.name=last")
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert "ignored" not in result.stderr
+    assert not tracebacks_through_our_code(result.stderr)
     assert "activations before its last stage" in result.stderr and "last stage + head" in result.stderr
     cache = list((tmp_path / "asl_runs" / "cache" / "features").glob("tiny-trunk-*"))
     assert len(cache) == 1 and json.loads((cache[0] / "meta.json").read_text())["shape"] == [32, 16, 16]

@@ -30,6 +30,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from asl_platform.data import DataError, is_remote, scan_files, strip_file_scheme
+from asl_platform.config import InferenceConfig
 from asl_platform.evaluate import DEFAULT_MAX_BYTES, predict_paths_with_hands
 from asl_platform.model import ModelCard, model_location, resolve_model_dir
 
@@ -221,8 +222,9 @@ class BatchJob:
 
     def __init__(self, model_dir: str | Path, input: str, output: str | Path,
                  batch_size: int = DEFAULT_BATCH_SIZE, use_gpu: bool = False,
-                 max_files_per_part: int = MAX_FILES_PER_PART):
+                 max_files_per_part: int = MAX_FILES_PER_PART, inference: InferenceConfig | None = None):
         self.model_dir, self.classes, self.model_version = _model_identity(model_dir)
+        self.inference = inference or InferenceConfig()
         self.input = str(input)
         self.store = PredictionStore(output)
         self.batch_size, self.use_gpu, self.max_files_per_part = batch_size, use_gpu, max_files_per_part
@@ -283,7 +285,8 @@ class BatchJob:
         """One part: Ray Data inference, a new Parquet part, the combined CSV rewritten."""
         started = time.perf_counter()
         probabilities, errors, found = predict_paths_with_hands(self.model_dir, paths, batch_size=self.batch_size,
-                                                                max_bytes=DEFAULT_MAX_BYTES, use_gpu=self.use_gpu)
+                                                                max_bytes=DEFAULT_MAX_BYTES, use_gpu=self.use_gpu,
+                                                                inference=self.inference)
         table = prediction_table(paths, probabilities, errors, self.classes, self.model_version, found)
         part = self.store.write_part(table)
         self.done.update(paths)  # published: never again, even if the CSV append below fails
@@ -329,9 +332,10 @@ def _finish(result: BatchResult) -> BatchResult:
 
 
 def predict_batch(model_dir: str | Path, input: str, output: str | Path,
-                  batch_size: int = DEFAULT_BATCH_SIZE, use_gpu: bool = False) -> BatchResult:
+                  batch_size: int = DEFAULT_BATCH_SIZE, use_gpu: bool = False,
+                  inference: InferenceConfig | None = None) -> BatchResult:
     """Classify every file under ``input`` not yet in ``output``, all at once."""
-    job = BatchJob(model_dir, input, output, batch_size=batch_size, use_gpu=use_gpu)
+    job = BatchJob(model_dir, input, output, batch_size=batch_size, use_gpu=use_gpu, inference=inference)
     with _stop_on_interrupt(job):
         result = job.poll(wait_until_stable=False)
     if not result.parts and not result.already_done:
@@ -341,7 +345,7 @@ def predict_batch(model_dir: str | Path, input: str, output: str | Path,
 
 def watch(model_dir: str | Path, input: str, output: str | Path, interval: float = DEFAULT_INTERVAL,
           max_polls: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, use_gpu: bool = False,
-          settle_s: float | None = None) -> BatchResult:
+          settle_s: float | None = None, inference: InferenceConfig | None = None) -> BatchResult:
     """Poll ``input`` every ``interval`` seconds and classify files as they arrive (each once).
 
     Runs until Ctrl-C (or ``max_polls`` polls). A listing that fails after the first poll (a network
@@ -355,7 +359,7 @@ def watch(model_dir: str | Path, input: str, output: str | Path, interval: float
         settle_s = max(DEFAULT_SETTLE_S, interval)
     if not 0 <= settle_s < 1e9:
         raise ValueError(f"settle_s must be a number of seconds >= 0; got {settle_s}")
-    job = BatchJob(model_dir, input, output, batch_size=batch_size, use_gpu=use_gpu)
+    job = BatchJob(model_dir, input, output, batch_size=batch_size, use_gpu=use_gpu, inference=inference)
     total = BatchResult(str(job.store.root))
     logger.info("watching %s every %g s; predictions go to %s (Ctrl-C to stop)", input, interval, job.store.root)
     with _stop_on_interrupt(job):

@@ -7,14 +7,14 @@ import logging
 import sys
 from pathlib import Path
 
-from asl_platform.config import Config, builtin_config_path, load_config
+from asl_platform.config import Config, InferenceConfig, builtin_config_path, load_config
 from asl_platform.errors import UserError
 
 logger = logging.getLogger("asl_platform")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (sections: data, model, tune, train, serve, run)")
+    parser.add_argument("--config", help="YAML config file (sections: data, model, hands, tune, train, serve, inference, run)")
     parser.add_argument("--data", action="append", help="image folder or s3:// prefix (sets data.root); repeat it to "
                         "train on several folders (classes matched by name, each split on its own)")
     parser.add_argument("--backbone", help="sets model.backbone (resnet50, efficientnet_lite0, tiny)")
@@ -84,7 +84,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         output = Path("eval") / f"{Path(location).parent.name}-{Path(location).name}"  # not into a node's model cache
     else:
         output = resolve_model_dir(location) / "eval"
-    report = evaluate_folder(location, args.data[0] if len(args.data) == 1 else args.data, split=args.split, output_dir=output, use_gpu=args.use_gpu)
+    report = evaluate_folder(location, args.data[0] if len(args.data) == 1 else args.data, split=args.split, output_dir=output,
+                             use_gpu=args.use_gpu, inference=_inference(args))
     print(f"\n{report['images']} images: accuracy {report['accuracy']:.2%}, loss {report['loss']:.4f}, "
           f"macro F1 {report['macro_f1']:.4f}")
     print("report: " + ", ".join(str(path) for path in report.get("files", {}).values()))
@@ -107,13 +108,38 @@ def _cmd_predict_batch(args: argparse.Namespace) -> int:
     if args.settle is not None and not args.watch:
         logger.error("--settle only applies with --watch")
         return 2
-    common = {"batch_size": args.batch_size, "use_gpu": args.use_gpu}
+    common = {"batch_size": args.batch_size, "use_gpu": args.use_gpu, "inference": _inference(args)}
     if args.watch:
         result = watch(args.model, args.input, args.output, interval=args.interval, max_polls=args.max_polls,
                        settle_s=args.settle, **common)
     else:
         result = predict_batch(args.model, args.input, args.output, **common)
     print("\n" + format_summary(result))
+    return 0
+
+
+def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """The inference section's runtime keys, for the commands that take a model rather than a config."""
+    parser.add_argument("--runtime", choices=("auto", "onnxruntime", "torch"), default="auto",
+                        help="what runs the image model (default auto: ONNX Runtime on CPU, torch on GPU)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
+                        help="ONNX Runtime: int8 where the model card says it kept its accuracy (auto), or force one")
+    parser.add_argument("--threads", type=_positive_int, help="threads per inference actor (default: its CPUs)")
+
+
+def _inference(args: argparse.Namespace) -> InferenceConfig:
+    return InferenceConfig(runtime=args.runtime, precision=args.precision, threads=args.threads)
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from asl_platform.onnx_export import add_onnx
+
+    onnx = add_onnx(args.model, args.cross_domain, InferenceConfig(calibration_images=args.calibration_images,
+                                                                  int8_max_accuracy_drop=args.int8_max_drop / 100))
+    for name, score in onnx.scores.items():
+        print(f"{name} ({score.images} images): accuracy torch {score.torch_accuracy:.2%}, fp32 {score.fp32_accuracy:.2%} "
+              f"(agrees {score.fp32_agreement:.2%}), int8 {score.int8_accuracy:.2%} (agrees {score.int8_agreement:.2%})")
+    print(f"int8 {'used' if onnx.int8_usable else 'not used'}: {onnx.int8_verdict}")
     return 0
 
 
@@ -160,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="'test': only the held-out test split of the model's training data; 'all': every image")
     evaluate.add_argument("--output", help="report folder (default: <model>/eval; ./eval/<name>-<version> for a remote model)")
     evaluate.add_argument("--use-gpu", action="store_true", help="run inference on GPUs (one per actor)")
+    _add_inference_arguments(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
     serve = commands.add_parser("serve", help="HTTP API (/predict, /docs) and Gradio demo (/demo) on local Ray Serve")
     _add_config_arguments(serve)
@@ -178,7 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "one once two polls agree on its size and time (default: 10, or --interval if longer)")
     batch.add_argument("--batch-size", type=_positive_int, default=64, help="images per inference batch (default 64)")
     batch.add_argument("--use-gpu", action="store_true", help="one GPU per inference actor")
+    _add_inference_arguments(batch)
     batch.set_defaults(handler=_cmd_predict_batch)
+    onnx = commands.add_parser("export-onnx", help="add model.onnx and model.int8.onnx (checked against torch) to a "
+                               "model folder exported before they existed")
+    onnx.add_argument("--model", required=True, help="a local model directory, or a models folder (its 'latest')")
+    onnx.add_argument("--cross-domain", help="also check int8 on every image of this folder (e.g. ../shared/data/asl-webcam)")
+    onnx.add_argument("--calibration-images", type=_positive_int, default=300, help="training images int8 is calibrated on")
+    onnx.add_argument("--int8-max-drop", type=_non_negative_float, default=0.5,
+                      help="accuracy points int8 may lose against fp32 on each set and still be used (default 0.5)")
+    onnx.set_defaults(handler=_cmd_export_onnx)
     config = commands.add_parser("config", help="print the resolved config as YAML")
     _add_config_arguments(config)
     config.set_defaults(handler=_cmd_config)

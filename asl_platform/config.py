@@ -85,7 +85,7 @@ class ModelConfig(_Section):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, name: str) -> str:
-        from asl_platform.model import BACKBONES  # lazy: keeps `import config` free of torch
+        from asl_platform.model.backbones import BACKBONES  # lazy: keeps `import config` free of torch
 
         if name not in BACKBONES:
             raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
@@ -230,7 +230,12 @@ class ServeConfig(_Section):
     downscale_delay_s: float = Field(default=60, ge=0, description="Quiet this long before removing a replica.")
     cpus_per_replica: float = Field(default=1.0, ge=0)
     gpus_per_replica: float = Field(default=0.0, ge=0)
-    torch_threads: int | None = Field(default=None, ge=1, description="Intra-op threads per model replica.")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="asl-platform serve: where the local Ray it starts exports Prometheus metrics (/metrics); None: "
+                    "a free port, listed as MetricsExportPort by `ray.nodes()`. On a cluster, `ray start "
+                    "--metrics-export-port` decides; `serve run`/`serve deploy` configs refuse this key.",
+    )
     demo: bool = Field(default=True, description="Mount the Gradio demo at /demo.")
     spell_hold_s: float = Field(default=1.0, gt=0, description="Fingerspelling: how long a letter must stay.")
     spell_min_probability: float = Field(default=0.6, ge=0, le=1, description="Fingerspelling: confidence needed.")
@@ -240,6 +245,29 @@ class ServeConfig(_Section):
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas: {self.min_replicas} is above max_replicas ({self.max_replicas})")
         return self
+
+
+class InferenceConfig(_Section):
+    """How the image model runs wherever a model runs: Serve replicas, predict-batch and evaluate
+    actors, the frozen-backbone extraction of pipeline and tune; and what export checks."""
+
+    runtime: Literal["auto", "onnxruntime", "torch"] = Field(
+        default="auto", description="'auto': ONNX Runtime on CPU (about 3x faster), torch on GPU (the onnxruntime "
+                                    "package has no CUDA provider).",
+    )
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        default="auto", description="ONNX Runtime only. 'auto': int8 where the model card says it kept its accuracy "
+                                    "at export (inference.int8_max_accuracy_drop), else fp32.",
+    )
+    threads: int | None = Field(
+        default=None, ge=1, description="Intra-op threads per actor or replica; None: the CPUs it reserved.",
+    )
+    calibration_images: int = Field(default=300, ge=1, le=10000, description="Export: training images int8 is calibrated on.")
+    int8_max_accuracy_drop: float = Field(
+        default=0.005, ge=0, le=1,
+        description="Export: int8 is used only where its accuracy is at most this far (0.005 = 0.5 points) below "
+                    "fp32's on the test split and on the cross-domain folder.",
+    )
 
 
 class RunConfig(_Section):
@@ -262,6 +290,7 @@ class Config(_Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")

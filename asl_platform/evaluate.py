@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from asl_platform.config import DataConfig
+from asl_platform.config import DataConfig, InferenceConfig
 from asl_platform.data import (
     DataError, ImageIndex, is_remote, list_images, list_sources, merge_sources, strip_file_scheme, summarize_errors,
 )
 from asl_platform.model import ModelCard
+from asl_platform.model.predictor import choose_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,8 @@ def report_markdown(report: dict, title: str, png_name: str | None = None) -> st
     lines = [f"# {title}", ""]
     if report.get("model_dir"):
         version = f" ({report['model_version']})" if report.get("model_version") else ""
-        lines.append(f"- **Model**: `{report['model_dir']}`{version}")
+        lines.append(f"- **Model**: `{report['model_dir']}`{version}"
+                     + (f", image model run by {report['runtime']}" if report.get("runtime") else ""))
     if report.get("data_root"):
         lines.append(f"- **Data**: `{report['data_root']}` (split: {report.get('split', 'all')})")
     lines += [
@@ -233,10 +235,10 @@ def write_report(report: dict, directory: Path, name: str, title: str) -> dict[s
 class _BatchPredictor:
     """Ray Data callable class: loads the model once per actor and keeps only small columns."""
 
-    def __init__(self, model_dir: str, device: str = "cpu"):
+    def __init__(self, model_dir: str, device: str = "cpu", inference: dict | None = None):
         from asl_platform.model import Predictor
 
-        self.predictor = Predictor(model_dir, device=device)
+        self.predictor = Predictor(model_dir, device=device, inference=InferenceConfig.model_validate(inference or {}))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = np.asarray(batch["error"]).astype(str)
@@ -252,6 +254,7 @@ def predict_paths(
     concurrency: int | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     use_gpu: bool = False,
+    inference: InferenceConfig | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Class probabilities (aligned with ``paths``) and an error per path ("" when fine).
 
@@ -279,7 +282,8 @@ def predict_paths(
     index = ImageIndex(root="", layout="paths", classes=[], paths=unique, labels=[-1] * len(unique))
     dataset = image_dataset(index, prep, batch_size=batch_size, max_bytes=max_bytes).map_batches(
         _BatchPredictor,
-        fn_constructor_kwargs={"model_dir": location, "device": "cuda" if use_gpu else "cpu"},
+        fn_constructor_kwargs={"model_dir": location, "device": "cuda" if use_gpu else "cpu",
+                               "inference": (inference or InferenceConfig()).model_dump()},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
@@ -326,7 +330,7 @@ def landmark_answers(model_dir: str | Path, paths: list[str], batch_size: int = 
 
 def predict_paths_with_hands(
     model_dir: str | Path, paths: list[str], batch_size: int = 64, max_bytes: int = DEFAULT_MAX_BYTES,
-    use_gpu: bool = False,
+    use_gpu: bool = False, inference: InferenceConfig | None = None,
 ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """``predict_paths``, and for a hand-aware model the answer it gives: its image model, the hand
     side (``landmark_answers``) and the card's fusion rule. The third value says per path whether a
@@ -334,7 +338,8 @@ def predict_paths_with_hands(
     from asl_platform.model import model_location, resolve_model_dir
     from asl_platform.model.fusion import fuse
 
-    probabilities, errors = predict_paths(model_dir, paths, batch_size=batch_size, max_bytes=max_bytes, use_gpu=use_gpu)
+    probabilities, errors = predict_paths(model_dir, paths, batch_size=batch_size, max_bytes=max_bytes, use_gpu=use_gpu,
+                                          inference=inference)
     card = ModelCard.load(resolve_model_dir(model_location(model_dir)))
     if card.kind != "hand_aware" or not len(paths):
         return probabilities, errors, None
@@ -427,9 +432,10 @@ def evaluate_folder(
     output_dir: Path | None = None,
     name: str | None = None,
     use_gpu: bool = False,
+    inference: InferenceConfig | None = None,
 ) -> dict:
     """Evaluate a model on an image folder (``split="test"``: only the held-out images of training);
-    ``use_gpu`` runs each inference actor on a GPU.
+    ``use_gpu`` runs each inference actor on a GPU, ``inference`` says which runtime.
 
     Data classes join model classes by name; unknown classes, model classes without images and
     unreadable files are listed in the report rather than dropped quietly.
@@ -441,6 +447,8 @@ def evaluate_folder(
     location = model_location(model_dir)
     model_dir = resolve_model_dir(location)
     card = ModelCard.load(model_dir)
+    inference = inference or InferenceConfig()
+    runtime, precision = choose_runtime(inference, card, "cuda" if use_gpu else "cpu")  # a bad setting fails now
     classes: list[str] = list(card.classes)
     data_cfg = _data_config(card)
     roots = [str(data_root)] if isinstance(data_root, (str, Path)) else [str(r) for r in data_root]
@@ -483,7 +491,8 @@ def evaluate_folder(
 
     logger.info("evaluating %s on %d image(s) from %s (split %s)", model_dir, len(paths), data_root, split)
     probabilities, errors, found = predict_paths_with_hands(location, paths, batch_size=data_cfg["batch_size"],
-                                                            max_bytes=data_cfg["max_image_bytes"], use_gpu=use_gpu)
+                                                            max_bytes=data_cfg["max_image_bytes"], use_gpu=use_gpu,
+                                                            inference=inference)
     good = np.asarray([not e for e in errors], dtype=bool)
     skipped_files = [{"path": p, "error": e} for p, e in zip(paths, errors) if e]
     (logger.warning if skipped_files else logger.info)(summarize_errors(paths, errors))
@@ -498,6 +507,7 @@ def evaluate_folder(
         "model_version": card.version,
         "data_root": str(data_root),
         "split": split,
+        "runtime": "torch" if runtime == "torch" else f"onnxruntime {precision}",
         "missing_classes": missing_classes,
         "skipped_classes": skipped_classes,
         "skipped_files": skipped_files,

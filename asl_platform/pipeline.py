@@ -18,12 +18,14 @@ import torch
 
 from asl_platform.config import Config, ConfigError
 from asl_platform.evaluate import TEST_SPLIT_FILE, evaluate_folder
-from asl_platform.data import list_images
+from asl_platform.data import ImageIndex, list_images
 from asl_platform.model import (
     ASLClassifier, DataCard, ModelCard, build_backbone, into_classifier, mark_latest, next_version_dir, save_model_dir,
     write_readme,
 )
+from asl_platform.model.card import OnnxCard
 from asl_platform.model.landmarks import save_landmark_weights
+from asl_platform.onnx_export import export_onnx, labelled
 from asl_platform.prepare import PreparedData, StageProgress, prepare_data, start_run
 from asl_platform.selection import fusion_scores, make_hand_aware, score_cross_domain
 from asl_platform.training import setup
@@ -105,6 +107,17 @@ def _export_version(cfg: Config, model: ASLClassifier, prepared: PreparedData, *
     return version_dir, card
 
 
+def export_runtimes(cfg: Config, model_dir: Path, model: ASLClassifier, card: ModelCard, prepared: PreparedData,
+                    cross_index: ImageIndex | None) -> OnnxCard:
+    """``model.onnx`` and ``model.int8.onnx`` beside the weights, scored against torch on the held-out
+    test split and the cross-domain folder (``onnx_export``)."""
+    sets = {"test": labelled(prepared.readable("test"), card.classes)}
+    if cross_index is not None:
+        sets["cross_domain"] = labelled(cross_index, card.classes)
+    return export_onnx(model_dir, model, card, prepared.readable("train").paths, sets, cfg.inference,
+                       batch_size=cfg.data.batch_size, max_bytes=cfg.data.max_image_bytes, seed=cfg.data.seed)
+
+
 def run_pipeline(cfg: Config) -> PipelineResult:
     """Run every stage on ``cfg``; with no data root, on the built-in synthetic smoke set."""
     kind: setup.Kind = "activations" if cfg.model.unfreeze_last_stage else "features"
@@ -153,7 +166,7 @@ def run_pipeline(cfg: Config) -> PipelineResult:
         split_scores = {split: fusion_scores(prepared, trained.model, landmarks.model, split)
                         for split in ("val", "test")} if hand_aware else {}
 
-    with progress.stage("export", "writing the model directory" + (", cross-domain scoring" if cross_index else "")):
+    with progress.stage("export", "writing the model directory" + (", cross-domain scoring" if cross_index else "") + ", ONNX fp32 + int8 checked against torch"):
         if kind == "activations":  # the trained last stage goes into the pretrained backbone
             classifier = into_classifier(cfg.model.backbone, cfg.model.weights, trained.model)
         else:
@@ -168,6 +181,7 @@ def run_pipeline(cfg: Config) -> PipelineResult:
             save_landmark_weights(landmarks.model, model_dir)
         if cross is not None:
             card.metrics.update(cross.metrics(card.fusion.rule if card.fusion else "image"))
+        card.onnx = export_runtimes(cfg, model_dir, classifier, card, prepared, cross_index)
         card.save(model_dir)
         write_readme(model_dir, card)
         mark_latest(model_dir)  # last: `latest` only ever names a complete model
@@ -232,7 +246,9 @@ def run_train(cfg: Config) -> dict:
         })
 
     with progress.stage("evaluate", "held-out test split" + (" and cross-domain folder" if cfg.data.cross_domain_root else "")):
-        on_gpu = {"use_gpu": cfg.train.use_gpu}  # where training ran, inference runs too
+        # Where training ran, inference runs too; and by torch, so that these are the model's own numbers
+        # (what each ONNX file gives is checked below and recorded in the card's onnx entry).
+        on_gpu = {"use_gpu": cfg.train.use_gpu, "inference": cfg.inference.model_copy(update={"runtime": "torch"})}
         reports = {"test": evaluate_folder(version_dir, cfg.data.roots or [prepared.root], split="test", output_dir=version_dir / "eval",
                                            name="test", **on_gpu)}
         if cfg.data.cross_domain_root:
@@ -243,6 +259,8 @@ def run_train(cfg: Config) -> dict:
         for prefix, report in reports.items():
             card.metrics.update({f"{prefix}_accuracy": report["accuracy"], f"{prefix}_loss": report["loss"],
                                  f"{prefix}_macro_f1": report["macro_f1"], f"{prefix}_images": report["images"]})
+        cross_index = list_images(cfg.data.cross_domain_root) if cfg.data.cross_domain_root else None
+        card.onnx = export_runtimes(cfg, version_dir, trained.model, card, prepared, cross_index)
         card.save(version_dir)
 
     with progress.stage("finalise", "model card, TensorBoard logs"):

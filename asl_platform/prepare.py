@@ -16,7 +16,7 @@ import numpy as np
 
 from asl_platform.config import Config, ConfigError
 from asl_platform.data import DataError, ImageIndex, find_unreadable, list_sources, summarize_errors
-from asl_platform.features import FeatureTable, extract_features, pool_activations
+from asl_platform.features import FeatureTable, extract_features, extraction_runtime, pool_activations
 from asl_platform.hands import DetectionSettings, HandTable, detect_hands
 from asl_platform.model import get_backbone_spec
 from asl_platform.runtime import init_ray
@@ -132,11 +132,11 @@ def prepare_data(
                             sources=sources if len(sources) > 1 else [])
     if with_features:
         what = "activations before its last stage" if activations else "features"
-        with progress.stage("features", f"{cfg.model.backbone} {what} through a Ray Data actor pool"):
+        with progress.stage("features", f"{cfg.model.backbone} {what} through a Ray Data actor pool ({extraction_runtime(cfg.inference, cfg.train.use_gpu)})"):
             prepared.table = extract_features(
                 index, cfg.model.backbone, cfg.model.weights, Path(cfg.run.output_dir).resolve() / "cache" / "features",
                 batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu, max_bytes=cfg.data.max_image_bytes,
-                output="trunk" if activations else "features",
+                output="trunk" if activations else "features", inference=cfg.inference,
             )
             if activations:
                 started = time.perf_counter()

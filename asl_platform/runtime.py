@@ -10,11 +10,12 @@ import os
 from asl_platform.config import Config
 
 
-def init_ray(cfg: Config | None = None, worker_logs: bool = True) -> None:
+def init_ray(cfg: Config | None = None, worker_logs: bool = True, metrics_port: int | None = None) -> None:
     """Connect to the cluster in RAY_ADDRESS (ray job submit sets it), else start a local Ray.
 
     Worker log lines are forwarded to the driver (``worker_logs``): that is how the epoch lines that
-    rank 0 of a Ray Train run logs reach the user's terminal.
+    rank 0 of a Ray Train run logs reach the user's terminal. ``metrics_port``: where a local Ray
+    exports Prometheus metrics (a cluster's own ``ray start`` settings decide there).
     """
     import ray
 
@@ -25,4 +26,5 @@ def init_ray(cfg: Config | None = None, worker_logs: bool = True) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=worker_logs)
     else:
-        ray.init(num_cpus=cfg.run.num_cpus if cfg else None, include_dashboard=False, configure_logging=False, log_to_driver=worker_logs)
+        ray.init(num_cpus=cfg.run.num_cpus if cfg else None, include_dashboard=False, configure_logging=False,
+                 log_to_driver=worker_logs, **({"_metrics_export_port": metrics_port} if metrics_port else {}))

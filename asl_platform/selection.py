@@ -89,7 +89,8 @@ def score_cross_domain(cfg: Config, model_dir: Path, card: ModelCard, index: Ima
     known = index.without(unknown)
     labels = np.asarray([position[known.classes[y]] for y in known.labels], dtype=np.int64)
     image, errors = predict_paths(model_dir, known.paths, batch_size=cfg.data.batch_size,
-                                  max_bytes=cfg.data.max_image_bytes, use_gpu=cfg.train.use_gpu)
+                                  max_bytes=cfg.data.max_image_bytes, use_gpu=cfg.train.use_gpu,
+                                  inference=cfg.inference.model_copy(update={"runtime": "torch"}))
     good = np.asarray([not e for e in errors], dtype=bool)
     found = np.zeros(len(labels), dtype=bool)
     landmarks = np.zeros_like(image)

@@ -9,8 +9,9 @@ In one run:
 3. autoscaling: 32 clients against min 1 / max N replicas, the replica count sampled every second
    while the load runs and after it stops.
 
-Targets: 0 errors; p50 at 1 client <= forward + 15 ms; 32-client throughput with batching >= 1.5x
-without; replicas go up under load and back down after.
+Targets (issue 14): 0 errors; p50 at 1 client <= forward + hands + 5 ms; at 32 clients ONNX Runtime >= 3x
+torch requests/s, batching on >= off; replicas go up under load and back down after. `--runtimes` compares
+runtimes in one run; `--env` sets Serve options before Ray starts (e.g. RAY_SERVE_ENABLE_HA_PROXY=1).
 
 To explain the batching ratio, the run also prints the forward cost per image at several batch sizes
 and thread counts (batching can only pay where a batch is cheaper per image) and, for the heaviest
@@ -99,7 +100,7 @@ def load_in_subprocess(pool, url: str, body: bytes, clients: int, duration: floa
 # --------------------------------------------------------------------------- the pieces measured
 
 
-def forward_time_ms(model_dir: str, image: bytes, threads: int) -> dict:
+def forward_time_ms(model_dir: str, image: bytes, threads: int, inference=None) -> dict:
     """Median time of the model alone on one image, and of decoding + resizing it."""
     import torch
 
@@ -107,7 +108,7 @@ def forward_time_ms(model_dir: str, image: bytes, threads: int) -> dict:
     from asl_platform.model import Predictor
 
     torch.set_num_threads(threads)
-    predictor = Predictor(model_dir)
+    predictor = Predictor(model_dir, inference=inference)
     prep = predictor.preprocessing
     array = resize_for_model(decode_image(image, draft_size=prep.image_size), prep)[None]
     for _ in range(5):
@@ -124,18 +125,19 @@ def forward_time_ms(model_dir: str, image: bytes, threads: int) -> dict:
             "decode_resize_ms": round(1000 * statistics.median(decode), 1)}
 
 
-def forward_scaling(model_dir: str, thread_counts: list[int], batch_sizes: tuple[int, ...] = (1, 2, 4, 8)) -> list[dict]:
+def forward_scaling(model_dir: str, thread_counts: list[int], batch_sizes: tuple[int, ...] = (1, 2, 4, 8),
+                    inference=None) -> list[dict]:
     """Model forward (normalisation included) in ms per image, by batch size and thread count:
     dynamic batching only raises throughput where a batch is cheaper per image than one image."""
     import torch
 
     from asl_platform.model import Predictor
 
-    predictor = Predictor(model_dir)
-    size = predictor.preprocessing.image_size
     rows = []
     for threads in thread_counts:
         torch.set_num_threads(threads)
+        predictor = Predictor(model_dir, inference=inference.model_copy(update={"threads": threads}) if inference else None)
+        size = predictor.preprocessing.image_size
         row: dict = {"threads": threads}
         for batch in batch_sizes:
             array = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
@@ -187,12 +189,12 @@ def cpu_per_request(before: dict, after: dict, load_pid: int, requests: int, sec
     return {"ms_per_request": per_request, "cores_busy": round(sum(spent.values()) / seconds, 2)}
 
 
-def deploy(settings) -> None:
+def deploy(settings, inference=None) -> None:
     from ray import serve
 
     from asl_platform.serving.deployments import APP_NAME, build_application
 
-    serve.run(build_application(settings), name=APP_NAME, route_prefix="/")
+    serve.run(build_application(settings, inference), name=APP_NAME, route_prefix="/")
 
 
 def replica_count() -> int:
@@ -252,29 +254,41 @@ def main() -> None:
     parser.add_argument("--image", help="JPEG to send (default: one asl-alphabet image)")
     parser.add_argument("--duration", type=float, default=20, help="seconds of load per measurement")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"],
+                        help="inference.runtime values to compare in this run (onnxruntime: int8 where the card allows)")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-wait", type=float, default=0.0, help="batch_wait_timeout_s")
-    parser.add_argument("--replica-cpus", type=float, default=1, help="num_cpus (and torch threads) per model replica")
+    parser.add_argument("--replica-cpus", type=float, default=1, help="num_cpus (and threads) per model replica")
     parser.add_argument("--max-replicas", type=int, default=2, help="for the autoscaling phase")
     parser.add_argument("--skip-autoscaling", action="store_true")
+    parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="environment for Ray and Serve, set before Ray starts (e.g. RAY_SERVE_ENABLE_HA_PROXY=1)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for pair in args.env:
+        key, _, value = pair.partition("=")
+        os.environ[key] = value
 
     import ray
     from ray import serve
 
-    from asl_platform.config import ServeConfig
+    from asl_platform.config import InferenceConfig, ServeConfig
     from asl_platform.model import resolve_model_dir
 
     model_dir = str(resolve_model_dir(args.model).resolve())
     body = _sample_image(args.image)
-    figures: dict = {"model": model_dir, "cpus": os.cpu_count(), "image_bytes": len(body)}
+    figures: dict = {"model": model_dir, "cpus": os.cpu_count(), "image_bytes": len(body), "env": args.env,
+                     "forward": {}, "forward_scaling": {}}
     threads = max(1, int(args.replica_cpus))  # Ray gives a replica OMP_NUM_THREADS = its num_cpus
-    figures.update(forward_time_ms(model_dir, body, threads=threads), threads=threads)
-    logger.info("model alone: forward %.1f ms, decode+resize %.1f ms", figures["forward_ms"], figures["decode_resize_ms"])
-    figures["forward_scaling"] = forward_scaling(model_dir, sorted({threads, os.cpu_count() or 1}))
-    logger.info("forward ms per image by batch size: %s", figures["forward_scaling"])
+    figures["threads"] = threads
+    runtimes = {name: InferenceConfig(runtime=name, threads=threads) for name in args.runtimes}
+    for name, inference in runtimes.items():
+        figures["forward"][name] = forward_time_ms(model_dir, body, threads=threads, inference=inference)
+        logger.info("%s, model alone: %s", name, figures["forward"][name])
+        figures["forward_scaling"][name] = forward_scaling(model_dir, sorted({threads, os.cpu_count() or 1}),
+                                                           inference=inference)
+        logger.info("%s, forward ms per image by batch size: %s", name, figures["forward_scaling"][name])
 
     pool = multiprocessing.get_context("spawn").Pool(1)  # the load comes from another process
     port = _free_port()
@@ -282,21 +296,23 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     rows = []
-    for batching, batch_size in (("on", args.max_batch_size), ("off", 1)):
-        deploy(ServeConfig(model=model_dir, port=port, max_batch_size=batch_size, batch_wait_timeout_s=args.batch_wait,
-                           min_replicas=1, max_replicas=1, cpus_per_replica=args.replica_cpus, torch_threads=threads))
-        load_in_subprocess(pool, url, body, 4, 3)  # warm up connections and the replica
-        for clients in args.clients:
-            heaviest = clients == max(args.clients)
-            row = {"batching": batching, **load_in_subprocess(pool, url, body, clients, args.duration, cpu=heaviest)}
-            logger.info("%s", row)
-            rows.append(row)
+    for name, inference in runtimes.items():
+        for batching, batch_size in (("on", args.max_batch_size), ("off", 1)):
+            deploy(ServeConfig(model=model_dir, port=port, max_batch_size=batch_size, batch_wait_timeout_s=args.batch_wait,
+                               min_replicas=1, max_replicas=1, cpus_per_replica=args.replica_cpus), inference)
+            load_in_subprocess(pool, url, body, 4, 3)  # warm up connections and the replica
+            for clients in args.clients:
+                heaviest = clients == max(args.clients)
+                row = {"runtime": name, "batching": batching,
+                       **load_in_subprocess(pool, url, body, clients, args.duration, cpu=heaviest)}
+                logger.info("%s", row)
+                rows.append(row)
     figures["load"] = rows
     if not args.skip_autoscaling:
         deploy(ServeConfig(model=model_dir, port=port, max_batch_size=args.max_batch_size,
                            batch_wait_timeout_s=args.batch_wait, cpus_per_replica=args.replica_cpus, min_replicas=1,
                            max_replicas=args.max_replicas, target_ongoing_requests=2, upscale_delay_s=2,
-                           downscale_delay_s=5))
+                           downscale_delay_s=5), runtimes[args.runtimes[-1]])
         figures["autoscaling"] = observe_autoscaling(pool, url, body, clients=32, load_s=40, settle_s=60)
         logger.info("autoscaling: %s", figures["autoscaling"])
     serve.shutdown()
@@ -307,21 +323,33 @@ def main() -> None:
 
 
 def print_report(figures: dict) -> None:
-    print(f"\nmodel forward alone (batch 1, {figures['threads']} thread(s)): {figures['forward_ms']} ms; "
-          f"decode+resize {figures['decode_resize_ms']} ms; {figures['cpus']} CPUs\n")
-    print("| batching | clients | requests | errors | p50 ms | p99 ms | req/s |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n{figures['cpus']} CPUs; environment: {' '.join(figures['env']) or 'default'}\n")
+    for name, forward in figures["forward"].items():
+        print(f"{name}: model forward alone (batch 1, {figures['threads']} thread(s)) {forward['forward_ms']} ms; "
+              f"decode+resize {forward['decode_resize_ms']} ms")
+    print("\n| runtime | batching | clients | requests | errors | p50 ms | p99 ms | req/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in figures["load"]:
-        print(f"| {row['batching']} | {row['clients']} | {row['requests']} | {row['errors']} | {row['p50_ms']} | "
-              f"{row['p99_ms']} | {row['rps']} |")
-    by_key = {(r["batching"], r["clients"]): r for r in figures["load"]}
-    one = by_key.get(("on", 1))
-    if one:
-        print(f"\np50 at 1 client - forward = {one['p50_ms'] - figures['forward_ms']:.1f} ms (target <= 15)")
-    per_image = figures.get("forward_scaling") or []
-    if per_image:
+        print(f"| {row['runtime']} | {row['batching']} | {row['clients']} | {row['requests']} | {row['errors']} | "
+              f"{row['p50_ms']} | {row['p99_ms']} | {row['rps']} |")
+    by_key = {(r["runtime"], r["batching"], r["clients"]): r for r in figures["load"]}
+    most = max(r["clients"] for r in figures["load"])
+    for name, forward in figures["forward"].items():
+        one = by_key.get((name, "on", 1))
+        if one:
+            print(f"\n{name}: p50 at 1 client - forward = {one['p50_ms'] - forward['forward_ms']:.1f} ms (target <= 5 + hands)")
+        if (name, "on", most) in by_key and (name, "off", most) in by_key:
+            ratio = by_key[(name, "on", most)]["rps"] / by_key[(name, "off", most)]["rps"]
+            print(f"{name}: throughput at {most} clients, batching on / off = {ratio:.2f}x (target >= 1)")
+    names = list(figures["forward"])
+    if len(names) > 1 and (names[0], "on", most) in by_key:
+        for name in names[1:]:
+            if (name, "on", most) in by_key:
+                ratio = by_key[(name, "on", most)]["rps"] / by_key[(names[0], "on", most)]["rps"]
+                print(f"{name} / {names[0]} at {most} clients (batching on): {ratio:.2f}x requests/s (target >= 3)")
+    for name, per_image in figures["forward_scaling"].items():
         sizes = [key for key in per_image[0] if key != "threads"]
-        print("\nmodel forward, ms per image, by batch size:\n")
+        print(f"\n{name}: model forward, ms per image, by batch size:\n")
         print("| threads | " + " | ".join(f"batch {b}" for b in sizes) + " |")
         print("|---|" + "---|" * len(sizes))
         for row in per_image:
@@ -330,15 +358,11 @@ def print_report(figures: dict) -> None:
     if measured:
         roles = sorted({role for r in measured for role in r["cpu"]["ms_per_request"]})
         print(f"\nCPU ms per request at {measured[0]['clients']} clients, by process ({figures['cpus']} CPUs):\n")
-        print("| batching | " + " | ".join(roles) + " | cores busy |")
-        print("|---|" + "---|" * (len(roles) + 1))
+        print("| runtime | batching | " + " | ".join(roles) + " | cores busy |")
+        print("|---|---|" + "---|" * (len(roles) + 1))
         for r in measured:
             cells = [str(r["cpu"]["ms_per_request"].get(role, 0)) for role in roles]
-            print(f"| {r['batching']} | " + " | ".join(cells) + f" | {r['cpu']['cores_busy']} |")
-    most = max(r["clients"] for r in figures["load"])
-    if ("on", most) in by_key and ("off", most) in by_key:
-        ratio = by_key[("on", most)]["rps"] / by_key[("off", most)]["rps"]
-        print(f"throughput at {most} clients, batching on / off = {ratio:.2f}x (target >= 1.5)")
+            print(f"| {r['runtime']} | {r['batching']} | " + " | ".join(cells) + f" | {r['cpu']['cores_busy']} |")
     scaling = figures.get("autoscaling")
     if scaling:
         print(f"autoscaling: peak {scaling['peak_replicas']} replicas, up at {scaling['scaled_up_at_s']} s, load ended at "

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from asl_platform.config import InferenceConfig
 from asl_platform.data import decode_image, list_images, stratified_split
 from asl_platform.model import Predictor, resolve_model_dir
 
@@ -62,10 +63,17 @@ def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path):
     index = stratified_split(list_images(str(tmp_path / "asl_runs" / "smoke-data")), 0.2, 0.2, 42)
     test_paths = [p for p, s in zip(index.paths, index.splits) if s == "test"]
     test_labels = np.asarray([y for y, s in zip(index.labels, index.splits) if s == "test"])
-    predictor = Predictor(model_dir)
+    # fp32 ONNX (what serves where int8 is refused) gives torch's answers: the reported accuracy.
+    predictor = Predictor(model_dir, inference=InferenceConfig(precision="fp32"))
     predicted = predictor.predict_images([decode_image(Path(p).read_bytes()) for p in test_paths]).argmax(1)
     assert len(test_paths) == metrics["test_images"]
     assert abs((predicted == test_labels).mean() - metrics["test_accuracy"]) <= 1.5 / len(test_paths)
+    # Both ONNX files, checked against torch on the test split, and the check recorded.
+    assert (model_dir / "model.onnx").is_file() and (model_dir / "model.int8.onnx").is_file()
+    onnx = meta["onnx"]
+    assert onnx["scores"]["test"]["images"] == metrics["test_images"] and onnx["scores"]["test"]["fp32_agreement"] == 1.0
+    assert onnx["scores"]["test"]["torch_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1.5 / len(test_paths))
+    assert "int8" in onnx["int8_verdict"] and "ONNX Runtime fp32" in result.stderr  # the extraction ran on it
 
     # A second run reuses the cached features.
     again = run_cli("pipeline", "--set", "tune.num_samples=2", "--set", "train.epochs=2", cwd=tmp_path)
@@ -125,12 +133,27 @@ def test_pipeline_with_unfreeze_last_stage_trains_and_exports_the_last_stage(tmp
     test = [(p, y) for p, y, s in zip(index.paths, index.labels, index.splits) if s == "test"]
     labels = np.asarray([y for _, y in test])
     size = get_backbone_spec("tiny").preprocessing.image_size
-    probabilities = Predictor(model_dir).predict_images([load_image(p, draft_size=size) for p, _ in test])
+    probabilities = Predictor(model_dir, inference=InferenceConfig(runtime="torch")).predict_images(
+        [load_image(p, draft_size=size) for p, _ in test])
     assert len(test) == metrics["test_images"]
     assert abs((probabilities.argmax(1) == labels).mean() - metrics["test_accuracy"]) <= 1.5 / len(test)
     loss = float(np.mean(-np.log(probabilities[np.arange(len(test)), labels])))
     assert loss == pytest.approx(metrics["test_loss"], rel=1e-2)
     assert metrics["test_accuracy"] >= 0.6, metrics  # 4 classes: chance is 25%
+
+    # export-onnx rebuilds the ONNX files and their check for a folder without them (an older export).
+    first = card.onnx
+    for name in ("model.onnx", "model.int8.onnx"):
+        (model_dir / name).unlink()
+    (model_dir / "model.json").write_text(json.dumps({k: v for k, v in json.loads((model_dir / "model.json").read_text()).items()
+                                                      if k != "onnx"}))
+    again = run_cli("export-onnx", "--model", str(model_dir), "--calibration-images", "40", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rebuilt = load_model_dir(model_dir)[1].onnx
+    assert (model_dir / "model.int8.onnx").is_file() and rebuilt.calibration_images == 40
+    assert rebuilt.scores["test"].images == first.scores["test"].images == metrics["test_images"]
+    assert rebuilt.scores["test"].torch_accuracy == first.scores["test"].torch_accuracy
+    assert "int8" in again.stdout and "test (" in again.stdout
 
 
 def test_cli_reports_bad_config_clearly(tmp_path):

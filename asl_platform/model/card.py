@@ -19,7 +19,7 @@ from asl_platform.data import Preprocessing
 from asl_platform.errors import UserError
 
 CARD_FILE = "model.json"
-FORMAT_VERSION = 3  # 3: hand-aware models (kind, hands, fusion); 2 and 1 are upgraded on load
+FORMAT_VERSION = 3  # 3: hand-aware models (kind, hands, fusion) and ONNX files (onnx); 2 and 1 are upgraded on load
 
 
 class ModelCardError(UserError):
@@ -103,6 +103,30 @@ class FusionCard(_Record):
     scores: dict[str, float] = Field(default_factory=dict, description="accuracy of every rule on that set")
 
 
+class RuntimeScores(_Record):
+    """The image model's answers on one image set through each runtime, against torch's."""
+
+    images: int = Field(ge=0)
+    torch_accuracy: float
+    fp32_accuracy: float
+    fp32_agreement: float = Field(description="share of images where fp32 ONNX gives torch's top-1")
+    int8_accuracy: float
+    int8_agreement: float
+
+
+class OnnxCard(_Record):
+    """The image model as ONNX (``model.onnx``, ``model.int8.onnx``), checked at export."""
+
+    opset: int
+    onnxruntime: str
+    fp32_file: str
+    int8_file: str
+    calibration_images: int = Field(ge=1, description="training images the int8 ranges come from")
+    scores: dict[str, RuntimeScores] = Field(default_factory=dict, description="'test' split, 'cross_domain' folder")
+    int8_usable: bool
+    int8_verdict: str = Field(description="why int8 is (or is not) used")
+
+
 class ModelCard(_Record):
     format_version: int = FORMAT_VERSION
     version: str | None = Field(default=None, description="v<N> inside its models folder")
@@ -116,6 +140,7 @@ class ModelCard(_Record):
     kind: Literal["image", "hand_aware"] = "image"
     hands: HandsCard | None = None
     fusion: FusionCard | None = None
+    onnx: OnnxCard | None = Field(default=None, description="None: exported before ONNX export (converted on load)")
     metrics: dict[str, float | int] = Field(default_factory=dict)
     data: DataCard | None = None
     checkpoint: str | None = Field(default=None, description="the Ray Train checkpoint the weights come from")
@@ -164,8 +189,8 @@ class ModelCard(_Record):
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ModelCardError(f"{source} has format_version {version!r}; this asl-platform reads up to "
                                  f"{FORMAT_VERSION}: upgrade asl-platform to load it")
-        if version < 3 and any(key in raw for key in ("kind", "hands", "fusion")):
-            raise ModelCardError(f"{source}: format_version {version} has no hand-aware fields (kind, hands, fusion); "
+        if version < 3 and any(key in raw for key in ("kind", "hands", "fusion", "onnx")):
+            raise ModelCardError(f"{source}: format_version {version} has no hand-aware or ONNX fields (kind, hands, fusion, onnx); "
                                  "the file was edited or written by another tool")
         if version < 2:
             raw = _upgrade_v1(raw)
@@ -213,6 +238,15 @@ def write_readme(directory: str | Path, card: ModelCard | None = None) -> Path:
             f"{card.fusion.selected_on}: " + ", ".join(f"{rule} {score:.1%}" for rule, score in card.fusion.scores.items())
             + " (the exported rule's score there is the best of these, so slightly optimistic)",
         ]
+    if card.onnx is not None:
+        onnx = card.onnx
+        lines.append(f"- **ONNX**: `{onnx.fp32_file}` and `{onnx.int8_file}` (opset {onnx.opset}, ONNX Runtime "
+                     f"{onnx.onnxruntime}; int8 calibrated on {onnx.calibration_images} training images). int8 "
+                     f"{'is used' if onnx.int8_usable else 'is not used'}: {onnx.int8_verdict}")
+        for name, score in onnx.scores.items():
+            lines.append(f"  - {name} ({score.images} images): accuracy torch {score.torch_accuracy:.2%}, fp32 "
+                         f"{score.fp32_accuracy:.2%}, int8 {score.int8_accuracy:.2%}; top-1 agreement with torch: "
+                         f"fp32 {score.fp32_agreement:.2%}, int8 {score.int8_agreement:.2%}")
     headline = [f"{name} {card.metrics[key]:.1%}" for key, name in
                 (("test_accuracy", "in-domain test"), ("cross_domain_accuracy", "cross-domain (other people)"))
                 if isinstance(card.metrics.get(key), (int, float))]

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from asl_platform.config import ServeConfig
 from asl_platform.serving.backends import Backend, Prediction
 from asl_platform.serving.demo import SPELLING_KEYS, mount_demo
+from asl_platform.serving.metrics import RequestMetrics, ServingMetrics
 from asl_platform.serving.protocol import (
     ApiError, BodySizeLimit, error_response, install_error_handlers, read_uploads, top_predictions,
 )
@@ -36,9 +37,11 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
         f"{len(classes)} classes (A-Z, del, nothing, space).",
     )
     install_error_handlers(app)
+    metrics = ServingMetrics()
 
     def answer(prediction: Prediction, k: int) -> dict:
         top = top_predictions(prediction.probabilities, classes, k)
+        metrics.prediction(top[0]["label"], prediction.hand)
         return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top, "hand": prediction.hand}
 
     def elapsed_ms(started: float) -> float:
@@ -47,7 +50,8 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     @app.post("/predict", summary="Classify one image (raw body, multipart 'file', or JSON {'image': base64})")
     async def predict(request: Request, top_k: int = Query(settings.top_k, ge=1, le=len(classes))) -> dict:
         started = time.perf_counter()
-        (upload,) = await read_uploads(request, settings, batch=False)
+        with metrics.timed("read"):
+            (upload,) = await read_uploads(request, settings, batch=False)
         (result,) = await backend.classify([upload.data])
         if isinstance(result, ApiError):
             raise result
@@ -56,7 +60,8 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     @app.post("/predict/batch", summary="Classify several images (multipart files, or JSON {'images': [base64]})")
     async def predict_batch(request: Request, top_k: int = Query(settings.top_k, ge=1, le=len(classes))) -> dict:
         started = time.perf_counter()
-        uploads = await read_uploads(request, settings, batch=True)
+        with metrics.timed("read"):
+            uploads = await read_uploads(request, settings, batch=True)
         results = []
         outcomes = await backend.classify([u.data for u in uploads])
         for upload, result in zip(uploads, outcomes):
@@ -87,4 +92,5 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     if settings.demo:
         app = mount_demo(app, backend, settings)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes + MULTIPART_OVERHEAD_BYTES)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # added last: outermost, so it sees every answer
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -18,9 +19,11 @@ import numpy as np
 from asl_platform.data import oriented_size
 from asl_platform.hands.detect import no_hand_json
 from asl_platform.limits import MAX_IMAGE_PIXELS
+from asl_platform.serving.metrics import ServingMetrics
 from asl_platform.serving.protocol import ApiError, decode_upload, prepare_image
 
 if TYPE_CHECKING:
+    from asl_platform.config import InferenceConfig
     from asl_platform.model import ModelCard
 
 logger = logging.getLogger(__name__)
@@ -70,17 +73,20 @@ class ImageClassifier:
     size, the hand detector (a hand-aware model) at up to ``DETECT_MAX_SIDE`` pixels; the hand
     block is then given in the pixels of the upload itself."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", max_pixels: int = MAX_IMAGE_PIXELS):
+    def __init__(self, model_dir: str | Path, device: str = "cpu", max_pixels: int = MAX_IMAGE_PIXELS,
+                 inference: InferenceConfig | None = None):
         from asl_platform.model import Predictor, resolve_model_dir  # torch: only where a model runs
 
         directory = resolve_model_dir(model_dir)
-        self.predictor = Predictor(directory, device=device)
-        self.info = describe_model(directory, self.predictor.card)
+        self.predictor = Predictor(directory, device=device, inference=inference)
+        self.info = {**describe_model(directory, self.predictor.card), "runtime": self.predictor.runtime_name}
         self.max_pixels = max_pixels
+        self.metrics = ServingMetrics()
 
     def __call__(self, items: list[bytes | np.ndarray]) -> list[Prediction | dict]:
         prep, arrays, detection, sizes, results = self.predictor.preprocessing, [], [], [], []
         hand_aware = self.predictor.hand_aware
+        decoding = time.perf_counter()
         for item in items:
             try:
                 if isinstance(item, np.ndarray):  # already at the model's input size
@@ -95,12 +101,26 @@ class ImageClassifier:
                 results.append(None)
             except ApiError as exc:
                 results.append({"status": exc.status, **exc.to_dict()})
+        self.metrics.observe("decode", time.perf_counter() - decoding)
         if not arrays:
             return results
-        probabilities, hands = self.predictor.predict_uint8_with_hands(np.stack(arrays), detection)
+        probabilities, hands = self._classify(np.stack(arrays), detection)
         answers = iter(Prediction(p, _hand_block(hand, image, size) if hand_aware else None)
                        for p, hand, image, size in zip(probabilities, hands, detection or arrays, sizes or arrays))
         return [next(answers) if result is None else result for result in results]
+
+
+    def _classify(self, batch: np.ndarray, detection: list[np.ndarray]) -> tuple[np.ndarray, list]:
+        """``Predictor.predict_uint8_with_hands``, one stage at a time so that each is timed."""
+        predictor = self.predictor
+        with self.metrics.timed("model"):
+            image_probs = predictor.predict_uint8(batch)
+        if not predictor.hand_aware:
+            return image_probs, [None] * len(batch)
+        with self.metrics.timed("hands"):
+            hands = predictor.detect(detection)
+        with self.metrics.timed("model"):
+            return predictor.combine_with_hands(image_probs, hands), hands
 
 
 def _hand_block(hand, image: np.ndarray, size: tuple[int, int]) -> dict:
@@ -130,8 +150,8 @@ class Backend(Protocol):
 class LocalBackend:
     """A model in this process: for tests and for the demo without Ray."""
 
-    def __init__(self, model_dir: str | Path, max_pixels: int = MAX_IMAGE_PIXELS):
-        self.classifier = ImageClassifier(model_dir, max_pixels=max_pixels)
+    def __init__(self, model_dir: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, inference: InferenceConfig | None = None):
+        self.classifier = ImageClassifier(model_dir, max_pixels=max_pixels, inference=inference)
         self.info = self.classifier.info
 
     async def classify(self, items: list[bytes | np.ndarray]) -> list[Prediction | ApiError]:

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from ray import serve
 
-from asl_platform.config import Config, ConfigError, ServeConfig
+from asl_platform.config import Config, ConfigError, InferenceConfig, ServeConfig
 from asl_platform.limits import MAX_IMAGE_PIXELS
 from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import HandleBackend, ImageClassifier, Prediction
@@ -36,6 +36,8 @@ APP_NAME = "asl"
 BATCHING_KEYS = ("max_batch_size", "batch_wait_timeout_s")
 # The ServeConfig keys each deployment takes as its user_config (and applies in reconfigure).
 USER_CONFIG_KEYS = {"ASLModel": BATCHING_KEYS, "ASLIngress": SPELLING_KEYS}
+# Read by `asl-platform serve` when it starts Ray; a serve config runs on a Ray that is already up.
+LOCAL_RAY_KEYS = ("metrics_port",)
 DEPLOYMENT_KEYS = ("host", "port", "min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
                    "downscale_delay_s", "cpus_per_replica", "gpus_per_replica")
 _DEFAULTS = ServeConfig()
@@ -68,19 +70,20 @@ class ASLModel:
     Uploads arrive as the client's compressed bytes (smaller than pixels: they travel inline, not
     through the object store) and are decoded here, so decoding scales with the replicas."""
 
-    def __init__(self, model_dir: str, torch_threads: int | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS):
+    def __init__(self, model_dir: str, inference: dict | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS):
         import ray
         import torch
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        inference = InferenceConfig.model_validate(inference or {})
+        if inference.threads:
+            torch.set_num_threads(inference.threads)
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"  # num_gpus in the config decides
-        self.classifier = ImageClassifier(model_dir, device=device, max_pixels=max_image_pixels)
+        self.classifier = ImageClassifier(model_dir, device=device, max_pixels=max_image_pixels, inference=inference)
         self._batching = checked_user_config({}, "ASLModel")  # what @serve.batch starts with, until reconfigure
         size = self.classifier.predictor.preprocessing.image_size
         self.classifier([np.zeros((size, size, 3), dtype=np.uint8)])  # warm up before traffic
         info = self.classifier.info
-        logger.info("model %s/%s ready on %s", info["name"], info["version"], device)
+        logger.info("model %s/%s ready on %s (%s)", info["name"], info["version"], device, info["runtime"])
 
     def reconfigure(self, config: dict) -> None:
         """Serve calls this with the user_config, at start and whenever a deploy changes only it."""
@@ -153,8 +156,9 @@ def autoscaling_config(settings: ServeConfig) -> dict:
     }
 
 
-def build_application(settings: ServeConfig):
-    """The Serve application for ``settings`` (its ``model`` must be set)."""
+def build_application(settings: ServeConfig, inference: InferenceConfig | None = None):
+    """The Serve application for ``settings`` (its ``model`` must be set); the model replicas run
+    the image model as ``inference`` says."""
     from asl_platform.model import model_location
 
     if not settings.model:
@@ -164,17 +168,19 @@ def build_application(settings: ServeConfig):
         autoscaling_config=autoscaling_config(settings),
         ray_actor_options={"num_cpus": settings.cpus_per_replica, "num_gpus": settings.gpus_per_replica},
         user_config=user_config(settings, "ASLModel"),
-    ).bind(model_dir, settings.torch_threads, settings.max_image_pixels)
+    ).bind(model_dir, (inference or InferenceConfig()).model_dump(mode="json"), settings.max_image_pixels)
     return ASLIngress.options(user_config=user_config(settings, "ASLIngress")).bind(
         model, settings.model_dump(mode="json"))
 
 
-def serve_config_document(settings: ServeConfig) -> dict:
+def serve_config_document(settings: ServeConfig, inference: InferenceConfig | None = None) -> dict:
     """A ``serve run`` / ``serve deploy`` config for ``settings``: replicas, resources and each
     deployment's user_config go in the Ray-native ``deployments`` section (which overrides code),
     everything else in the app's args."""
     live = {key for keys in USER_CONFIG_KEYS.values() for key in keys}
-    args = {k: v for k, v in settings.model_dump(mode="json").items() if k not in DEPLOYMENT_KEYS and k not in live}
+    args = {k: v for k, v in settings.model_dump(mode="json").items()
+            if k not in DEPLOYMENT_KEYS and k not in live and k not in LOCAL_RAY_KEYS}
+    args["inference"] = _runtime_keys(inference or InferenceConfig())
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": settings.host, "port": settings.port},
@@ -196,13 +202,25 @@ def serve_config_document(settings: ServeConfig) -> dict:
 def build_app(args: dict):
     """Application builder for ``serve_config.yaml`` (``import_path:
     asl_platform.serving.deployments:build_app``): ``args`` are the ``serve`` section's keys, checked
-    like any config. (A user_config key given here becomes the code's user_config; the config file's
-    ``deployments`` entry, where ``serve_config_document`` puts them, overrides it.)"""
+    like any config, and ``inference`` (the runtime keys of the ``inference`` section). (A user_config
+    key given here becomes the code's user_config; the config file's ``deployments`` entry, where
+    ``serve_config_document`` puts them, overrides it.)"""
+    args = dict(args)
+    for key in LOCAL_RAY_KEYS:
+        if key in args:
+            raise ConfigError(f"serve application args: {key} applies to `asl-platform serve` (which starts Ray); "
+                              "for serve run/deploy, set it where Ray starts (ray start --metrics-export-port)")
     try:
-        settings = ServeConfig.model_validate(dict(args))
+        inference = InferenceConfig.model_validate(args.pop("inference", None) or {})
+        settings = ServeConfig.model_validate(args)
     except ValidationError as exc:
         raise ConfigError(f"invalid serve application args: {exc}") from None
-    return build_application(settings)
+    return build_application(settings, inference)
+
+
+def _runtime_keys(inference: InferenceConfig) -> dict:
+    """What a replica reads of the inference section (the rest is for export)."""
+    return {key: getattr(inference, key) for key in ("runtime", "precision", "threads")}
 
 
 def start(cfg: Config, blocking: bool = True) -> str:
@@ -211,12 +229,16 @@ def start(cfg: Config, blocking: bool = True) -> str:
     from asl_platform.runtime import init_ray
 
     settings = cfg.serve
-    application = build_application(settings)
-    init_ray(cfg, worker_logs=False)  # replicas log every request; their logs stay in Ray's log files
+    application = build_application(settings, cfg.inference)
+    init_ray(cfg, worker_logs=False, metrics_port=settings.metrics_port)  # replicas log every request, into Ray's logs
     serve.start(http_options={"host": settings.host, "port": settings.port})
     url = f"http://{settings.host}:{settings.port}"
     logger.info("deploying %s: POST %s/predict, docs %s/docs%s", settings.model, url, url,
                 f", demo {url}/demo" if settings.demo else "")
+    import ray
+
+    ports = sorted({node["MetricsExportPort"] for node in ray.nodes() if node.get("Alive")})
+    logger.info("Prometheus metrics (ray_asl_*): http://<node>:%s/metrics", ", ".join(map(str, ports)))
     try:
         serve.run(application, name=APP_NAME, route_prefix="/", blocking=blocking)
     except KeyboardInterrupt:

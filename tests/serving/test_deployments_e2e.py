@@ -42,6 +42,7 @@ def test_every_input_format_over_http(server):
     assert [r["label"] for r in requests.post(f"{server}/predict/batch", files=files).json()["results"]] == ["B", "space"]
     info = requests.get(f"{server}/v1/model").json()
     assert info["classes"] == ["A", "B", "C", "space"]
+    assert info["runtime"] == "onnxruntime fp32"  # the replica's own: converted on load, no ONNX file in the fixture
     health = requests.get(f"{server}/healthz").json()
     assert health["status"] == "ok"
     assert health["settings"] == {"max_batch_size": 8, "batch_wait_timeout_s": 0.0, "spell_hold_s": 0.6,
@@ -67,6 +68,33 @@ def test_errors_over_http(server):
         assert response.status_code == status, response.text
         assert response.json()["error"]["code"] == code
     assert post(colour_image("B"), "image/png").json()["label"] == "B"  # still serving
+
+
+def test_prometheus_metrics_are_scraped_from_rays_endpoint(server):
+    """What the application records reaches Ray's metrics endpoint, as Prometheus would scrape it."""
+    import time
+
+    import ray
+
+    for _ in range(3):
+        assert requests.post(f"{server}/predict", data=colour_image("A"), headers={"content-type": "image/png"}).ok
+    assert requests.post(f"{server}/predict", data=b"nope", headers={"content-type": "image/png"}).status_code == 400
+    assert requests.post(f"{server}/predict", data=b"\0" * (300 * 1024), headers={"content-type": "image/png"}).status_code == 413
+    wanted = ['ray_asl_requests_total{', 'path="/predict"', 'status="200"', 'status="413"',
+              'ray_asl_rejections_total{', 'code="invalid_image"', 'code="payload_too_large"',
+              'ray_asl_predictions_total{', 'letter="A"', 'hand="none"',
+              'ray_asl_stage_seconds_bucket{', 'stage="read"', 'stage="decode"', 'stage="model"']
+    ports = sorted({node["MetricsExportPort"] for node in ray.nodes() if node["Alive"]})
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:  # Ray exports every few seconds
+        text = "\n".join(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text for port in ports)
+        if all(piece in text for piece in wanted):
+            break
+        time.sleep(2)
+    missing = [piece for piece in wanted if piece not in text]
+    assert not missing, missing
+    answered = [line for line in text.splitlines() if line.startswith("ray_asl_predictions_total{") and 'letter="A"' in line]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in answered) >= 3
 
 
 def test_many_parallel_clients_all_answered_correctly(server):

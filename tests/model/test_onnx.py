@@ -1,0 +1,170 @@
+"""ONNX Runtime inference: export parity with torch on real photos, int8 refused when it loses
+accuracy, and the runtime setting honoured (or refused) by the Predictor."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from asl_platform.config import ConfigError, InferenceConfig
+from asl_platform.model import Predictor, load_model_dir
+from asl_platform.model.card import ModelCard, RuntimeScores
+from asl_platform.model.onnx import FP32_FILE, INT8_FILE
+from asl_platform.onnx_export import export_onnx, int8_verdict
+from tests.conftest import alphabet_photos, train_head
+
+LETTERS = ["A", "B", "C", "L", "Y"]
+
+
+@pytest.fixture(scope="module")
+def photo_model(tmp_path_factory, asl_alphabet) -> tuple[Path, dict[str, tuple[list[str], np.ndarray]], list[str]]:
+    """A real model: ImageNet EfficientNet-Lite0 and a head trained in-process on asl-alphabet photos of
+    five letters. Returns its folder (no ONNX files yet), held-out photos by set, and training photos."""
+    import torch
+
+    from asl_platform.data import load_image, preprocess_images
+    from asl_platform.model import build_classifier, get_backbone_spec, save_model_dir
+
+    torch.manual_seed(0)
+    model = build_classifier("efficientnet_lite0", "imagenet", num_classes=len(LETTERS), hidden_size=64, dropout=0.0)
+    prep = get_backbone_spec("efficientnet_lite0").preprocessing
+    train, held_out = [], []
+    for label in LETTERS:
+        photos = [str(p) for p in alphabet_photos(asl_alphabet, label, 36)]
+        train += [(p, LETTERS.index(label)) for p in photos[:20]]
+        held_out += [(p, LETTERS.index(label)) for p in photos[20:]]
+    images = [load_image(p, draft_size=prep.image_size) for p, _ in train]
+    with torch.inference_mode():
+        features = model.backbone(torch.from_numpy(preprocess_images(images, prep))).numpy()
+    data = (features, np.asarray([y for _, y in train], dtype=np.int64))
+    train_head(model.head, data, data, lr=1e-2, batch_size=20, epochs=30)
+    directory = tmp_path_factory.mktemp("onnx") / "photos" / "v1"
+    save_model_dir(model.eval(), directory, LETTERS, version="v1")
+    sets = {"test": ([p for p, _ in held_out], np.asarray([y for _, y in held_out], dtype=np.int64))}
+    return directory, sets, [p for p, _ in train]
+
+
+@pytest.fixture(scope="module")
+def exported(photo_model, ray_local, tmp_path_factory) -> Path:
+    """``photo_model`` with its ONNX files, exported and checked as the pipeline does."""
+    source, sets, train = photo_model
+    directory = tmp_path_factory.mktemp("exported") / "photos" / "v1"
+    shutil.copytree(source, directory)
+    model, card = load_model_dir(directory)
+    # Any int8 loss accepted here, so that every test below has an int8 file to run (the rule itself is
+    # tested on its own and with a wrecked calibration).
+    card.onnx = export_onnx(directory, model, card, train, sets, InferenceConfig(calibration_images=60,
+                                                                                 int8_max_accuracy_drop=1.0))
+    card.save(directory)
+    return directory
+
+
+def test_fp32_onnx_agrees_with_torch_on_real_photos_and_int8_is_checked(exported, photo_model):
+    card = ModelCard.load(exported)
+    assert (exported / FP32_FILE).is_file() and (exported / INT8_FILE).is_file()
+    test = card.onnx.scores["test"]
+    assert test.images == len(photo_model[1]["test"][0]) == 80
+    assert test.fp32_agreement == 1.0 and test.fp32_accuracy == test.torch_accuracy
+    assert test.torch_accuracy >= 0.9  # a real model, so that agreement means something
+    assert test.int8_agreement >= 0.9
+    assert card.onnx.int8_usable and "within 100.00 points of fp32 on test" in card.onnx.int8_verdict
+    assert card.onnx.calibration_images == 60
+
+
+def test_the_predictor_runs_what_inference_says(exported, photo_model):
+    from asl_platform.data import load_image
+
+    torch_run = Predictor(exported, inference=InferenceConfig(runtime="torch"))
+    fp32 = Predictor(exported, inference=InferenceConfig(precision="fp32", threads=1))
+    assert (torch_run.runtime_name, fp32.runtime_name) == ("torch", "onnxruntime fp32")
+    images = [load_image(p) for p in photo_model[1]["test"][0][:16]]
+    reference = torch_run.predict_images(images)
+    np.testing.assert_allclose(fp32.predict_images(images), reference, atol=1e-4)
+    assert fp32.model is None  # the session holds the weights: no second copy in memory
+    int8 = Predictor(exported)  # auto: int8 where the card allows it
+    assert int8.runtime_name == "onnxruntime int8"
+    assert np.abs(int8.predict_images(images) - reference).max() > 1e-4  # really another graph
+    with pytest.raises(ConfigError, match="CPU only"):
+        Predictor(exported, device="cuda", inference=InferenceConfig(runtime="onnxruntime"))
+    with pytest.raises(ConfigError, match="needs inference.runtime onnxruntime"):
+        Predictor(exported, inference=InferenceConfig(runtime="torch", precision="int8"))
+
+
+def test_a_model_exported_before_onnx_is_converted_on_load(photo_model):
+    from asl_platform.data import load_image
+
+    directory = photo_model[0]
+    assert not (directory / FP32_FILE).exists()
+    converted = Predictor(directory)
+    assert converted.runtime_name == "onnxruntime fp32"
+    images = [load_image(p) for p in photo_model[1]["test"][0][:8]]
+    np.testing.assert_allclose(converted.predict_images(images),
+                               Predictor(directory, inference=InferenceConfig(runtime="torch")).predict_images(images),
+                               atol=1e-4)
+    with pytest.raises(ConfigError, match="exported before ONNX export"):
+        Predictor(directory, inference=InferenceConfig(precision="int8"))
+
+
+def test_int8_is_refused_when_calibration_wrecks_it(photo_model, ray_local, tmp_path):
+    """Calibrated on black frames, int8 clips every real activation: export must see the loss and
+    refuse it, and the Predictor must then run fp32 (auto) and refuse an explicit int8."""
+    source, sets, _ = photo_model
+    directory = tmp_path / "photos" / "v1"
+    shutil.copytree(source, directory)
+    black = []
+    for i in range(8):
+        black.append(str(tmp_path / f"black{i}.png"))
+        Image.new("RGB", (224, 224)).save(black[-1])
+    model, card = load_model_dir(directory)
+    card.onnx = export_onnx(directory, model, card, black, sets, InferenceConfig(calibration_images=8))
+    card.save(directory)
+    test = card.onnx.scores["test"]
+    assert test.fp32_accuracy - test.int8_accuracy > 0.005, test
+    assert not card.onnx.int8_usable and "fp32 is used" in card.onnx.int8_verdict
+    assert Predictor(directory).runtime_name == "onnxruntime fp32"
+    with pytest.raises(ConfigError, match="refused for this model: int8 loses"):
+        Predictor(directory, inference=InferenceConfig(precision="int8"))
+
+
+def _scores(fp32: float, int8: float, images: int = 100) -> RuntimeScores:
+    return RuntimeScores(images=images, torch_accuracy=fp32, fp32_accuracy=fp32, fp32_agreement=1.0,
+                         int8_accuracy=int8, int8_agreement=0.99)
+
+
+def test_int8_must_hold_on_every_set_scored():
+    assert int8_verdict({"test": _scores(0.98, 0.976), "cross_domain": _scores(0.70, 0.701)}, 0.005)[0]
+    usable, why = int8_verdict({"test": _scores(0.98, 0.978), "cross_domain": _scores(0.70, 0.69)}, 0.005)
+    assert not usable and "1.00 points of accuracy on cross_domain" in why
+    assert not int8_verdict({"test": _scores(0.5, 0.5, images=0)}, 0.005)[0]  # nothing to check it on
+
+
+def test_the_runtime_setting_reaches_the_ray_data_actors_of_evaluate_and_predict_batch(exported, photo_model, tmp_path):
+    """evaluate and predict-batch classify through ``predict_paths``' actors: each runtime gives its own
+    probabilities there (fp32 = torch within float noise, int8 measurably not), and the report says which ran."""
+    from asl_platform.batch import predict_batch
+    from asl_platform.evaluate import evaluate_folder, predict_paths
+
+    paths = photo_model[1]["test"][0][:12]
+    runs = {name: predict_paths(exported, paths, batch_size=4, inference=InferenceConfig(**keys))[0]
+            for name, keys in {"torch": {"runtime": "torch"}, "fp32": {"precision": "fp32"}, "int8": {}}.items()}
+    np.testing.assert_allclose(runs["fp32"], runs["torch"], atol=1e-4)
+    assert np.abs(runs["int8"] - runs["torch"]).max() > 1e-4
+    folder = tmp_path / "photos"
+    for path in paths:
+        (folder / Path(path).parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / Path(path).parent.name / Path(path).name)
+    assert evaluate_folder(exported, str(folder), inference=InferenceConfig(runtime="torch"))["runtime"] == "torch"
+    assert evaluate_folder(exported, str(folder))["runtime"] == "onnxruntime int8"
+    import pyarrow.parquet as pq
+
+    for name, keys in {"torch": {"runtime": "torch"}, "int8": {}}.items():
+        predict_batch(exported, str(folder), tmp_path / f"out-{name}", batch_size=4, inference=InferenceConfig(**keys))
+        table = pq.read_table(next((tmp_path / f"out-{name}").glob("predictions-*.parquet"))).to_pydict()
+        by_path = dict(zip(table["path"], table["probability"]))
+        order = [str(folder / Path(p).parent.name / Path(p).name) for p in paths]
+        expected = predict_paths(exported, order, inference=InferenceConfig(**keys))[0].max(axis=1)
+        np.testing.assert_allclose([by_path[p] for p in order], expected, atol=1e-5)

@@ -40,14 +40,18 @@ def predictors(model_dir: str, threads: int) -> dict:
 
     from asl_platform.config import ConfigError, InferenceConfig
     from asl_platform.model import Predictor
+    from asl_platform.model.onnx import INT8_FILE, OnnxImageModel
 
     torch.set_num_threads(threads)
     found = {}
     for name, keys in RUNTIMES.items():
         try:
             found[name] = Predictor(model_dir, inference=InferenceConfig(threads=threads, **keys))
-        except ConfigError as exc:  # e.g. int8 refused for this model: say so, measure the rest
-            logger.warning("%s: %s", name, exc)
+        except ConfigError as exc:  # int8 refused for serving this model: still measured here, and said so
+            logger.warning("%s (measured anyway, from its file): %s", name, exc)
+            predictor = Predictor(model_dir, inference=InferenceConfig(threads=threads, precision="fp32"))
+            predictor.onnx = OnnxImageModel(Path(model_dir) / INT8_FILE, threads)
+            found[name] = predictor
     return found
 
 
@@ -78,7 +82,10 @@ def accuracy(model_dir: str, root: Path, count: int) -> dict:
     from asl_platform.data import list_images, load_image
 
     index = list_images(str(root))
-    chosen = random.Random(0).sample(range(len(index.paths)), min(count, len(index.paths)))
+    held_out = Path(model_dir) / "test_split.txt"  # the model's own test images, never trained on, where known
+    keep = {os.path.abspath(p) for p in held_out.read_text().split()} if held_out.is_file() else None
+    candidates = [i for i, p in enumerate(index.paths) if keep is None or os.path.abspath(p) in keep] or list(range(len(index.paths)))
+    chosen = random.Random(0).sample(candidates, min(count, len(candidates)))
     runs = predictors(model_dir, os.cpu_count() or 1)
     classes = next(iter(runs.values())).classes
     images = [load_image(index.paths[i]) for i in chosen]
@@ -95,7 +102,7 @@ def extraction(root: Path, count: int, backbone: str) -> dict:
     from asl_platform.data import list_images
     from asl_platform.features import extract_features
 
-    index = list_images(str(root), max_images_per_class=max(1, count // 29))
+    index = list_images(str(root), max_per_class=max(1, count // 29))
     ray.init(include_dashboard=False, log_to_driver=False)
     figures = {"images": len(index.paths)}
     with tempfile.TemporaryDirectory() as cache:
@@ -165,7 +172,7 @@ def print_report(figures: dict) -> None:
             print(f"| {name} | {cell[(name, 1, 1)]} | {cell.get((name, 1, 8))} | {cell.get((name, cores, 1))} | "
                   f"{base / cell[(name, 1, 1)]:.2f}x |")
     acc = figures["accuracy"]
-    print(f"\naccuracy on {acc['images']} images: " + ", ".join(
+    print(f"\naccuracy on {acc['images']} images (of the model's test split where it lists one): " + ", ".join(
         f"{name} {v['accuracy']:.2%} (agrees with torch on {v['agreement_with_torch']:.2%})"
         for name, v in acc.items() if name != "images"))
     check = figures.get("export_check")

@@ -193,7 +193,10 @@ def test_batch_limits(client):
 
 def test_unknown_route_and_method_are_json(client):
     _error(client.get("/nope"), 404, "not_found")
-    _error(client.get("/predict"), 405, "method_not_allowed")
+    refused = client.get("/predict")
+    _error(refused, 405, "method_not_allowed")
+    assert refused.headers["allow"] == "POST"  # RFC 9110: a 405 says which methods the route takes
+    assert client.delete("/v1/model").headers["allow"] == "GET"
 
 
 def test_server_still_answers_after_bad_input(client):

@@ -64,7 +64,7 @@ class FeatureExtractor:
     the cache key does not change) or torch (``runtime``)."""
 
     def __init__(self, backbone: str, weights: str, device: str = "cpu", output: str = "features",
-                 runtime: str = "torch", threads: int | None = None):
+                 runtime: str = "torch", threads: int | None = None, image_size: int | None = None):
         self.device = torch.device(device)
         self.output = output
         model = build_backbone(backbone, weights)
@@ -74,7 +74,9 @@ class FeatureExtractor:
         if runtime == "onnxruntime":
             from asl_platform.model.onnx import OnnxImageModel, to_onnx
 
-            self.onnx = OnnxImageModel(to_onnx(model, get_backbone_spec(backbone).preprocessing.image_size), threads)
+            # The size the driver decodes to (the graph's input size is fixed at export).
+            size = image_size or get_backbone_spec(backbone).preprocessing.image_size
+            self.onnx = OnnxImageModel(to_onnx(model, size), threads)
         else:
             # channels_last is ~1.6x faster for these convnets on CPU (oneDNN), and no slower on GPU.
             self.model = model.to(self.device, memory_format=torch.channels_last)
@@ -198,7 +200,8 @@ def extract_features(
     dataset = image_dataset(index, prep, batch_size=batch_size, max_bytes=max_bytes).map_batches(
         FeatureExtractor,
         fn_constructor_kwargs={"backbone": backbone, "weights": weights, "device": "cuda" if use_gpu else "cpu",
-                               "output": output, "runtime": runtime, "threads": (inference or InferenceConfig()).threads},
+                               "output": output, "runtime": runtime, "threads": (inference or InferenceConfig()).threads,
+                               "image_size": prep.image_size},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),

@@ -121,7 +121,7 @@ def int8_verdict(scores: dict[str, RuntimeScores], max_drop: float) -> tuple[boo
     if drops[worst] > max_drop + 1e-9:
         return False, (f"int8 loses {100 * drops[worst]:.2f} points of accuracy on {worst} (limit "
                        f"{100 * max_drop:.2f}; {described}): fp32 is used")
-    return True, f"within {100 * max_drop:.2f} points of fp32 on {', '.join(scored)} ({described})"
+    return True, f"int8 is within {100 * max_drop:.2f} points of fp32 on {', '.join(scored)} ({described})"
 
 
 def labelled(index: ImageIndex, classes: list[str]) -> tuple[list[str], np.ndarray]:

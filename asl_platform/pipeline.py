@@ -27,7 +27,7 @@ from asl_platform.model.card import OnnxCard
 from asl_platform.model.landmarks import save_landmark_weights
 from asl_platform.onnx_export import export_onnx, labelled
 from asl_platform.prepare import PreparedData, StageProgress, prepare_data, start_run
-from asl_platform.selection import fusion_scores, make_hand_aware, score_cross_domain
+from asl_platform.selection import export_shapes, fusion_scores, make_hand_aware, score_cross_domain
 from asl_platform.training import setup
 from asl_platform.training.loop import evaluate
 from asl_platform.training.search import (
@@ -179,6 +179,7 @@ def run_pipeline(cfg: Config) -> PipelineResult:
         if hand_aware:
             card = make_hand_aware(card, cfg, best_landmarks, prepared, split_scores, cross)
             save_landmark_weights(landmarks.model, model_dir)
+            card.hands.shapes = export_shapes(prepared, model_dir)
         if cross is not None:
             card.metrics.update(cross.metrics(card.fusion.rule if card.fusion else "image"))
         card.onnx = export_runtimes(cfg, model_dir, classifier, card, prepared, cross_index)

@@ -18,6 +18,7 @@ from asl_platform.data import ImageIndex
 from asl_platform.evaluate import predict_paths
 from asl_platform.hands import detect_hands
 from asl_platform.hands.detect import mediapipe_version
+from asl_platform.hands.shapes import save_shapes, shapes_of
 from asl_platform.model import ModelCard
 from asl_platform.model.card import DetectionCard, FusionCard, HandsCard, HeadCard
 from asl_platform.model.fusion import choose_rule, fuse, score_rules
@@ -103,6 +104,15 @@ def score_cross_domain(cfg: Config, model_dir: Path, card: ModelCard, index: Ima
     logger.info("cross-domain %s: %d readable image(s) of known classes%s", index.root, int(good.sum()),
                 f", hand found in {found[good].mean():.1%}" if landmark_model is not None and good.any() else "")
     return CrossDomain(str(index.root), list(card.classes), labels[good], image[good], landmarks[good], found[good])
+
+
+def export_shapes(prepared: PreparedData, model_dir: Path) -> dict[str, int]:
+    """Each letter's typical hand shape in the training split (``hands.shapes``, what practice mode
+    teaches from), written beside the model; returns how many hands each came from."""
+    rows = (np.asarray(prepared.index.splits) == "train") & prepared.hands.valid & prepared.hands.found
+    shapes = shapes_of(prepared.hands.inputs(rows), prepared.hands.labels[rows], prepared.index.classes)
+    save_shapes(shapes, model_dir)
+    return {name: shape.images for name, shape in shapes.items()}
 
 
 def make_hand_aware(card: ModelCard, cfg: Config, landmark_cfg: Config, prepared: PreparedData,

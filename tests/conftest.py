@@ -173,6 +173,7 @@ def hand_model(tmp_path_factory, colour_model, asl_alphabet) -> Path:
 
     from asl_platform.hands import DetectionSettings, landmark_inputs
     from asl_platform.hands.detect import mediapipe_version
+    from asl_platform.hands.shapes import save_shapes, shapes_of
     from asl_platform.model import load_model_dir, save_model_dir
     from asl_platform.model.card import DetectionCard, FusionCard, HandsCard, HeadCard
     from asl_platform.model.landmarks import LandmarkClassifier
@@ -197,4 +198,5 @@ def hand_model(tmp_path_factory, colour_model, asl_alphabet) -> Path:
     save_model_dir(image_model, directory, card.classes, landmarks=landmarks.eval(), version="v1",
                    metrics={"test_accuracy": 1.0, "cross_domain_accuracy": 0.5}, kind="hand_aware", hands=hands,
                    fusion=FusionCard(rule="landmarks|image", selected_on="the test fixture", scores={}))
+    save_shapes(shapes_of(data[0], data[1], card.classes), directory)  # practice mode's typical hands, as export writes
     return directory

@@ -211,6 +211,12 @@ def test_hand_aware_pipeline_chooses_its_rule_cross_domain_and_every_tool_uses_i
     assert metrics["cross_domain_images"] == 36 and 0 < metrics["cross_domain_hand_found"] <= 1
     assert {"test_accuracy", "test_accuracy_image", "test_hand_found"} <= set(metrics)
     assert card.hands.detection_rate.get("nothing", 0.0) <= 0.5
+    # Practice mode's typical hands: from the training split's hands, one per letter with any.
+    from asl_platform.hands.shapes import load_shapes
+
+    shapes = load_shapes(model_dir)
+    assert shapes and set(shapes) == set(card.hands.shapes) and "B" in shapes
+    assert all(shapes[name].images == count and count >= 1 for name, count in card.hands.shapes.items())
     readme = (model_dir / "README.md").read_text()
     assert "Hand-aware" in readme and "cross-domain (other people)" in readme
 

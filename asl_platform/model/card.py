@@ -93,6 +93,8 @@ class HandsCard(_Record):
     augment: dict[str, float] = Field(default_factory=dict, description="training augmentation, for the record")
     searched: dict[str, float | int] = Field(default_factory=dict, description="the landmark search's chosen values")
     detection_rate: dict[str, float] = Field(default_factory=dict, description="hand found, per class, on the test split")
+    shapes: dict[str, int] = Field(default_factory=dict, description="letters with a typical hand shape in "
+                                   "hand_shapes.json (practice mode), and how many training hands each is from")
 
 
 class FusionCard(_Record):

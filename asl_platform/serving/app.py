@@ -6,16 +6,19 @@ ingress builds it on its replica around a ``HandleBackend`` (see ``deployments``
 
 from __future__ import annotations
 
+import io
 import time
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from asl_platform.config import ServeConfig
 from asl_platform.serving.backends import Backend, Prediction
 from asl_platform.serving.demo import SPELLING_KEYS, mount_demo
+from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, accepted_labels, draw_shape
 from asl_platform.serving.metrics import RequestMetrics, ServingMetrics
+from asl_platform.serving.practice import check, model_shapes, practice_letters
 from asl_platform.serving.protocol import (
     ApiError, BodySizeLimit, error_response, install_error_handlers, read_uploads, top_predictions,
 )
@@ -83,7 +86,40 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
 
     @app.get("/v1/model", summary="Classes, version and evaluation metrics of the served model")
     async def model_info() -> dict:
-        return info
+        return {key: value for key, value in info.items() if key != "hand_shapes"}
+
+    shapes = model_shapes(info)
+    letters = practice_letters(classes)
+
+    @app.get("/v1/practice/letters", summary="Practice mode: each letter's handshape, in words and as typical landmarks")
+    async def practice_catalogue() -> dict:
+        return {"letters": [{"letter": letter, "description": DESCRIPTIONS.get(letter, ""),
+                             "motion": letter in MOTION_LETTERS, "accepts": sorted(accepted_labels(letter)),
+                             "landmarks": shapes[letter].points.tolist() if letter in shapes else None}
+                            for letter in letters],
+                "hold_s": settings.spell_hold_s, "min_probability": settings.spell_min_probability}
+
+    @app.get("/v1/practice/letters/{letter}.png", summary="Practice mode: a drawing of the letter's typical hand",
+             response_class=Response)
+    async def practice_drawing(letter: str) -> Response:
+        if letter not in shapes:
+            raise ApiError(404, "not_found", f"no typical hand shape for {letter!r} in this model")
+        buffer = io.BytesIO()
+        draw_shape(shapes[letter]).save(buffer, format="PNG")
+        return Response(buffer.getvalue(), media_type="image/png")
+
+    @app.post("/v1/practice/check", summary="Practice mode: one image against a target letter, with what to change")
+    async def practice_check(request: Request, target: str = Query(..., description="the letter being practised")) -> dict:
+        if target not in letters:
+            raise ApiError(422, "invalid_parameter", f"target: {target!r} is not a letter of this model "
+                           f"({', '.join(letters)})")
+        (upload,) = await read_uploads(request, settings, batch=False)
+        (result,) = await backend.classify([upload.data])
+        if isinstance(result, ApiError):
+            raise result
+        top = answer(result, 3)
+        return {**check(top["label"], top["probability"], result.hand, target, shapes, settings.spell_min_probability),
+                "top_k": top["top_k"], "hand": result.hand, "model": model_ref}
 
     @app.get("/", include_in_schema=False)
     async def index() -> RedirectResponse:

@@ -18,6 +18,7 @@ import numpy as np
 
 from asl_platform.data import oriented_size
 from asl_platform.hands.detect import no_hand_json
+from asl_platform.hands.shapes import load_shapes
 from asl_platform.limits import MAX_IMAGE_PIXELS
 from asl_platform.serving.metrics import ServingMetrics
 from asl_platform.serving.protocol import ApiError, decode_upload, prepare_image
@@ -79,7 +80,9 @@ class ImageClassifier:
 
         directory = resolve_model_dir(model_dir)
         self.predictor = Predictor(directory, device=device, inference=inference)
-        self.info = {**describe_model(directory, self.predictor.card), "runtime": self.predictor.runtime_name}
+        shapes = load_shapes(directory)  # practice mode's typical hands; carried to the ingress with the description
+        self.info = {**describe_model(directory, self.predictor.card), "runtime": self.predictor.runtime_name,
+                     "hand_shapes": {name: shape.to_json() for name, shape in shapes.items()}}
         self.max_pixels = max_pixels
         self.metrics = ServingMetrics()
 

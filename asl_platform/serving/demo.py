@@ -1,5 +1,6 @@
 """Gradio demo, mounted at ``/demo`` by the HTTP app: a photo (upload or webcam snapshot) -> top-5
-letters, and a fingerspelling mode where a live webcam stream builds text letter by letter.
+letters, a fingerspelling mode where a live webcam stream builds text letter by letter, and a
+practice mode that teaches the letters (``practice``).
 
 It classifies through the same backend as ``/predict`` (so through ``@serve.batch`` on Serve), and
 it loads nothing from the internet: system fonts instead of Google Fonts, no analytics.
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asl_platform.config import ServeConfig
+from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, draw_shape
+from asl_platform.serving.practice import Practice, check, model_shapes, practice_letters
 from asl_platform.serving.protocol import ApiError, top_predictions
 
 if TYPE_CHECKING:
@@ -143,8 +146,51 @@ def spelling_help(settings: ServeConfig) -> str:
             "To spell a double letter, drop your hand for a moment between the two.")
 
 
+def target_markdown(practice: Practice | None) -> str:
+    """What to sign now, and how."""
+    if practice is None or practice.target is None:
+        return "Choose an exercise and press **Start**."
+    target = practice.target
+    lines = [f"## Sign **{target}**"]
+    if practice.mode == "word":
+        done, rest = practice.word[:practice.position], practice.word[practice.position + 1:]
+        lines.append(f"Spelling **{practice.word}**: {done}[**{target}**]{rest}")
+    lines.append(DESCRIPTIONS.get(target, ""))
+    if target in MOTION_LETTERS:
+        finals = " or ".join(MOTION_LETTERS[target])
+        lines.append(f"*{target} is a motion letter: a camera frame sees one moment of it, so its final handshape "
+                     f"counts too (recognised as {target} or {finals}).*")
+    return "\n\n".join(lines)
+
+
+def score_markdown(practice: Practice | None) -> str:
+    if practice is None:
+        return ""
+    return (f"**Score {practice.score}** · streak {practice.streak} · best streak {practice.best_streak}"
+            + (f" · words spelled {practice.words_done}" if practice.mode == "word" else ""))
+
+
+def feedback_markdown(result: dict, done: bool, progress: float) -> str:
+    """The frame's answer for the learner: right (and how long to hold), or what it looks like and what to change."""
+    seen = f"Recognised **{result['label']}** ({result['probability']:.0%})"
+    if done:
+        return f"Well done: **{result['target']}**! Next one."
+    if result["correct"]:
+        return f"{seen}: right, hold it ({progress:.0%})"
+    lines = [f"{seen}: not {result['target']} yet." if result["label"] != "nothing" else "No letter seen yet."]
+    lines += [f"- {hint}" for hint in result["hints"]]
+    return "\n".join(lines)
+
+
+def session_chart(practice: Practice | None):
+    import pandas as pd
+
+    rows = practice.history if practice is not None else []
+    return pd.DataFrame(rows or [(0.0, 0)], columns=["seconds", "score"])
+
+
 def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
-    """The demo's two tabs, wired to ``backend``."""
+    """The demo's three tabs, wired to ``backend``."""
     import gradio as gr
 
     async def on_photo(image: str | None):
@@ -174,6 +220,43 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
         return spelling_help(settings)
 
     hand_aware = backend.info.get("kind") == "hand_aware"
+    shapes = model_shapes(backend.info)
+    practice_pool = practice_letters(backend.info["classes"])
+    modes = {"Letters": "letters", "Spell a word": "word", "My weakest letters": "weakest"}
+
+    def drawing(practice: Practice | None):
+        target = practice.target if practice is not None else None
+        return draw_shape(shapes[target]) if target in shapes else None
+
+    def practice_view(practice: Practice | None, feedback: str) -> tuple:
+        return (target_markdown(practice), drawing(practice), feedback, score_markdown(practice),
+                practice.table() if practice is not None else [], session_chart(practice), practice)
+
+    def on_practice_start(mode: str, word: str) -> tuple:
+        practice = Practice(practice_pool, settings.spell_hold_s, settings.spell_min_probability)
+        try:
+            practice.start(modes[mode], time.monotonic(), word)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        return practice_view(practice, "Sign into the webcam (press Record).")
+
+    def on_practice_skip(practice: Practice | None) -> tuple:
+        if practice is not None:
+            practice.skip(time.monotonic())
+        return practice_view(practice, "Skipped: it is counted, and comes back in My weakest letters.")
+
+    async def on_practice_frame(frame: str | None, practice: Practice | None) -> tuple:
+        if frame is None or practice is None or practice.target is None:
+            return (*practice_view(practice, "Press **Start** first." if practice is None else ""), None)
+        top, hand = await classify_with_hand(backend, frame, k=3)
+        label, probability = next(iter(top.items()))
+        practice.hold_s, practice.min_probability = settings.spell_hold_s, settings.spell_min_probability
+        target = practice.target
+        result = check(label, probability, hand, target, shapes, practice.min_probability)
+        now = time.monotonic()
+        done = practice.update(label, probability, now)
+        feedback = feedback_markdown(result, done, practice.hold_progress(now))
+        return (*practice_view(practice, feedback), await asyncio.to_thread(overlay, frame, hand))
 
     with gr.Blocks(title="ASL alphabet recogniser", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# ASL alphabet recogniser\n" + _model_line(backend.info))
@@ -201,6 +284,40 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
             camera.stream(on_frame, inputs=[camera, speller], outputs=[spelled, status, speller, frame_view],
                           stream_every=0.3, time_limit=600, api_visibility="private")
             clear.click(on_clear, outputs=[spelled, status, speller], api_visibility="private")
+        with gr.Tab("Practice"):
+            gr.Markdown("Learn the letters: sign the target into the webcam and hold it for a moment. "
+                        + ("Each letter's drawing is a typical hand from the training photos; when the answer is "
+                           "wrong, the tips compare your hand's landmarks with it." if shapes else
+                           "This model has no typical hand shapes (a hand-aware export has them): no drawings or tips."))
+            practice = gr.State(None)
+            with gr.Row():
+                mode = gr.Radio(list(modes), value="Letters", label="Exercise", elem_id="practice-mode")
+                word = gr.Textbox(label="Word to spell", value="CAB", elem_id="practice-word")
+                start = gr.Button("Start", variant="primary", elem_id="practice-start")
+                skip = gr.Button("Skip", elem_id="practice-skip")
+            with gr.Row():
+                with gr.Column():
+                    target_view = gr.Markdown(target_markdown(None), elem_id="practice-target")
+                    reference = gr.Image(label="How it looks", interactive=False, elem_id="practice-reference",
+                                         visible=bool(shapes), height=240)
+                practice_camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
+                                           label="Webcam", elem_id="practice-camera")
+                with gr.Column():
+                    feedback = gr.Markdown(elem_id="practice-feedback")
+                    practice_overlay = gr.Image(label="Your hand", interactive=False, elem_id="practice-overlay",
+                                                visible=hand_aware, height=240)
+            score = gr.Markdown(elem_id="practice-score")
+            with gr.Row():
+                table = gr.Dataframe(headers=["letter", "shown", "done", "skipped", "mean seconds"],
+                                     label="Per letter", interactive=False, elem_id="practice-table")
+                chart = gr.LinePlot(session_chart(None), x="seconds", y="score", label="This session",
+                                    elem_id="practice-chart")
+            outputs = [target_view, reference, feedback, score, table, chart, practice]
+            start.click(on_practice_start, inputs=[mode, word], outputs=outputs, api_visibility="private")
+            skip.click(on_practice_skip, inputs=practice, outputs=outputs, api_visibility="private")
+            practice_camera.stream(on_practice_frame, inputs=[practice_camera, practice],
+                                   outputs=[*outputs, practice_overlay], stream_every=0.3, time_limit=900,
+                                   show_progress="hidden", api_visibility="private")  # no dimming every frame
         # Each page load shows the hold time in force now (it changes with the ingress's user_config).
         demo.load(on_load, outputs=instructions, show_progress="hidden", api_visibility="private")
     return demo

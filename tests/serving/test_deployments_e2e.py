@@ -194,6 +194,26 @@ def upload_photo_in_the_demo(browser, server: str, image_path) -> tuple:
     return page, external
 
 
+def chromium_with_fake_webcam(playwright, video):
+    """Chromium whose webcam plays ``video`` (a Y4M), camera allowed without asking."""
+    return launch_chromium(playwright, ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                                        f"--use-file-for-fake-video-capture={video}"))
+
+
+def open_demo_tab(browser, server: str, tab: str, height: int = 800) -> tuple:
+    """Open the demo offline (external requests refused and recorded) on ``tab``; returns the page and the refused URLs."""
+    page = browser.new_context(permissions=["camera"], viewport={"width": 1280, "height": height}).new_page()
+    external = _block_external(page)
+    page.goto(f"{server}/demo/", wait_until="load")
+    page.get_by_role("tab", name=tab).click()
+    return page, external
+
+
+def start_webcam(page, camera: str) -> None:
+    page.locator(f"#{camera}").get_by_text("Click to Access Webcam").click()
+    page.locator(f"#{camera} button", has_text="Record").click()
+
+
 def test_demo_in_a_real_browser_upload_shows_the_letter(server, playwright_or_skip, tmp_path):
     image_path = tmp_path / "sign_c.png"
     image_path.write_bytes(colour_image("C", size=200, seed=3))
@@ -232,15 +252,10 @@ def write_fake_webcam_video(path: Path, labels: list[str], fps: int = 10, size: 
 def test_fingerspelling_from_a_live_webcam_stream(server, playwright_or_skip, tmp_path):
     """Chromium's fake webcam plays A for 2 s then C for 2 s, looping: the demo must spell them in turn."""
     video = write_fake_webcam_video(tmp_path / "signs.y4m", ["A"] * 20 + ["C"] * 20)
-    browser = launch_chromium(playwright_or_skip, ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                                                   f"--use-file-for-fake-video-capture={video}"))
+    browser = chromium_with_fake_webcam(playwright_or_skip, video)
     try:
-        page = browser.new_context(permissions=["camera"], viewport={"width": 1280, "height": 800}).new_page()
-        external = _block_external(page)
-        page.goto(f"{server}/demo/", wait_until="load")
-        page.get_by_role("tab", name="Fingerspelling").click()
-        page.locator("#camera").get_by_text("Click to Access Webcam").click()
-        page.locator("#camera button", has_text="Record").click()
+        page, external = open_demo_tab(browser, server, "Fingerspelling")
+        start_webcam(page, "camera")
         text = page.locator("#spelled textarea")
         page.wait_for_function("document.querySelector('#spelled textarea').value.length >= 3", timeout=60_000)
         spelled = text.input_value()

@@ -1,0 +1,186 @@
+"""Hand shapes for teaching: the typical shape of each letter in the training data, how a learner's
+hand differs from it, in plain words, and a drawing of it.
+
+A shape is read from the 21 landmarks in the canonical frame of ``hands.features`` (right hand,
+wrist at the origin, palm size 1), by measures that do not depend on how the hand is turned:
+
+- the **curl** of each finger: the sum of the bend angles at its joints (0 = straight);
+- the **thumb reach**: how far the thumb tip is from the index knuckle, in palm sizes.
+
+A letter's typical shape is its training images' median of those measures, drawn from the training
+image closest to that median (a real hand, not a blurred average).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asl_platform.hands.features import FINGERS, canonical_points
+
+SHAPES_FILE = "hand_shapes.json"
+FINGER_NAMES = ("thumb", "index finger", "middle finger", "ring finger", "little finger")
+CURL_TOLERANCE = 0.9  # radians of total bend before a finger counts as "different" (a joint is about 0.3-1.5)
+REACH_TOLERANCE = 0.45  # palm sizes
+MAX_HINTS = 2
+
+# One line per sign, the standard ASL fingerspelling handshapes (right hand, palm to the viewer unless said).
+DESCRIPTIONS = {
+    "A": "Fist, thumb straight up against the side of the index finger.",
+    "B": "Four fingers straight up and together, thumb folded across the palm.",
+    "C": "Fingers and thumb curved into a C, as if holding a cup.",
+    "D": "Index finger up; the other fingers curl to touch the thumb tip.",
+    "E": "Fingers bent down over the thumb, which is tucked across the palm.",
+    "F": "Index finger and thumb touch in a circle; the other three fingers up and apart.",
+    "G": "Index finger and thumb point sideways, parallel; the other fingers closed.",
+    "H": "Index and middle fingers point sideways together; thumb and other fingers closed.",
+    "I": "Little finger up; the other fingers in a fist, thumb across them.",
+    "J": "Little finger up as for I, then trace a J downwards and curve it towards you.",
+    "K": "Index and middle fingers up in a V, thumb tip between them.",
+    "L": "Index finger up and thumb out to the side: an L.",
+    "M": "Thumb tucked under the index, middle and ring fingers, folded over it.",
+    "N": "Thumb tucked under the index and middle fingers, folded over it.",
+    "O": "All fingertips curve to meet the thumb tip in an O.",
+    "P": "As K, pointed down: index out, middle finger down, thumb between them.",
+    "Q": "As G, pointed down: index finger and thumb point to the floor.",
+    "R": "Index and middle fingers up and crossed.",
+    "S": "Fist with the thumb across the front of the fingers.",
+    "T": "Fist with the thumb tucked between the index and middle fingers.",
+    "U": "Index and middle fingers straight up and together.",
+    "V": "Index and middle fingers straight up and apart: a V.",
+    "W": "Index, middle and ring fingers straight up and apart.",
+    "X": "Index finger raised and hooked; the other fingers in a fist.",
+    "Y": "Thumb and little finger out; the other fingers folded.",
+    "Z": "Index finger points out and draws a Z in the air.",
+    "del": "The platform's sign for delete (as in the training photos).",
+    "nothing": "No hand in view: lower your hand.",
+    "space": "The platform's sign for a space (as in the training photos).",
+}
+# Letters signed with a movement: a photo sees only the hand at one moment, so their final handshape
+# is accepted too (J ends as I; Z is drawn with the pointing index, the handshape of D without the thumb).
+MOTION_LETTERS = {"J": ("I",), "Z": ("D",)}
+
+
+def canonical(landmarks: np.ndarray, handedness: str) -> np.ndarray:
+    """(21, 3) image landmarks of one hand -> (21, 3) canonical points (``hands.features``)."""
+    import torch
+
+    row = np.concatenate([np.asarray(landmarks, np.float32).reshape(-1), [1.0 if handedness == "Right" else 0.0]])
+    return canonical_points(torch.from_numpy(row[None].astype(np.float32)))[0].numpy()
+
+
+def curls(points: np.ndarray) -> np.ndarray:
+    """(5,) total bend of each finger, thumb first, in radians: 0 straight, about 3 in a fist."""
+    out = []
+    for finger in FINGERS:
+        chain = (0, *finger)
+        total = 0.0
+        for a, b, c in zip(chain, chain[1:], chain[2:]):
+            u, v = points[b] - points[a], points[c] - points[b]
+            cosine = float(np.dot(u, v) / max(np.linalg.norm(u) * np.linalg.norm(v), 1e-9))
+            total += float(np.arccos(np.clip(cosine, -1.0, 1.0)))
+        out.append(total)
+    return np.asarray(out, np.float32)
+
+
+def thumb_reach(points: np.ndarray) -> float:
+    """Distance from the thumb tip to the index knuckle (MCP), in palm sizes."""
+    return float(np.linalg.norm(points[4] - points[5]))
+
+
+@dataclass
+class HandShape:
+    """A letter's typical shape: its measures, and the canonical points of a training hand that has them."""
+
+    points: np.ndarray  # (21, 3)
+    curl: np.ndarray  # (5,)
+    reach: float
+    images: int
+
+    def to_json(self) -> dict:
+        return {"points": np.round(self.points, 4).tolist(), "curl": np.round(self.curl, 4).tolist(),
+                "reach": round(self.reach, 4), "images": self.images}
+
+    @classmethod
+    def from_json(cls, data: dict) -> HandShape:
+        return cls(np.asarray(data["points"], np.float32), np.asarray(data["curl"], np.float32),
+                   float(data["reach"]), int(data["images"]))
+
+
+def typical_shapes(points: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, HandShape]:
+    """Per class with at least one hand: the median curl and reach of ``points`` (N, 21, 3 canonical),
+    and the points of the hand closest to them."""
+    measures = np.asarray([np.append(curls(p), thumb_reach(p)) for p in points], np.float32).reshape(-1, 6)
+    shapes = {}
+    for index, name in enumerate(classes):
+        rows = np.flatnonzero(np.asarray(labels) == index)
+        if not len(rows):
+            continue
+        median = np.median(measures[rows], axis=0)
+        closest = rows[np.argmin(np.abs(measures[rows] - median).sum(axis=1))]
+        shapes[name] = HandShape(points[closest], median[:5], float(median[5]), int(len(rows)))
+    return shapes
+
+
+def shapes_of(inputs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, HandShape]:
+    """``typical_shapes`` of landmark rows (``hands.landmark_inputs``: (N, 64), hands found only)."""
+    import torch
+
+    points = canonical_points(torch.from_numpy(np.asarray(inputs, np.float32))).numpy()
+    return typical_shapes(points, np.asarray(labels), classes)
+
+
+def save_shapes(shapes: dict[str, HandShape], directory: str | Path) -> Path:
+    path = Path(directory) / SHAPES_FILE
+    path.write_text(json.dumps({name: shape.to_json() for name, shape in shapes.items()}, indent=1))
+    return path
+
+
+def load_shapes(directory: str | Path) -> dict[str, HandShape]:
+    """A model folder's typical shapes; empty when it has none (an image model, an older export)."""
+    path = Path(directory) / SHAPES_FILE
+    if not path.is_file():
+        return {}
+    return {name: HandShape.from_json(data) for name, data in json.loads(path.read_text()).items()}
+
+
+def hints(learner: np.ndarray, target: HandShape) -> list[str]:
+    """What to change, in plain words, so that ``learner`` (canonical points) takes ``target``'s shape:
+    the largest differences first, at most ``MAX_HINTS``; empty when every measure is within tolerance."""
+    found: list[tuple[float, str]] = []
+    for name, mine, theirs in zip(FINGER_NAMES, curls(learner), target.curl):
+        gap = float(mine - theirs)
+        if abs(gap) > CURL_TOLERANCE:
+            found.append((abs(gap) / CURL_TOLERANCE, f"{'Straighten' if gap > 0 else 'Bend'} your {name}."))
+    gap = thumb_reach(learner) - target.reach
+    if abs(gap) > REACH_TOLERANCE:
+        found.append((abs(gap) / REACH_TOLERANCE, "Bring your thumb in, against your hand." if gap > 0
+                      else "Move your thumb out, away from your hand."))
+    return [text for _, text in sorted(found, key=lambda item: -item[0])[:MAX_HINTS]]
+
+
+def accepted_labels(target: str) -> set[str]:
+    """What counts as signing ``target``: itself, and a motion letter's final handshape."""
+    return {target, *MOTION_LETTERS.get(target, ())}
+
+
+def draw_shape(shape: HandShape, size: int = 240):
+    """A drawing of ``shape``'s skeleton on a plain background (PIL image), upright as the camera sees it."""
+    from PIL import Image, ImageDraw
+
+    from asl_platform.hands.draw import BONE, HAND_CONNECTIONS
+
+    xy = shape.points[:, :2].copy()
+    xy -= (xy.min(axis=0) + xy.max(axis=0)) / 2
+    scale = 0.8 * size / max(float(np.abs(xy).max()) * 2, 1e-6)
+    pixels = [(size / 2 + float(x) * scale, size / 2 + float(y) * scale) for x, y in xy]
+    image = Image.new("RGB", (size, size), (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    for a, b in HAND_CONNECTIONS:
+        draw.line((pixels[a], pixels[b]), fill=BONE, width=4)
+    for x, y in pixels:
+        draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=(60, 60, 60))
+    return image

@@ -99,9 +99,10 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
                             for letter in letters],
                 "hold_s": settings.spell_hold_s, "min_probability": settings.spell_min_probability}
 
-    @app.get("/v1/practice/letters/{letter}.png", summary="Practice mode: a drawing of the letter's typical hand",
+    # A query parameter, not a path one: no route of this API takes a path (tests/serving/test_security.py).
+    @app.get("/v1/practice/drawing", summary="Practice mode: a PNG drawing of the letter's typical hand",
              response_class=Response)
-    async def practice_drawing(letter: str) -> Response:
+    async def practice_drawing(letter: str = Query(..., description="a letter of this model")) -> Response:
         if letter not in shapes:
             raise ApiError(404, "not_found", f"no typical hand shape for {letter!r} in this model")
         buffer = io.BytesIO()

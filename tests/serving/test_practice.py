@@ -78,9 +78,9 @@ def test_the_practice_api_teaches_with_the_models_typical_hands(client, photos):
     letters = {entry["letter"]: entry for entry in catalogue["letters"]}
     assert set(letters) == {"A", "B", "C", "space"} and letters["B"]["landmarks"] is not None
     assert letters["A"]["description"].startswith("Fist") and catalogue["hold_s"] == 1.0
-    drawing = client.get("/v1/practice/letters/B.png")
+    drawing = client.get("/v1/practice/drawing?letter=B")
     assert drawing.status_code == 200 and Image.open(io.BytesIO(drawing.content)).size == (240, 240)
-    assert client.get("/v1/practice/letters/space.png").status_code == 404  # no hand in the fixture's space photos
+    assert client.get("/v1/practice/drawing?letter=space").status_code == 404  # no hand in the fixture's space photos
     assert "hand_shapes" not in client.get("/v1/model").json()
 
     b_photo = photos["B"][0][0].read_bytes()

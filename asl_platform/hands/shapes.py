@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from asl_platform.hands.features import FINGERS, canonical_points
+from asl_platform.hands.stage import landmark_inputs
 
 SHAPES_FILE = "hand_shapes.json"
 FINGER_NAMES = ("thumb", "index finger", "middle finger", "ring finger", "little finger")
@@ -64,12 +65,16 @@ DESCRIPTIONS = {
 MOTION_LETTERS = {"J": ("I",), "Z": ("D",)}
 
 
-def canonical(landmarks: np.ndarray, handedness: str) -> np.ndarray:
-    """(21, 3) image landmarks of one hand -> (21, 3) canonical points (``hands.features``)."""
+def canonical_rows(inputs: np.ndarray) -> np.ndarray:
+    """Landmark rows (``hands.landmark_inputs``: (N, 64)) -> (N, 21, 3) canonical points (``hands.features``)."""
     import torch
 
-    row = np.concatenate([np.asarray(landmarks, np.float32).reshape(-1), [1.0 if handedness == "Right" else 0.0]])
-    return canonical_points(torch.from_numpy(row[None].astype(np.float32)))[0].numpy()
+    return canonical_points(torch.from_numpy(np.asarray(inputs, np.float32))).numpy()
+
+
+def canonical(landmarks: np.ndarray, handedness: str) -> np.ndarray:
+    """(21, 3) image landmarks of one hand -> (21, 3) canonical points."""
+    return canonical_rows(landmark_inputs(landmarks, [1.0 if handedness == "Right" else 0.0]))[0]
 
 
 def curls(points: np.ndarray) -> np.ndarray:
@@ -127,10 +132,7 @@ def typical_shapes(points: np.ndarray, labels: np.ndarray, classes: list[str]) -
 
 def shapes_of(inputs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, HandShape]:
     """``typical_shapes`` of landmark rows (``hands.landmark_inputs``: (N, 64), hands found only)."""
-    import torch
-
-    points = canonical_points(torch.from_numpy(np.asarray(inputs, np.float32))).numpy()
-    return typical_shapes(points, np.asarray(labels), classes)
+    return typical_shapes(canonical_rows(inputs), np.asarray(labels), classes)
 
 
 def save_shapes(shapes: dict[str, HandShape], directory: str | Path) -> Path:

@@ -11,10 +11,14 @@ import time
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from asl_platform.config import ServeConfig
 from asl_platform.serving.backends import Backend, Prediction
+from asl_platform.serving.contract import (
+    BatchAnswer, HealthAnswer, ModelInfo, PracticeCatalogue, PracticeVerdict, PredictAnswer, answers, image_body,
+)
 from asl_platform.serving.demo import SPELLING_KEYS, mount_demo
 from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, accepted_labels, draw_shape
 from asl_platform.serving.metrics import RequestMetrics, ServingMetrics
@@ -38,6 +42,7 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
         version=info["version"],
         description="Classify a photo of an American Sign Language hand sign into one of "
         f"{len(classes)} classes (A-Z, del, nothing, space).",
+        docs_url=None, redoc_url=None,  # /docs below, from local files: no CDN, works offline
     )
     install_error_handlers(app)
     metrics = ServingMetrics()
@@ -50,7 +55,11 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     def elapsed_ms(started: float) -> float:
         return round((time.perf_counter() - started) * 1000, 2)
 
-    @app.post("/predict", summary="Classify one image (raw body, multipart 'file', or JSON {'image': base64})")
+    one_image = image_body(batch=False, max_images=1)
+    image_errors = (400, 413, 415, 422, 503)
+
+    @app.post("/predict", summary="Classify one image (raw body, multipart 'file', or JSON {'image': base64})",
+              response_model=None, responses=answers(PredictAnswer, *image_errors), openapi_extra=one_image)
     async def predict(request: Request, top_k: int = Query(settings.top_k, ge=1, le=len(classes))) -> dict:
         started = time.perf_counter()
         with metrics.timed("read"):
@@ -60,7 +69,9 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
             raise result
         return {**answer(result, top_k), "model": model_ref, "elapsed_ms": elapsed_ms(started)}
 
-    @app.post("/predict/batch", summary="Classify several images (multipart files, or JSON {'images': [base64]})")
+    @app.post("/predict/batch", summary="Classify several images (multipart files, or JSON {'images': [base64]})",
+              response_model=None, responses=answers(BatchAnswer, *image_errors),
+              openapi_extra=image_body(batch=True, max_images=settings.max_batch_images))
     async def predict_batch(request: Request, top_k: int = Query(settings.top_k, ge=1, le=len(classes))) -> dict:
         started = time.perf_counter()
         with metrics.timed("read"):
@@ -76,7 +87,8 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
                            "none of the images could be classified; see results", {"results": results})
         return {"results": results, "model": model_ref, "elapsed_ms": elapsed_ms(started)}
 
-    @app.get("/healthz", summary="Ready to classify (the model deployment answers), and the live settings")
+    @app.get("/healthz", summary="Ready to classify (the model deployment answers), and the live settings",
+             response_model=None, responses=answers(HealthAnswer, 503))
     async def healthz() -> JSONResponse:
         model_settings = await backend.health()
         if model_settings is None:
@@ -84,14 +96,16 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
         live = {**model_settings, **{key: getattr(settings, key) for key in SPELLING_KEYS}}
         return JSONResponse({"status": "ok", "model": model_ref, "settings": live})
 
-    @app.get("/v1/model", summary="Classes, version and evaluation metrics of the served model")
+    @app.get("/v1/model", summary="Classes, version and evaluation metrics of the served model",
+             response_model=None, responses=answers(ModelInfo))
     async def model_info() -> dict:
         return {key: value for key, value in info.items() if key != "hand_shapes"}
 
     shapes = model_shapes(info)
     letters = practice_letters(classes)
 
-    @app.get("/v1/practice/letters", summary="Practice mode: each letter's handshape, in words and as typical landmarks")
+    @app.get("/v1/practice/letters", summary="Practice mode: each letter's handshape, in words and as typical landmarks",
+             response_model=None, responses=answers(PracticeCatalogue))
     async def practice_catalogue() -> dict:
         return {"letters": [{"letter": letter, "description": DESCRIPTIONS.get(letter, ""),
                              "motion": letter in MOTION_LETTERS, "accepts": sorted(accepted_labels(letter)),
@@ -100,17 +114,25 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
                 "hold_s": settings.spell_hold_s, "min_probability": settings.spell_min_probability}
 
     # A query parameter, not a path one: no route of this API takes a path (tests/serving/test_security.py).
+    drawn = [letter for letter in letters if letter in shapes] or letters  # none: each letter is a 404
+
     @app.get("/v1/practice/drawing", summary="Practice mode: a PNG drawing of the letter's typical hand",
-             response_class=Response)
-    async def practice_drawing(letter: str = Query(..., description="a letter of this model")) -> Response:
+             response_class=Response,
+             responses=answers(None, 404, 422, ok_content={"image/png": {"schema": {"type": "string", "format": "binary"}}}))
+    async def practice_drawing(letter: str = Query(..., description="a letter this model has a typical hand for",
+                                                   json_schema_extra={"enum": drawn})) -> Response:
+        if letter not in letters:
+            raise ApiError(422, "invalid_parameter", f"letter: {letter!r} is not a letter of this model")
         if letter not in shapes:
             raise ApiError(404, "not_found", f"no typical hand shape for {letter!r} in this model")
         buffer = io.BytesIO()
         draw_shape(shapes[letter]).save(buffer, format="PNG")
         return Response(buffer.getvalue(), media_type="image/png")
 
-    @app.post("/v1/practice/check", summary="Practice mode: one image against a target letter, with what to change")
-    async def practice_check(request: Request, target: str = Query(..., description="the letter being practised")) -> dict:
+    @app.post("/v1/practice/check", summary="Practice mode: one image against a target letter, with what to change",
+              response_model=None, responses=answers(PracticeVerdict, *image_errors), openapi_extra=one_image)
+    async def practice_check(request: Request, target: str = Query(..., description="the letter being practised",
+                                                                   json_schema_extra={"enum": letters})) -> dict:
         if target not in letters:
             raise ApiError(422, "invalid_parameter", f"target: {target!r} is not a letter of this model "
                            f"({', '.join(letters)})")
@@ -122,6 +144,8 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
         return {**check(top["label"], top["probability"], result.hand, target, shapes, settings.spell_min_probability),
                 "top_k": top["top_k"], "hand": result.hand, "model": model_ref}
 
+    add_docs(app)
+
     @app.get("/", include_in_schema=False)
     async def index() -> RedirectResponse:
         return RedirectResponse("/demo/" if settings.demo else "/docs")
@@ -131,3 +155,32 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes + MULTIPART_OVERHEAD_BYTES)
     app.add_middleware(RequestMetrics, metrics=metrics)  # added last: outermost, so it sees every answer
     return app
+
+
+def add_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI from fastapi-offline's copy (Swagger UI 5, which reads OpenAPI 3.1) instead
+    of FastAPI's default CDN links, so "Try it out" works on machines without internet. Three fixed
+    routes, not a static mount: no route of this API takes a path."""
+    from importlib.resources import files
+
+    assets = files("fastapi_offline") / "static"
+    for name, media_type in (("swagger-ui-bundle.js", "text/javascript"), ("swagger-ui.css", "text/css"),
+                             ("favicon.png", "image/png")):
+        app.add_api_route(f"/docs/{name}", _file_route(str(assets / name), media_type), include_in_schema=False)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API",
+                                   swagger_js_url=f"{root}/docs/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}/docs/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}/docs/favicon.png")
+
+
+def _file_route(path: str, media_type: str):
+    """An endpoint that answers one fixed file (no parameters, so none in its signature either)."""
+
+    async def send_file() -> FileResponse:
+        return FileResponse(path, media_type=media_type)
+
+    return send_file

@@ -21,6 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from python_multipart.multipart import parse_options_header
+from starlette.formparsers import MultiPartParser
 
 from asl_platform.config import ServeConfig
 from asl_platform.data import ImageTooLargeError, Preprocessing, decode_image, resize_for_model
@@ -212,9 +214,25 @@ def _parse_json(body: bytes, key: str) -> Any:
     return document[key]
 
 
+class ImagePartsParser(MultiPartParser):
+    """Starlette's multipart parser, except that a part declaring an image Content-Type is a file
+    even without a filename: RFC 7578 only says a file's part SHOULD name one, and without this such
+    an image would arrive as a text field (decoded as text, so lost)."""
+
+    def on_headers_finished(self) -> None:
+        part = self._current_part
+        content_type = dict(part.item_headers).get(b"content-type", b"").split(b";")[0].strip().lower()
+        if part.content_disposition and content_type.startswith(b"image/"):
+            _, options = parse_options_header(part.content_disposition)
+            if b"filename" not in options:
+                part.content_disposition += b'; filename=""'
+        super().on_headers_finished()
+
+
 async def _form_files(request: Request, max_files: int) -> list[Upload]:
     try:
-        form = await request.form(max_files=max_files + 1, max_fields=max_files + 16)
+        parser = ImagePartsParser(request.headers, request.stream(), max_files=max_files + 1, max_fields=max_files + 16)
+        form = await parser.parse()
     except Exception as exc:  # python-multipart raises several types for malformed bodies
         if "Too many files" in str(exc):  # Starlette's MultiPartException for max_files
             raise ApiError(413, "too_many_images", f"more than {max_files} images; send fewer per request") from None

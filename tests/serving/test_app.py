@@ -207,3 +207,46 @@ def test_server_still_answers_after_bad_input(client):
 
 def test_openapi_schema_is_valid_json(client):
     json.dumps(client.get("/openapi.json").json())
+
+
+# --------------------------------------------------------------------------- the OpenAPI contract
+
+
+def test_openapi_declares_every_request_body_and_error(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert set(paths["/predict"]["post"]["requestBody"]["content"]) == {
+        "image/jpeg", "image/png", "image/webp", "multipart/form-data", "application/json"}
+    assert set(paths["/predict/batch"]["post"]["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
+    batch = paths["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert batch["properties"]["images"]["maxItems"] == 4  # the served limit, max_batch_images
+    for path, method in [("/predict", "post"), ("/predict/batch", "post"), ("/v1/practice/check", "post")]:
+        responses = paths[path][method]["responses"]
+        assert {"200", "400", "413", "415", "422", "503"} <= set(responses), (path, responses.keys())
+        assert responses["413"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+        assert responses["200"]["content"]["application/json"]["schema"]["$ref"].startswith("#/components/schemas/")
+    drawing = paths["/v1/practice/drawing"]["get"]
+    assert set(drawing["responses"]["200"]["content"]) == {"image/png"}
+    assert drawing["parameters"][0]["schema"]["enum"] == ["A", "B", "C", "space"]  # its letters (no shapes: each a 404)
+
+
+def test_a_multipart_image_part_without_a_filename_is_read_as_the_image(client):
+    """RFC 7578 only says a file part SHOULD name a filename; Starlette alone would read it as text."""
+    image = colour_image("C", fmt="PNG", seed=4)
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"\r\nContent-Type: image/png\r\n\r\n"
+            .encode() + image + f"\r\n--{boundary}--\r\n".encode())
+    response = client.post("/predict", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] == "C"
+    text_part = body.replace(b"Content-Type: image/png\r\n", b"")  # a plain text field is still not an image
+    refused = client.post("/predict", content=text_part, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    _error(refused, 400, "invalid_request")
+
+
+def test_docs_use_swagger_ui_from_this_server(client):
+    page = client.get("/docs").text
+    assert "cdn." not in page and "/docs/swagger-ui-bundle.js" in page
+    bundle = client.get("/docs/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("text/javascript")
+    assert b"SwaggerUIBundle" in bundle.content[:2000]
+    assert client.get("/docs/swagger-ui.css").status_code == 200

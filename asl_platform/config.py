@@ -139,6 +139,8 @@ class TuneConfig(_Section):
     max_concurrent_trials: int | None = Field(default=None, ge=1)
     cpus_per_trial: float = Field(default=1.0, gt=0)
     gpus_per_trial: float = Field(default=0.0, ge=0)
+    max_failures: int = Field(default=3, ge=0, description="Times a trial is rerun after its worker or node is lost "
+                              "(from its start: trials keep no checkpoint); finished trials are never rerun.")
     lr: tuple[float, float] = (1e-5, 1e-1)
     eps: tuple[float, float] = (1e-9, 1e-8)
     weight_decay: tuple[float, float] = (1e-3, 1e-1)

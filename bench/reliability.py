@@ -4,7 +4,7 @@ tests/serving/test_reliability.py, with the same load and fuzz code):
 1. fuzzing: >= 1,000 generated bad requests; per kind, how many got a 4xx JSON error / 5xx / other;
 2. replica failure: a model replica SIGKILLed under load; failed requests and time to replacement;
 3. soak: steady load for ``--soak-minutes`` (default 10); errors, requests/s and the resident memory
-   of every model replica and of the ingress, sampled through the run.
+   of every model replica, the ingress, the HTTP proxy and the Serve controller, sampled through the run.
 
 Run from the repository root::
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,9 +52,25 @@ def kill_a_replica(url: str, clients: int, samples: list) -> dict:
             "replaced_after_s": round(recovered, 1) if recovered else None}
 
 
+def serve_system_pids() -> dict[str, int]:
+    """The Serve controller's and HTTP proxies' PIDs: long-lived processes every request passes or
+    reports to, so their memory matters in a soak as much as the replicas'."""
+    import ray
+
+    pids = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        name = actor["name"]
+        if actor["namespace"] == "serve" and name.startswith(("SERVE_CONTROLLER_ACTOR", "SERVE_PROXY_ACTOR")):
+            handle = ray.get_actor(name, namespace="serve")
+            label = "controller" if name.startswith("SERVE_CONTROLLER") else f"proxy {len(pids)}"
+            pids[label] = ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+    return pids
+
+
 def soak(url: str, minutes: float, clients: int, samples: list) -> dict:
     pids = {f"model {i + 1}": pid for i, pid in enumerate(sorted(model_replica_pids().values()))}
     pids.update({"ingress": pid for pid in model_replica_pids("ASLIngress").values()})
+    pids.update(serve_system_pids())
     rss: dict[str, list[float]] = {name: [] for name in pids}
     duration = minutes * 60
     with Load(url, clients, samples) as load:
@@ -64,7 +81,9 @@ def soak(url: str, minutes: float, clients: int, samples: list) -> dict:
                 rss[name].append(round(resident_mb(pid), 1))
             logger.info("soak %.0f s: %d requests, %d failed, RSS %s", time.monotonic() - started, len(load.results),
                         len(load.failures()), {n: v[-1] for n, v in rss.items()})
-    return {"minutes": minutes, "clients": clients, "requests": len(load.results), "failed": len(load.failures()),
+    failures = load.failures()
+    return {"minutes": minutes, "clients": clients, "requests": len(load.results), "failed": len(failures),
+            "failed_statuses": sorted({str(status) for _, status, _ in failures}),
             "rps": round(len(load.results) / duration, 1), "rss_mb": rss,
             "rss_growth_mb": {n: round(v[-1] - v[0], 1) for n, v in rss.items() if v}}
 
@@ -109,7 +128,10 @@ def main() -> None:
           f"was being replaced); replacement running after {kill['replaced_after_s']} s")
     run = figures["soak"]
     print(f"\n## Soak\n\n{run['minutes']} min, {run['clients']} clients: {run['requests']} requests ({run['rps']}/s), "
-          f"{run['failed']} failed; resident memory growth (MB, first to last sample): {run['rss_growth_mb']}")
+          f"{run['failed']} failed {run['failed_statuses'] or ''}\n\n| process | RSS first sample (MB) | last | growth |\n|---|---|---|---|")
+    for name, samples in run["rss_mb"].items():
+        if samples:
+            print(f"| {name} | {samples[0]} | {samples[-1]} | {run['rss_growth_mb'][name]:+} |")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, default=list))
 

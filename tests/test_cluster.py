@@ -115,6 +115,13 @@ def _processes_of(roots: list[str], sessions: set[int]) -> list[int]:
     return found
 
 
+def _node_ports(ports: list[int]) -> list[str]:
+    """Every port a node binds besides the head's own (two nodes on one machine must not collide)."""
+    return [f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}",
+            f"--dashboard-agent-listen-port={ports[2]}", f"--dashboard-agent-grpc-port={ports[3]}",
+            f"--runtime-env-agent-port={ports[4]}", f"--metrics-export-port={ports[5]}"]
+
+
 @dataclass
 class LocalCluster:
     """A two-node Ray cluster on this machine with token authentication, as `ray start` builds one."""
@@ -171,26 +178,20 @@ class LocalCluster:
             return []
         return [n for n in body["data"]["result"]["result"] if n.get("state") == "ALIVE"]
 
-    def start(self, attempts: int = 2) -> None:
-        """Head (1 CPU) + one worker node (1 CPU), each with every port it binds chosen here (two nodes on
-        one machine must not collide) and its own --temp-dir (two nodes sharing one would share the
-        runtime-env cache: one node re-extracting the job's working dir pulls it from under the other's
+    def start(self, attempts: int = 2, head_cpus: int = 1, worker_cpus: int = 1) -> None:
+        """Head (``head_cpus``) + one worker node (``worker_cpus``), each with every port it binds chosen here (two
+        nodes on one machine must not collide) and its own --temp-dir (two nodes sharing one would share
+        the runtime-env cache: one node re-extracting the job's working dir pulls it from under the other's
         running driver). On a loaded machine a node can die while starting (`ray start` gives its raylet
         30 s to register, the raylet gives its agents 20 s): then everything is stopped and started again."""
         for attempt in range(1, attempts + 1):
-            self.gcs_port, self.dashboard_port, client, *ports = _free_ports(15)
-            node_ports = lambda p: [  # noqa: E731
-                f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}", f"--dashboard-agent-listen-port={p[2]}",
-                f"--dashboard-agent-grpc-port={p[3]}", f"--runtime-env-agent-port={p[4]}", f"--metrics-export-port={p[5]}",
-            ]
+            self.gcs_port, self.dashboard_port, client, *ports = _free_ports(9)
             head = ["--head", f"--port={self.gcs_port}", f"--ray-client-server-port={client}",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", *node_ports(ports[:6]),
-                    "--num-cpus=1", "--object-store-memory=100000000"]
-            worker = [f"--address={self.gcs_address}", *node_ports(ports[6:12]),
-                      "--num-cpus=1", "--object-store-memory=100000000"]
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", *_node_ports(ports),
+                    f"--num-cpus={head_cpus}", "--object-store-memory=100000000"]
             problem = (
                 self._start_node(f"head-{attempt}", head, "the head's Jobs API", lambda: self.api("/api/jobs/")[0] == 200)
-                or self._start_node(f"worker-{attempt}", worker, "two alive nodes", lambda: len(self.alive_nodes()) == 2)
+                or self._start_worker(f"worker-{attempt}", cpus=worker_cpus)
             )
             if problem is None:
                 return
@@ -198,6 +199,46 @@ class LocalCluster:
             self.stop()
             self.processes.clear()
         pytest.fail(f"could not start the local cluster: {problem}\n{self.logs()}")
+
+    def _start_worker(self, name: str, cpus: int) -> str | None:
+        expected = len(self.alive_nodes()) + 1
+        worker = [f"--address={self.gcs_address}", *_node_ports(_free_ports(6)), f"--num-cpus={cpus}",
+                  "--object-store-memory=100000000", f"--resources={json.dumps({f'node-{name}': 1})}"]
+        return self._start_node(name, worker, f"{expected} alive nodes", lambda: len(self.alive_nodes()) == expected)
+
+    def add_worker(self, name: str, cpus: int = 1) -> str:
+        """Another worker node joins (what the autoscaler does after a node is lost); returns its node id."""
+        problem = self._start_worker(name, cpus)
+        if problem is not None:
+            pytest.fail(f"worker node {name} did not join: {problem}\n{self.logs()}")
+        return self.node_id(name)
+
+    def node_id(self, name: str) -> str:
+        """The Ray node id of the node started as ``name`` (each node carries a resource named after it)."""
+        for node in self.alive_nodes():
+            if f"node-{name}" in (node.get("resources_total") or {}):
+                return node["node_id"]
+        pytest.fail(f"no alive node named {name}: {self.alive_nodes()}")
+
+    def kill_node(self, name: str, timeout: float = 120) -> float:
+        """SIGKILL the node's whole process group (`ray start --block`, its raylet, agents and workers:
+        a machine lost at once, nothing shut down cleanly), then wait until the GCS marks it dead.
+        Returns the time.time() of the kill."""
+        process = self.processes[name]
+        node_id = self.node_id(name)
+        killed_at = time.time()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        for pid in _processes_of([], {process.pid}):  # anything that left the group stays in the session
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        del self.processes[name]  # a dead node's `ray start` must not read as a failed start later
+        problem = self._wait(f"node {name} marked dead", lambda: node_id not in {n["node_id"] for n in self.alive_nodes()},
+                             timeout)
+        if problem is not None:
+            pytest.fail(f"{problem}\n{self.logs()}")
+        return killed_at
 
     def _start_node(self, name: str, args: list[str], what: str, ready, timeout: float = 120) -> str | None:
         """`ray start --block ...` for one node; None once it says it started and ``ready()``, else why not."""

@@ -145,7 +145,8 @@ def run_search(data: dict, cfg: Config, name: str = "tune", resume: bool = False
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=bounds.max_epochs,
                                         grace_period=bounds.grace_period, reduction_factor=bounds.reduction_factor),
             ),
-            run_config=tune.RunConfig(name=name, storage_path=storage_uri(cfg.storage_path), verbose=1),
+            run_config=tune.RunConfig(name=name, storage_path=storage_uri(cfg.storage_path), verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=bounds.max_failures)),
         )
     results = tuner.fit()
     rows = trial_rows(results, bounds.max_epochs)

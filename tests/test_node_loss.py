@@ -1,0 +1,307 @@
+"""Losing a whole node, on a real cluster: the local multi-node cluster of test_cluster.py (token auth,
+`ray job submit`, `serve deploy`), with a head that runs no work (``--num-cpus=0``, as on clusters whose
+head only coordinates), so the work is on worker nodes and a worker node's loss hits it.
+
+A node is lost by SIGKILLing its process group (raylet, agents, workers: nothing shuts down cleanly),
+while (a) an ASHA search, (b) a Ray Train run checkpointing to S3 and (c) a model replica under load run
+on it; then another node joins, as the autoscaler would add one. What each saw is written to
+test-artifacts/node_loss.json. Every wait is bounded; the fixture stops the whole cluster whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from asl_platform.synthetic import make_smoke_dataset
+from conftest import upload_folder
+from serving.helpers import Load, colour_samples
+from test_cluster import BIN, REPO_ROOT, LocalCluster, _free_ports
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+RUNS_BUCKET = "asl-node-loss"
+WORKER_CPUS = 2  # a Ray Train worker (1 CPU) and the Ray Data tasks that feed it
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server):
+    root = Path(tempfile.mkdtemp(prefix="asln-", dir="/tmp"))  # Ray's socket paths must stay short
+    token_path = root / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                **s3_server})
+    cluster = LocalCluster(root, env)
+    try:
+        cluster.start(head_cpus=0, worker_cpus=WORKER_CPUS)
+        yield cluster
+    finally:
+        cluster.stop()
+        if not os.environ.get("ASL_KEEP_CLUSTER_LOGS"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def data_uri(s3_server, tmp_path_factory) -> str:
+    smoke = make_smoke_dataset(tmp_path_factory.mktemp("smoke") / "smoke", per_class=6)
+    return upload_folder(s3_server, smoke, "asl-node-loss-data", "smoke")
+
+
+@pytest.fixture(scope="module")
+def record():
+    """What each scenario measured, for the closing note and the CI log."""
+    figures: dict[str, dict] = {}
+    yield figures
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "node_loss.json").write_text(json.dumps(figures, indent=2))
+
+
+def worker_names(cluster: LocalCluster) -> list[str]:
+    return [name for name in cluster.processes if not name.startswith("head")]
+
+
+def submit(cluster: LocalCluster, submission_id: str, entrypoint: list[str]) -> None:
+    result = cluster.cli("ray", "job", "submit", "--no-wait", "--submission-id", submission_id, "--working-dir", ".",
+                         "--", *entrypoint)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{cluster.logs()}"
+
+
+def job_status(cluster: LocalCluster, submission_id: str) -> str:
+    _, info = cluster.api(f"/api/jobs/{submission_id}")
+    return info.get("status", "?") if isinstance(info, dict) else "?"
+
+
+def job_logs(cluster: LocalCluster, submission_id: str) -> str:
+    return cluster.cli("ray", "job", "logs", submission_id).stdout
+
+
+def wait_until(what: str, ready, timeout: float, cluster: LocalCluster, job: str | None = None, every: float = 1.0):
+    """``ready()``'s first true value; fails (with the job's logs) on timeout or when the job ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = ready()
+        if value:
+            return value
+        if job and job_status(cluster, job) in ("FAILED", "STOPPED", "SUCCEEDED"):
+            pytest.fail(f"job {job} ended ({job_status(cluster, job)}) while waiting for {what}:\n"
+                        f"{job_logs(cluster, job)[-6000:]}")
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n"
+                f"{job_logs(cluster, job)[-6000:] if job else ''}\n{cluster.logs()}")
+
+
+def wait_for_job(cluster: LocalCluster, job: str, timeout: float) -> str:
+    status = wait_until(f"job {job} to end", lambda: (s := job_status(cluster, job)) in ("FAILED", "STOPPED", "SUCCEEDED")
+                        and s, timeout, cluster, every=2)
+    logs = job_logs(cluster, job)
+    if status != "SUCCEEDED":
+        pytest.fail(f"job {job} {status}:\n{logs[-8000:]}\n{cluster.logs()}")
+    return logs
+
+
+def training_args(data: str, output: Path, name: str, storage: str) -> list[str]:
+    return ["--backbone", "tiny", "--data", data, "--output", str(output), "--set", "model.weights=none",
+            "--set", f"run.name={name}", "--set", f"run.storage_path={storage}"]
+
+
+# --------------------------------------------------------------------------------- (a) ASHA search
+
+
+def _trial_results(experiment: Path) -> dict[str, list[dict]]:
+    results = {}
+    for path in experiment.glob("*/result.json"):
+        with contextlib.suppress(ValueError):
+            results[path.parent.name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return results
+
+
+@pytest.mark.timeout(900)
+def test_asha_search_finishes_without_redoing_a_finished_trial_when_a_node_is_lost(cluster, data_uri, tmp_path, record):
+    epochs, samples = 600, 3  # ~30 s a trial here: long enough to lose one midway
+    storage, output = tmp_path / "storage", tmp_path / "asl_runs"
+    job = "node-loss-tune"
+    submit(cluster, job, ["python", "jobs/tune.py", *training_args(data_uri, output, "nl-tune", str(storage)),
+                          "--set", f"tune.num_samples={samples}", "--set", f"tune.max_epochs={epochs}",
+                          "--set", f"tune.grace_period={epochs}",  # ASHA stops none early: every trial has a known end
+                          "--set", "tune.cpus_per_trial=1", "--set", "tune.max_failures=2"])
+    experiment = storage / "tune"
+
+    def one_finished_one_running():
+        results = _trial_results(experiment)
+        finished = {t: rows for t, rows in results.items() if len(rows) == epochs}
+        running = [t for t, rows in results.items() if 0 < len(rows) < epochs]
+        return (finished, running) if finished and running else None
+
+    finished, running = wait_until("a finished trial and a running one", one_finished_one_running, 600, cluster, job,
+                                   every=0.2)
+    snapshot = {t: (experiment / t / "result.json").read_bytes() for t in finished}
+    victim = worker_names(cluster)[0]
+    killed_at = cluster.kill_node(victim)
+    cluster.add_worker(f"{victim}-replacement", cpus=WORKER_CPUS)
+    wait_for_job(cluster, job, 600)
+
+    results = _trial_results(experiment)
+    rows = json.loads((output / "nl-tune" / "tune" / "trials.json").read_text())
+    assert len(rows) == samples and not [r for r in rows if r.get("error")], rows
+    assert all(len(trial_rows) >= epochs for trial_rows in results.values()), {t: len(r) for t, r in results.items()}
+    # No finished trial was redone: its results are byte for byte what they were before the node died.
+    assert {t: (experiment / t / "result.json").read_bytes() for t in finished} == snapshot
+    # The trial that was running was run again (trials keep no checkpoint): it has results from after the loss.
+    rerun = [t for t in running if any(row["timestamp"] > killed_at for row in results[t])]
+    assert rerun == running, (running, {t: results[t][-1]["timestamp"] for t in running}, killed_at)
+    record["asha_search"] = {"trials": samples, "epochs_per_trial": epochs, "finished_before_loss": len(finished),
+                             "running_at_loss": {t: len(r) for t, r in
+                                                 ((t, _rows_before(results[t], killed_at)) for t in running)},
+                             "rerun": len(rerun), "errored": 0,
+                             "results_of_rerun_trials": {t: len(results[t]) for t in rerun},
+                             "seconds_from_loss_to_end": round(time.time() - killed_at, 1)}
+
+
+def _rows_before(rows: list[dict], moment: float) -> list[dict]:
+    return [row for row in rows if row["timestamp"] <= moment]
+
+
+# ------------------------------------------------------------------------- (b) Ray Train, S3 checkpoints
+
+
+def _s3(env: dict):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+
+def _checkpoints(client, prefix: str) -> set[str]:
+    """Checkpoint folders Ray Train has written to under ``prefix`` (checkpoint_<time>/; not its
+    checkpoint_manager_snapshot.json file)."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=RUNS_BUCKET, Prefix=prefix)
+    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    return {part for key in keys for part in key.split("/")[:-1] if part.startswith("checkpoint_")}
+
+
+@pytest.mark.timeout(900)
+def test_ray_train_resumes_from_its_s3_checkpoint_when_a_node_is_lost(cluster, data_uri, s3_server, tmp_path, record):
+    epochs = 6
+    client = _s3(s3_server)
+    if RUNS_BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=RUNS_BUCKET)
+    output, job = tmp_path / "asl_runs", "node-loss-train"
+    submit(cluster, job, ["python", "jobs/train.py",
+                          *training_args(data_uri, output, "nl-train", f"s3://{RUNS_BUCKET}/train-storage"),
+                          "--set", f"train.epochs={epochs}", "--set", f"train.early_stopping_patience={epochs}",
+                          "--set", "train.checkpoints_to_keep=10", "--set", "train.cpus_per_worker=1",
+                          "--set", "train.augment=false"])
+    first = wait_until("a checkpoint on S3", lambda: _checkpoints(client, "train-storage/"), 600, cluster, job, every=0.2)
+    first_at = time.monotonic()
+    written = wait_until("a second checkpoint on S3", lambda: len(c := _checkpoints(client, "train-storage/")) > len(first)
+                         and c, 600, cluster, job, every=0.2)
+    time.sleep((time.monotonic() - first_at) / 2)  # lose the node midway through the next epoch
+    victim = worker_names(cluster)[0]
+    killed_at = cluster.kill_node(victim)
+    at_loss = _checkpoints(client, "train-storage/")
+    cluster.add_worker(f"{victim}-replacement", cpus=WORKER_CPUS)
+    logs = wait_for_job(cluster, job, 600)
+
+    summary = json.loads((output / "nl-train" / "job_summary.json").read_text())
+    assert summary["epochs"] == list(range(1, epochs + 1)), summary["epochs"]  # each epoch once, in order
+    # Epoch lines, by the worker process that logged them ("(RayTrainWorker pid=N, ...) ... epoch 3/6: ...").
+    logged = [(match[1], int(match[2])) for match in re.finditer(rf"pid=(\d+)[^\n]*?epoch (\d+)/{epochs}: train loss", logs)]
+    workers = list(dict.fromkeys(pid for pid, _ in logged))
+    assert len(workers) == 2, logged  # the first worker, lost with its node, and its replacement
+    resumed_at = next(epoch for pid, epoch in logged if pid == workers[1])
+    # The replacement started right after the last checkpoint there was when the node died (one being
+    # uploaded at that moment may be on S3 without Ray Train having registered it), not from epoch 1.
+    assert len(at_loss) <= resumed_at <= len(at_loss) + 1 and resumed_at > 1, (logged, sorted(at_loss))
+    assert len(at_loss) >= len(written) >= 2
+
+    # The exported model reproduces its own test report (evaluated again, on the cluster, from S3 data).
+    version_dir = Path(summary["model_dir"])
+    card = json.loads((version_dir / "model.json").read_text())
+    again = tmp_path / "again"
+    evaluation = "node-loss-evaluate"
+    submit(cluster, evaluation, ["asl-platform", "evaluate", "--model", str(version_dir), "--data", data_uri,
+                                 "--split", "test", "--runtime", "torch", "--output", str(again)])
+    wait_for_job(cluster, evaluation, 300)
+    report = next(r for r in (json.loads(path.read_text()) for path in again.glob("*.json")) if "accuracy" in r)
+    assert report["images"] == card["metrics"]["test_images"] and report["accuracy"] == card["metrics"]["test_accuracy"]
+    assert abs(report["loss"] - card["metrics"]["test_loss"]) < 1e-6
+    record["ray_train"] = {"epochs": epochs, "checkpoints_when_lost": len(at_loss), "resumed_at_epoch": resumed_at,
+                           "epochs_logged": [epoch for _, epoch in logged], "test_accuracy": report["accuracy"],
+                           "reproduced_test_accuracy": card["metrics"]["test_accuracy"],
+                           "seconds_from_loss_to_end": round(time.time() - killed_at, 1)}
+
+
+# ------------------------------------------------------------------------------ (c) a model replica
+
+
+def _serve_actors(cluster: LocalCluster, deployment: str) -> list[dict]:
+    status, body = cluster.api("/api/v0/actors?limit=1000&detail=true")
+    assert status == 200, body
+    return [a for a in body["data"]["result"]["result"]
+            if a["state"] == "ALIVE" and a["class_name"] == f"ServeReplica:asl:{deployment}"]
+
+
+@pytest.mark.timeout(900)
+def test_serving_keeps_answering_when_a_model_replicas_node_is_lost(cluster, colour_model, tmp_path, record):
+    while len(worker_names(cluster)) < 2:  # one model replica per worker node (1 CPU each)
+        cluster.add_worker(f"serve-worker-{len(worker_names(cluster)) + 1}", cpus=WORKER_CPUS)
+    config = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    port = _free_ports(1)[0]
+    config.update(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    app = config["applications"][0]
+    app["args"].update(model=str(colour_model), demo=False)
+    model_deployment = next(d for d in app["deployments"] if d["name"] == "ASLModel")
+    model_deployment["autoscaling_config"].update(min_replicas=2, max_replicas=2)
+    model_deployment["max_replicas_per_node"] = 1  # one on each worker node
+    (tmp_path / "serve_config.yaml").write_text(yaml.safe_dump(config))
+    deployed = cluster.cli("serve", "deploy", str(tmp_path / "serve_config.yaml"))
+    assert deployed.returncode == 0, f"{deployed.stdout}\n{deployed.stderr}"
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy_with_two_replicas():
+        with contextlib.suppress(requests.RequestException):
+            return requests.get(f"{url}/healthz", timeout=5).status_code == 200 and len(_serve_actors(cluster, "ASLModel")) == 2
+        return False
+
+    wait_until("the app healthy with two model replicas", healthy_with_two_replicas, 300, cluster)
+    nodes_by_id = {cluster.node_id(name): name for name in worker_names(cluster)}
+    replica_nodes = {nodes_by_id.get(a["node_id"]) for a in _serve_actors(cluster, "ASLModel")}
+    ingress_node = {nodes_by_id.get(a["node_id"], "head") for a in _serve_actors(cluster, "ASLIngress")}
+    assert len(replica_nodes) == 2 and None not in replica_nodes, replica_nodes  # one on each worker node
+    victim = sorted(replica_nodes - ingress_node)[0]  # a model replica's node (the ingress's too, if it must)
+
+    with Load(url, clients=4, samples=colour_samples()) as load:
+        time.sleep(5)
+        killed_at = time.monotonic()
+        cluster.kill_node(victim)
+        wait_until("answers after the loss", lambda: sum(1 for r in load.results if r[0] > killed_at and r[2]) >= 20,
+                   120, cluster)
+        cluster.add_worker(f"{victim}-replacement", cpus=WORKER_CPUS)
+        wait_until("two model replicas again", lambda: len(_serve_actors(cluster, "ASLModel")) == 2, 180, cluster)
+        recovered_at = time.monotonic()
+        time.sleep(5)
+    after = [r for r in load.results if r[0] > killed_at]
+    failed = load.failures()
+    record["serving"] = {"clients": 4, "requests": len(load.results), "failed": len(failed),
+                         "failed_statuses": sorted({str(r[1]) for r in failed}),
+                         "requests_after_loss": len(after), "answered_after_loss": sum(r[2] for r in after),
+                         "two_replicas_again_after_s": round(recovered_at - killed_at, 1),
+                         "killed_node_had_the_ingress": victim in ingress_node}
+    # Classification is idempotent: a request caught on the lost replica is sent again by the ingress
+    # (to the other replica), so the loss costs latency, not answers.
+    assert failed == [], record["serving"]
+    assert requests.post(f"{url}/predict", data=colour_samples()[0][0], headers={"content-type": "image/jpeg"},
+                         timeout=60).status_code == 200

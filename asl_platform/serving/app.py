@@ -55,12 +55,13 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     def elapsed_ms(started: float) -> float:
         return round((time.perf_counter() - started) * 1000, 2)
 
+    default_top_k = min(settings.top_k, len(classes))  # a default above the schema's own maximum would be refused
     one_image = image_body(batch=False, max_images=1)
     image_errors = (400, 413, 415, 422, 503)
 
     @app.post("/predict", summary="Classify one image (raw body, multipart 'file', or JSON {'image': base64})",
               response_model=None, responses=answers(PredictAnswer, *image_errors), openapi_extra=one_image)
-    async def predict(request: Request, top_k: int = Query(settings.top_k, ge=1, le=len(classes))) -> dict:
+    async def predict(request: Request, top_k: int = Query(default_top_k, ge=1, le=len(classes))) -> dict:
         started = time.perf_counter()
         with metrics.timed("read"):
             (upload,) = await read_uploads(request, settings, batch=False)
@@ -72,7 +73,7 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     @app.post("/predict/batch", summary="Classify several images (multipart files, or JSON {'images': [base64]})",
               response_model=None, responses=answers(BatchAnswer, *image_errors),
               openapi_extra=image_body(batch=True, max_images=settings.max_batch_images))
-    async def predict_batch(request: Request, top_k: int = Query(settings.top_k, ge=1, le=len(classes))) -> dict:
+    async def predict_batch(request: Request, top_k: int = Query(default_top_k, ge=1, le=len(classes))) -> dict:
         started = time.perf_counter()
         with metrics.timed("read"):
             uploads = await read_uploads(request, settings, batch=True)

@@ -224,6 +224,8 @@ def test_openapi_declares_every_request_body_and_error(client):
         assert {"200", "400", "413", "415", "422", "503"} <= set(responses), (path, responses.keys())
         assert responses["413"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
         assert responses["200"]["content"]["application/json"]["schema"]["$ref"].startswith("#/components/schemas/")
+    top_k = next(q for q in paths["/predict"]["post"]["parameters"] if q["name"] == "top_k")["schema"]
+    assert top_k["default"] == top_k["maximum"] == 4  # serve.top_k is 5, the model has 4 classes: its own default fits
     drawing = paths["/v1/practice/drawing"]["get"]
     assert set(drawing["responses"]["200"]["content"]) == {"image/png"}
     assert drawing["parameters"][0]["schema"]["enum"] == ["A", "B", "C", "space"]  # its letters (no shapes: each a 404)

@@ -132,6 +132,7 @@ class LocalCluster:
     dashboard_port: int = 0
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)  # name -> its `ray start --block`
     sessions: set[int] = field(default_factory=set)  # every session a `ray start` ran in (teardown kills them)
+    lost: list[str] = field(default_factory=list)  # nodes killed by kill_node
 
     @property
     def gcs_address(self) -> str:
@@ -206,12 +207,14 @@ class LocalCluster:
                   "--object-store-memory=100000000", f"--resources={json.dumps({f'node-{name}': 1})}"]
         return self._start_node(name, worker, f"{expected} alive nodes", lambda: len(self.alive_nodes()) == expected)
 
-    def add_worker(self, name: str, cpus: int = 1) -> str:
-        """Another worker node joins (what the autoscaler does after a node is lost); returns its node id."""
+    def add_worker(self, cpus: int = 1) -> str:
+        """Another worker node joins (what the autoscaler does after a node is lost); returns its name.
+        Names stay short (w1, w2, ...): each is a --temp-dir, under which Ray's socket paths must fit."""
+        name = f"w{sum(1 for n in self.processes if not n.startswith('head')) + len(self.lost) + 1}"
         problem = self._start_worker(name, cpus)
         if problem is not None:
             pytest.fail(f"worker node {name} did not join: {problem}\n{self.logs()}")
-        return self.node_id(name)
+        return name
 
     def node_id(self, name: str) -> str:
         """The Ray node id of the node started as ``name`` (each node carries a resource named after it)."""
@@ -233,6 +236,7 @@ class LocalCluster:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         process.wait(timeout=30)
+        self.lost.append(name)
         del self.processes[name]  # a dead node's `ray start` must not read as a failed start later
         problem = self._wait(f"node {name} marked dead", lambda: node_id not in {n["node_id"] for n in self.alive_nodes()},
                              timeout)
@@ -243,6 +247,8 @@ class LocalCluster:
     def _start_node(self, name: str, args: list[str], what: str, ready, timeout: float = 120) -> str | None:
         """`ray start --block ...` for one node; None once it says it started and ``ready()``, else why not."""
         node_dir = self.root / name
+        # Ray puts its sockets at <temp-dir>/session_<date>_<time>_<pid>/sockets/plasma_store: 107 bytes at most.
+        assert len(str(node_dir)) + 64 <= 107, f"{node_dir}: too long a --temp-dir for Ray's socket paths"
         node_dir.mkdir()
         log_path = self.root / f"{name}.log"
         # --block keeps `ray start` in the foreground: SIGTERM to it stops the node's processes.

@@ -116,12 +116,13 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
 
     # A query parameter, not a path one: no route of this API takes a path (tests/serving/test_security.py).
     drawn = [letter for letter in letters if letter in shapes] or letters  # none: each letter is a 404
+    letter_help = ("a letter this model has a typical hand for" if shapes else "a letter of this model; it has no "
+                   "typical hand shapes (an export from before practice mode), so each answers 404")
 
     @app.get("/v1/practice/drawing", summary="Practice mode: a PNG drawing of the letter's typical hand",
              response_class=Response,
              responses=answers(None, 404, 422, ok_content={"image/png": {"schema": {"type": "string", "format": "binary"}}}))
-    async def practice_drawing(letter: str = Query(..., description="a letter this model has a typical hand for",
-                                                   json_schema_extra={"enum": drawn})) -> Response:
+    async def practice_drawing(letter: str = Query(..., description=letter_help, json_schema_extra={"enum": drawn})) -> Response:
         if letter not in letters:
             raise ApiError(422, "invalid_parameter", f"letter: {letter!r} is not a letter of this model")
         if letter not in shapes:

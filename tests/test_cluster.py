@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -305,12 +306,12 @@ class LocalCluster:
                 process.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def local_cluster(s3_server):
-    """Head (1 CPU) + one worker node (1 CPU) on this machine, token auth on, torn down even on failure.
+@contextlib.contextmanager
+def running_cluster(s3_server: dict[str, str], prefix: str, **start: int) -> Iterator[LocalCluster]:
+    """A LocalCluster (``start``: LocalCluster.start's CPU counts), token auth on, torn down even on failure.
     The nodes reach a local S3 (``s3_server``) through the standard AWS variables, as EC2 nodes reach AWS."""
     # Ray's socket paths must stay under 107 characters: a short root, not pytest's tmp_path.
-    root = Path(tempfile.mkdtemp(prefix="aslc-", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     token_path = root / "auth_token"
     token_path.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
@@ -326,12 +327,19 @@ def local_cluster(s3_server):
     })
     cluster = LocalCluster(root, env)
     try:
-        cluster.start()
+        cluster.start(**start)
         yield cluster
     finally:
         cluster.stop()
         if not os.environ.get("ASL_KEEP_CLUSTER_LOGS"):
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def local_cluster(s3_server):
+    """Head (1 CPU) + one worker node (1 CPU) on this machine."""
+    with running_cluster(s3_server, "aslc-") as cluster:
+        yield cluster
 
 
 def submit_job(cluster: LocalCluster, submission_id: str, entrypoint: list[str], timeout: float = 300) -> str:

@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import secrets
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,9 +21,9 @@ import requests
 import yaml
 
 from asl_platform.synthetic import make_smoke_dataset
-from conftest import upload_folder
+from conftest import s3_client, upload_folder
 from serving.helpers import Load, colour_samples
-from test_cluster import BIN, REPO_ROOT, LocalCluster, _free_ports
+from test_cluster import REPO_ROOT, LocalCluster, _free_ports, running_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -37,21 +33,8 @@ WORKER_CPUS = 2  # a Ray Train worker (1 CPU) and the Ray Data tasks that feed i
 
 @pytest.fixture(scope="module")
 def cluster(s3_server):
-    root = Path(tempfile.mkdtemp(prefix="asln-", dir="/tmp"))  # Ray's socket paths must stay short
-    token_path = root / "auth_token"
-    token_path.write_text(secrets.token_hex(32))
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
-    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), "RAY_USAGE_STATS_ENABLED": "0",
-                "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                **s3_server})
-    cluster = LocalCluster(root, env)
-    try:
-        cluster.start(head_cpus=0, worker_cpus=WORKER_CPUS)
+    with running_cluster(s3_server, "asln-", head_cpus=0, worker_cpus=WORKER_CPUS) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        if not os.environ.get("ASL_KEEP_CLUSTER_LOGS"):
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -205,13 +188,6 @@ def _rows_before(rows: list[dict], moment: float) -> list[dict]:
 # ------------------------------------------------------------------------- (b) Ray Train, S3 checkpoints
 
 
-def _s3(env: dict):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
-                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-
-
 def _checkpoints(client, prefix: str) -> set[str]:
     """Checkpoint folders Ray Train has written to under ``prefix`` (checkpoint_<time>/; not its
     checkpoint_manager_snapshot.json file)."""
@@ -223,7 +199,7 @@ def _checkpoints(client, prefix: str) -> set[str]:
 @pytest.mark.timeout(900)
 def test_ray_train_resumes_from_its_s3_checkpoint_when_a_node_is_lost(cluster, data_uri, s3_server, tmp_path, record):
     epochs = 6
-    client = _s3(s3_server)
+    client = s3_client(s3_server)
     if RUNS_BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
         client.create_bucket(Bucket=RUNS_BUCKET)
     output, job = tmp_path / "asl_runs", "node-loss-train"

@@ -22,7 +22,9 @@ import requests
 from asl_platform.config import ServeConfig
 from conftest import REPO_ROOT, colour_image
 from serving.helpers import free_port, serve_app
-from serving.test_deployments_e2e import ARTIFACTS, launch_chromium, playwright_or_skip  # noqa: F401 (fixture)
+from serving.test_deployments_e2e import (  # noqa: F401 (playwright_or_skip: a fixture)
+    ARTIFACTS, _block_external, launch_chromium, playwright_or_skip,
+)
 
 pytestmark = pytest.mark.e2e
 SEED = 20261201
@@ -74,9 +76,7 @@ def test_docs_try_it_out_uploads_a_photo_and_shows_the_answer(server, playwright
     browser = launch_chromium(playwright_or_skip)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        external: list[str] = []
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("http://127.0.0.1")
-                   else (external.append(route.request.url), route.abort()))
+        external = _block_external(page)
         page.goto(f"{server}/docs", wait_until="load")
         operation = page.locator("#operations-default-predict_predict_post")
         operation.locator(".opblock-summary").click()

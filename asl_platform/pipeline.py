@@ -31,7 +31,7 @@ from asl_platform.selection import export_shapes, fusion_scores, make_hand_aware
 from asl_platform.training import setup
 from asl_platform.training.loop import evaluate
 from asl_platform.training.search import (
-    check_bounds, format_table, plot_curves, run_search, searched_values, write_results,
+    check_bounds, check_resumable, format_table, plot_curves, run_search, searched_values, write_results,
 )
 from asl_platform.training.sources import ArrayBatches, evaluation_batch_size
 from asl_platform.training.trainer import run_training, write_tensorboard
@@ -78,6 +78,8 @@ def run_tune(cfg: Config, resume: bool = False) -> tuple[Path, list[dict]]:
     """`asl-platform tune`: ingest, features (when used), and the search; returns best_config.yaml."""
     _image_model_only(cfg, "tune")
     check_bounds(cfg)  # before any work
+    if resume:
+        check_resumable(cfg)
     run_dir = start_run(cfg)
     stages = ("ingest", "features", "tune") if cfg.tune.mode == "features" else ("ingest", "check", "tune")
     progress = StageProgress(stages)

@@ -109,6 +109,20 @@ def _trainable(cfg: Config, data: dict):
     )
 
 
+def experiment_uri(cfg: Config, name: str = "tune") -> str:
+    """Where the search ``name`` keeps its Tune experiment (what ``--resume`` restores)."""
+    return f"{storage_uri(cfg.storage_path)}/{name}"
+
+
+def check_resumable(cfg: Config, name: str = "tune") -> None:
+    """``--resume`` needs an interrupted search: say so before any data work, not after it."""
+    from ray import tune
+
+    experiment = experiment_uri(cfg, name)
+    if not tune.Tuner.can_restore(experiment):
+        raise UserError(f"no interrupted search to resume at {experiment}; run without --resume")
+
+
 def run_search(data: dict, cfg: Config, name: str = "tune", resume: bool = False):
     """Run (or resume) the ASHA search; return the best trial's whole config, one row per trial, and
     Tune's results.
@@ -125,10 +139,9 @@ def run_search(data: dict, cfg: Config, name: str = "tune", resume: bool = False
     if cfg.train.init_from:  # trials start fresh; a warm start is asl-platform train's
         raise ConfigError("train.init_from applies only to asl-platform train (a warm start of the whole "
                           "classifier); the search trains fresh models")
-    experiment = f"{storage_uri(cfg.storage_path)}/{name}"
+    experiment = experiment_uri(cfg, name)
     if resume:
-        if not tune.Tuner.can_restore(experiment):
-            raise UserError(f"no interrupted search to resume at {experiment}; run without --resume")
+        check_resumable(cfg, name)
         logger.info("resuming the search in %s (finished trials are kept)", experiment)
         tuner = tune.Tuner.restore(experiment, trainable=_trainable(cfg, data), resume_unfinished=True, resume_errored=True)
     else:
@@ -140,8 +153,9 @@ def run_search(data: dict, cfg: Config, name: str = "tune", resume: bool = False
                 metric="val_loss",
                 mode="min",
                 num_samples=bounds.num_samples,
-                max_concurrent_trials=bounds.max_concurrent_trials,
-                search_alg=BasicVariantGenerator(random_state=bounds.seed),
+                # The limit goes to the generator itself: Tune ignores TuneConfig.max_concurrent_trials
+                # (with a warning) when it is given a search algorithm of this kind.
+                search_alg=BasicVariantGenerator(random_state=bounds.seed, max_concurrent=bounds.max_concurrent_trials or 0),
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=bounds.max_epochs,
                                         grace_period=bounds.grace_period, reduction_factor=bounds.reduction_factor),
             ),

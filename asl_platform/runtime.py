@@ -10,6 +10,23 @@ import os
 from asl_platform.config import Config
 
 
+# Defaults for a Ray this process starts or drives (a variable the user set wins).
+RAY_DEFAULTS = {
+    # Ray Train polls its workers at this interval; the 2 s default dominates short epochs.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # Ray ends a worker process that idles 1 s beyond the node's CPU count. Training pauses Ray Data's
+    # decoding tasks for longer than that at every epoch's end, so each epoch then started new workers,
+    # each importing torch again: ~5 s of every epoch on 2 CPUs. Idle workers now wait a minute.
+    "RAY_idle_worker_killing_time_threshold_ms": "60000",
+}
+
+
+def set_ray_defaults() -> None:
+    """``RAY_DEFAULTS`` into this process's environment, which a local Ray started after it inherits."""
+    for key, value in RAY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 def init_ray(cfg: Config | None = None, worker_logs: bool = True, metrics_port: int | None = None) -> None:
     """Connect to the cluster in RAY_ADDRESS (ray job submit sets it), else start a local Ray.
 
@@ -21,8 +38,7 @@ def init_ray(cfg: Config | None = None, worker_logs: bool = True, metrics_port: 
 
     if ray.is_initialized():
         return
-    # Ray Train polls its workers at this interval; the 2 s default dominates short epochs.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    set_ray_defaults()
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=worker_logs)
     else:

@@ -192,16 +192,16 @@ def test_watch_takes_settled_files_at_first_sight_and_waits_for_fresh_ones(ray_l
     root, output = tmp_path / "uploads", tmp_path / "out"
     old = [_png(root / "old1.png", 1), _png(root / "sub" / "old2.png", 2)]
     for path in old:
-        _age(path, 60)
-    fresh = _png(root / "fresh.png", 3)  # just written: may still be growing
+        _age(path, 7200)
+    fresh = _png(root / "fresh.png", 3)  # just written: may still be growing (settle_s is an hour: on any machine)
     unknown = _png(root / "unknown.png", 4)
     os.utime(unknown, (0, 0))  # no modification time (0): its age is unknown, so it is not taken at first sight
 
-    first = watch(tiny_model, str(root), output, interval=0, max_polls=1, settle_s=30)
+    first = watch(tiny_model, str(root), output, interval=0, max_polls=1, settle_s=3600)
     assert first.polls == 1 and first.classified == 2  # --max-polls 1 classifies what was already there
     assert {row["path"] for row in _rows(output)} == {str(p) for p in old}
 
-    again = watch(tiny_model, str(root), output, interval=0, max_polls=2, settle_s=30)
+    again = watch(tiny_model, str(root), output, interval=0, max_polls=2, settle_s=3600)
     assert again.classified == 2 and again.already_done == 2  # fresh and unknown: taken once two polls agreed
     assert sorted(row["path"] for row in _rows(output)) == sorted(map(str, old + [fresh, unknown]))
     for bad in (-1, float("inf"), float("nan")):

@@ -21,11 +21,12 @@ import requests
 import yaml
 
 from asl_platform.synthetic import make_smoke_dataset
+import paced
 from conftest import s3_client, upload_folder
 from serving.helpers import Load, colour_samples
 from test_cluster import REPO_ROOT, LocalCluster, _free_ports, running_cluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.own_ray]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 RUNS_BUCKET = "asl-node-loss"
 WORKER_CPUS = 2  # a Ray Train worker (1 CPU) and the Ray Data tasks that feed it
@@ -132,34 +133,40 @@ def _trial_results(experiment: Path) -> dict[str, list[dict]]:
 
 @pytest.mark.timeout(900)
 def test_asha_search_finishes_without_redoing_a_finished_trial_when_a_node_is_lost(cluster, data_uri, tmp_path, record):
-    epochs, samples = 2400, 3  # 30-60 s a trial here, long enough to see one halfway through its results (Tune
-    # copies them to the storage path every few seconds)
-    storage, output = tmp_path / "storage", tmp_path / "asl_runs"
+    epochs, samples = 6, 3
+    storage, output, hold_dir = tmp_path / "storage", tmp_path / "asl_runs", tmp_path / "hold"
     job = "node-loss-tune"
     ensure_workers(cluster, 1)
     with job_stopped_after(cluster, job):
-        _lose_a_node_during_the_search(cluster, data_uri, storage, output, job, epochs, samples, record)
+        _lose_a_node_during_the_search(cluster, data_uri, storage, output, hold_dir, job, epochs, samples, record)
 
 
-def _lose_a_node_during_the_search(cluster, data_uri, storage, output, job, epochs, samples, record):
-    submit(cluster, job, ["python", "jobs/tune.py", *training_args(data_uri, output, "nl-tune", str(storage)),
+def _lose_a_node_during_the_search(cluster, data_uri, storage, output, hold_dir, job, epochs, samples, record):
+    """The worker node runs two trials at a time: the first runs through, the second and third hold after
+    their second epoch (tests/paced.py) until the node is gone, whatever the machine's speed."""
+    held_at = 2
+    submit(cluster, job, ["python", "tests/paced.py", "--hold-dir", str(hold_dir), "--hold", "1,2",
+                          "--at-report", str(held_at), "--", "jobs/tune.py",
+                          *training_args(data_uri, output, "nl-tune", str(storage)),
                           "--set", f"tune.num_samples={samples}", "--set", f"tune.max_epochs={epochs}",
                           "--set", f"tune.grace_period={epochs}",  # ASHA stops none early: every trial has a known end
                           "--set", "tune.cpus_per_trial=1", "--set", "tune.max_failures=2"])
     experiment = storage / "tune"
 
-    # Tune copies each trial's result.json to the storage path every few seconds: "running" means at most
-    # halfway there, so the trial is surely still running when the node goes.
-    def one_finished_one_running():
+    # Tune copies each trial's result.json to the storage path every few seconds: wait until the finished
+    # trial and both held ones (their rows carry the holding process's pid) are there.
+    def one_finished_two_held():
+        holders = {json.loads(path.read_text())["pid"] for path in hold_dir.glob("holding-*")}
         results = _trial_results(experiment)
         finished = {t for t, rows in results.items() if len(rows) == epochs}
-        running = [t for t, rows in results.items() if 0 < len(rows) <= epochs // 2]
-        return (finished, running) if finished and running else None
+        held = [t for t, rows in results.items() if len(rows) == held_at and rows[-1]["pid"] in holders]
+        return (finished, held) if len(finished) == 1 and len(held) == 2 == len(holders) else None
 
-    finished, running = wait_until("a finished trial and one at most halfway", one_finished_one_running, 600, cluster,
+    finished, running = wait_until("a finished trial and two held at epoch 2", one_finished_two_held, 600, cluster,
                                    job, every=0.2)
     killed_at = cluster.kill_node(worker_names(cluster)[0])
     cluster.add_worker(cpus=WORKER_CPUS)
+    paced.release(hold_dir)  # the trials run again on the new node claim new numbers and run through
     wait_for_job(cluster, job, 600)
 
     results = _trial_results(experiment)
@@ -170,7 +177,7 @@ def _lose_a_node_during_the_search(cluster, data_uri, storage, output, job, epoc
     for trial in finished:
         assert [row["training_iteration"] for row in results[trial]] == list(range(1, epochs + 1)), trial
         assert max(row["timestamp"] for row in results[trial]) <= killed_at, trial
-    # The trial that was running was run again (trials keep no checkpoint): it has results from after the loss.
+    # The trials that were running were run again (trials keep no checkpoint): they have results from after the loss.
     rerun = [t for t in running if any(row["timestamp"] > killed_at for row in results[t])]
     assert rerun == running, (running, {t: results[t][-1]["timestamp"] for t in running}, killed_at)
     record["asha_search"] = {"trials": samples, "epochs_per_trial": epochs, "finished_before_loss": len(finished),
@@ -196,9 +203,21 @@ def _checkpoints(client, prefix: str) -> set[str]:
     return {part for key in keys for part in key.split("/")[:-1] if part.startswith("checkpoint_")}
 
 
+def _registered_checkpoints(client, prefix: str) -> int:
+    """How many checkpoints Ray Train's checkpoint manager has registered (its snapshot on S3): the ones a
+    restarted run resumes from (a checkpoint is uploaded by the worker before the manager registers it)."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=RUNS_BUCKET, Prefix=prefix)
+    keys = [item["Key"] for page in pages for item in page.get("Contents", [])
+            if item["Key"].endswith("checkpoint_manager_snapshot.json")]
+    if not keys:
+        return 0
+    snapshot = json.loads(client.get_object(Bucket=RUNS_BUCKET, Key=keys[0])["Body"].read())
+    return len(snapshot["checkpoint_results"])
+
+
 @pytest.mark.timeout(900)
 def test_ray_train_resumes_from_its_s3_checkpoint_when_a_node_is_lost(cluster, data_uri, s3_server, tmp_path, record):
-    epochs = 6
+    epochs = 4
     client = s3_client(s3_server)
     if RUNS_BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
         client.create_bucket(Bucket=RUNS_BUCKET)
@@ -209,19 +228,25 @@ def test_ray_train_resumes_from_its_s3_checkpoint_when_a_node_is_lost(cluster, d
 
 
 def _lose_a_node_during_training(cluster, data_uri, client, output, job, epochs, tmp_path, record):
-    submit(cluster, job, ["python", "jobs/train.py",
+    """The worker holds after its second epoch's report (tests/paced.py), its checkpoint on S3, until the
+    node is gone: the loss comes between two epochs on any machine."""
+    hold_dir = tmp_path / "hold"
+    submit(cluster, job, ["python", "tests/paced.py", "--hold-dir", str(hold_dir), "--hold", "0", "--at-report", "2",
+                          "--", "jobs/train.py",
                           *training_args(data_uri, output, "nl-train", f"s3://{RUNS_BUCKET}/train-storage"),
                           "--set", f"train.epochs={epochs}", "--set", f"train.early_stopping_patience={epochs}",
                           "--set", "train.checkpoints_to_keep=10", "--set", "train.cpus_per_worker=1",
                           "--set", "train.augment=false"])
     first = wait_until("a checkpoint on S3", lambda: _checkpoints(client, "train-storage/"), 600, cluster, job, every=0.2)
-    first_at = time.monotonic()
     written = wait_until("a second checkpoint on S3", lambda: len(c := _checkpoints(client, "train-storage/")) > len(first)
                          and c, 600, cluster, job, every=0.2)
-    time.sleep((time.monotonic() - first_at) / 2)  # lose the node midway through the next epoch
+    wait_until("the worker holding after epoch 2, both checkpoints registered by Ray Train",
+               lambda: paced.holding(hold_dir) and _registered_checkpoints(client, "train-storage/") == 2, 600, cluster,
+               job, every=0.2)
     killed_at = cluster.kill_node(worker_names(cluster)[0])
     at_loss = _checkpoints(client, "train-storage/")
     cluster.add_worker(cpus=WORKER_CPUS)
+    paced.release(hold_dir)
     logs = wait_for_job(cluster, job, 600)
 
     summary = json.loads((output / "nl-train" / "job_summary.json").read_text())

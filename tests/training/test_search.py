@@ -23,6 +23,9 @@ from asl_platform.features import extract_features
 from asl_platform.model import BACKBONES
 from asl_platform.synthetic import make_smoke_dataset
 from asl_platform.training.search import run_search, searched_values, write_results
+import paced
+
+PACED = Path(paced.__file__)
 
 
 def _blobs(n_per_class: int, classes: int, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -85,8 +88,11 @@ def _finished_trials(experiment: Path, max_epochs: int) -> dict[str, tuple[int, 
 
 
 @pytest.mark.e2e
+@pytest.mark.own_ray
 def test_interrupted_search_resumes_without_redoing_finished_trials(tmp_path):
-    epochs, samples = 250, 6
+    """Two trials finish, the third holds at its first epoch (tests/paced.py: on any machine the search is
+    caught mid-run), Ctrl+C; --resume then finishes only the trials that had not finished."""
+    epochs, samples = 4, 6
     config = tmp_path / "tune.yaml"
     config.write_text(yaml.safe_dump({
         "model": {"backbone": "tiny", "weights": "none"},
@@ -95,15 +101,20 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(tmp_path):
         "run": {"name": "resume"},
     }))
     script = shutil.which("asl-platform") or str(Path(sys.executable).parent / "asl-platform")
-    experiment = tmp_path / "asl_runs" / "resume" / "ray" / "tune"
-    process = subprocess.Popen([script, "tune", "--config", str(config)], cwd=tmp_path,
+    experiment, hold_dir = tmp_path / "asl_runs" / "resume" / "ray" / "tune", tmp_path / "hold"
+    process = subprocess.Popen([sys.executable, str(PACED), "--hold-dir", str(hold_dir), "--hold", "2", "--at-report", "1",
+                                "--", "asl-platform", "tune", "--config", str(config)], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while len(_finished_trials(experiment, epochs)) < 2 and process.poll() is None and time.time() < deadline:
+    while not (len(_finished_trials(experiment, epochs)) == 2 and paced.holding(hold_dir)) and process.poll() is None \
+            and time.time() < deadline:
         time.sleep(0.2)
-    assert process.poll() is None, "the search finished before it could be interrupted: " + process.stdout.read()[-2000:]
+    assert process.poll() is None, "the search ended before it could be interrupted: " + process.stdout.read()[-2000:]
+    time.sleep(2)  # time enough for Tune to start another trial, were tune.max_concurrent_trials not honoured
+    assert sorted(p.name for p in hold_dir.glob("started-*")) == ["started-0", "started-1", "started-2"]
     process.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves the experiment state and stops
     process.communicate(timeout=120)
+    paced.release(hold_dir)
     before = _finished_trials(experiment, epochs)
     assert 2 <= len(before) < samples
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,9 @@ from asl_platform.config import InferenceConfig
 from asl_platform.data import decode_image, list_images, stratified_split
 from asl_platform.model import Predictor, load_model_dir, resolve_model_dir
 from asl_platform.synthetic import make_smoke_dataset
+import paced
+
+PACED = Path(paced.__file__)
 
 FP32 = InferenceConfig(precision="fp32")  # what reproduces torch's numbers (int8 may answer otherwise)
 
@@ -48,10 +50,12 @@ def _worker_pids(parent: int) -> list[int]:
 
 
 @pytest.mark.e2e
+@pytest.mark.own_ray
 def test_two_workers_survive_a_killed_worker_and_export_a_valid_model(tmp_path):
-    """Kill one of the two Ray Train workers after the first checkpoint: the run resumes from the
-    last checkpoint and still runs every epoch; the exported model reproduces its test report."""
-    epochs = 6
+    """Kill one of the two Ray Train workers after the first checkpoint (both hold there, tests/paced.py,
+    so the kill comes mid-run on any machine): the run resumes from the last checkpoint and still runs
+    every epoch; the exported model reproduces its test report."""
+    epochs = 3
     root = make_smoke_dataset(tmp_path / "data", per_class=40, classes=["A", "B", "C", "del", "nothing", "space"])
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({
@@ -61,17 +65,19 @@ def test_two_workers_survive_a_killed_worker_and_export_a_valid_model(tmp_path):
                   "early_stopping_patience": epochs, "max_failures": 3},
         "run": {"name": "faulty"},
     }))
-    script = shutil.which("asl-platform") or str(Path(sys.executable).parent / "asl-platform")
-    process = subprocess.Popen([script, "train", "--config", str(config)], cwd=tmp_path,
+    hold_dir = tmp_path / "hold"
+    process = subprocess.Popen([sys.executable, str(PACED), "--hold-dir", str(hold_dir), "--hold", "0,1", "--at-report", "1",
+                                "--", "asl-platform", "train", "--config", str(config)], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = tmp_path / "asl_runs" / "faulty" / "ray"
     killed = None
     deadline = time.time() + 300
     while killed is None and process.poll() is None and time.time() < deadline:
         workers = _worker_pids(process.pid)
-        if list(storage.glob("train-*/checkpoint_*")) and len(workers) >= 2:
+        if list(storage.glob("train-*/checkpoint_*")) and len(workers) >= 2 and len(paced.holding(hold_dir)) == 2:
             killed = workers[-1]
             os.kill(killed, signal.SIGKILL)
+            paced.release(hold_dir)
         time.sleep(0.1)
     output, _ = process.communicate(timeout=600)
     assert killed is not None, "training ended before a worker could be killed:\n" + output[-3000:]
@@ -251,11 +257,12 @@ def test_warm_start_model_must_match_the_run(ray_local, tmp_path):
         run_training(cfg, "images", 2, "warm", index={"train": index.subset("train"), "val": index.subset("val")})
 
 
-def _loop_failing_once(fault_dir: Path, fail_after_epoch: int):
+def _loop_failing_once(fault_dir: Path, fail_after_epoch: int, snapshot: Path):
     """The real ``train_loop_per_worker`` with ``ray.train.report`` wrapped: every report is logged (pid, epoch),
-    and right after reporting epoch ``fail_after_epoch`` the worker raises, once (a marker file).
+    and right after reporting epoch ``fail_after_epoch`` the worker raises, once (a marker file), as soon as
+    Ray Train's checkpoint manager has registered that epoch's checkpoint (its ``snapshot`` file lists it).
     Self-contained: Ray pickles it by value to the workers, where this module cannot be imported."""
-    fault_dir = str(fault_dir)
+    fault_dir, snapshot = str(fault_dir), str(snapshot)
 
     def loop(config: dict) -> None:
         import json
@@ -276,7 +283,14 @@ def _loop_failing_once(fault_dir: Path, fail_after_epoch: int):
                 handle.write(json.dumps({"pid": os.getpid(), "epoch": metrics["epoch"]}) + "\n")
             if metrics["epoch"] == fail_after_epoch and not marker.exists():
                 marker.write_text("failed")
-                time.sleep(5)  # let the controller register this epoch's checkpoint first
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline:  # the controller registers a reported checkpoint a little later
+                    try:
+                        if len(json.loads(Path(snapshot).read_text())["checkpoint_results"]) >= fail_after_epoch:
+                            break
+                    except (OSError, ValueError, KeyError):  # not written yet, or being written
+                        pass
+                    time.sleep(0.05)
                 raise RuntimeError("injected worker failure")
 
         ray.train.report = report
@@ -295,7 +309,8 @@ def test_last_stage_retrain_checkpoints_tail_and_head_only_and_resumes(ray_local
     from asl_platform.training.trainer import run_training
 
     monkeypatch.setattr(asl_platform.training.trainer, "train_loop_per_worker",
-                        _loop_failing_once(tmp_path, fail_after_epoch=2))
+                        _loop_failing_once(tmp_path, fail_after_epoch=2,
+                                           snapshot=tmp_path / "ray" / "last-stage" / "checkpoint_manager_snapshot.json"))
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 96)
     activations = (rng.random((96, 32, 16, 16)) + labels[:, None, None, None] * 0.3).astype(np.float32)

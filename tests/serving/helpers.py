@@ -21,14 +21,63 @@ from asl_platform.serving.deployments import APP_NAME, build_application
 from conftest import colour_image
 from fuzz_inputs import png_with_size as png_header_only  # a tiny PNG that declares huge dimensions
 
-__all__ = ["Load", "colour_samples", "free_port", "kill_replica_and_wait", "model_replica_pids", "png_header_only",
-           "resident_mb", "run_demo_event", "running_replicas", "serve_app"]
+__all__ = ["Load", "SharedServe", "colour_samples", "colour_settings", "free_port", "hand_settings",
+           "kill_replica_and_wait", "model_replica_pids", "png_header_only", "resident_mb", "run_demo_event",
+           "running_replicas", "serve_app"]
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class SharedServe:
+    """One Serve instance for the serving tests, running one application at a time.
+
+    Modules that can share an application ask for it with the same settings (``hand_settings``,
+    ``colour_settings``) and get the running one back; other settings replace it (``serve.run`` of the
+    same name), which costs a deploy but not Serve's start. A module that needs a Serve of its own
+    calls ``stop()`` first. The serving package's conftest holds the instance and groups the modules
+    by the application they use, so each is deployed once."""
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+        self.running: ServeConfig | None = None
+
+    def app(self, settings: ServeConfig) -> str:
+        """The URL of the application for ``settings`` (its port is the shared instance's)."""
+        from ray import serve
+
+        if self.port is None:
+            self.port = free_port()
+            serve.start(http_options={"host": settings.host, "port": self.port})
+        settings = settings.model_copy(update={"port": self.port})
+        if settings != self.running:
+            self.running = None  # a failed deploy leaves nothing to reuse
+            serve.run(build_application(settings), name=APP_NAME, route_prefix="/")
+            self.running = settings
+        return f"http://{settings.host}:{self.port}"
+
+    def stop(self) -> None:
+        from ray import serve
+
+        if self.port is not None:
+            serve.shutdown()
+        self.port, self.running = None, None
+
+
+def colour_settings(model: Path) -> ServeConfig:
+    """The colour model's shared application: the demo's spelling thresholds low enough for its fake
+    webcam, and a small body limit the error tests reach."""
+    return ServeConfig(model=str(model), max_request_bytes=256 * 1024, max_replicas=1, spell_hold_s=0.6,
+                       spell_min_probability=0.5)
+
+
+def hand_settings(model: Path) -> ServeConfig:
+    """The hand-aware model's shared application (the contract test's batch limit is small, so that
+    the fuzzer reaches it)."""
+    return ServeConfig(model=str(model), max_replicas=1, max_batch_images=4, spell_hold_s=0.6, spell_min_probability=0.5)
 
 
 @contextlib.contextmanager

@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from asl_platform.config import ServeConfig
 from conftest import REPO_ROOT, colour_image
-from serving.helpers import free_port, serve_app
+from serving.helpers import hand_settings
 from serving.test_deployments_e2e import (  # noqa: F401 (playwright_or_skip: a fixture)
     ARTIFACTS, _block_external, launch_chromium, playwright_or_skip,
 )
 
 pytestmark = pytest.mark.e2e
+SHARED_SERVE = "hand"
 SEED = 20261201
 EXAMPLES_PER_OPERATION = 300
 
@@ -40,10 +40,8 @@ def contract_model(request) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, contract_model) -> str:
-    settings = ServeConfig(model=str(contract_model), port=free_port(), max_replicas=1, max_batch_images=4)
-    with serve_app(settings) as url:
-        yield url
+def server(shared_serve, contract_model) -> str:
+    return shared_serve.app(hand_settings(contract_model))  # shared with the other hand-aware modules
 
 
 @pytest.mark.timeout(900)

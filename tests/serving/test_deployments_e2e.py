@@ -16,19 +16,17 @@ import yaml
 from asl_platform.config import ConfigError, ServeConfig
 from asl_platform.serving.deployments import build_app, checked_user_config, serve_config_document
 from conftest import REPO_ROOT, colour_image
-from serving.helpers import free_port, png_header_only, serve_app
+from serving.helpers import colour_settings, png_header_only
 
 pytestmark = pytest.mark.e2e
+SHARED_SERVE = "colour"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, colour_model) -> str:
-    settings = ServeConfig(model=str(colour_model), port=free_port(), max_request_bytes=256 * 1024, max_replicas=1,
-                           spell_hold_s=0.6, spell_min_probability=0.5)
-    with serve_app(settings) as url:
-        yield url
+def server(shared_serve, colour_model) -> str:
+    return shared_serve.app(colour_settings(colour_model))
 
 
 def test_every_input_format_over_http(server):

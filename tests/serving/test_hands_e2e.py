@@ -6,21 +6,19 @@ from __future__ import annotations
 import pytest
 import requests
 
-from asl_platform.config import ServeConfig
 from conftest import detected_photos
-from serving.helpers import free_port, serve_app
+from serving.helpers import hand_settings
 from serving.test_deployments_e2e import (  # noqa: F401 (playwright_or_skip is a fixture)
     ARTIFACTS, launch_chromium, playwright_or_skip, upload_photo_in_the_demo,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.real_data]
+SHARED_SERVE = "hand"
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, hand_model) -> str:
-    settings = ServeConfig(model=str(hand_model), port=free_port(), max_replicas=1)
-    with serve_app(settings) as url:
-        yield url
+def server(shared_serve, hand_model) -> str:
+    return shared_serve.app(hand_settings(hand_model))
 
 
 @pytest.fixture(scope="module")

@@ -9,22 +9,19 @@ import pytest
 import requests
 from PIL import Image
 
-from asl_platform.config import ServeConfig
 from conftest import detected_photos
-from serving.helpers import free_port, serve_app
+from serving.helpers import hand_settings
 from serving.test_deployments_e2e import (  # noqa: F401 (playwright_or_skip is a fixture)
     ARTIFACTS, chromium_with_fake_webcam, open_demo_tab, playwright_or_skip, start_webcam,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.real_data]
+SHARED_SERVE = "hand"
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, hand_model) -> str:
-    settings = ServeConfig(model=str(hand_model), port=free_port(), max_replicas=1, spell_hold_s=0.6,
-                           spell_min_probability=0.5)
-    with serve_app(settings) as url:
-        yield url
+def server(shared_serve, hand_model) -> str:
+    return shared_serve.app(hand_settings(hand_model))
 
 
 def photo_video(path, photos: list, seconds_each: float = 3.0, fps: int = 10, size: int = 200):

@@ -25,6 +25,7 @@ from conftest import REPO_ROOT, colour_image
 from serving.helpers import free_port, model_replica_pids, run_demo_event
 
 pytestmark = pytest.mark.e2e
+SHARED_SERVE = "fresh"  # deployed by the Serve CLI, as `serve deploy` would: a Serve of its own
 SERVE_CLI = Path(sys.executable).parent / "serve"
 
 
@@ -66,9 +67,10 @@ def replicas() -> dict[str, dict[str, int]]:
     return {deployment: model_replica_pids(deployment) for deployment in ("ASLModel", "ASLIngress")}
 
 
-def test_a_changed_user_config_is_applied_without_restarting_replicas(ray_local, colour_model, tmp_path):
+def test_a_changed_user_config_is_applied_without_restarting_replicas(shared_serve, colour_model, tmp_path):
     from ray import serve
 
+    shared_serve.stop()
     settings = ServeConfig(model=str(colour_model), port=free_port(), max_replicas=1)
     url = f"http://127.0.0.1:{settings.port}"
     changes = {"max_batch_size": 3, "batch_wait_timeout_s": 0.05, "spell_hold_s": 0.4}

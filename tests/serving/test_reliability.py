@@ -12,16 +12,15 @@ import requests
 import fuzz_inputs
 from asl_platform.config import ServeConfig
 from conftest import colour_image
-from serving.helpers import Load, free_port, kill_replica_and_wait, model_replica_pids, resident_mb, serve_app
+from serving.helpers import Load, kill_replica_and_wait, model_replica_pids, resident_mb
 
 pytestmark = pytest.mark.e2e
+SHARED_SERVE = "own"  # two replicas, one of them killed: an application of its own on the shared Serve
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, colour_model) -> str:
-    settings = ServeConfig(model=str(colour_model), port=free_port(), min_replicas=2, max_replicas=2, demo=False)
-    with serve_app(settings) as url:
-        yield url
+def server(shared_serve, colour_model) -> str:
+    return shared_serve.app(ServeConfig(model=str(colour_model), min_replicas=2, max_replicas=2, demo=False))
 
 
 # --------------------------------------------------------------------------- tests

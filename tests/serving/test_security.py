@@ -34,7 +34,9 @@ from asl_platform.serving.backends import LocalBackend
 from asl_platform.serving.deployments import serve_config_document
 from asl_platform.serving.protocol import ApiError, read_body
 from conftest import REPO_ROOT, colour_image
-from serving.helpers import free_port, run_demo_event, serve_app
+from serving.helpers import colour_settings, run_demo_event
+
+SHARED_SERVE = "colour"  # its real-server test runs on the colour application
 
 LIMIT = 64 * 1024
 PACKAGE = Path(asl_platform.__file__).parent
@@ -468,32 +470,32 @@ def test_every_route_refuses_bodies_over_the_limit(client, url):
 
 @pytest.mark.e2e
 @needs_proc
-def test_real_serve_listens_on_loopback_only_and_gradio_adds_no_port(ray_local, colour_model):
-    port = free_port()
-    settings = ServeConfig(model=str(colour_model), port=port, max_replicas=1, demo=True)
-    assert settings.host == "127.0.0.1"
-    with serve_app(settings):
-        import requests
+def test_real_serve_listens_on_loopback_only_and_gradio_adds_no_port(shared_serve, colour_model):
+    import requests
 
-        assert requests.get(f"http://127.0.0.1:{port}/demo/", timeout=30).status_code == 200
+    settings = colour_settings(colour_model)  # the shared colour application: the default host, the demo on
+    assert settings.host == "127.0.0.1" and settings.demo
+    port = int(shared_serve.app(settings).rsplit(":", 1)[1])
 
-        on_port = {address for address, p, _ in _listening() if p == port}
-        assert on_port == {"127.0.0.1"}, on_port  # not 0.0.0.0, not ::
-        external = _non_loopback_ipv4()
-        if external:
-            with pytest.raises(OSError):
-                socket.create_connection((external, port), timeout=3).close()
+    assert requests.get(f"http://127.0.0.1:{port}/demo/", timeout=30).status_code == 200
 
-        # Gradio lives in the ingress replica: it listens on no more sockets than the model replica
-        # (both only Ray's own worker ports), and nothing of ours listens on Gradio's 7860-7959.
-        owners = _socket_owners(_process_tree(os.getpid()))
-        ours = [(address, p, owners[inode]) for address, p, inode in _listening() if inode in owners]
+    on_port = {address for address, p, _ in _listening() if p == port}
+    assert on_port == {"127.0.0.1"}, on_port  # not 0.0.0.0, not ::
+    external = _non_loopback_ipv4()
+    if external:
+        with pytest.raises(OSError):
+            socket.create_connection((external, port), timeout=3).close()
 
-        def listening_of(actor: str) -> int:
-            pids = {pid for pid in {o for _, _, o in ours}
-                    if actor in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")}
-            assert pids, f"no {actor} process found"
-            return sum(1 for _, _, pid in ours if pid in pids)
+    # Gradio lives in the ingress replica: it listens on no more sockets than the model replica
+    # (both only Ray's own worker ports), and nothing of ours listens on Gradio's 7860-7959.
+    owners = _socket_owners(_process_tree(os.getpid()))
+    ours = [(address, p, owners[inode]) for address, p, inode in _listening() if inode in owners]
 
-        assert listening_of("ServeReplica:asl:ASLIngress") <= listening_of("ServeReplica:asl:ASLModel")
-        assert [p for _, p, _ in ours if 7860 <= p < 7960] == []
+    def listening_of(actor: str) -> int:
+        pids = {pid for pid in {o for _, _, o in ours}
+                if actor in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")}
+        assert pids, f"no {actor} process found"
+        return sum(1 for _, _, pid in ours if pid in pids)
+
+    assert listening_of("ServeReplica:asl:ASLIngress") <= listening_of("ServeReplica:asl:ASLModel")
+    assert [p for _, p, _ in ours if 7860 <= p < 7960] == []

@@ -1,7 +1,9 @@
-"""Shared fixtures: the real image sets beside the repo, and one local Ray per test session."""
+"""Shared fixtures: the real image sets beside the repo, one local Ray per test session, fixture models
+built once; and the markers that let the unit tests run alone (``-m "not ray and not browser"``)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,29 @@ def require_dataset(path: Path) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(items: list) -> None:
+    """Markers from what a test uses: ``ray`` for the session's Ray (``ray_local``, directly or through
+    another fixture) or a Ray of its own (``own_ray``: a command in a subprocess, a cluster), ``browser``
+    for Chromium."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "ray_local" in fixtures or item.get_closest_marker("own_ray"):
+            item.add_marker(pytest.mark.ray)
+        if "playwright_or_skip" in fixtures:
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_where_marked(request):
+    """A test not marked ``ray`` must not start one: the unit tests' command runs without Ray."""
+    ray = sys.modules.get("ray")
+    running_before = ray is not None and ray.is_initialized()
+    yield
+    ray = sys.modules.get("ray")
+    if not running_before and ray is not None and ray.is_initialized() and not request.node.get_closest_marker("ray"):
+        pytest.fail("this test started Ray: use the ray_local fixture (or mark it own_ray)")
+
+
 @pytest.fixture(scope="session")
 def asl_alphabet() -> Path:
     return require_dataset(ASL_ALPHABET)
@@ -26,10 +51,13 @@ def asl_alphabet() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray with 2 CPUs, shared by every test that needs one."""
+    """A real local Ray with 2 CPUs, shared by every test that needs one, with the platform's own defaults."""
     import ray
 
+    from asl_platform.runtime import set_ray_defaults
+
     if not ray.is_initialized():
+        set_ray_defaults()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
@@ -70,6 +98,57 @@ def upload_folder(env: dict[str, str], local: Path, bucket: str, prefix: str) ->
     return f"s3://{bucket}/{prefix}"
 
 
+# --------------------------------------------------------------------------- fixture models, built once
+
+
+def _code_digest(paths: list[Path]) -> str:
+    """Every Python file under ``paths`` (folders or files), by content."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(f"{file.relative_to(REPO_ROOT)}\n".encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+def fixture_model(request, tmp_path_factory, name: str, build, inputs: list[Path] = (), code: list[Path] = (),
+                  folder: str | None = None) -> Path:
+    """A fixture model folder that ``build(folder)`` writes, built once per key and kept in pytest's cache
+    folder (``.pytest_cache``), so that a second run on the same machine skips the building.
+
+    The key follows the pipeline's own caches (``asl_platform.cache.listing_key``): the settings that
+    change the output (the package's code, this file's and ``code``'s, the library versions) and every
+    input file's path, size and modification time. The test gets its own copy (tests may add files to a
+    model folder), as ``<tmp>/<folder or name>/v1``."""
+    import shutil
+    from importlib.metadata import version
+
+    import asl_platform
+    from asl_platform.cache import listing_key, write_atomically
+    from asl_platform.data import ImageIndex
+
+    files = [str(path) for path in inputs]
+    header = {"fixture": name,
+              "code": _code_digest([Path(asl_platform.__file__).parent, Path(__file__), *code]),
+              "versions": {lib: version(lib) for lib in ("torch", "numpy", "mediapipe", "onnxruntime", "onnx")}}
+    stamps = [f"{(stat := Path(f).stat()).st_size}:{stat.st_mtime_ns}" for f in files]
+    key = listing_key(header, ImageIndex(root="", layout="files", classes=[], paths=files, labels=[0] * len(files),
+                                         stamps=stamps))
+    copy = tmp_path_factory.mktemp("models") / (folder or name) / "v1"
+    cache = request.config.cache.mkdir("asl-fixture-models") if getattr(request.config, "cache", None) else None
+    if cache is None:  # pytest's cache is off (-p no:cacheprovider): build where the test reads it
+        build(copy)
+        return copy
+    built = cache / f"{name}-{key}"
+    if not (built / "model.json").is_file():
+        for stale in cache.glob(f"{name}-*"):  # an earlier key's: never read again
+            shutil.rmtree(stale, ignore_errors=True)
+        write_atomically(built, build)
+    shutil.copytree(built, copy)
+    return copy
+
+
 # --------------------------------------------------------------------------- a small trained model
 
 
@@ -106,9 +185,13 @@ def colour_image(label: str, size: int = 64, fmt: str = "PNG", seed: int = 0) ->
 
 
 @pytest.fixture(scope="session")
-def colour_model(tmp_path_factory) -> Path:
+def colour_model(request, tmp_path_factory) -> Path:
     """A real saved model (tiny backbone, head trained in-process) that tells the four colours apart:
     tests can check that a red image comes back as "A" through every path, not just that a letter comes back."""
+    return fixture_model(request, tmp_path_factory, "colours", build_colour_model)
+
+
+def build_colour_model(directory: Path) -> None:
     import io
 
     import numpy as np
@@ -132,9 +215,7 @@ def colour_model(tmp_path_factory) -> Path:
     data = (features, np.asarray(labels, dtype=np.int64))
     history = train_head(model.head, data, data, lr=3e-2, batch_size=16, epochs=40)
     assert history[-1]["val_accuracy"] == 1.0, history[-1]
-    directory = tmp_path_factory.mktemp("models") / "colours" / "v1"
     save_model_dir(model.eval(), directory, classes, version="v1", metrics={"test_accuracy": 1.0})
-    return directory
 
 
 # --------------------------------------------------------------------------- a hand-aware model
@@ -168,11 +249,20 @@ def detected_photos(root: Path, labels: list[str], per_class: int, scan: int = 4
     return found
 
 
+HAND_LETTERS, HAND_SCAN = ["A", "B", "C"], 40
+
+
 @pytest.fixture(scope="session")
-def hand_model(tmp_path_factory, colour_model, asl_alphabet) -> Path:
+def hand_model(request, tmp_path_factory, colour_model, asl_alphabet) -> Path:
     """A real hand-aware model folder: the colour model's image model, and a landmark model trained
     in-process on the MediaPipe landmarks of real asl-alphabet photos of A, B and C (answer rule
     ``landmarks|image``: a photo with a hand is read by its landmarks, one without by its colour)."""
+    photos = [p for label in HAND_LETTERS for p in alphabet_photos(asl_alphabet, label, HAND_SCAN)]
+    return fixture_model(request, tmp_path_factory, "hands",
+                         lambda directory: build_hand_model(directory, colour_model, asl_alphabet), inputs=photos)
+
+
+def build_hand_model(directory: Path, colour_model: Path, asl_alphabet: Path) -> None:
     import numpy as np
     import torch
 
@@ -184,7 +274,7 @@ def hand_model(tmp_path_factory, colour_model, asl_alphabet) -> Path:
     from asl_platform.model.landmarks import LandmarkClassifier
 
     image_model, card = load_model_dir(colour_model)
-    photos = detected_photos(asl_alphabet, ["A", "B", "C"], per_class=12)
+    photos = detected_photos(asl_alphabet, HAND_LETTERS, per_class=12, scan=HAND_SCAN)
     rows, labels = [], []
     for label, pairs in photos.items():
         for _, hand in pairs:
@@ -199,9 +289,7 @@ def hand_model(tmp_path_factory, colour_model, asl_alphabet) -> Path:
     hands = HandsCard(detection=DetectionCard(paddings=list(settings.paddings), min_confidence=settings.min_confidence,
                                               model_complexity=settings.model_complexity, mediapipe=mediapipe_version()),
                       head=HeadCard(hidden_size=32, dropout=0.0))
-    directory = tmp_path_factory.mktemp("models") / "hands" / "v1"
     save_model_dir(image_model, directory, card.classes, landmarks=landmarks.eval(), version="v1",
                    metrics={"test_accuracy": 1.0, "cross_domain_accuracy": 0.5}, kind="hand_aware", hands=hands,
                    fusion=FusionCard(rule="landmarks|image", selected_on="the test fixture", scores={}))
     save_shapes(shapes_of(data[0], data[1], card.classes), directory)  # practice mode's typical hands, as export writes
-    return directory

@@ -364,6 +364,7 @@ def submit_job(cluster: LocalCluster, submission_id: str, entrypoint: list[str],
 
 
 @pytest.mark.e2e
+@pytest.mark.own_ray
 @pytest.mark.timeout(600)
 def test_job_submitted_to_a_two_node_cluster_with_token_auth(local_cluster, s3_server, tmp_path):
     cluster = local_cluster

@@ -30,6 +30,7 @@ def tracebacks_through_our_code(stderr: str) -> list[str]:
 
 
 @pytest.mark.e2e
+@pytest.mark.own_ray
 def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path):
     """No arguments: synthetic data, EfficientNet-Lite0, tune, Ray Train retrain, evaluate, export."""
     result = run_cli("pipeline", cwd=tmp_path)
@@ -84,6 +85,7 @@ def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.own_ray
 def test_pipeline_with_unfreeze_last_stage_trains_and_exports_the_last_stage(tmp_path):
     """model.unfreeze_last_stage: activations before the last stage are cached once, the head is tuned
     on pooled features from them, the last stage + head are retrained on them, and the exported model
@@ -171,6 +173,7 @@ def test_cli_reports_missing_data_root_clearly(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.own_ray
 @pytest.mark.real_data
 def test_hand_aware_pipeline_chooses_its_rule_cross_domain_and_every_tool_uses_it(tmp_path, asl_alphabet):
     """model.kind=hand_aware on real photos (a few per class): the hands stage, two ASHA searches,
@@ -245,6 +248,7 @@ def test_hand_aware_pipeline_chooses_its_rule_cross_domain_and_every_tool_uses_i
 
 
 @pytest.mark.e2e
+@pytest.mark.own_ray
 def test_pipeline_trains_on_several_folders_and_lists_them_in_the_card(tmp_path):
     """--data twice: classes matched by name (the second folder lacks one class and orders them
     otherwise), each folder split on its own, both listed with their counts in the model card."""

@@ -15,15 +15,27 @@ from asl_platform.model import Predictor, load_model_dir
 from asl_platform.model.card import ModelCard, RuntimeScores
 from asl_platform.model.onnx import FP32_FILE, INT8_FILE
 from asl_platform.onnx_export import export_onnx, int8_verdict
-from tests.conftest import alphabet_photos, train_head
+from conftest import alphabet_photos, fixture_model, train_head
 
 LETTERS = ["A", "B", "C", "L", "Y"]
 
 
 @pytest.fixture(scope="module")
-def photo_model(tmp_path_factory, asl_alphabet) -> tuple[Path, dict[str, tuple[list[str], np.ndarray]], list[str]]:
+def photo_model(request, tmp_path_factory, asl_alphabet) -> tuple[Path, dict[str, tuple[list[str], np.ndarray]], list[str]]:
     """A real model: ImageNet EfficientNet-Lite0 and a head trained in-process on asl-alphabet photos of
     five letters. Returns its folder (no ONNX files yet), held-out photos by set, and training photos."""
+    train, held_out = [], []
+    for label in LETTERS:
+        photos = [str(p) for p in alphabet_photos(asl_alphabet, label, 36)]
+        train += [(p, LETTERS.index(label)) for p in photos[:20]]
+        held_out += [(p, LETTERS.index(label)) for p in photos[20:]]
+    directory = fixture_model(request, tmp_path_factory, "photos", lambda folder: build_photo_model(folder, train),
+                              inputs=[Path(p) for p, _ in train], code=[Path(__file__)])
+    sets = {"test": ([p for p, _ in held_out], np.asarray([y for _, y in held_out], dtype=np.int64))}
+    return directory, sets, [p for p, _ in train]
+
+
+def build_photo_model(directory: Path, train: list[tuple[str, int]]) -> None:
     import torch
 
     from asl_platform.data import load_image, preprocess_images
@@ -32,35 +44,30 @@ def photo_model(tmp_path_factory, asl_alphabet) -> tuple[Path, dict[str, tuple[l
     torch.manual_seed(0)
     model = build_classifier("efficientnet_lite0", "imagenet", num_classes=len(LETTERS), hidden_size=64, dropout=0.0)
     prep = get_backbone_spec("efficientnet_lite0").preprocessing
-    train, held_out = [], []
-    for label in LETTERS:
-        photos = [str(p) for p in alphabet_photos(asl_alphabet, label, 36)]
-        train += [(p, LETTERS.index(label)) for p in photos[:20]]
-        held_out += [(p, LETTERS.index(label)) for p in photos[20:]]
     images = [load_image(p, draft_size=prep.image_size) for p, _ in train]
     with torch.inference_mode():
         features = model.backbone(torch.from_numpy(preprocess_images(images, prep))).numpy()
     data = (features, np.asarray([y for _, y in train], dtype=np.int64))
     train_head(model.head, data, data, lr=1e-2, batch_size=20, epochs=30)
-    directory = tmp_path_factory.mktemp("onnx") / "photos" / "v1"
     save_model_dir(model.eval(), directory, LETTERS, version="v1")
-    sets = {"test": ([p for p, _ in held_out], np.asarray([y for _, y in held_out], dtype=np.int64))}
-    return directory, sets, [p for p, _ in train]
 
 
 @pytest.fixture(scope="module")
-def exported(photo_model, ray_local, tmp_path_factory) -> Path:
+def exported(request, photo_model, ray_local, tmp_path_factory) -> Path:
     """``photo_model`` with its ONNX files, exported and checked as the pipeline does."""
     source, sets, train = photo_model
-    directory = tmp_path_factory.mktemp("exported") / "photos" / "v1"
-    shutil.copytree(source, directory)
-    model, card = load_model_dir(directory)
-    # Any int8 loss accepted here, so that every test below has an int8 file to run (the rule itself is
-    # tested on its own and with a wrecked calibration).
-    card.onnx = export_onnx(directory, model, card, train, sets, InferenceConfig(calibration_images=60,
-                                                                                 int8_max_accuracy_drop=1.0))
-    card.save(directory)
-    return directory
+
+    def build(directory: Path) -> None:
+        shutil.copytree(source, directory, dirs_exist_ok=True)
+        model, card = load_model_dir(directory)
+        # Any int8 loss accepted here, so that every test below has an int8 file to run (the rule itself is
+        # tested on its own and with a wrecked calibration).
+        card.onnx = export_onnx(directory, model, card, train, sets, InferenceConfig(calibration_images=60,
+                                                                                     int8_max_accuracy_drop=1.0))
+        card.save(directory)
+
+    return fixture_model(request, tmp_path_factory, "photos-onnx", build, folder="photos", code=[Path(__file__)],
+                         inputs=[Path(p) for p in [*train, *sets["test"][0]]])
 
 
 def test_fp32_onnx_agrees_with_torch_on_real_photos_and_int8_is_checked(exported, photo_model):

@@ -92,7 +92,7 @@ def _finished_trials(experiment: Path, max_epochs: int) -> dict[str, tuple[int, 
 def test_interrupted_search_resumes_without_redoing_finished_trials(tmp_path):
     """Two trials finish, the third holds at its first epoch (tests/paced.py: on any machine the search is
     caught mid-run), Ctrl+C; --resume then finishes only the trials that had not finished."""
-    epochs, samples = 4, 6
+    epochs, samples = 4, 4
     config = tmp_path / "tune.yaml"
     config.write_text(yaml.safe_dump({
         "model": {"backbone": "tiny", "weights": "none"},

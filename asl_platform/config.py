@@ -50,6 +50,13 @@ class DataConfig(_Section):
         default=None,
         description="Evaluated (never trained on) after training, e.g. ../shared/data/asl-webcam.",
     )
+    balance_sources: bool = Field(
+        default=True,
+        description="With several folders, each weighs the same in training on cached features and landmarks "
+                    "(rows drawn in inverse proportion to their folder's size) and in choosing the answer rule and "
+                    "the confidence threshold on the validation split: one person's many photos do not drown a "
+                    "smaller folder of many people. Nothing to balance with one folder.",
+    )
 
     @field_validator("root")
     @classmethod

@@ -66,6 +66,7 @@ class ImageIndex:
     labels: list[int]
     stamps: list[str] = field(default_factory=list)  # "size:mtime_ns" from the listing (cache keys)
     splits: list[str] = field(default_factory=list)
+    sources: list[int] = field(default_factory=list)  # which training folder each file is from (several folders)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -88,7 +89,7 @@ class ImageIndex:
             return [values[i] for i in keep] if values else []
 
         return ImageIndex(self.root, self.layout, self.classes, pick(self.paths), pick(self.labels),
-                          pick(self.stamps), pick(self.splits))
+                          pick(self.stamps), pick(self.splits), pick(self.sources))
 
     def records(self) -> list[dict]:
         splits = self.splits or ["train"] * len(self.paths)
@@ -339,7 +340,8 @@ def merge_sources(indexes: list[ImageIndex]) -> ImageIndex:
     position = {name: i for i, name in enumerate(classes)}
     merged = ImageIndex(root=", ".join(index.root for index in indexes),
                         layout="+".join(index.layout for index in indexes), classes=classes, paths=[], labels=[])
-    for index in indexes:
+    for number, index in enumerate(indexes):
+        merged.sources += [number] * len(index.paths)
         merged.paths += index.paths
         merged.labels += [position[index.classes[y]] for y in index.labels]
         merged.stamps += index.stamps or [""] * len(index.paths)

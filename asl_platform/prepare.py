@@ -66,29 +66,48 @@ class PreparedData:
     pooled: np.ndarray | None = None  # when ``table`` holds trunk activations: the frozen backbone's features
     hands: HandTable | None = None  # model.kind hand_aware: MediaPipe hands of every listed file
     sources: list[dict] = field(default_factory=list)  # several data roots: each one's images and split
+    balance_sources: bool = False  # data.balance_sources, with several folders
 
     @property
     def skipped(self) -> int:
         return len(self.unreadable)
 
+    def rows(self, split: str, kind: str = "features") -> np.ndarray:
+        """Which listed files a split's arrays of ``kind`` hold: readable ones, and for ``landmarks``
+        those with a hand found."""
+        mask = np.asarray(self.index.splits) == split
+        if kind == "landmarks":
+            return mask & self.hands.found & self.hands.valid
+        return mask & self.table.valid
+
     def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The split's pooled backbone features (what the head is tuned on)."""
-        mask = np.asarray(self.index.splits) == split
-        if self.pooled is not None:
-            keep = mask & self.table.valid
-            return self.pooled[keep], self.table.labels[keep]
-        return self.table.take(mask)
+        keep = self.rows(split)
+        return (self.pooled if self.pooled is not None else self.table.features)[keep], self.table.labels[keep]
 
     def activations(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The split's trunk activations (N, C, H, W), when extracted with ``activations=True``."""
         if self.pooled is None:
             raise ValueError("no trunk activations: prepare_data(..., activations=True) extracts them")
-        return self.table.take(np.asarray(self.index.splits) == split)
+        keep = self.rows(split)
+        return self.table.features[keep], self.table.labels[keep]
 
     def landmarks(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The split's landmark rows (``hands.landmark_inputs``) and labels, of images with a hand found."""
-        keep = (np.asarray(self.index.splits) == split) & self.hands.found & self.hands.valid
+        keep = self.rows(split, "landmarks")
         return self.hands.inputs(keep), self.hands.labels[keep]
+
+    def source_weights(self, split: str, kind: str = "features") -> np.ndarray | None:
+        """One weight per row of the split's arrays of ``kind`` (``weights_of``)."""
+        return self.weights_of(self.rows(split, kind))
+
+    def weights_of(self, rows: np.ndarray) -> np.ndarray | None:
+        """One weight per selected file: 1 / the selected files of its folder, so that every folder weighs
+        the same (``data.balance_sources``); None with one folder or balancing off."""
+        if not self.balance_sources or len(self.sources) < 2:
+            return None
+        source = np.asarray(self.index.sources)[rows]
+        return 1.0 / np.bincount(source, minlength=len(self.sources))[source]
 
     def readable(self, split: str) -> ImageIndex:
         """The split's files less the unreadable ones (already reported: no need to decode them again)."""
@@ -129,7 +148,7 @@ def prepare_data(
                     "".join(f"; {s['root']}: {s['split']}" for s in sources) if len(sources) > 1 else "")
     init_ray(cfg)  # after listing, so a wrong --data fails at once
     prepared = PreparedData(roots[0] if len(roots) == 1 else index.root, index, split_counts,
-                            sources=sources if len(sources) > 1 else [])
+                            sources=sources if len(sources) > 1 else [], balance_sources=cfg.data.balance_sources)
     if with_features:
         what = "activations before its last stage" if activations else "features"
         with progress.stage("features", f"{cfg.model.backbone} {what} through a Ray Data actor pool ({extraction_runtime(cfg.inference, cfg.train.use_gpu)})"):

@@ -732,6 +732,31 @@ def test_several_sources_merge_by_class_name_and_split_each_on_its_own(tmp_path)
     alone, _ = list_sources([mine], None, 42, 0.2, 0.2)
     together = dict(zip(index.paths, index.splits))
     assert all(together[p] == s for p, s in zip(alone.paths, alone.splits))
+    # Each file knows its folder, also in a split's subset (what balancing the folders in training reads).
+    assert index.sources == [0] * 60 + [1] * 30
+    test = index.subset("test")
+    assert test.sources == [0 if p.startswith(kaggle) else 1 for p in test.paths] and set(test.sources) == {0, 1}
+
+
+def test_each_training_folder_weighs_the_same_when_balanced(tmp_path):
+    """data.balance_sources: a row's weight is 1 / the rows of its folder in that split, so both folders
+    weigh the same however many images each has; off, or with one folder, every row counts once."""
+    from asl_platform.data import ImageIndex
+    from asl_platform.features import FeatureTable
+    from asl_platform.prepare import PreparedData
+
+    n = 8
+    index = ImageIndex(root="", layout="", classes=["A", "B"], paths=[f"{i}.png" for i in range(n)],
+                       labels=[0, 1] * 4, splits=["train"] * 7 + ["val"], sources=[0, 0, 0, 0, 0, 1, 1, 1])
+    table = FeatureTable(np.asarray(index.paths), np.asarray(index.labels), np.zeros((n, 2), np.float32),
+                         np.asarray([""] * 4 + ["unreadable"] + [""] * 3))  # one bad file: not a row
+    sources = [{"root": "one"}, {"root": "many"}]
+    prepared = PreparedData("", index, {}, table=table, sources=sources, balance_sources=True)
+    weights = prepared.source_weights("train")
+    assert weights.tolist() == [0.25] * 4 + [0.5] * 2  # 4 readable rows of folder 0, 2 of folder 1 in train
+    assert len(weights) == len(prepared.features("train")[1])
+    assert PreparedData("", index, {}, table=table, sources=sources, balance_sources=False).source_weights("train") is None
+    assert PreparedData("", index, {}, table=table, balance_sources=True).source_weights("train") is None
 
 
 def test_data_root_takes_one_folder_or_a_list_of_distinct_ones():

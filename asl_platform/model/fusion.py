@@ -42,13 +42,14 @@ def fuse(rule: Rule, image: np.ndarray, landmarks: np.ndarray, found: np.ndarray
 
 
 def score_rules(image: np.ndarray, landmarks: np.ndarray, found: np.ndarray, labels: np.ndarray,
-                classes: list[str]) -> dict[str, float]:
-    """Accuracy of every applicable rule over all the given images (no hand counts too); NaN for none."""
+                classes: list[str], weights: np.ndarray | None = None) -> dict[str, float]:
+    """Accuracy of every applicable rule over all the given images (no hand counts too), each image
+    counting ``weights`` (e.g. every training folder the same); NaN for none."""
     labels = np.asarray(labels)
     if not len(labels):
         return {rule: float("nan") for rule in rules_for(classes)}
-    return {rule: float(np.mean(fuse(rule, image, landmarks, found, classes).argmax(axis=1) == labels))
-            for rule in rules_for(classes)}
+    return {rule: float(np.average(fuse(rule, image, landmarks, found, classes).argmax(axis=1) == labels,
+                                   weights=weights)) for rule in rules_for(classes)}
 
 
 def choose_rule(scores: dict[str, float]) -> Rule:

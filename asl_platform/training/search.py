@@ -85,7 +85,8 @@ def search_trial(config: dict, data: dict) -> None:
     if kind in setup.ARRAY_KINDS:
         (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
         model = setup.build_model(cfg, kind, data["num_classes"], x_train.shape[1])
-        train = ArrayBatches(x_train, y_train, batch_size, device, shuffle=True, seed=cfg.tune.seed)
+        train = ArrayBatches(x_train, y_train, batch_size, device, shuffle=True, seed=cfg.tune.seed,
+                             weights=data.get("train_weights"))
         val = ArrayBatches(x_val, y_val, evaluation_batch_size(x_val), device)
     else:  # full images: the backbone runs on every image, every epoch (augmentation, an unfrozen last stage)
         prep = get_backbone_spec(cfg.model.backbone).preprocessing
@@ -127,8 +128,9 @@ def run_search(data: dict, cfg: Config, name: str = "tune", resume: bool = False
     """Run (or resume) the ASHA search; return the best trial's whole config, one row per trial, and
     Tune's results.
 
-    ``data`` holds what trials need besides the config: ``kind`` ("features": ``train``/``val``
-    arrays; "images": ``train_files``/``val_files``) and ``num_classes``. A fresh search never
+    ``data`` holds what trials need besides the config: ``kind`` ("features", "landmarks":
+    ``train``/``val`` arrays and, optionally, ``train_weights``; "images": ``train_files``/``val_files``)
+    and ``num_classes``. A fresh search never
     overwrites an earlier one: its folder is renamed aside first."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler

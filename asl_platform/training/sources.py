@@ -25,24 +25,32 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 class ArrayBatches:
     """Rows of in-memory arrays; with ``shuffle`` a new order every epoch (seeded by ``seed`` and the
-    epoch, so a resumed run draws what it would have drawn). ``noise`` > 0 multiplies each input
+    epoch, so a resumed run draws what it would have drawn). With ``weights`` (one per row, training
+    only) an epoch is as many rows drawn with replacement in proportion to them: e.g. every training
+    folder weighing the same (``data.balance_sources``). ``noise`` > 0 multiplies each input
     channel by ``1 + noise * N(0, 1)``, drawn per example and channel: light augmentation for inputs
     that are cached activations. Inputs stay in their cached dtype until a batch is taken."""
 
     def __init__(self, inputs: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device,
-                 shuffle: bool = False, seed: int = 0, noise: float = 0.0):
+                 shuffle: bool = False, seed: int = 0, noise: float = 0.0, weights: np.ndarray | None = None):
         with warnings.catch_warnings():  # arrays from the object store are read-only; they are only read here
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             self.inputs = torch.from_numpy(inputs).to(device)  # shared with the object store, not copied
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64).copy()).to(device)
         self.batch_size, self.device, self.shuffle, self.seed, self.noise = batch_size, device, shuffle, seed, noise
+        if weights is not None and (len(weights) != len(self.labels) or not shuffle):
+            raise ValueError("weights: one per row, and only for shuffled (training) batches")
+        self.weights = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float64))
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def batches(self, epoch: int) -> Iterator[Batch]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(self), generator=generator) if self.shuffle else torch.arange(len(self))
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, len(self), replacement=True, generator=generator)
+        else:
+            order = torch.randperm(len(self), generator=generator) if self.shuffle else torch.arange(len(self))
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size].to(self.device)
             inputs = self.inputs[rows].float()

@@ -70,9 +70,11 @@ def image_datasets(cfg: Config, train: ImageIndex, val: ImageIndex) -> dict:
 
 
 def build_trainer(cfg: Config, kind: setup.Kind, num_classes: int, name: str, *,
-                  arrays: dict[str, Arrays] | None = None, datasets: dict | None = None):
+                  arrays: dict[str, Arrays] | None = None, datasets: dict | None = None,
+                  train_weights: np.ndarray | None = None):
     """The ``TorchTrainer``: the whole config travels to every worker (``train_loop_config``);
-    cached arrays go once through the object store, images as Ray Data shards (val unsplit)."""
+    cached arrays (and their rows' sampling weights, if any) go once through the object store,
+    images as Ray Data shards (val unsplit)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train import DataConfig as RayDataConfig
@@ -81,7 +83,8 @@ def build_trainer(cfg: Config, kind: setup.Kind, num_classes: int, name: str, *,
     loop_config = {"config": cfg.model_dump(mode="json"), "kind": kind, "num_classes": num_classes}
     if arrays is not None:
         loop_config.update(train=ray.put(arrays["train"]), val=ray.put(arrays["val"]),
-                           feature_dim=feature_dim_of(arrays["train"][0], cfg))
+                           feature_dim=feature_dim_of(arrays["train"][0], cfg),
+                           train_weights=None if train_weights is None else ray.put(train_weights))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -120,10 +123,12 @@ def checked_init_from(cfg: Config, classes: list[str]) -> Config:
 
 
 def run_training(cfg: Config, kind: setup.Kind, num_classes: int, name: str, *,
-                 arrays: dict[str, Arrays] | None = None, index: dict[str, ImageIndex] | None = None) -> TrainingResult:
+                 arrays: dict[str, Arrays] | None = None, index: dict[str, ImageIndex] | None = None,
+                 train_weights: np.ndarray | None = None) -> TrainingResult:
     """Train ``kind`` with Ray Train and return the best epoch's model (lowest validation loss).
 
-    ``arrays``: {"train": (x, y), "val": (x, y)} cached features or activations; ``index``:
+    ``arrays``: {"train": (x, y), "val": (x, y)} cached features, activations or landmarks, with
+    ``train_weights`` (one per training row) when rows are drawn by weight; ``index``:
     {"train": ImageIndex, "val": ImageIndex} of readable image files. The commands check the
     config's ``train`` keys first (``setup.check_train_keys``), before any data work."""
     _check_resources(cfg, kind)
@@ -132,7 +137,7 @@ def run_training(cfg: Config, kind: setup.Kind, num_classes: int, name: str, *,
     if kind in ("activations", "images"):
         build_backbone(cfg.model.backbone, cfg.model.weights)  # missing weights: fail here, clearly, once
     datasets = image_datasets(cfg, index["train"], index["val"]) if kind == "images" else None
-    trainer = build_trainer(cfg, kind, num_classes, name, arrays=arrays, datasets=datasets)
+    trainer = build_trainer(cfg, kind, num_classes, name, arrays=arrays, datasets=datasets, train_weights=train_weights)
     result = trainer.fit()
     best = result.get_best_checkpoint(metric="val_loss", mode="min")
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)

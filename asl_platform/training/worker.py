@@ -53,8 +53,10 @@ def _sources(loop_config: dict, cfg: Config, rank: int, world: int, device: torc
         return train, ShardBatches(ray.train.get_dataset_shard("val"), batch_size, device)
     (x_train, y_train), (x_val, y_val) = ray.get(loop_config["train"]), ray.get(loop_config["val"])
     usable = len(y_train) // world * world  # equal shards: DDP needs the same number of steps on every worker
+    weights = loop_config.get("train_weights")
     train = ArrayBatches(x_train[rank:usable:world], y_train[rank:usable:world], batch_size, device, shuffle=True,
-                         seed=cfg.train.seed, noise=setup.feature_noise(cfg, kind))
+                         seed=cfg.train.seed, noise=setup.feature_noise(cfg, kind),
+                         weights=None if weights is None else ray.get(weights)[rank:usable:world])
     return train, ArrayBatches(x_val, y_val, evaluation_batch_size(x_val), device)
 
 

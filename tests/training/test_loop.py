@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from asl_platform.model import build_head
@@ -95,3 +96,18 @@ def test_array_batches_reshuffle_per_epoch_repeatably_and_add_noise_only_when_as
     noisy = next(iter(ArrayBatches(activations, np.zeros(6), 6, CPU, noise=0.1).batches(1)))[0]
     assert noisy.dtype == torch.float32 and not torch.all(noisy == 1)
     assert torch.all(noisy == noisy[:, :, :1, :1])  # one factor per example and channel, not per pixel
+
+
+def test_weighted_rows_are_drawn_in_proportion_to_their_weights_repeatably():
+    """Training rows with weights (data.balance_sources): an epoch draws as many rows as there are, with
+    replacement, each row as often as its weight says; seeded like the shuffle."""
+    y = np.asarray([0] * 90 + [1] * 10)
+    x = np.zeros((100, 2), dtype=np.float32)
+    weights = np.where(y == 0, 1 / 90, 1 / 10)  # the two groups weigh the same
+    batches = ArrayBatches(x, y, 50, CPU, shuffle=True, seed=2, weights=weights)
+    drawn = torch.cat([labels for epoch in range(20) for _, labels in batches.batches(epoch)])
+    assert len(drawn) == 2000 and abs(float(drawn.float().mean()) - 0.5) < 0.05
+    first = lambda source: torch.cat([labels for _, labels in source.batches(3)]).tolist()  # noqa: E731
+    assert first(batches) == first(ArrayBatches(x, y, 50, CPU, shuffle=True, seed=2, weights=weights))
+    with pytest.raises(ValueError, match="one per row"):
+        ArrayBatches(x, y, 50, CPU, weights=weights)  # unshuffled (evaluation) batches take no weights

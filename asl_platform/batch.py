@@ -284,9 +284,9 @@ class BatchJob:
     def _classify(self, paths: list[str]) -> BatchResult:
         """One part: Ray Data inference, a new Parquet part, the combined CSV rewritten."""
         started = time.perf_counter()
-        probabilities, errors, found = predict_paths_with_hands(self.model_dir, paths, batch_size=self.batch_size,
-                                                                max_bytes=DEFAULT_MAX_BYTES, use_gpu=self.use_gpu,
-                                                                inference=self.inference)
+        probabilities, errors, found, _ = predict_paths_with_hands(self.model_dir, paths, batch_size=self.batch_size,
+                                                                   max_bytes=DEFAULT_MAX_BYTES, use_gpu=self.use_gpu,
+                                                                   inference=self.inference)
         table = prediction_table(paths, probabilities, errors, self.classes, self.model_version, found)
         part = self.store.write_part(table)
         self.done.update(paths)  # published: never again, even if the CSV append below fails

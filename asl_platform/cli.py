@@ -85,9 +85,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         output = resolve_model_dir(location) / "eval"
     report = evaluate_folder(location, args.data[0] if len(args.data) == 1 else args.data, split=args.split, output_dir=output,
-                             use_gpu=args.use_gpu, inference=_inference(args))
+                             use_gpu=args.use_gpu, inference=_inference(args), calibration_shots=args.calibration_shots,
+                             calibration_draws=args.calibration_draws)
     print(f"\n{report['images']} images: accuracy {report['accuracy']:.2%}, loss {report['loss']:.4f}, "
           f"macro F1 {report['macro_f1']:.4f}")
+    if "coverage" in report:
+        print(f"confident answers (probability >= {report['confidence_threshold']:.2f}): "
+              f"{report['confident_accuracy']:.2%} right, {report['coverage']:.1%} of the images")
+    if "calibration" in report:
+        calibration = report["calibration"]
+        print(f"calibrated with {calibration['shots']} image(s) per letter per {calibration['calibrated_per']} "
+              f"(mean of {calibration['draws']} draws): {calibration['accuracy']:.2%} (model alone "
+              f"{calibration['accuracy_uncalibrated']:.2%} on the same {calibration['images_answered']} images)"
+              + (f"; mean person {calibration['mean_person']:.2%}, worst {calibration['worst_person']} "
+                 f"{calibration['worst_person_accuracy']:.2%}" if "mean_person" in calibration else ""))
     print("report: " + ", ".join(str(path) for path in report.get("files", {}).values()))
     return 0
 
@@ -155,6 +166,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {text})")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not 0 <= value < float("inf"):
@@ -186,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="'test': only the held-out test split of the model's training data; 'all': every image")
     evaluate.add_argument("--output", help="report folder (default: <model>/eval; ./eval/<name>-<version> for a remote model)")
     evaluate.add_argument("--use-gpu", action="store_true", help="run inference on GPUs (one per actor)")
+    evaluate.add_argument("--calibration-shots", type=_non_negative_int, default=0, metavar="K",
+                          help="also calibrate to each person (file names <person>-<n>.jpg; else the whole folder) "
+                               "with K of their images per letter and score the rest (hand-aware models)")
+    evaluate.add_argument("--calibration-draws", type=_positive_int, default=5,
+                          help="how many random draws of the calibration images to average (default 5)")
     _add_inference_arguments(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
     serve = commands.add_parser("serve", help="HTTP API (/predict, /docs) and Gradio demo (/demo) on local Ray Serve")

@@ -14,6 +14,7 @@ import logging
 import math
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from asl_platform.config import DataConfig, InferenceConfig
 from asl_platform.data import (
     DataError, ImageIndex, is_remote, list_images, list_sources, merge_sources, strip_file_scheme, summarize_errors,
 )
+from asl_platform.errors import UserError
 from asl_platform.model import ModelCard
 from asl_platform.model.predictor import choose_runtime
 
@@ -301,10 +303,11 @@ def predict_paths(
 
 
 def landmark_answers(model_dir: str | Path, paths: list[str], batch_size: int = 64,
-                     max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                     max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """A hand-aware model's hand side on ``paths``: the hands stage (MediaPipe with the model's
     detection settings) and the landmark model. Per path: hand found, landmark probabilities (zeros
-    without a hand) and the detection error ("" when the file was read)."""
+    without a hand), the landmark rows (``hands.landmark_inputs``) and the detection error ("" when
+    the file was read)."""
     import torch
 
     from asl_platform.hands import detect_hands
@@ -321,20 +324,30 @@ def landmark_answers(model_dir: str | Path, paths: list[str], batch_size: int = 
     order = np.asarray([row[str(p)] for p in paths], dtype=np.int64)
     found = hands.found[order] & hands.valid[order]
     landmarks = np.zeros((len(paths), len(card.classes)), np.float32)
+    rows = hands.inputs(order)
     if found.any():
         model = load_landmark_model(directory, card)
         with torch.inference_mode():
-            landmarks[found] = torch.softmax(model(torch.from_numpy(hands.inputs(order[found]))), 1).numpy()
-    return found, landmarks, [str(hands.errors[i]) for i in order]
+            landmarks[found] = torch.softmax(model(torch.from_numpy(rows[found])), 1).numpy()
+    return found, landmarks, rows, [str(hands.errors[i]) for i in order]
+
+
+class PathAnswers(NamedTuple):
+    """A model's answers on a list of paths: probabilities (NaN rows for unreadable files), an error
+    per path ("" when fine), and for a hand-aware model whether a hand was found and its landmark rows."""
+
+    probabilities: np.ndarray
+    errors: list[str]
+    found: np.ndarray | None = None
+    rows: np.ndarray | None = None
 
 
 def predict_paths_with_hands(
     model_dir: str | Path, paths: list[str], batch_size: int = 64, max_bytes: int = DEFAULT_MAX_BYTES,
     use_gpu: bool = False, inference: InferenceConfig | None = None,
-) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+) -> PathAnswers:
     """``predict_paths``, and for a hand-aware model the answer it gives: its image model, the hand
-    side (``landmark_answers``) and the card's fusion rule. The third value says per path whether a
-    hand was found (None for an image-only model)."""
+    side (``landmark_answers``) and the card's fusion rule."""
     from asl_platform.model import model_location, resolve_model_dir
     from asl_platform.model.fusion import fuse
 
@@ -342,13 +355,91 @@ def predict_paths_with_hands(
                                           inference=inference)
     card = ModelCard.load(resolve_model_dir(model_location(model_dir)))
     if card.kind != "hand_aware" or not len(paths):
-        return probabilities, errors, None
-    found, landmarks, hand_errors = landmark_answers(model_dir, paths, batch_size, max_bytes)
+        return PathAnswers(probabilities, errors)
+    found, landmarks, rows, hand_errors = landmark_answers(model_dir, paths, batch_size, max_bytes)
     errors = [e or (f"hand detection: {h}" if h else "") for e, h in zip(errors, hand_errors)]
     bad = np.asarray([bool(e) for e in errors], dtype=bool)
     fused = fuse(card.fusion.rule, np.nan_to_num(probabilities), landmarks, found, card.classes).astype(np.float32)
     fused[bad] = np.nan
-    return fused, errors, found
+    return PathAnswers(fused, errors, found, rows)
+
+
+def confident_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
+    """The honest "not sure": how right the confident answers are, and how many answers are confident."""
+    confident = probabilities.max(axis=1) >= threshold
+    right = probabilities.argmax(axis=1) == labels
+    return {"confidence_threshold": threshold, "coverage": float(confident.mean()) if len(labels) else float("nan"),
+            "confident_accuracy": float(right[confident].mean()) if confident.any() else float("nan")}
+
+
+PERSON_FILE = re.compile(r"^(.+)-\d+\.[A-Za-z0-9]+$")  # asl-people's <person>-<n>.jpg
+
+
+def people_of(paths: list[str]) -> np.ndarray | None:
+    """Whose image each path is, where every file name says (``<person>-<n>.<ext>``, two people or more)."""
+    matches = [PERSON_FILE.match(Path(path).name) for path in paths]
+    if not all(matches):
+        return None
+    people = np.asarray([match.group(1) for match in matches])
+    return people if len(set(people)) > 1 else None
+
+
+def calibration_metrics(model_dir: Path, labels: np.ndarray, answers: PathAnswers, paths: list[str], shots: int,
+                        draws: int = 5, seed: int = 0) -> dict:
+    """``evaluate --calibration-shots K``: K images per letter with a hand found, drawn from each person's
+    images (the file names' prefix; else from the whole folder), are that person's calibration; the rest
+    of their images are answered with it. Repeated over ``draws`` draws; the mean is reported beside the
+    model alone on the same images, with the confident answers' accuracy and coverage, per person too."""
+    from asl_platform.model import Predictor
+    from asl_platform.model.calibration import Calibration
+
+    predictor = Predictor(model_dir)
+    if not predictor.hand_aware:
+        raise UserError("--calibration-shots needs a hand-aware model (model.kind=hand_aware)")
+    confidence = predictor.card.confidence
+    people = people_of(paths)
+    groups = people if people is not None else np.zeros(len(paths), dtype=int)
+    usable = np.asarray([not e for e in answers.errors], dtype=bool)
+    found = answers.found & usable
+    runs = []
+    for draw in range(draws):
+        rng = np.random.default_rng(seed + draw)
+        calibrated = np.array(answers.probabilities, copy=True)
+        is_calibrated, queried = np.zeros(len(labels), bool), usable.copy()
+        per_person = {}
+        for group in np.unique(groups):
+            members = groups == group
+            chosen = []
+            for label in np.unique(labels[members & found]):
+                candidates = np.flatnonzero(members & found & (labels == label))
+                chosen.extend(rng.choice(candidates, min(shots, len(candidates) - 1), replace=False)
+                              if len(candidates) > 1 else [])
+            queried[chosen] = False
+            rest = np.flatnonzero(members & found & queried)
+            if chosen and len(rest):
+                calibrated[rest] = predictor.predict_calibrated(answers.rows[rest],
+                                                                Calibration(answers.rows[chosen], labels[chosen]))
+                is_calibrated[rest] = True
+            mine = members & queried
+            if mine.any():
+                per_person[str(group)] = float(np.mean(calibrated[mine].argmax(1) == labels[mine]))
+        right = calibrated[queried].argmax(1) == labels[queried]
+        base = answers.probabilities[queried].argmax(1) == labels[queried]
+        run = {"accuracy": float(right.mean()), "accuracy_uncalibrated": float(base.mean()), "per_person": per_person}
+        if confidence is not None:
+            confident = calibrated[queried].max(1) >= confidence.threshold
+            run["coverage"] = float(confident.mean())
+            run["confident_accuracy"] = float(right[confident].mean()) if confident.any() else float("nan")
+        runs.append(run)
+    result = {key: float(np.mean([run[key] for run in runs])) for key in runs[0] if key != "per_person"}
+    persons = {person: float(np.mean([run["per_person"].get(person, np.nan) for run in runs]))
+               for person in runs[0]["per_person"]}
+    result.update(shots=shots, draws=draws, calibrated_per="person (file-name prefix)" if people is not None else
+                  "the whole folder", images_answered=int(queried.sum()))
+    if people is not None:
+        result.update(per_person=persons, mean_person=float(np.mean(list(persons.values()))),
+                      worst_person=min(persons, key=persons.get), worst_person_accuracy=min(persons.values()))
+    return result
 
 
 def hand_metrics(labels: np.ndarray, probabilities: np.ndarray, found: np.ndarray, classes: list[str]) -> dict:
@@ -433,9 +524,12 @@ def evaluate_folder(
     name: str | None = None,
     use_gpu: bool = False,
     inference: InferenceConfig | None = None,
+    calibration_shots: int = 0,
+    calibration_draws: int = 5,
 ) -> dict:
     """Evaluate a model on an image folder (``split="test"``: only the held-out images of training);
-    ``use_gpu`` runs each inference actor on a GPU, ``inference`` says which runtime.
+    ``use_gpu`` runs each inference actor on a GPU, ``inference`` says which runtime; with
+    ``calibration_shots`` also calibrated to each person (``calibration_metrics``).
 
     Data classes join model classes by name; unknown classes, model classes without images and
     unreadable files are listed in the report rather than dropped quietly.
@@ -490,9 +584,9 @@ def evaluate_folder(
                         f"folder classes: {', '.join(listing.classes)}; model classes: {', '.join(classes)}")
 
     logger.info("evaluating %s on %d image(s) from %s (split %s)", model_dir, len(paths), data_root, split)
-    probabilities, errors, found = predict_paths_with_hands(location, paths, batch_size=data_cfg["batch_size"],
-                                                            max_bytes=data_cfg["max_image_bytes"], use_gpu=use_gpu,
-                                                            inference=inference)
+    answers = predict_paths_with_hands(location, paths, batch_size=data_cfg["batch_size"],
+                                       max_bytes=data_cfg["max_image_bytes"], use_gpu=use_gpu, inference=inference)
+    probabilities, errors, found = answers.probabilities, answers.errors, answers.found
     good = np.asarray([not e for e in errors], dtype=bool)
     skipped_files = [{"path": p, "error": e} for p, e in zip(paths, errors) if e]
     (logger.warning if skipped_files else logger.info)(summarize_errors(paths, errors))
@@ -502,6 +596,11 @@ def evaluate_folder(
     report = compute_report(labels[good], probabilities[good], classes)
     if found is not None:
         report["hands"] = hand_metrics(labels[good], probabilities[good], found[good], classes)
+    if card.confidence is not None:
+        report.update(confident_metrics(labels[good], probabilities[good], card.confidence.threshold))
+    if calibration_shots:
+        report["calibration"] = calibration_metrics(model_dir, labels, answers, paths, calibration_shots,
+                                                    calibration_draws)
     report.update({
         "model_dir": str(model_dir),
         "model_version": card.version,
@@ -512,9 +611,18 @@ def evaluate_folder(
         "skipped_classes": skipped_classes,
         "skipped_files": skipped_files,
     })
-    logger.info("%s: accuracy %.2f%%, loss %.4f, macro F1 %.4f on %d image(s)%s", _default_name(data_root, split),
+    logger.info("%s: accuracy %.2f%%, loss %.4f, macro F1 %.4f on %d image(s)%s%s", _default_name(data_root, split),
                 100 * report["accuracy"], report["loss"], report["macro_f1"], report["images"],
-                f"; hand found in {report['hands']['hand_found']:.1%}" if "hands" in report else "")
+                f"; hand found in {report['hands']['hand_found']:.1%}" if "hands" in report else "",
+                f"; confident answers {report['confident_accuracy']:.2%} right, covering {report['coverage']:.1%}"
+                if "coverage" in report else "")
+    if "calibration" in report:
+        calibration = report["calibration"]
+        logger.info("calibrated with %d shot(s) per letter (per %s, mean of %d draws): accuracy %.2f%% (model alone "
+                    "%.2f%% on the same images)%s", calibration["shots"], calibration["calibrated_per"],
+                    calibration["draws"], 100 * calibration["accuracy"], 100 * calibration["accuracy_uncalibrated"],
+                    f"; mean person {calibration['mean_person']:.2%}, worst {calibration['worst_person']} "
+                    f"{calibration['worst_person_accuracy']:.2%}" if "mean_person" in calibration else "")
     if output_dir is not None:
         name = name or _default_name(data_root, split)
         title = f"Evaluation of {card.version or model_dir.name} on {Path(str(data_root).rstrip('/')).name or data_root} ({split})"

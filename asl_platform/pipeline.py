@@ -27,7 +27,10 @@ from asl_platform.model.card import OnnxCard
 from asl_platform.model.landmarks import save_landmark_weights
 from asl_platform.onnx_export import export_onnx, labelled
 from asl_platform.prepare import PreparedData, StageProgress, prepare_data, start_run
-from asl_platform.selection import export_shapes, fusion_scores, make_hand_aware, score_cross_domain
+from asl_platform.selection import (
+    confidence_card, export_shapes, make_hand_aware, probabilities, score_cross_domain, split_answers,
+    validation_set,
+)
 from asl_platform.training import setup
 from asl_platform.training.loop import evaluate
 from asl_platform.training.search import (
@@ -62,9 +65,11 @@ def search(cfg: Config, prepared: PreparedData, progress: StageProgress, run_dir
         if kind == "images":
             data = {"kind": "images", "train_files": prepared.files("train"), "val_files": prepared.files("val")}
         elif kind == "landmarks":
-            data = {"kind": "landmarks", "train": prepared.landmarks("train"), "val": prepared.landmarks("val")}
+            data = {"kind": "landmarks", "train": prepared.landmarks("train"), "val": prepared.landmarks("val"),
+                    "train_weights": prepared.source_weights("train", "landmarks")}
         else:
-            data = {"kind": "features", "train": prepared.features("train"), "val": prepared.features("val")}
+            data = {"kind": "features", "train": prepared.features("train"), "val": prepared.features("val"),
+                    "train_weights": prepared.source_weights("train")}
         data["num_classes"] = len(prepared.index.classes)
         best, rows, results = run_search(data, cfg, name, resume=resume)
         best_config_path = write_results(rows, best, run_dir / name)
@@ -151,10 +156,11 @@ def run_pipeline(cfg: Config) -> PipelineResult:
         # A unique name per invocation: a re-run must never pick up an old run's checkpoints.
         stamp = f"{datetime.now():%Y%m%d-%H%M%S-%f}"
         trained = run_training(best, kind, len(classes), f"retrain-{stamp}",
-                               arrays={"train": arrays("train"), "val": arrays("val")})
+                               arrays={"train": arrays("train"), "val": arrays("val")},
+                               train_weights=prepared.source_weights("train"))
         landmarks = run_training(best_landmarks, "landmarks", len(classes), f"retrain-landmarks-{stamp}",
-                                 arrays={"train": prepared.landmarks("train"), "val": prepared.landmarks("val")}
-                                 ) if hand_aware else None
+                                 arrays={"train": prepared.landmarks("train"), "val": prepared.landmarks("val")},
+                                 train_weights=prepared.source_weights("train", "landmarks")) if hand_aware else None
 
     with progress.stage("evaluate", "held-out test split" + (", every fusion rule" if hand_aware else "")):
         test = arrays("test")
@@ -165,8 +171,8 @@ def run_pipeline(cfg: Config) -> PipelineResult:
             "best_epoch": trained.best_metrics["epoch"], "epochs_run": len(trained.history),
             "skipped_files": prepared.skipped,
         }
-        split_scores = {split: fusion_scores(prepared, trained.model, landmarks.model, split)
-                        for split in ("val", "test")} if hand_aware else {}
+        answers = {split: split_answers(prepared, trained.model, landmarks.model, split)
+                   for split in ("val", "test")} if hand_aware else {}
 
     with progress.stage("export", "writing the model directory" + (", cross-domain scoring" if cross_index else "") + ", ONNX fp32 + int8 checked against torch"):
         if kind == "activations":  # the trained last stage goes into the pretrained backbone
@@ -179,11 +185,15 @@ def run_pipeline(cfg: Config) -> PipelineResult:
                                           checkpoint=trained.checkpoint_path)
         cross = score_cross_domain(cfg, model_dir, card, cross_index, landmarks and landmarks.model) if cross_index else None
         if hand_aware:
-            card = make_hand_aware(card, cfg, best_landmarks, prepared, split_scores, cross)
+            card = make_hand_aware(card, cfg, best_landmarks, prepared, answers, cross, landmarks.model)
             save_landmark_weights(landmarks.model, model_dir)
             card.hands.shapes = export_shapes(prepared, model_dir)
+        else:
+            inputs, labels = arrays("val")
+            card.confidence = confidence_card(probabilities(trained.model, inputs, len(classes)), labels,
+                                              prepared.source_weights("val"), validation_set(prepared))
         if cross is not None:
-            card.metrics.update(cross.metrics(card.fusion.rule if card.fusion else "image"))
+            card.metrics.update(cross.metrics(card.fusion.rule if card.fusion else "image", card.confidence.threshold))
         card.onnx = export_runtimes(cfg, model_dir, classifier, card, prepared, cross_index)
         card.save(model_dir)
         write_readme(model_dir, card)

@@ -237,3 +237,12 @@ def test_evaluate_use_gpu_reaches_the_inference_actors(tmp_path, tiny_model, mon
     assert main(["evaluate", "--model", str(tiny_model), "--data", str(root), "--output", str(tmp_path / "r")]) == 0
     assert asked == [True, False]
     assert json.loads((tmp_path / "r" / "data.json").read_text())["images"] == 2
+
+
+def test_whose_image_it_is_comes_from_the_file_name_when_every_name_says():
+    from asl_platform.evaluate import people_of
+
+    people = people_of(["p/A/mariia00-3.jpg", "p/B/mariia00-4.png", "p/A/adi3220-0.jpg"])
+    assert people.tolist() == ["mariia00", "mariia00", "adi3220"]
+    assert people_of(["w/A/mariia00-3.jpg", "w/A/photo.jpg"]) is None  # one name says nothing: the whole folder
+    assert people_of(["w/A/adi-1.jpg", "w/B/adi-2.jpg"]) is None  # one person: nothing to split by

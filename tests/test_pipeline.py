@@ -175,10 +175,11 @@ def test_cli_reports_missing_data_root_clearly(tmp_path):
 @pytest.mark.e2e
 @pytest.mark.own_ray
 @pytest.mark.real_data
-def test_hand_aware_pipeline_chooses_its_rule_cross_domain_and_every_tool_uses_it(tmp_path, asl_alphabet):
+def test_hand_aware_pipeline_chooses_on_validation_measures_cross_domain_and_every_tool_uses_it(tmp_path, asl_alphabet):
     """model.kind=hand_aware on real photos (a few per class): the hands stage, two ASHA searches,
-    two Ray Train retrains, every fusion rule scored on a cross-domain folder, the best one exported
-    and recorded; then evaluate and predict-batch answer as the card says, with hand numbers."""
+    two Ray Train retrains, every fusion rule scored on the validation split and the best one exported,
+    the "not sure" thresholds chosen there too, the cross-domain folder measured (never chosen on) and
+    recorded; then evaluate and predict-batch answer as the card says, with hand numbers."""
     from conftest import ASL_WEBCAM, require_dataset
     from asl_platform.model import ModelCard
 
@@ -208,9 +209,16 @@ def test_hand_aware_pipeline_chooses_its_rule_cross_domain_and_every_tool_uses_i
     assert card.fusion.scores[card.fusion.rule] == max(card.fusion.scores.values())
     assert {"lr", "batch_size", "hidden_size"} <= set(card.hands.searched)  # the landmark search's own choice
     assert card.hands.head.hidden_size == card.hands.searched["hidden_size"]
-    assert "cross-domain" in card.fusion.selected_on and "36 images" in card.fusion.selected_on
+    assert card.fusion.selected_on == "validation split"  # one training folder: every image counts once
+    assert set(card.fusion.cross_domain_scores) == set(card.fusion.scores)  # measured, for the record
     metrics = card.metrics
-    assert metrics["cross_domain_accuracy"] == pytest.approx(card.fusion.scores[card.fusion.rule])
+    assert metrics["cross_domain_accuracy"] == pytest.approx(card.fusion.cross_domain_scores[card.fusion.rule])
+    confidence = card.confidence
+    assert 0 <= confidence.threshold < 1 and confidence.target_precision == 0.98 and "validation" in confidence.chosen_on
+    # 8 images per class leave a hand or two per letter in the validation split: too few for a simulated
+    # calibration of SIMULATED_SHOTS per letter, so the card says nothing and serving uses the default.
+    assert confidence.temperature is confidence.calibrated_coverage is confidence.calibrated_precision is None
+    assert 0 <= metrics["cross_domain_coverage"] <= 1
     assert metrics["cross_domain_images"] == 36 and 0 < metrics["cross_domain_hand_found"] <= 1
     assert {"test_accuracy", "test_accuracy_image", "test_hand_found"} <= set(metrics)
     assert card.hands.detection_rate.get("nothing", 0.0) <= 0.5
@@ -223,13 +231,22 @@ def test_hand_aware_pipeline_chooses_its_rule_cross_domain_and_every_tool_uses_i
     readme = (model_dir / "README.md").read_text()
     assert "Hand-aware" in readme and "cross-domain (other people)" in readme
 
-    # evaluate: the answer of the exported rule, with detection rates and accuracy with/without a hand.
+    # evaluate: the answer of the exported rule, with detection rates and accuracy with/without a hand, the
+    # confident answers, and a calibration of 2 images per letter (the folder names no person: all of it).
     report_dir = tmp_path / "eval"
     evaluated = run_cli("evaluate", "--model", str(model_dir), "--data", str(cross), "--output", str(report_dir),
-                        cwd=tmp_path)
+                        "--calibration-shots", "2", "--calibration-draws", "3", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-4000:]
     report = json.loads(next(report_dir.glob("*.json")).read_text())
     assert report["accuracy"] == pytest.approx(metrics["cross_domain_accuracy"], abs=1e-9)  # the same answers
+    assert report["coverage"] == pytest.approx(metrics["cross_domain_coverage"], abs=1e-9)
+    assert report["confidence_threshold"] == confidence.threshold
+    calibration = report["calibration"]
+    assert (calibration["shots"], calibration["draws"], calibration["calibrated_per"]) == (2, 3, "the whole folder")
+    found_per_class = [round(r * 6) for name, r in report["hands"]["detection_rate"].items()]
+    assert calibration["images_answered"] == 36 - sum(min(2, n - 1) for n in found_per_class if n > 1)
+    assert 0 <= calibration["accuracy"] <= 1 and 0 <= calibration["accuracy_uncalibrated"] <= 1
+    assert "calibrated with 2 image(s) per letter" in evaluated.stdout
     hands = report["hands"]
     assert hands["hand_found"] == pytest.approx(metrics["cross_domain_hand_found"], abs=1e-9)
     assert hands["images_with_hand"] + hands["images_without_hand"] == 36

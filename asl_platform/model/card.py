@@ -19,7 +19,9 @@ from asl_platform.data import Preprocessing
 from asl_platform.errors import UserError
 
 CARD_FILE = "model.json"
-FORMAT_VERSION = 3  # 3: hand-aware models (kind, hands, fusion) and ONNX files (onnx); 2 and 1 are upgraded on load
+# 4: confidence (the "not sure" thresholds), fusion.cross_domain_scores; 3: hand-aware models (kind, hands, fusion)
+# and ONNX files (onnx); 3, 2 and 1 are upgraded on load
+FORMAT_VERSION = 4
 
 
 class ModelCardError(UserError):
@@ -101,8 +103,29 @@ class FusionCard(_Record):
     """Which combination of the two models answers, and why it was chosen."""
 
     rule: Literal["image", "landmarks|nothing", "landmarks|image", "average|image"]
-    selected_on: str = Field(description="what the rules were scored on (the cross-domain folder, or the validation split)")
+    selected_on: str = Field(description="what the rules were scored on (the validation split; models before "
+                                         "format 4: the cross-domain folder when there was one)")
     scores: dict[str, float] = Field(default_factory=dict, description="accuracy of every rule on that set")
+    cross_domain_scores: dict[str, float] = Field(default_factory=dict, description="every rule on the cross-domain "
+                                                  "folder, for the record (never used to choose)")
+
+
+class ConfidenceCard(_Record):
+    """When an answer counts as confident ("not sure" below): thresholds chosen on data the model was
+    not trained on (``asl_platform.model.calibration``)."""
+
+    threshold: float = Field(ge=0, le=1, description="the model's own answers: confident at or above this probability")
+    target_precision: float = Field(gt=0, le=1, description="what the threshold was chosen for: the share of confident "
+                                                            "answers that are right")
+    chosen_on: str = Field(description="the data the thresholds were chosen on, and how")
+    precision: float = Field(description="the share of confident answers right there")
+    coverage: float = Field(description="the share of answers confident there")
+    temperature: float | None = Field(default=None, gt=0, description="of calibrated answers' probabilities (a "
+                                      "hand-aware model), fitted on a simulated calibration of the validation split, "
+                                      "which puts them on the scale the one threshold was chosen on")
+    calibrated_precision: float | None = Field(default=None, description="the simulated calibration's confident "
+                                               "answers right, at the threshold")
+    calibrated_coverage: float | None = None
 
 
 class RuntimeScores(_Record):
@@ -142,6 +165,8 @@ class ModelCard(_Record):
     kind: Literal["image", "hand_aware"] = "image"
     hands: HandsCard | None = None
     fusion: FusionCard | None = None
+    confidence: ConfidenceCard | None = Field(default=None, description="None: exported before format 4 (serving "
+                                              "then uses serve.spell_min_probability)")
     onnx: OnnxCard | None = Field(default=None, description="None: exported before ONNX export (converted on load)")
     metrics: dict[str, float | int] = Field(default_factory=dict)
     data: DataCard | None = None
@@ -196,7 +221,10 @@ class ModelCard(_Record):
                                  "the file was edited or written by another tool")
         if version < 2:
             raw = _upgrade_v1(raw)
-        raw = {**raw, "format_version": FORMAT_VERSION}  # 2 -> 3 only added optional fields
+        if version < 4 and any(key in raw for key in ("confidence",)):
+            raise ModelCardError(f"{source}: format_version {version} has no confidence field; "
+                                 "the file was edited or written by another tool")
+        raw = {**raw, "format_version": FORMAT_VERSION}  # 2 -> 3 -> 4 only added optional fields
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:

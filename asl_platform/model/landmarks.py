@@ -24,6 +24,10 @@ class LandmarkClassifier(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(inputs))
 
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The hidden layer (after its ReLU): where personal calibration compares hands."""
+        return self.head[1](self.head[0](self.features(inputs)))
+
 
 def save_landmark_weights(model: LandmarkClassifier, directory) -> None:
     from safetensors.torch import save_file

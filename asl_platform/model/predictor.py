@@ -6,7 +6,8 @@ The image model runs through ONNX Runtime (fp32, or int8 where the card allows i
 existed is converted on load.
 
 A hand-aware folder also detects the hand (MediaPipe, with the settings it was trained with), runs
-the landmark model on it and combines both models by the card's fusion rule.
+the landmark model on it and combines both models by the card's fusion rule. Given a person's
+calibration (``model.calibration``), an image with a hand found is answered from their own shots.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from PIL import Image
 
 from asl_platform.config import ConfigError, InferenceConfig
 from asl_platform.data import normalize_batch, resize_for_model
+from asl_platform.model.calibration import Calibration, distance_probabilities, shot_distances, with_typical_hands
 from asl_platform.model.card import ModelCard
 from asl_platform.model.fusion import fuse
 from asl_platform.model.onnx import FP32_FILE, OnnxImageModel, to_onnx
@@ -65,6 +67,7 @@ class Predictor:
         self.preprocessing = self.card.prep
         self.hand_aware = self.card.kind == "hand_aware"
         self.landmark_model = load_landmark_model(directory, self.card) if self.hand_aware else None
+        self.typical_hands = _typical_hands(directory, self.classes) if self.hand_aware else None
         self._detector = None
         self._detector_lock = threading.Lock()  # one MediaPipe graph, callers on several threads
 
@@ -117,14 +120,37 @@ class Predictor:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return torch.softmax(self.landmark_model(torch.from_numpy(np.asarray(inputs, np.float32))), dim=1).numpy()
 
-    def combine(self, image_probs: np.ndarray, landmark_inputs: np.ndarray, found: np.ndarray) -> np.ndarray:
-        """The answer of a hand-aware model from the image model's probabilities and the hands."""
+    @torch.inference_mode()
+    def embed_landmarks(self, inputs: np.ndarray) -> np.ndarray:
+        """(N, 64) landmark rows -> the landmark model's hidden layer, where calibration compares hands."""
+        return self.landmark_model.embed(torch.from_numpy(np.asarray(inputs, np.float32))).numpy()
+
+    def predict_calibrated(self, inputs: np.ndarray, calibration: Calibration) -> np.ndarray:
+        """(N, 64) landmark rows of one person -> probabilities from the nearest of their shots per letter
+        (the typical hand for a letter they did not calibrate), at the card's fitted temperature."""
+        if not self.hand_aware:
+            raise ValueError("calibration needs a hand-aware model (model.kind=hand_aware)")
+        if not len(inputs):
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        reference = with_typical_hands(calibration, self.typical_hands)
+        distances = shot_distances(self.embed_landmarks, reference, np.asarray(inputs, np.float32), len(self.classes))
+        confidence = self.card.confidence
+        return distance_probabilities(distances, confidence.temperature if confidence and confidence.temperature
+                                      else DEFAULT_TEMPERATURE)
+
+    def combine(self, image_probs: np.ndarray, landmark_inputs: np.ndarray, found: np.ndarray,
+                calibrations: list[Calibration | None] | None = None) -> np.ndarray:
+        """The answer of a hand-aware model from the image model's probabilities and the hands; where an
+        image comes with its person's calibration and a hand was found, the calibrated answer."""
         if not self.hand_aware:
             return image_probs
         found = np.asarray(found, dtype=bool)
         landmark_probs = np.zeros_like(image_probs)
         landmark_probs[found] = self.predict_landmarks(landmark_inputs[found])
-        return fuse(self.card.fusion.rule, image_probs, landmark_probs, found, self.classes)
+        answers = fuse(self.card.fusion.rule, image_probs, landmark_probs, found, self.classes)
+        for calibration, rows in _by_calibration(calibrations, found):
+            answers[rows] = self.predict_calibrated(landmark_inputs[rows], calibration)
+        return answers
 
     def predict_with_hands(self, images: list[Image.Image]) -> tuple[np.ndarray, list]:
         """RGB images -> probabilities and, per image, the ``Hand`` found (or None; always None for
@@ -145,7 +171,8 @@ class Predictor:
         hands = self.detect(detection_images)
         return self.combine_with_hands(image_probs, hands), hands
 
-    def combine_with_hands(self, image_probs: np.ndarray, hands: list) -> np.ndarray:
+    def combine_with_hands(self, image_probs: np.ndarray, hands: list,
+                           calibrations: list[Calibration | None] | None = None) -> np.ndarray:
         """``combine`` from the ``Hand`` (or None) found in each image."""
         from asl_platform.hands.stage import landmark_inputs
 
@@ -155,7 +182,7 @@ class Predictor:
             else np.zeros((0, 21, 3), np.float32),
             np.asarray([1.0 if h is not None and h.handedness == "Right" else 0.0 for h in hands], np.float32),
         )
-        return self.combine(image_probs, rows, found)
+        return self.combine(image_probs, rows, found, calibrations)
 
     def predict_images(self, images: list) -> np.ndarray:
         return self.predict_with_hands(images)[0]
@@ -164,3 +191,26 @@ class Predictor:
         """uint8 NHWC batch at the model's input size (see ``resize_for_model``) -> the image model's
         probabilities (a hand-aware model needs the images themselves: ``predict_with_hands``)."""
         return self.predict_arrays(normalize_batch(batch, self.preprocessing))
+
+
+DEFAULT_TEMPERATURE = 0.25  # of calibrated answers, for a card from before their temperature was fitted (format 4)
+
+
+def _typical_hands(directory: Path, classes: list[str]) -> Calibration:
+    """Each letter's typical hand (``hand_shapes.json``) as a landmark row: what calibration falls back
+    on for a letter the person did not calibrate."""
+    from asl_platform.hands.shapes import load_shapes
+
+    shapes = load_shapes(directory)
+    rows = [np.append(shape.points.reshape(-1), 1.0) for shape in shapes.values()]  # canonical: a right hand
+    return Calibration(np.asarray(rows, np.float32).reshape(-1, 64),
+                       np.asarray([classes.index(name) for name in shapes], np.int64))
+
+
+def _by_calibration(calibrations: list[Calibration | None] | None, found: np.ndarray):
+    """(calibration, row indices) for each distinct calibration among the images with a hand found."""
+    groups: dict[int, tuple[Calibration, list[int]]] = {}
+    for row, calibration in enumerate(calibrations or []):
+        if calibration is not None and found[row]:
+            groups.setdefault(id(calibration), (calibration, []))[1].append(row)
+    return [(calibration, np.asarray(rows)) for calibration, rows in groups.values()]

@@ -15,16 +15,20 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from asl_platform.config import ServeConfig
-from asl_platform.serving.backends import Backend, Prediction
+from asl_platform.model.calibration import MAX_SHOTS_PER_LETTER
+from asl_platform.serving.backends import Backend, Prediction, confidence_threshold
+from asl_platform.serving.calibration import build_profile, checked_calibration
 from asl_platform.serving.contract import (
-    BatchAnswer, HealthAnswer, ModelInfo, PracticeCatalogue, PracticeVerdict, PredictAnswer, answers, image_body,
+    BatchAnswer, CalibrationAnswer, HealthAnswer, ModelInfo, PracticeCatalogue, PracticeVerdict, PredictAnswer, answers,
+    calibration_body, image_body, profile_schema,
 )
 from asl_platform.serving.demo import SPELLING_KEYS, mount_demo
 from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, accepted_labels, draw_shape
 from asl_platform.serving.metrics import RequestMetrics, ServingMetrics
 from asl_platform.serving.practice import check, model_shapes, practice_letters
 from asl_platform.serving.protocol import (
-    ApiError, BodySizeLimit, error_response, install_error_handlers, read_uploads, top_predictions,
+    ApiError, BodySizeLimit, error_response, install_error_handlers, load_json, media_type, read_body,
+    read_labelled_images, read_uploads, top_predictions,
 )
 
 # multipart framing around a max-sized Gradio upload (its own per-file limit is max_request_bytes)
@@ -50,13 +54,17 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     def answer(prediction: Prediction, k: int) -> dict:
         top = top_predictions(prediction.probabilities, classes, k)
         metrics.prediction(top[0]["label"], prediction.hand)
-        return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top, "hand": prediction.hand}
+        threshold = confidence_threshold(info, settings.spell_min_probability)
+        return {"label": top[0]["label"], "probability": top[0]["probability"],
+                "confident": top[0]["probability"] >= threshold, "calibrated": prediction.calibrated,
+                "top_k": top, "hand": prediction.hand}
 
     def elapsed_ms(started: float) -> float:
         return round((time.perf_counter() - started) * 1000, 2)
 
     default_top_k = min(settings.top_k, len(classes))  # a default above the schema's own maximum would be refused
-    one_image = image_body(batch=False, max_images=1)
+    profile = profile_schema(info) if info.get("kind") == "hand_aware" else None
+    one_image = image_body(batch=False, max_images=1, profile=profile)
     image_errors = (400, 413, 415, 422, 503)
 
     @app.post("/predict", summary="Classify one image (raw body, multipart 'file', or JSON {'image': base64})",
@@ -64,21 +72,21 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     async def predict(request: Request, top_k: int = Query(default_top_k, ge=1, le=len(classes))) -> dict:
         started = time.perf_counter()
         with metrics.timed("read"):
-            (upload,) = await read_uploads(request, settings, batch=False)
-        (result,) = await backend.classify([upload.data])
+            read = await read_uploads(request, settings, batch=False)
+        (result,) = await backend.classify([read.uploads[0].data], checked_calibration(read.profile, info))
         if isinstance(result, ApiError):
             raise result
         return {**answer(result, top_k), "model": model_ref, "elapsed_ms": elapsed_ms(started)}
 
     @app.post("/predict/batch", summary="Classify several images (multipart files, or JSON {'images': [base64]})",
               response_model=None, responses=answers(BatchAnswer, *image_errors),
-              openapi_extra=image_body(batch=True, max_images=settings.max_batch_images))
+              openapi_extra=image_body(batch=True, max_images=settings.max_batch_images, profile=profile))
     async def predict_batch(request: Request, top_k: int = Query(default_top_k, ge=1, le=len(classes))) -> dict:
         started = time.perf_counter()
         with metrics.timed("read"):
-            uploads = await read_uploads(request, settings, batch=True)
-        results = []
-        outcomes = await backend.classify([u.data for u in uploads])
+            read = await read_uploads(request, settings, batch=True)
+        uploads, results = read.uploads, []
+        outcomes = await backend.classify([u.data for u in uploads], checked_calibration(read.profile, info))
         for upload, result in zip(uploads, outcomes):
             item = {"error": result.to_dict()} if isinstance(result, ApiError) else answer(result, top_k)
             results.append({"filename": upload.filename, **item} if upload.filename else item)
@@ -138,13 +146,28 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
         if target not in letters:
             raise ApiError(422, "invalid_parameter", f"target: {target!r} is not a letter of this model "
                            f"({', '.join(letters)})")
-        (upload,) = await read_uploads(request, settings, batch=False)
-        (result,) = await backend.classify([upload.data])
+        read = await read_uploads(request, settings, batch=False)
+        (result,) = await backend.classify([read.uploads[0].data], checked_calibration(read.profile, info))
         if isinstance(result, ApiError):
             raise result
         top = answer(result, 3)
-        return {**check(top["label"], top["probability"], result.hand, target, shapes, settings.spell_min_probability),
-                "top_k": top["top_k"], "hand": result.hand, "model": model_ref}
+        return {**check(top["label"], top["probability"], top["confident"], result.hand, target, shapes,
+                        settings.spell_min_probability),
+                "calibrated": top["calibrated"], "top_k": top["top_k"], "hand": result.hand, "model": model_ref}
+
+    if info.get("kind") == "hand_aware":  # calibration reads hands: an image-only model has no such route
+        max_calibration_images = MAX_SHOTS_PER_LETTER * len(letters)
+
+        @app.post("/v1/calibration", summary="Calibrate to one person: labelled images of their signs -> their profile",
+                  response_model=None, responses=answers(CalibrationAnswer, 400, 413, 415, 422, 503),
+                  openapi_extra=calibration_body(letters, max_calibration_images))
+        async def calibration(request: Request) -> dict:
+            if media_type(request) != "application/json":
+                raise ApiError(415, "unsupported_media_type", 'send application/json: {"images": [{"letter": ..., '
+                               '"image": base64}, ...]}')
+            body = await read_body(request, settings.max_request_bytes)
+            labelled = read_labelled_images(load_json(body), letters, max_calibration_images)
+            return {**await build_profile(backend, labelled), "model": model_ref}
 
     add_docs(app)
 

@@ -20,6 +20,7 @@ from asl_platform.data import oriented_size
 from asl_platform.hands.detect import no_hand_json
 from asl_platform.hands.shapes import load_shapes
 from asl_platform.limits import MAX_IMAGE_PIXELS
+from asl_platform.model.calibration import Calibration
 from asl_platform.serving.metrics import ServingMetrics
 from asl_platform.serving.protocol import ApiError, decode_upload, prepare_image
 
@@ -52,6 +53,7 @@ def describe_model(model_dir: Path, card: ModelCard) -> dict:
         "metrics": dict(card.metrics),
         "kind": card.kind,
         "fusion": card.fusion.model_dump(mode="json") if card.fusion else None,
+        "confidence": card.confidence.model_dump(mode="json") if card.confidence else None,
         "created": card.created,
         "sha256": digest,
     }
@@ -59,10 +61,24 @@ def describe_model(model_dir: Path, card: ModelCard) -> dict:
 
 class Prediction(NamedTuple):
     """One classified image: class probabilities and, for a hand-aware model, the hand block
-    (``found``, box, landmarks, handedness; None for an image-only model, which looks for no hand)."""
+    (``found``, box, landmarks, handedness; None for an image-only model, which looks for no hand);
+    ``calibrated`` when the answer came from the person's calibration profile."""
 
     probabilities: np.ndarray
     hand: dict | None = None
+    calibrated: bool = False
+
+
+ImageInput = bytes | np.ndarray  # an encoded image, or uint8 pixels at the model's input size
+Item = ImageInput | tuple[ImageInput, Calibration]  # with the calibration of the person in it
+
+
+def confidence_threshold(info: dict, fallback: float) -> float:
+    """The probability at or above which an answer is confident (calibrated or not: calibrated answers
+    are put on the same scale): the model card's threshold, chosen on validation data at export;
+    ``fallback`` for a model exported before it had one (``serve.spell_min_probability``)."""
+    threshold = (info.get("confidence") or {}).get("threshold")
+    return fallback if threshold is None else float(threshold)
 
 
 class ImageClassifier:
@@ -86,11 +102,16 @@ class ImageClassifier:
         self.max_pixels = max_pixels
         self.metrics = ServingMetrics()
 
-    def __call__(self, items: list[bytes | np.ndarray]) -> list[Prediction | dict]:
-        prep, arrays, detection, sizes, results = self.predictor.preprocessing, [], [], [], []
+    def __call__(self, items: list[Item]) -> list[Prediction | dict]:
+        prep, arrays, detection, sizes, results, calibrations = self.predictor.preprocessing, [], [], [], [], []
         hand_aware = self.predictor.hand_aware
         decoding = time.perf_counter()
         for item in items:
+            item, calibration = item if isinstance(item, tuple) else (item, None)
+            if calibration is not None and not hand_aware:
+                results.append({"status": 422, "code": "calibration_unsupported", "message":
+                                "calibration needs a hand-aware model (model.kind=hand_aware); this one reads images only"})
+                continue
             try:
                 if isinstance(item, np.ndarray):  # already at the model's input size
                     arrays.append(item)
@@ -101,19 +122,22 @@ class ImageClassifier:
                     if hand_aware:  # as the hands stage decodes it, and the size to report hands in
                         detection.append(np.asarray(decode_upload(item, self.max_pixels)))
                         sizes.append(oriented_size(item))
+                calibrations.append(calibration)
                 results.append(None)
             except ApiError as exc:
                 results.append({"status": exc.status, **exc.to_dict()})
         self.metrics.observe("decode", time.perf_counter() - decoding)
         if not arrays:
             return results
-        probabilities, hands = self._classify(np.stack(arrays), detection)
-        answers = iter(Prediction(p, _hand_block(hand, image, size) if hand_aware else None)
-                       for p, hand, image, size in zip(probabilities, hands, detection or arrays, sizes or arrays))
+        probabilities, hands = self._classify(np.stack(arrays), detection, calibrations)
+        answers = iter(Prediction(p, _hand_block(hand, image, size) if hand_aware else None,
+                                  calibration is not None and hand is not None)
+                       for p, hand, image, size, calibration in zip(probabilities, hands, detection or arrays,
+                                                                    sizes or arrays, calibrations))
         return [next(answers) if result is None else result for result in results]
 
-
-    def _classify(self, batch: np.ndarray, detection: list[np.ndarray]) -> tuple[np.ndarray, list]:
+    def _classify(self, batch: np.ndarray, detection: list[np.ndarray],
+                  calibrations: list[Calibration | None]) -> tuple[np.ndarray, list]:
         """``Predictor.predict_uint8_with_hands``, one stage at a time so that each is timed."""
         predictor = self.predictor
         with self.metrics.timed("model"):
@@ -123,7 +147,7 @@ class ImageClassifier:
         with self.metrics.timed("hands"):
             hands = predictor.detect(detection)
         with self.metrics.timed("model"):
-            return predictor.combine_with_hands(image_probs, hands), hands
+            return predictor.combine_with_hands(image_probs, hands, calibrations), hands
 
 
 def _hand_block(hand, image: np.ndarray, size: tuple[int, int]) -> dict:
@@ -139,12 +163,17 @@ def as_result(result: Prediction | dict) -> Prediction | ApiError:
     return ApiError(result["status"], result["code"], result["message"]) if isinstance(result, dict) else result
 
 
+def with_calibration(items: list[ImageInput], calibration: Calibration | None) -> list[Item]:
+    return list(items) if calibration is None else [(item, calibration) for item in items]
+
+
 class Backend(Protocol):
-    """What the HTTP app needs from a model: its description, batched classification, and health."""
+    """What the HTTP app needs from a model: its description, batched classification (with one
+    person's calibration, or none), and health."""
 
     info: dict
 
-    async def classify(self, items: list[bytes | np.ndarray]) -> list[Prediction | ApiError]: ...
+    async def classify(self, items: list[ImageInput], calibration: Calibration | None = None) -> list[Prediction | ApiError]: ...
 
     async def health(self) -> dict | None:
         """None when the model cannot answer; else the settings it runs with now (may be empty)."""
@@ -157,8 +186,9 @@ class LocalBackend:
         self.classifier = ImageClassifier(model_dir, max_pixels=max_pixels, inference=inference)
         self.info = self.classifier.info
 
-    async def classify(self, items: list[bytes | np.ndarray]) -> list[Prediction | ApiError]:
-        return [as_result(result) for result in await asyncio.to_thread(self.classifier, items)]
+    async def classify(self, items: list[ImageInput], calibration: Calibration | None = None) -> list[Prediction | ApiError]:
+        return [as_result(result) for result in
+                await asyncio.to_thread(self.classifier, with_calibration(items, calibration))]
 
     async def health(self) -> dict | None:
         return {}  # no batching in-process
@@ -171,7 +201,7 @@ class HandleBackend:
     def __init__(self, handle: Any, info: dict, attempts: int = 3):
         self.handle, self.info, self.attempts = handle, info, attempts
 
-    async def _classify_one(self, item: bytes | np.ndarray) -> Prediction | ApiError:
+    async def _classify_one(self, item: Item) -> Prediction | ApiError:
         """Classification is idempotent, so a request caught on a replica that died is sent again
         (Serve routes it to a live or replacement replica): a crash costs latency, not answers."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -186,8 +216,8 @@ class HandleBackend:
                 await asyncio.sleep(0.2 * attempt)
         raise AssertionError("unreachable")
 
-    async def classify(self, items: list[bytes | np.ndarray]) -> list[Prediction | ApiError]:
-        return list(await asyncio.gather(*(self._classify_one(item) for item in items)))
+    async def classify(self, items: list[ImageInput], calibration: Calibration | None = None) -> list[Prediction | ApiError]:
+        return list(await asyncio.gather(*(self._classify_one(item) for item in with_calibration(items, calibration))))
 
     async def health(self) -> dict | None:
         try:

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from asl_platform.model.calibration import MAX_SHOTS_PER_LETTER
+
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp")
 _IMAGES = ", ".join(IMAGE_MEDIA_TYPES)
 _BINARY = {"type": "string", "format": "binary"}
@@ -62,6 +64,10 @@ class HandBlock(BaseModel):
 class Classification(BaseModel):
     label: str
     probability: float = Field(ge=0, le=1)
+    confident: bool = Field(description="the probability is at or above the model's confidence threshold (chosen "
+                                        "on validation data, recorded in its card: /v1/model 'confidence'); below "
+                                        "it, treat the answer as 'not sure'")
+    calibrated: bool = Field(description="answered from the calibration profile sent along (a hand was found)")
     top_k: list[LabelProbability]
     hand: HandBlock | None = Field(description="null for an image-only model, which looks for no hand")
 
@@ -102,6 +108,8 @@ class ModelInfo(BaseModel):
     preprocessing: dict[str, Any]
     metrics: dict[str, Any]
     fusion: dict[str, Any] | None
+    confidence: dict[str, Any] | None = Field(description="the 'not sure' thresholds and how they were chosen; "
+                                                          "null for a model exported before them")
     created: str | None
     sha256: str | None = Field(description="of the weights (and the fusion rule); null when not on disk")
     runtime: str = Field(description="what runs the image model: torch or onnxruntime (fp32 / int8)")
@@ -125,6 +133,8 @@ class PracticeVerdict(BaseModel):
     target: str
     label: str
     probability: float = Field(ge=0, le=1)
+    confident: bool = Field(description="sure enough to judge: an answer that is not is never correct")
+    calibrated: bool
     correct: bool
     looks_like: str | None
     hints: list[str] = Field(description="what to change, in plain words (at most two)")
@@ -135,11 +145,68 @@ class PracticeVerdict(BaseModel):
     model: ModelRef
 
 
+class LetterShots(BaseModel):
+    images: int = Field(ge=0, description="images of this letter sent")
+    shots: int = Field(ge=0, description="those with a hand found: the letter's shots in the profile")
+    unusable: int = Field(ge=0, description="not an image, or no hand found")
+
+
+class HeldOut(BaseModel):
+    images: int = Field(ge=1, description="one shot of each letter with two or more, kept out of the profile")
+    accuracy_before: float = Field(ge=0, le=1, description="the model alone on them")
+    accuracy_after: float = Field(ge=0, le=1, description="with a profile of the other shots")
+
+
+class CalibrationAnswer(BaseModel):
+    profile: dict[str, Any] | None = Field(description="send it with /predict, /predict/batch and /v1/practice/check "
+                                                       "(JSON 'profile', or a multipart 'profile' field); null when "
+                                                       "no hand was found in any image")
+    letters: dict[str, LetterShots]
+    held_out: HeldOut | None = Field(description="how much the profile helped; null when no letter had two shots")
+    model: ModelRef
+
+
 # --------------------------------------------------------------------------- request bodies
 
 
-def image_body(batch: bool, max_images: int) -> dict:
-    """``openapi_extra`` for a route that reads images with ``read_uploads``."""
+def profile_schema(info: dict) -> dict:
+    """A calibration profile for the served model, as /v1/calibration returns it: everything a valid one
+    must be (so that any profile the schema admits is one this model accepts)."""
+    number = {"type": "number", "minimum": -1e6, "maximum": 1e6}
+    row = {"type": "array", "prefixItems": [number] * 63 + [{"enum": [0, 1]}], "items": False, "minItems": 64,
+           "maxItems": 64, "description": "one shot: 21 landmarks (x, y, z) in pixels, then handedness (1 right, 0 left)"}
+    return {
+        "type": "object", "additionalProperties": False, "required": ["format", "format_version", "model", "shots"],
+        "description": "a person's calibration profile for this model (POST /v1/calibration makes one)",
+        "properties": {
+            "format": {"const": "asl-platform calibration profile"},
+            "format_version": {"const": 1},
+            "model": {"type": "object", "additionalProperties": False, "required": ["name", "version", "sha256"],
+                      "properties": {"name": {"const": info["name"]}, "version": {"const": info["version"]},
+                                     "sha256": {"const": info.get("sha256")}}},
+            "created": {"type": "string"},
+            "shots": {"type": "object", "minProperties": 1, "propertyNames": {"enum": list(info["classes"])},
+                      "additionalProperties": {"type": "array", "items": row, "minItems": 1,
+                                               "maxItems": MAX_SHOTS_PER_LETTER}},
+        },
+    }
+
+
+def calibration_body(letters: list[str], max_images: int) -> dict:
+    """``openapi_extra`` of /v1/calibration: labelled images as JSON."""
+    item = {"type": "object", "required": ["letter", "image"], "additionalProperties": False,
+            "properties": {"letter": {"enum": letters, "description": "the letter the image signs"}, "image": _BASE64_IMAGE}}
+    schema = {"type": "object", "required": ["images"], "properties": {"images": {
+        "type": "array", "items": item, "minItems": 1, "maxItems": max_images,
+        "description": f"a few images of each letter (up to {MAX_SHOTS_PER_LETTER} are kept per letter); letters "
+                       "can be left out"}}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def image_body(batch: bool, max_images: int, profile: dict | None = None) -> dict:
+    """``openapi_extra`` for a route that reads images with ``read_uploads``; with ``profile`` (a hand-aware
+    model's ``profile_schema``) the JSON body may carry a calibration profile (multipart: a ``profile``
+    text field holding the same JSON)."""
     if batch:
         form = {"type": "object", "required": ["files"], "properties": {"files": {
             "type": "array", "items": _BINARY, "minItems": 1, "maxItems": max_images,
@@ -152,6 +219,10 @@ def image_body(batch: bool, max_images: int) -> dict:
                 "properties": {"file": {**_BINARY, "description": f"one image ({_IMAGES})"}}}
         json_body = {"type": "object", "required": ["image"], "properties": {"image": _BASE64_IMAGE}}
         content = {media: {"schema": _BINARY} for media in IMAGE_MEDIA_TYPES}  # the raw image as the body
+    if profile is not None:
+        json_body["properties"]["profile"] = {"anyOf": [profile, {"type": "null", "description": "no profile"}]}
+        form["description"] = ("a calibration profile (/v1/calibration) may come as a 'profile' field holding its JSON "
+                               "text")
     part = "files" if batch else "file"
     content["multipart/form-data"] = {"schema": form, "encoding": {part: {"contentType": _IMAGES}}}
     content["application/json"] = {"schema": json_body}
@@ -165,7 +236,8 @@ _ERRORS = {
     404: "no such thing in this model",
     413: "too large: the body, the image's pixels, or the number of images",
     415: f"a Content-Type this route does not read (send {_IMAGES}, multipart/form-data or application/json)",
-    422: "a query parameter out of range",
+    422: "a query parameter out of range, or a calibration profile this model cannot use (malformed, another "
+         "model's, or sent to a model that does not calibrate)",
     500: "an unexpected error (logged on the server)",
     503: "no model replica could answer; try again",
 }

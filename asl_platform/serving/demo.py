@@ -1,6 +1,9 @@
 """Gradio demo, mounted at ``/demo`` by the HTTP app: a photo (upload or webcam snapshot) -> top-5
-letters, a fingerspelling mode where a live webcam stream builds text letter by letter, and a
-practice mode that teaches the letters (``practice``).
+letters, a fingerspelling mode where a live webcam stream builds text letter by letter, a
+practice mode that teaches the letters (``practice``), and, for a hand-aware model, a calibration
+to the learner's own hands (``serving.calibration``) that every tab then answers with. An answer
+that is not confident (the model card's threshold) never commits a letter or passes a practice
+target: the screen says "not sure" instead.
 
 It classifies through the same backend as ``/predict`` (so through ``@serve.batch`` on Serve), and
 it loads nothing from the internet: system fonts instead of Google Fonts, no analytics.
@@ -12,6 +15,7 @@ so the ingress's ``reconfigure`` (Serve ``user_config``) changes them for every 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,7 +24,10 @@ from typing import TYPE_CHECKING
 
 from asl_platform.config import ServeConfig
 from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, draw_shape
-from asl_platform.serving.practice import Practice, check, model_shapes, practice_letters
+from asl_platform.model.calibration import Calibration
+from asl_platform.serving.backends import Prediction, confidence_threshold
+from asl_platform.serving.calibration import build_profile, checked_calibration
+from asl_platform.serving.practice import NOT_SURE, Practice, check, model_shapes, practice_letters
 from asl_platform.serving.protocol import ApiError, top_predictions
 
 if TYPE_CHECKING:
@@ -73,10 +80,11 @@ class Speller:
         """Take the thresholds ``settings`` hold now (a session's Speller outlives a reconfigure)."""
         self.hold_s, self.min_probability = settings.spell_hold_s, settings.spell_min_probability
 
-    def update(self, label: str, probability: float, now: float) -> str | None:
-        """Feed one frame's top prediction; returns the sign committed on this frame, if any."""
-        if probability < self.min_probability:
-            self.candidate = None  # an unsure frame (hand moving) restarts the hold
+    def update(self, label: str, probability: float, now: float, confident: bool = True) -> str | None:
+        """Feed one frame's top prediction; returns the sign committed on this frame, if any. An unsure
+        frame (below ``min_probability``, or not ``confident``: the hand moving, too far) restarts the hold."""
+        if probability < self.min_probability or not confident:
+            self.candidate = None
             return None
         if label != self.candidate:
             self.candidate, self.since = label, now
@@ -102,21 +110,96 @@ class Speller:
         self.text, self.candidate, self.committed, self.recent = "", None, None, []
 
 
-async def classify_with_hand(backend: Backend, path: str, k: int) -> tuple[dict[str, float], dict | None]:
-    """Top-k ``{label: probability}`` for an uploaded file and the hand block (None from an
-    image-only model), through the serving backend: the same decoding, limits (pixels, bombs) and
-    batching as ``POST /predict``, on the model replicas."""
+@dataclass
+class Frame:
+    """One classified image: the top-k ``{label: probability}`` and the prediction itself."""
+
+    top: dict[str, float]
+    prediction: Prediction
+
+    @property
+    def hand(self) -> dict | None:
+        """The hand block (None from an image-only model)."""
+        return self.prediction.hand
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the person's calibration answered."""
+        return self.prediction.calibrated
+
+
+async def classify_frame(backend: Backend, data: bytes, k: int, profile: Profile | None = None) -> Frame:
+    """An image through the serving backend (the same decoding, limits and batching as ``POST /predict``,
+    on the model replicas), with the session's calibration profile when there is one."""
     import gradio as gr
 
-    (result,) = await backend.classify([await asyncio.to_thread(Path(path).read_bytes)])
+    (result,) = await backend.classify([data], profile.calibration if profile else None)
     if isinstance(result, ApiError):
         raise gr.Error(result.message)
     top = {p["label"]: p["probability"] for p in top_predictions(result.probabilities, backend.info["classes"], k)}
-    return top, result.hand
+    return Frame(top, result)
 
 
-async def classify_file(backend: Backend, path: str, k: int) -> dict[str, float]:
-    return (await classify_with_hand(backend, path, k))[0]
+async def classify_with_hand(backend: Backend, path: str, k: int, profile: Profile | None = None) -> Frame:
+    return await classify_frame(backend, await asyncio.to_thread(Path(path).read_bytes), k, profile)
+
+
+@dataclass
+class Profile:
+    """The session's calibration profile: its JSON (what is downloaded and uploaded) and, checked against
+    the model, what the model reads. It lives in the page's session, in memory: never written to disk."""
+
+    document: dict
+    calibration: Calibration
+    report: str = ""
+
+    @classmethod
+    def of(cls, document: dict, info: dict, report: str = "") -> Profile:
+        return cls(document, checked_calibration(document, info), report)
+
+
+CALIBRATION_SHOTS = 4  # per letter: frames with a hand found (one of them measures the profile)
+CALIBRATION_READY_S = 1.0  # after a letter appears, before its frames count: time to form the sign
+CALIBRATION_GAP_S = 0.4  # between two shots of a letter, so that they are not the same frame twice
+
+
+@dataclass
+class Calibrating:
+    """A calibration in progress: each letter in turn, a few frames with a hand found, letters skippable."""
+
+    letters: list[str]
+    position: int = 0
+    shown_at: float = 0.0
+    last_shot: float = 0.0
+    frames: list[tuple[str, bytes, Prediction]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> str | None:
+        return self.letters[self.position] if self.position < len(self.letters) else None
+
+    def shots(self, letter: str) -> int:
+        return sum(1 for name, _, _ in self.frames if name == letter)
+
+    def offer(self, data: bytes, prediction: Prediction, now: float) -> bool:
+        """Keep the frame as a shot of the target if its hand was found and it is time for one; moves
+        on to the next letter once the target has its shots. True when the frame was kept."""
+        target = self.target
+        if target is None or now - self.shown_at < CALIBRATION_READY_S or now - self.last_shot < CALIBRATION_GAP_S:
+            return False
+        if not (prediction.hand and prediction.hand.get("found")):
+            return False
+        self.frames.append((target, data, prediction))
+        self.last_shot = now
+        if self.shots(target) >= CALIBRATION_SHOTS:
+            self.position, self.shown_at = self.position + 1, now
+        return True
+
+    def skip(self, now: float) -> None:
+        if self.target is not None:
+            self.skipped.append(self.target)
+            self.frames = [frame for frame in self.frames if frame[0] != self.target]
+            self.position, self.shown_at = self.position + 1, now
 
 
 def overlay(path: str, hand: dict | None):
@@ -170,14 +253,17 @@ def score_markdown(practice: Practice | None) -> str:
             + (f" · words spelled {practice.words_done}" if practice.mode == "word" else ""))
 
 
-def feedback_markdown(result: dict, done: bool, progress: float) -> str:
+def feedback_markdown(result: dict, done: bool, progress: float, calibrated: bool = False) -> str:
     """The frame's answer for the learner: right (and how long to hold), or what it looks like and what to change."""
-    seen = f"Recognised **{result['label']}** ({result['probability']:.0%})"
+    seen = f"Recognised **{result['label']}** ({result['probability']:.0%}{', your calibration' if calibrated else ''})"
     if done:
-        return f"Well done: **{result['target']}**! Next one."
+        return f"Well done: **{result['target']}**! Next one." + (" (Answered from your calibration.)" if calibrated else "")
     if result["correct"]:
         return f"{seen}: right, hold it ({progress:.0%})"
-    lines = [f"{seen}: not {result['target']} yet." if result["label"] != "nothing" else "No letter seen yet."]
+    if not result["confident"]:
+        lines = [f"Maybe **{result['label']}** ({result['probability']:.0%}): too unsure to count."]
+    else:
+        lines = [f"{seen}: not {result['target']} yet." if result["label"] != "nothing" else "No letter seen yet."]
     lines += [f"- {hint}" for hint in result["hints"]]
     return "\n".join(lines)
 
@@ -189,29 +275,71 @@ def session_chart(practice: Practice | None):
     return pd.DataFrame(rows or [(0.0, 0)], columns=["seconds", "score"])
 
 
+def calibration_target(session: Calibrating | None) -> str:
+    if session is None:
+        return ("Calibrate the recogniser to **your** hands: sign each letter to the webcam for a few seconds "
+                "(press **Start**, then Record). Skip a letter you do not know yet. About a minute in all.")
+    if session.target is None:
+        return "All letters done: press **Finish**."
+    target = session.target
+    return f"## Sign **{target}**\n\n{DESCRIPTIONS.get(target, '')}"
+
+
+def calibration_progress(session: Calibrating | None) -> str:
+    if session is None:
+        return ""
+    done = session.position
+    target = session.target
+    holding = f" · {target}: {session.shots(target)}/{CALIBRATION_SHOTS}" if target else ""
+    return (f"Letter {min(done + 1, len(session.letters))} of {len(session.letters)}{holding}"
+            + (f" · skipped {', '.join(session.skipped)}" if session.skipped else ""))
+
+
+def calibration_report(result: dict) -> str:
+    """What the calibration gave, and how much it helped on frames held out of the profile."""
+    if result["profile"] is None:
+        return "No hand was found in the frames: nothing to calibrate with. Try again in better light."
+    letters = [letter for letter, record in result["letters"].items() if record["shots"]]
+    shots = sum(record["shots"] for record in result["letters"].values())
+    lines = [f"**Calibrated** to your hands: {len(letters)} letter(s), {shots} frames. It stays in this page's "
+             "session (never stored on the server); download it to use it again."]
+    held = result["held_out"]
+    if held:
+        lines.append(f"On {held['images']} of your frames kept out of it: **{held['accuracy_before']:.0%}** right "
+                     f"without calibration, **{held['accuracy_after']:.0%}** with it.")
+    return "\n\n".join(lines)
+
+
 def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
-    """The demo's three tabs, wired to ``backend``."""
+    """The demo's tabs, wired to ``backend``."""
     import gradio as gr
 
-    async def on_photo(image: str | None):
+    info = backend.info
+
+    def sure(probability: float) -> bool:
+        return probability >= confidence_threshold(info, settings.spell_min_probability)
+
+    async def on_photo(image: str | None, profile: Profile | None):
         if image is None:
             return None, None
-        top, hand = await classify_with_hand(backend, image, k=5)
-        return top, await asyncio.to_thread(overlay, image, hand)
+        frame = await classify_with_hand(backend, image, k=5, profile=profile)
+        return frame.top, await asyncio.to_thread(overlay, image, frame.hand)
 
-    async def on_frame(frame: str | None, speller: Speller):
-        if frame is None:
+    async def on_frame(image: str | None, speller: Speller, profile: Profile | None):
+        if image is None:
             return speller.text, "", speller, None
-        top, hand = await classify_with_hand(backend, frame, k=5)
-        label, probability = speller.smooth(top)
+        frame = await classify_with_hand(backend, image, k=5, profile=profile)
+        label, probability = speller.smooth(frame.top)
         now = time.monotonic()
         speller.follow(settings)
-        committed = speller.update(label, probability, now)
-        status = f"**{label}** {probability:.0%}" + (f" - added {committed}" if committed else
-                                                    f" - hold {speller.progress(now):.0%}")
-        if hand is not None and not hand["found"]:
+        confident = sure(probability)
+        committed = speller.update(label, probability, now, confident)
+        status = f"**{label}** {probability:.0%}" + (" (your calibration)" if frame.calibrated else "")
+        status += (f" - added {committed}" if committed else f" - hold {speller.progress(now):.0%}" if confident
+                   else f" - {NOT_SURE}")
+        if frame.hand is not None and not frame.hand["found"]:
             status += " (no hand found)"
-        return speller.text, status, speller, await asyncio.to_thread(overlay, frame, hand)
+        return speller.text, status, speller, await asyncio.to_thread(overlay, image, frame.hand)
 
     def on_clear() -> tuple[str, str, Speller]:
         return "", "", Speller.of(settings)
@@ -219,18 +347,18 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
     def on_load() -> str:
         return spelling_help(settings)
 
-    hand_aware = backend.info.get("kind") == "hand_aware"
-    shapes = model_shapes(backend.info)
-    practice_pool = practice_letters(backend.info["classes"])
+    hand_aware = info.get("kind") == "hand_aware"
+    shapes = model_shapes(info)
+    practice_pool = practice_letters(info["classes"])
     modes = {"Letters": "letters", "Spell a word": "word", "My weakest letters": "weakest"}
 
-    def drawing(practice: Practice | None):
-        target = practice.target if practice is not None else None
+    def drawing(target: str | None):
         return draw_shape(shapes[target]) if target in shapes else None
 
     def practice_view(practice: Practice | None, feedback: str) -> tuple:
-        return (target_markdown(practice), drawing(practice), feedback, score_markdown(practice),
-                practice.table() if practice is not None else [], session_chart(practice), practice)
+        return (target_markdown(practice), drawing(practice.target if practice else None), feedback,
+                score_markdown(practice), practice.table() if practice is not None else [], session_chart(practice),
+                practice)
 
     def on_practice_start(mode: str, word: str) -> tuple:
         practice = Practice(practice_pool, settings.spell_hold_s, settings.spell_min_probability)
@@ -245,21 +373,72 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
             practice.skip(time.monotonic())
         return practice_view(practice, "Skipped: it is counted, and comes back in My weakest letters.")
 
-    async def on_practice_frame(frame: str | None, practice: Practice | None) -> tuple:
-        if frame is None or practice is None or practice.target is None:
+    async def on_practice_frame(image: str | None, practice: Practice | None, profile: Profile | None) -> tuple:
+        if image is None or practice is None or practice.target is None:
             return (*practice_view(practice, "Press **Start** first." if practice is None else ""), None)
-        top, hand = await classify_with_hand(backend, frame, k=3)
-        label, probability = next(iter(top.items()))
+        frame = await classify_with_hand(backend, image, k=3, profile=profile)
+        label, probability = next(iter(frame.top.items()))
         practice.hold_s, practice.min_probability = settings.spell_hold_s, settings.spell_min_probability
-        target = practice.target
-        result = check(label, probability, hand, target, shapes, practice.min_probability)
+        confident = sure(probability)
+        result = check(label, probability, confident, frame.hand, practice.target, shapes, practice.min_probability)
         now = time.monotonic()
-        done = practice.update(label, probability, now)
-        feedback = feedback_markdown(result, done, practice.hold_progress(now))
-        return (*practice_view(practice, feedback), await asyncio.to_thread(overlay, frame, hand))
+        done = practice.update(label, probability, now, confident)
+        feedback = feedback_markdown(result, done, practice.hold_progress(now), frame.calibrated)
+        return (*practice_view(practice, feedback), await asyncio.to_thread(overlay, image, frame.hand))
+
+    def calibration_view(session: Calibrating | None) -> tuple:
+        return (calibration_target(session), drawing(session.target if session else None),
+                calibration_progress(session), session)
+
+    def on_calibrate_start() -> tuple:
+        return calibration_view(Calibrating(practice_pool, shown_at=time.monotonic()))
+
+    def on_calibrate_skip(session: Calibrating | None) -> tuple:
+        if session is not None:
+            session.skip(time.monotonic())
+        return calibration_view(session)
+
+    async def finish(session: Calibrating | None, profile: Profile | None) -> tuple:
+        if session is None or not session.frames:
+            return (*calibration_view(None), profile, "No frames with a hand yet: press **Start**, then Record.",
+                    profile.document if profile else None)
+        result = await build_profile(backend, [(letter, data) for letter, data, _ in session.frames],
+                                     [prediction for _, _, prediction in session.frames])
+        report = calibration_report(result)
+        new = Profile.of(result["profile"], info, report) if result["profile"] else profile
+        return (*calibration_view(None), new, report, new.document if new else None)
+
+    async def on_calibrate_frame(image: str | None, session: Calibrating | None, profile: Profile | None) -> tuple:
+        if image is None or session is None or session.target is None:
+            return (*calibration_view(session), profile, gr.skip(), gr.skip(), None)
+        data = await asyncio.to_thread(Path(image).read_bytes)
+        frame = await classify_frame(backend, data, k=1)  # the model alone: a shot records the hand as it is
+        session.offer(data, frame.prediction, time.monotonic())
+        shown = await asyncio.to_thread(overlay, image, frame.hand)
+        if session.target is None:  # the last letter has its shots
+            return (*await finish(session, profile), shown)
+        return (*calibration_view(session), profile, gr.skip(), gr.skip(), shown)
+
+    def on_profile_upload(path: str | None) -> tuple:
+        if path is None:
+            return None, "", None
+        try:
+            document = json.loads(Path(path).read_text())
+            profile = Profile.of(document, info, "Profile loaded from your file.")
+        except (OSError, ValueError) as exc:
+            raise gr.Error(f"not a calibration profile: {exc}") from None
+        except ApiError as exc:
+            raise gr.Error(exc.message) from None
+        finally:
+            Path(path).unlink(missing_ok=True)  # the upload's copy in Gradio's cache: nothing kept on the server
+        return profile, profile.report, profile.document
+
+    def on_profile_forget() -> tuple:
+        return None, "Calibration removed: the model alone answers again.", None
 
     with gr.Blocks(title="ASL alphabet recogniser", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("# ASL alphabet recogniser\n" + _model_line(backend.info))
+        gr.Markdown("# ASL alphabet recogniser\n" + _model_line(info))
+        profile = gr.State(None)  # the calibration profile of this page's session, used by every tab
         with gr.Tab("Photo"):
             with gr.Row():
                 photo = gr.Image(sources=["upload", "webcam", "clipboard"], type="filepath", image_mode=None,
@@ -268,7 +447,45 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
                 letters = gr.Label(num_top_classes=5, label="Top 5 letters", elem_id="letters")
                 hand_view = gr.Image(label="Hand found", interactive=False, elem_id="hand-overlay",
                                      visible=hand_aware)
-            photo.change(on_photo, inputs=photo, outputs=[letters, hand_view], api_visibility="private")
+            photo.change(on_photo, inputs=[photo, profile], outputs=[letters, hand_view], api_visibility="private")
+        if hand_aware:
+            with gr.Tab("Calibrate"):
+                calibration = gr.State(None)
+                with gr.Row():
+                    calibrate_start = gr.Button("Start", variant="primary", elem_id="calibrate-start")
+                    calibrate_skip = gr.Button("Skip letter", elem_id="calibrate-skip")
+                    calibrate_finish = gr.Button("Finish", elem_id="calibrate-finish")
+                with gr.Row():
+                    with gr.Column():
+                        calibrate_target = gr.Markdown(calibration_target(None), elem_id="calibrate-target")
+                        calibrate_reference = gr.Image(label="How it looks", interactive=False, height=200,
+                                                       elem_id="calibrate-reference", visible=bool(shapes))
+                        calibrate_progress = gr.Markdown(elem_id="calibrate-progress")
+                    calibrate_camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
+                                                label="Webcam", elem_id="calibrate-camera")
+                    calibrate_overlay = gr.Image(label="Your hand", interactive=False, height=240,
+                                                 elem_id="calibrate-overlay")
+                calibrate_report = gr.Markdown(elem_id="calibrate-report")
+                profile_json = gr.JSON(visible=False)
+                with gr.Row():
+                    download = gr.Button("Download my profile", elem_id="profile-download")
+                    upload = gr.UploadButton("Load a profile", file_types=[".json"], elem_id="profile-upload")
+                    forget = gr.Button("Forget my profile", elem_id="profile-forget")
+                view = [calibrate_target, calibrate_reference, calibrate_progress, calibration]
+                calibrate_start.click(on_calibrate_start, outputs=view, api_visibility="private")
+                calibrate_skip.click(on_calibrate_skip, inputs=calibration, outputs=view, api_visibility="private")
+                calibrate_finish.click(finish, inputs=[calibration, profile],
+                                       outputs=[*view, profile, calibrate_report, profile_json], api_visibility="private")
+                calibrate_camera.stream(on_calibrate_frame, inputs=[calibrate_camera, calibration, profile],
+                                        outputs=[*view, profile, calibrate_report, profile_json, calibrate_overlay],
+                                        stream_every=0.3, time_limit=600, show_progress="hidden",
+                                        api_visibility="private")
+                # Made in the browser from the page's copy: the server writes no file for a download.
+                download.click(None, inputs=profile_json, js=DOWNLOAD_JS, api_visibility="private")
+                upload.upload(on_profile_upload, inputs=upload, outputs=[profile, calibrate_report, profile_json],
+                              api_visibility="private")
+                forget.click(on_profile_forget, outputs=[profile, calibrate_report, profile_json],
+                             api_visibility="private")
         with gr.Tab("Fingerspelling"):
             instructions = gr.Markdown(spelling_help(settings), elem_id="spell-help")
             speller = gr.State(Speller.of(settings))
@@ -281,14 +498,15 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
                     clear = gr.Button("Clear", elem_id="clear")
                     frame_view = gr.Image(label="Hand found", interactive=False, elem_id="frame-overlay",
                                           visible=hand_aware)
-            camera.stream(on_frame, inputs=[camera, speller], outputs=[spelled, status, speller, frame_view],
+            camera.stream(on_frame, inputs=[camera, speller, profile], outputs=[spelled, status, speller, frame_view],
                           stream_every=0.3, time_limit=600, api_visibility="private")
             clear.click(on_clear, outputs=[spelled, status, speller], api_visibility="private")
         with gr.Tab("Practice"):
             gr.Markdown("Learn the letters: sign the target into the webcam and hold it for a moment. "
                         + ("Each letter's drawing is a typical hand from the training photos; when the answer is "
                            "wrong, the tips compare your hand's landmarks with it." if shapes else
-                           "This model has no typical hand shapes (a hand-aware export has them): no drawings or tips."))
+                           "This model has no typical hand shapes (a hand-aware export has them): no drawings or tips.")
+                        + (" Calibrate first (the Calibrate tab) for answers that know your hands." if hand_aware else ""))
             practice = gr.State(None)
             with gr.Row():
                 mode = gr.Radio(list(modes), value="Letters", label="Exercise", elem_id="practice-mode")
@@ -315,12 +533,23 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
             outputs = [target_view, reference, feedback, score, table, chart, practice]
             start.click(on_practice_start, inputs=[mode, word], outputs=outputs, api_visibility="private")
             skip.click(on_practice_skip, inputs=practice, outputs=outputs, api_visibility="private")
-            practice_camera.stream(on_practice_frame, inputs=[practice_camera, practice],
+            practice_camera.stream(on_practice_frame, inputs=[practice_camera, practice, profile],
                                    outputs=[*outputs, practice_overlay], stream_every=0.3, time_limit=900,
                                    show_progress="hidden", api_visibility="private")  # no dimming every frame
         # Each page load shows the hold time in force now (it changes with the ingress's user_config).
         demo.load(on_load, outputs=instructions, show_progress="hidden", api_visibility="private")
     return demo
+
+
+# The profile's JSON becomes a file download in the browser itself (nothing is written on the server).
+DOWNLOAD_JS = """(profile) => {
+  if (!profile) { alert("No profile yet: calibrate first."); return; }
+  const blob = new Blob([JSON.stringify(profile)], {type: "application/json"});
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = "asl-calibration-profile.json";
+  document.body.appendChild(link); link.click(); link.remove();
+}"""
 
 
 def mount_demo(app: FastAPI, backend: Backend, settings: ServeConfig) -> FastAPI:

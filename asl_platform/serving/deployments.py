@@ -27,7 +27,7 @@ from ray import serve
 from asl_platform.config import Config, ConfigError, InferenceConfig, ServeConfig
 from asl_platform.limits import MAX_IMAGE_PIXELS
 from asl_platform.serving.app import create_app
-from asl_platform.serving.backends import HandleBackend, ImageClassifier, Prediction
+from asl_platform.serving.backends import HandleBackend, ImageClassifier, Item, Prediction
 from asl_platform.serving.demo import SPELLING_KEYS
 
 logger = logging.getLogger(__name__)
@@ -101,9 +101,9 @@ class ASLModel:
         return dict(self._batching)
 
     @serve.batch(max_batch_size=_DEFAULTS.max_batch_size, batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s)
-    async def classify(self, items: list[bytes | np.ndarray]) -> list[Prediction | dict]:
-        """Encoded images (or uint8 arrays at the input size) -> a ``Prediction`` (probabilities and,
-        for a hand-aware model, the hand block) or an error each. One batch at a time
+    async def classify(self, items: list[Item]) -> list[Prediction | dict]:
+        """Encoded images (or uint8 arrays at the input size), each maybe with its person's calibration
+        -> a ``Prediction`` (probabilities and, for a hand-aware model, the hand block) or an error each. One batch at a time
         (``@serve.batch``'s default ``max_concurrent_batches=1``), and the Predictor locks its hand
         detector anyway."""
         return await asyncio.to_thread(self.classifier, items)

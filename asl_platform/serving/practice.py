@@ -29,18 +29,26 @@ def practice_letters(classes: list[str]) -> list[str]:
     return [c for c in classes if c not in NOT_PRACTISED]
 
 
-def check(label: str, probability: float, hand: dict | None, target: str, shapes: dict[str, HandShape],
-          min_probability: float) -> dict:
+NOT_SURE = "Not sure what this is: hold still, and move closer to the camera."
+
+
+def check(label: str, probability: float, confident: bool, hand: dict | None, target: str,
+          shapes: dict[str, HandShape], min_probability: float) -> dict:
     """One frame against ``target``: right or not, what it looks like instead, and what to change
-    (from the landmarks, when the model found a hand and the target has a typical shape)."""
-    correct = label in accepted_labels(target) and probability >= min_probability
+    (from the landmarks, when the model found a hand and the target has a typical shape). An answer
+    that is not confident (``confident``, and at least ``min_probability``) is never right: a model
+    that is unsure must not teach a sign."""
+    sure = confident and probability >= min_probability
+    correct = label in accepted_labels(target) and sure
     advice: list[str] = []
     if not correct and hand and hand.get("found") and target in shapes:
         advice = hints(canonical(np.asarray(hand["landmarks"], np.float32), hand["handedness"]), shapes[target])
     if not correct and hand is not None and not hand.get("found") and target != "nothing":
         advice = ["No hand found: show your whole hand to the camera, in good light."]
-    return {"target": target, "label": label, "probability": round(float(probability), 4), "correct": correct,
-            "looks_like": None if correct else label, "hints": advice,
+    elif not sure:
+        advice = [NOT_SURE, *advice][:2]
+    return {"target": target, "label": label, "probability": round(float(probability), 4), "confident": sure,
+            "correct": correct, "looks_like": None if correct or not sure else label, "hints": advice,
             "motion": target in MOTION_LETTERS, "description": DESCRIPTIONS.get(target, "")}
 
 
@@ -113,11 +121,12 @@ class Practice:
         self.target, self.shown_at, self.held_since = target, now, None
         self.records.setdefault(target, LetterRecord()).shown += 1
 
-    def update(self, label: str, probability: float, now: float) -> bool:
-        """Feed one frame; True when it completes the target (the next one is then shown)."""
+    def update(self, label: str, probability: float, now: float, confident: bool = True) -> bool:
+        """Feed one frame; True when it completes the target (the next one is then shown). A frame that
+        is not confident breaks the hold like a wrong one."""
         if self.target is None:
             return False
-        if label not in accepted_labels(self.target) or probability < self.min_probability:
+        if label not in accepted_labels(self.target) or probability < self.min_probability or not confident:
             self.held_since = None
             return False
         if self.held_since is None:

@@ -114,7 +114,16 @@ class Upload:
     filename: str | None = None
 
 
-def _media_type(request: Request) -> str:
+@dataclass
+class ImageRequest:
+    """What an image route read: the images, and the sender's calibration profile (a JSON object, not yet
+    checked against the model) when one came along: JSON ``"profile"``, or a multipart ``profile`` field."""
+
+    uploads: list[Upload]
+    profile: Any = None
+
+
+def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
@@ -204,14 +213,19 @@ def _decode_base64(text: Any, where: str) -> bytes:
         raise ApiError(400, "invalid_base64", f"{where} is not valid base64") from None
 
 
-def _parse_json(body: bytes, key: str) -> Any:
+def load_json(text: bytes | str, what: str = "the body") -> Any:
     try:
-        document = json.loads(body)
+        return json.loads(text)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors; deep nesting recurses
-        raise ApiError(400, "invalid_json", "the body is not valid JSON (or nested too deeply)") from None
+        raise ApiError(400, "invalid_json", f"{what} is not valid JSON (or nested too deeply)") from None
+
+
+def _parse_json(body: bytes, key: str) -> dict:
+    """The JSON body, an object with ``key``."""
+    document = load_json(body)
     if not isinstance(document, dict) or key not in document:
         raise ApiError(400, "invalid_request", f'JSON body must be an object with an "{key}" field')
-    return document[key]
+    return document
 
 
 class ImagePartsParser(MultiPartParser):
@@ -229,7 +243,7 @@ class ImagePartsParser(MultiPartParser):
         super().on_headers_finished()
 
 
-async def _form_files(request: Request, max_files: int) -> list[Upload]:
+async def _form_files(request: Request, max_files: int) -> tuple[list[Upload], Any]:
     try:
         parser = ImagePartsParser(request.headers, request.stream(), max_files=max_files + 1, max_fields=max_files + 16)
         form = await parser.parse()
@@ -239,33 +253,58 @@ async def _form_files(request: Request, max_files: int) -> list[Upload]:
         raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from None
     files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
     uploads = [Upload(await f.read(), f.filename) for f in files]
+    profile = form.get("profile")
     await form.close()
     if not uploads:
         raise ApiError(400, "invalid_request", "multipart body has no file field (send the image as 'file')")
-    return uploads
+    if isinstance(profile, UploadFile):
+        raise ApiError(400, "invalid_request", "the 'profile' field is the calibration profile as JSON text, not a file")
+    return uploads, None if profile is None else load_json(profile, "the 'profile' field")
 
 
-async def read_uploads(request: Request, settings: ServeConfig, batch: bool) -> list[Upload]:
-    """Images from a raw body, a multipart form or JSON base64, whichever the Content-Type says."""
-    media_type = _media_type(request)
-    _check_media_type(media_type)
+async def read_uploads(request: Request, settings: ServeConfig, batch: bool) -> ImageRequest:
+    """Images from a raw body, a multipart form or JSON base64, whichever the Content-Type says, and
+    the calibration profile sent with them (multipart and JSON only: a raw body is the image alone)."""
+    content_type = media_type(request)
+    _check_media_type(content_type)
     body = await read_body(request, settings.max_request_bytes)
-    if media_type in RAW_IMAGE_TYPES:
+    profile = None
+    if content_type in RAW_IMAGE_TYPES:
         if batch:
             raise ApiError(415, "unsupported_media_type",
                            "/predict/batch takes multipart/form-data files or JSON {\"images\": [...]}")
-        return [Upload(body)]
-    if media_type == "multipart/form-data":
-        uploads = await _form_files(request, settings.max_batch_images if batch else 1)
+        return ImageRequest([Upload(body)])
+    if content_type == "multipart/form-data":
+        uploads, profile = await _form_files(request, settings.max_batch_images if batch else 1)
     elif batch:
-        items = _parse_json(body, "images")
+        document = _parse_json(body, "images")
+        items, profile = document["images"], document.get("profile")
         if not isinstance(items, list) or not items:
             raise ApiError(400, "invalid_request", '"images" must be a non-empty list of base64 strings')
         uploads = [Upload(_decode_base64(item, f"images[{i}]")) for i, item in enumerate(items)]
     else:
-        uploads = [Upload(_decode_base64(_parse_json(body, "image"), '"image"'))]
+        document = _parse_json(body, "image")
+        uploads, profile = [Upload(_decode_base64(document["image"], '"image"'))], document.get("profile")
     if batch and len(uploads) > settings.max_batch_images:
         raise ApiError(413, "too_many_images", f"{len(uploads)} images; the limit is {settings.max_batch_images}")
     if not batch and len(uploads) != 1:
         raise ApiError(400, "invalid_request", f"/predict takes one image, got {len(uploads)}; use /predict/batch")
-    return uploads
+    return ImageRequest(uploads, profile)
+
+
+def read_labelled_images(document: Any, letters: list[str], max_images: int) -> list[tuple[str, bytes]]:
+    """``/v1/calibration``'s body: ``{"images": [{"letter": ..., "image": base64}, ...]}`` -> (letter, bytes)."""
+    items = document.get("images") if isinstance(document, dict) else None
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, "invalid_request", 'JSON body must be an object with "images": a non-empty list of '
+                       '{"letter": ..., "image": base64}')
+    if len(items) > max_images:
+        raise ApiError(413, "too_many_images", f"{len(items)} images; the limit is {max_images}")
+    labelled = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or item.get("letter") not in letters:
+            raise ApiError(422, "invalid_parameter", f"images[{i}].letter must be one of {', '.join(letters)}")
+        if unknown := sorted(set(item) - {"letter", "image"}):
+            raise ApiError(400, "invalid_request", f"images[{i}] has unknown fields {unknown}: it holds 'letter' and 'image'")
+        labelled.append((item["letter"], _decode_base64(item.get("image"), f"images[{i}].image")))
+    return labelled

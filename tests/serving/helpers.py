@@ -187,18 +187,21 @@ class Load:
 
 
 def run_demo_event(client, session: str, data: list, *, inputs: str | None = None, outputs: str | None = None) -> dict:
-    """Run the demo event that reads the component with elem_id ``inputs`` (or, without one, that writes
-    ``outputs``) the way the browser does (queue/join, then the SSE stream), with ``data`` as its inputs;
-    returns the process_completed message. ``client`` is an httpx client on the server (a TestClient)."""
+    """Run the demo event whose first input is the component with elem_id ``inputs`` (or, without one, that
+    writes ``outputs``) the way the browser does (queue/join, then the SSE stream), with ``data`` as its
+    first inputs (the rest, session state, None as the browser sends it); returns the process_completed
+    message. ``client`` is an httpx client on the server (a TestClient)."""
     config = client.get("/demo/config").json()
 
     def component(elem_id: str) -> int:
         return next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id)
 
     trigger = component(inputs) if inputs else None
-    fn_index = next(d["id"] for d in config["dependencies"]
-                    if (d["inputs"] == [trigger] if inputs else d["outputs"] == [component(outputs)]))
-    body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": trigger}
+    dependency = next(d for d in config["dependencies"]
+                      if (d["inputs"][:1] == [trigger] if inputs else d["outputs"] == [component(outputs)]))
+    data = [*data, *[None] * (len(dependency["inputs"]) - len(data))]
+    body = {"data": data, "fn_index": dependency["id"], "session_hash": session, "event_data": None,
+            "trigger_id": trigger}
     joined = client.post("/demo/gradio_api/queue/join", json=body)
     assert joined.status_code == 200, joined.text
     completed = None

@@ -10,7 +10,7 @@ from PIL import Image
 
 from asl_platform.config import ServeConfig
 from asl_platform.serving.backends import LocalBackend
-from asl_platform.serving.demo import Speller, build_demo, classify_file
+from asl_platform.serving.demo import Speller, build_demo, classify_with_hand
 from conftest import colour_image
 from serving.helpers import png_header_only
 
@@ -62,12 +62,12 @@ def test_demo_classifies_through_the_backend_with_the_apis_rules(colour_model, t
     backend = LocalBackend(colour_model, max_pixels=1_000_000)
     image = tmp_path / "c.png"
     Image.open(io.BytesIO(colour_image("C", size=300))).convert("RGBA").save(image)  # any mode, any size
-    top = asyncio.run(classify_file(backend, str(image), k=5))
+    top = asyncio.run(classify_with_hand(backend, str(image), k=5)).top
     assert next(iter(top)) == "C" and len(top) == 4 and abs(sum(top.values()) - 1) < 1e-5
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_header_only(5_000, 5_000))  # the demo refuses what /predict refuses
     with pytest.raises(gr.Error, match="too large"):
-        asyncio.run(classify_file(backend, str(bomb), k=5))
+        asyncio.run(classify_with_hand(backend, str(bomb), k=5))
     demo = build_demo(backend, ServeConfig())
     assert demo.title == "ASL alphabet recogniser"
 
@@ -82,13 +82,20 @@ def test_the_demo_reads_the_spelling_thresholds_when_it_uses_them(colour_model, 
     image.write_bytes(colour_image("A"))
     speller = Speller.of(settings)  # a session opened before the change
     settings.spell_hold_s = 0.05
-    asyncio.run(handlers["on_frame"](str(image), speller))
+    asyncio.run(handlers["on_frame"](str(image), speller, None))
     time.sleep(0.1)
-    text, status, speller, overlay = asyncio.run(handlers["on_frame"](str(image), speller))
+    text, status, speller, overlay = asyncio.run(handlers["on_frame"](str(image), speller, None))
     assert overlay is None  # an image model finds no hand to draw
     assert text == "A" and "added A" in status and speller.hold_s == 0.05
     assert "held for 0.05 s" in handlers["on_load"]()
     settings.spell_min_probability = 0.99
-    asyncio.run(handlers["on_frame"](str(image), speller))
+    asyncio.run(handlers["on_frame"](str(image), speller, None))
     assert speller.min_probability == 0.99
     assert handlers["on_clear"]()[2] == Speller(0.05, 0.99)
+
+
+def test_an_unsure_frame_never_commits_a_letter():
+    speller = Speller(hold_s=0.5, min_probability=0.5)
+    assert speller.update("A", 0.9, 0.0) is None and speller.update("A", 0.9, 0.3, confident=False) is None
+    assert speller.candidate is None  # the unsure frame restarted the hold
+    assert speller.update("A", 0.9, 0.6) is None and speller.update("A", 0.9, 1.2) == "A"

@@ -1,10 +1,14 @@
 """A hand-aware model behind the real FastAPI app (in-process, no Ray): /predict's hand block, the
-no-hand rule, /v1/model, and the demo's skeleton overlay and frame smoothing."""
+no-hand rule, /v1/model, the demo's skeleton overlay and frame smoothing; and personal calibration
+over HTTP: POST /v1/calibration makes a profile from labelled photos, /predict and /v1/practice/check
+answer with it, every bad profile is refused with a clear 4xx; the honest "not sure" in practice."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from asl_platform.config import ServeConfig
 from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import LocalBackend
 from asl_platform.serving.demo import Speller, build_demo
+from asl_platform.serving.practice import NOT_SURE, check
 from conftest import ASL_ALPHABET, colour_image, detected_photos
 
 pytestmark = pytest.mark.real_data
@@ -27,7 +32,7 @@ def client(hand_model) -> TestClient:
 
 @pytest.fixture(scope="module")
 def photos(asl_alphabet) -> dict[str, list]:
-    return detected_photos(asl_alphabet, ["A", "B", "C"], per_class=2, scan=60, skip=12)  # not trained on
+    return detected_photos(asl_alphabet, ["A", "B", "C"], per_class=3, scan=60, skip=12)  # not trained on
 
 
 def test_predict_returns_the_hand_block_and_reads_the_hand(client, photos):
@@ -80,7 +85,7 @@ def test_the_demo_draws_the_skeleton_over_the_photo_and_the_frames(hand_model, p
     demo = build_demo(LocalBackend(hand_model), ServeConfig(spell_hold_s=30))
     handlers = {fn.name: fn.fn for fn in demo.fns.values()}
     path, hand = photos["C"][0]
-    letters, drawn = asyncio.run(handlers["on_photo"](str(path)))
+    letters, drawn = asyncio.run(handlers["on_photo"](str(path), None))
     assert next(iter(letters)) == "C"
     original = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
     changed = np.any(np.asarray(drawn, dtype=np.int16) != original, axis=2)
@@ -88,11 +93,11 @@ def test_the_demo_draws_the_skeleton_over_the_photo_and_the_frames(hand_model, p
     assert changed.mean() > 0.01 and changed[y0:y1 + 1, x0:x1 + 1].any()
     blank = tmp_path / "blank.png"
     Image.new("RGB", (200, 200), (128, 128, 128)).save(blank)
-    letters, drawn = asyncio.run(handlers["on_photo"](str(blank)))
+    letters, drawn = asyncio.run(handlers["on_photo"](str(blank), None))
     assert np.array_equal(np.asarray(drawn), np.full((200, 200, 3), 128, np.uint8))  # nothing drawn, nothing found
-    text, status, speller, frame = asyncio.run(handlers["on_frame"](str(path), Speller.of(ServeConfig())))
+    text, status, speller, frame = asyncio.run(handlers["on_frame"](str(path), Speller.of(ServeConfig()), None))
     assert status.startswith("**C**") and frame is not None
-    text, status, speller, frame = asyncio.run(handlers["on_frame"](str(blank), speller))
+    text, status, speller, frame = asyncio.run(handlers["on_frame"](str(blank), speller, None))
     assert "no hand found" in status
 
 
@@ -106,3 +111,117 @@ def test_fingerspelling_smooths_over_the_last_frames():
     assert speller.smooth({"B": 0.9})[0] == "B" and len(speller.recent) == 3
     speller.clear()
     assert speller.recent == []
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def b64(path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+@pytest.fixture(scope="module")
+def calibrated(client, photos) -> dict:
+    images = [{"letter": letter, "image": b64(path)} for letter, pairs in photos.items() for path, _ in pairs[:2]]
+    images.append({"letter": "A", "image": base64.b64encode(colour_image("A", size=120)).decode()})  # no hand in it
+    response = client.post("/v1/calibration", json={"images": images})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_calibration_makes_a_profile_of_the_shots_and_says_how_much_it_helps(calibrated):
+    profile = calibrated["profile"]
+    assert profile["model"]["name"] == "hands" and profile["model"]["sha256"]
+    assert {letter: len(rows) for letter, rows in profile["shots"].items()} == {"A": 2, "B": 2, "C": 2}
+    assert all(len(row) == 64 for rows in profile["shots"].values() for row in rows)
+    assert calibrated["letters"]["A"] == {"images": 3, "shots": 2, "unusable": 1}  # the colour patch has no hand
+    held = calibrated["held_out"]
+    assert held["images"] == 3 and 0 <= held["accuracy_before"] <= 1 and 0 <= held["accuracy_after"] <= 1
+
+
+def test_predict_answers_from_the_profile_sent_as_json_or_multipart(client, calibrated, photos):
+    path, _ = photos["C"][2]  # not one of the shots
+    plain = client.post("/predict", content=path.read_bytes(), headers={"content-type": "image/jpeg"}).json()
+    assert plain["calibrated"] is False and isinstance(plain["confident"], bool)
+    body = client.post("/predict", json={"image": b64(path), "profile": calibrated["profile"]}).json()
+    assert body["calibrated"] is True and body["label"] == "C", body
+    form = client.post("/predict", files={"file": ("c.jpg", path.read_bytes(), "image/jpeg")},
+                       data={"profile": json.dumps(calibrated["profile"])}).json()
+    assert form["calibrated"] is True and form["top_k"] == body["top_k"]
+    batch = client.post("/predict/batch", json={"images": [b64(path), base64.b64encode(colour_image("B")).decode()],
+                                                "profile": calibrated["profile"]}).json()
+    assert [r["calibrated"] for r in batch["results"]] == [True, False]  # no hand in the second: the model answers
+
+
+def test_the_persons_own_shots_decide_over_the_model(client, photos):
+    """A person whose 'A' looks like everyone else's 'B' (as asl-webcam's X looks like A): calibrated, their
+    B-shaped hand reads as A."""
+    shots = [{"letter": "A", "image": b64(path)} for path, _ in photos["B"][:2]]
+    profile = client.post("/v1/calibration", json={"images": shots}).json()["profile"]
+    path = photos["B"][2][0]
+    assert client.post("/predict", json={"image": b64(path)}).json()["label"] == "B"
+    assert client.post("/predict", json={"image": b64(path), "profile": profile}).json()["label"] == "A"
+
+
+@pytest.mark.parametrize("change,status,code", [
+    (lambda p: {**p, "shots": {"A": [[1.0] * 10]}}, 422, "invalid_profile"),
+    (lambda p: {**p, "model": {**p["model"], "sha256": "0" * 16}}, 422, "profile_model_mismatch"),
+    (lambda p: {**p, "shots": {"A": p["shots"]["A"] * 6}}, 413, "profile_too_large"),
+    (lambda p: {**p, "shots": {"Q": p["shots"]["A"]}}, 422, "invalid_profile"),
+    (lambda p: "a string", 422, "invalid_profile"),
+])
+def test_every_bad_profile_is_a_clear_4xx(client, calibrated, photos, change, status, code):
+    body = {"image": b64(photos["A"][0][0]), "profile": change(calibrated["profile"])}
+    response = client.post("/predict", json=body)
+    assert response.status_code == status and response.json()["error"]["code"] == code, response.text
+    assert "profile" in response.json()["error"]["message"] or "calibrat" in response.json()["error"]["message"]
+
+
+def test_a_profile_field_that_is_not_json_is_400(client, photos):
+    response = client.post("/predict", files={"file": ("a.jpg", photos["A"][0][0].read_bytes(), "image/jpeg")},
+                           data={"profile": "{not json"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("body,status", [
+    ({"images": []}, 400),
+    ({"images": [{"letter": "Q", "image": "aGVsbG8="}]}, 422),
+    ({"images": [{"letter": "A"}]}, 400),
+    ({"images": [{"letter": "A", "image": "aGVsbG8=", "note": 1}]}, 400),
+    ({"pictures": []}, 400),
+])
+def test_calibration_requests_are_checked(client, body, status):
+    assert client.post("/v1/calibration", json=body).status_code == status
+    assert client.post("/v1/calibration", content=b"\xff\xd8", headers={"content-type": "image/jpeg"}).status_code == 415
+
+
+def test_an_image_model_has_no_calibration_and_refuses_a_profile(colour_model, calibrated):
+    client = TestClient(create_app(LocalBackend(colour_model), ServeConfig()))
+    assert client.post("/v1/calibration", json={"images": []}).status_code in (404, 405)
+    assert "/v1/calibration" not in client.get("/openapi.json").json()["paths"]
+    response = client.post("/predict", json={"image": base64.b64encode(colour_image("A")).decode(),
+                                             "profile": calibrated["profile"]})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "calibration_unsupported"
+
+
+def test_practice_check_uses_the_profile_and_never_passes_an_unsure_answer(client, calibrated, photos):
+    path = photos["B"][2][0]
+    verdict = client.post("/v1/practice/check?target=B", json={"image": b64(path), "profile": calibrated["profile"]}).json()
+    assert verdict["calibrated"] is True and verdict["label"] == "B"
+    assert verdict["correct"] == verdict["confident"]  # right letter: correct exactly when sure
+    unsure = check("B", 0.95, False, {"found": True, "landmarks": [[0.0, 0.0, 0.0]] * 21, "handedness": "Right"},
+                   "B", {}, 0.5)
+    assert unsure["correct"] is False and unsure["confident"] is False and unsure["hints"][0] == NOT_SURE
+    sure = check("B", 0.95, True, None, "B", {}, 0.5)
+    assert sure["correct"] is True and sure["confident"] is True
+
+
+def test_the_schema_documents_the_profile_and_the_calibration_route(client, photos):
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    profile, no_profile = body["properties"]["profile"]["anyOf"]
+    assert profile["properties"]["model"]["properties"]["sha256"]["const"] and no_profile == {
+        "type": "null", "description": "no profile"}
+    assert client.post("/predict", json={"image": b64(photos["A"][0][0]), "profile": None}).json()["calibrated"] is False
+    route = schema["paths"]["/v1/calibration"]["post"]
+    assert set(route["responses"]) >= {"200", "400", "413", "415", "422"}

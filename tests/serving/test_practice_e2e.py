@@ -1,8 +1,11 @@
-"""Practice mode in a real headless Chromium against real Ray Serve: a fake webcam (a Y4M made from
-real asl-alphabet photos) signs A, then B; the learner spells "AB" and the round must go on by itself:
-target shown, sign recognised, score up, next target."""
+"""Practice mode and calibration in a real headless Chromium against real Ray Serve: a fake webcam (a
+Y4M made from real asl-alphabet photos) signs A, then B; the learner spells "AB" and the round must go
+on by itself: target shown, sign recognised, score up, next target. And a learner calibrates A at the
+webcam, downloads the profile, loads it again, and a practice round answers from it."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -75,6 +78,63 @@ def test_a_practice_round_in_the_browser(server, asl_alphabet, playwright_or_ski
         page.locator("#practice-overlay img").wait_for(state="visible", timeout=30_000)  # the learner's own skeleton
         page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / "practice_round.png"), full_page=True)
+        assert external == [], f"the demo tried to reach the internet: {external}"
+    finally:
+        browser.close()
+
+
+def well_read_photo(server: str, asl_alphabet, letter: str):
+    """A photo of ``letter`` (not trained on) that the model reads right, as a learner who signs well."""
+    for path, _ in detected_photos(asl_alphabet, [letter], per_class=3, scan=60, skip=12)[letter]:
+        answer = requests.post(f"{server}/predict", data=path.read_bytes(), headers={"content-type": "image/jpeg"},
+                               timeout=60).json()
+        if answer["label"] == letter:
+            return path
+    pytest.fail(f"no photo of {letter} that the model reads right")
+
+
+def test_calibrate_at_the_webcam_then_practise_with_the_profile(server, asl_alphabet, playwright_or_skip, tmp_path):
+    video = photo_video(tmp_path / "a.y4m", [well_read_photo(server, asl_alphabet, "A")])
+    browser = chromium_with_fake_webcam(playwright_or_skip, video)
+    try:
+        page, external = open_demo_tab(browser, server, "Calibrate", height=1000)
+        page.locator("#calibrate-start").click()
+        page.locator("#calibrate-target").get_by_text("Sign A").wait_for(timeout=30_000)
+        start_webcam(page, "calibrate-camera")
+        # Four frames of A with a hand, then the next letter is asked for: the learner finishes there.
+        page.locator("#calibrate-target").get_by_text("Sign B").wait_for(timeout=60_000)
+        assert "Letter 2 of" in page.locator("#calibrate-progress").inner_text()
+        page.locator("#calibrate-finish").click()
+        report = page.locator("#calibrate-report")
+        report.get_by_text("Calibrated").wait_for(timeout=60_000)
+        assert "1 letter(s), 4 frames" in report.inner_text() and "kept out of it" in report.inner_text()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "calibration.png"), full_page=True)
+
+        with page.expect_download(timeout=30_000) as download:  # made in the page: no file on the server
+            page.locator("#profile-download").click()
+        saved = tmp_path / "profile.json"
+        download.value.save_as(saved)
+        profile = json.loads(saved.read_text())
+        assert list(profile["shots"]) == ["A"] and len(profile["shots"]["A"]) == 4
+        assert profile["model"]["sha256"] == requests.get(f"{server}/v1/model", timeout=30).json()["sha256"]
+
+        page.locator("#profile-forget").click()
+        report.get_by_text("Calibration removed").wait_for(timeout=30_000)
+        with page.expect_file_chooser(timeout=30_000) as chooser:  # and back, from the file
+            page.locator("#profile-upload").click()
+        chooser.value.set_files(str(saved))
+        report.get_by_text("Profile loaded from your file").wait_for(timeout=30_000)
+
+        page.get_by_role("tab", name="Practice").click()
+        page.locator("#practice-mode").get_by_text("Spell a word").click()
+        page.locator("#practice-word textarea").fill("A")
+        page.locator("#practice-start").click()
+        page.locator("#practice-target").get_by_text("Sign A").wait_for(timeout=30_000)
+        start_webcam(page, "practice-camera")
+        page.wait_for_function("document.querySelector('#practice-score').innerText.includes('words spelled 1')",
+                               timeout=90_000)
+        assert "your calibration" in page.locator("#practice-feedback").inner_text()  # the profile answered
         assert external == [], f"the demo tried to reach the internet: {external}"
     finally:
         browser.close()

@@ -53,7 +53,7 @@ def accuracy_block(model_dir: Path, root: Path, split: str) -> dict:
     card = ModelCard.load(model_dir)
     paths, labels = labelled(model_dir, root, split, card.classes)
     image, errors = predict_paths(model_dir, paths)
-    found, landmarks, hand_errors = landmark_answers(model_dir, paths)
+    found, landmarks, _, hand_errors = landmark_answers(model_dir, paths)
     good = np.asarray([not e and not h for e, h in zip(errors, hand_errors)], dtype=bool)
     image, landmarks, found, labels = image[good], landmarks[good], found[good], labels[good]
     scores = score_rules(image, landmarks, found, labels, card.classes)

@@ -128,6 +128,7 @@ class CrossDomain:
     image: np.ndarray
     landmarks: np.ndarray
     found: np.ndarray
+    hand_aware: bool = True  # False: no landmark model, ``landmarks`` and ``found`` are empty
 
     def scores(self) -> dict[str, float]:
         return score_rules(self.image, self.landmarks, self.found, self.labels, self.classes)
@@ -143,7 +144,7 @@ class CrossDomain:
             metrics["cross_domain_confident_accuracy"] = float(np.mean(answer[confident] == self.labels[confident])) \
                 if confident.any() else float("nan")
             metrics["cross_domain_coverage"] = float(confident.mean())
-        if rule != "image":
+        if self.hand_aware:  # whichever rule won: the image model's share and MediaPipe's, for the record
             metrics["cross_domain_accuracy_image"] = float(np.mean(self.image.argmax(axis=1) == self.labels))
             metrics["cross_domain_hand_found"] = float(self.found.mean())
         return metrics
@@ -173,7 +174,8 @@ def score_cross_domain(cfg: Config, model_dir: Path, card: ModelCard, index: Ima
         landmarks = _landmark_probabilities(landmark_model, hands.inputs(), found, len(card.classes))
     logger.info("cross-domain %s: %d readable image(s) of known classes%s", index.root, int(good.sum()),
                 f", hand found in {found[good].mean():.1%}" if landmark_model is not None and good.any() else "")
-    return CrossDomain(str(index.root), list(card.classes), labels[good], image[good], landmarks[good], found[good])
+    return CrossDomain(str(index.root), list(card.classes), labels[good], image[good], landmarks[good], found[good],
+                       hand_aware=landmark_model is not None)
 
 
 def export_shapes(prepared: PreparedData, model_dir: Path) -> dict[str, int]:

@@ -12,6 +12,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 ASL_ALPHABET = SHARED_DATA / "asl-alphabet"
 ASL_WEBCAM = SHARED_DATA / "asl-webcam"
+ASL_SIGNERS = SHARED_DATA / "asl-signers"
+ASL_PEOPLE = SHARED_DATA / "asl-people"
 
 
 def require_dataset(path: Path) -> Path:

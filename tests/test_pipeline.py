@@ -176,20 +176,22 @@ def test_cli_reports_missing_data_root_clearly(tmp_path):
 @pytest.mark.own_ray
 @pytest.mark.real_data
 def test_hand_aware_pipeline_chooses_on_validation_measures_cross_domain_and_every_tool_uses_it(tmp_path, asl_alphabet):
-    """model.kind=hand_aware on real photos (a few per class): the hands stage, two ASHA searches,
-    two Ray Train retrains, every fusion rule scored on the validation split and the best one exported,
-    the "not sure" thresholds chosen there too, the cross-domain folder measured (never chosen on) and
-    recorded; then evaluate and predict-batch answer as the card says, with hand numbers."""
-    from conftest import ASL_WEBCAM, require_dataset
+    """model.kind=hand_aware on real photos of one signer and of many (a few per class of each, asl-signers
+    lacking del/nothing/space): the hands stage, two ASHA searches, two Ray Train retrains, every fusion
+    rule scored on the validation split with both folders weighing the same and the best one exported,
+    the "not sure" threshold chosen there too, the cross-domain folder measured (never chosen on) and
+    recorded; then evaluate (calibrated per folder and per person) and predict-batch answer as the card
+    says, with hand numbers."""
+    from conftest import ASL_PEOPLE, ASL_SIGNERS, ASL_WEBCAM, require_dataset
     from asl_platform.model import ModelCard
 
-    webcam = require_dataset(ASL_WEBCAM)
+    webcam, signers, people = require_dataset(ASL_WEBCAM), require_dataset(ASL_SIGNERS), require_dataset(ASL_PEOPLE)
     cross = tmp_path / "cross"
     for label in ("A", "B", "L", "V", "Y", "nothing"):
         (cross / label).mkdir(parents=True)
         for photo in sorted((webcam / label).iterdir())[:6]:
             (cross / label / photo.name).symlink_to(photo)
-    args = ("pipeline", "--data", str(asl_alphabet), "--backbone", "tiny", "--set", "model.weights=none",
+    args = ("pipeline", "--data", str(asl_alphabet), "--data", str(signers), "--backbone", "tiny", "--set", "model.weights=none",
             "--set", "model.kind=hand_aware", "--set", "data.max_images_per_class=8", "--set", "tune.num_samples=2",
             "--set", "tune.max_epochs=3", "--set", "tune.grace_period=1", "--set", "train.epochs=3",
             "--set", f"data.cross_domain_root={cross}", "--set", "hands.augment_tilt_deg=20", "--set", "run.name=hands")
@@ -209,15 +211,17 @@ def test_hand_aware_pipeline_chooses_on_validation_measures_cross_domain_and_eve
     assert card.fusion.scores[card.fusion.rule] == max(card.fusion.scores.values())
     assert {"lr", "batch_size", "hidden_size"} <= set(card.hands.searched)  # the landmark search's own choice
     assert card.hands.head.hidden_size == card.hands.searched["hidden_size"]
-    assert card.fusion.selected_on == "validation split"  # one training folder: every image counts once
+    assert card.fusion.selected_on == "validation split, each of the 2 training folders weighing the same"
+    assert [Path(source.root).name for source in card.data.sources] == ["asl-alphabet", "asl-signers"]
+    assert "del" in card.classes and card.data.sources[1].images == 8 * 26  # the classes of both folders
     assert set(card.fusion.cross_domain_scores) == set(card.fusion.scores)  # measured, for the record
     metrics = card.metrics
     assert metrics["cross_domain_accuracy"] == pytest.approx(card.fusion.cross_domain_scores[card.fusion.rule])
     confidence = card.confidence
     assert 0 <= confidence.threshold < 1 and confidence.target_precision == 0.98 and "validation" in confidence.chosen_on
-    # 8 images per class leave a hand or two per letter in the validation split: too few for a simulated
-    # calibration of SIMULATED_SHOTS per letter, so the card says nothing and serving uses the default.
-    assert confidence.temperature is confidence.calibrated_coverage is confidence.calibrated_precision is None
+    # The temperature of calibrated answers needs more than SIMULATED_SHOTS hands of a letter in a folder's
+    # validation split (8 images per class leave one or two); without, serving uses its default.
+    assert (confidence.temperature is None) == (confidence.calibrated_coverage is None)
     assert 0 <= metrics["cross_domain_coverage"] <= 1
     assert metrics["cross_domain_images"] == 36 and 0 < metrics["cross_domain_hand_found"] <= 1
     assert {"test_accuracy", "test_accuracy_image", "test_hand_found"} <= set(metrics)
@@ -252,6 +256,23 @@ def test_hand_aware_pipeline_chooses_on_validation_measures_cross_domain_and_eve
     assert hands["images_with_hand"] + hands["images_without_hand"] == 36
     assert set(hands["detection_rate"]) == {"A", "B", "L", "V", "Y", "nothing"}
     assert "Hand found" in next(report_dir.glob("*.md")).read_text()
+
+    # asl-people's file names say whose frame it is: 2 shots per letter of each person's own frames.
+    persons = tmp_path / "people"
+    for label in ("A", "L", "Y"):
+        (persons / label).mkdir(parents=True)
+        for photo in sorted((people / label).iterdir()):
+            if photo.name.split("-")[0] in ("mariia00", "adi3220"):
+                (persons / label / photo.name).symlink_to(photo)
+    per_person = run_cli("evaluate", "--model", str(model_dir), "--data", str(persons), "--output", str(tmp_path / "p"),
+                         "--calibration-shots", "2", "--calibration-draws", "2", cwd=tmp_path)
+    assert per_person.returncode == 0, per_person.stderr[-4000:]
+    calibration = json.loads(next((tmp_path / "p").glob("*.json")).read_text())["calibration"]
+    assert calibration["calibrated_per"] == "person (file-name prefix)"
+    assert set(calibration["per_person"]) == {"mariia00", "adi3220"}
+    assert calibration["worst_person_accuracy"] == min(calibration["per_person"].values())
+    assert calibration["mean_person"] == pytest.approx(np.mean(list(calibration["per_person"].values())))
+    assert "mean person" in per_person.stdout
 
     # predict-batch: a hand_found column beside the letters.
     out = tmp_path / "batch"

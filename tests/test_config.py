@@ -372,9 +372,14 @@ def test_unknown_backbone_is_a_config_error():
     assert "model.backbone" in message and "unknown backbone 'vgg16'" in message and "efficientnet_lite0" in message
 
 
-@pytest.mark.parametrize("override", ["tune.batch_size=[]", "tune.hidden_size=[0, 64]", "tune.batch_size=[64, -1]"])
-def test_tune_choice_lists_are_validated(override):
-    assert "tune." in _error([override])
+@pytest.mark.parametrize("override,where,why", [
+    ("tune.batch_size=[]", "tune.batch_size:", "at least 1 item"),
+    ("tune.hidden_size=[0, 64]", "tune.hidden_size.0:", "greater than or equal to 1 (got 0)"),
+    ("tune.batch_size=[64, -1]", "tune.batch_size.1:", "greater than or equal to 1 (got -1)"),
+])
+def test_tune_choice_lists_are_validated(override, where, why):
+    message = _error([override])
+    assert where in message and why in message
 
 
 def test_flag_values_are_taken_as_text_not_yaml():

@@ -256,7 +256,7 @@ def test_list_images_single_class_folder_with_arbitrary_file_names(tmp_path):
     root = tmp_path / "data"
     _save(root / "A" / "cat.png")
     _save(root / "A" / "dog.png")
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"found 1 class\(es\) .* need at least 2"):
         list_images(root)
 
 

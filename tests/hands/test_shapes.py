@@ -10,7 +10,7 @@ from asl_platform.hands.shapes import (
     DESCRIPTIONS, MOTION_LETTERS, accepted_labels, canonical, curls, draw_shape, hints, load_shapes, save_shapes,
     typical_shapes,
 )
-from tests.conftest import detected_photos
+from conftest import detected_photos
 
 LETTERS = ["A", "B", "L", "Y"]
 

@@ -1,7 +1,7 @@
 """Running on a Ray cluster, for real: cluster.yaml through Ray's own schema, and a local two-node
 cluster (``ray start --head`` + ``ray start --address``, token auth on) that runs a job submitted with
 ``ray job submit --working-dir``, then deploys ``serve_config.yaml`` with ``serve deploy`` and calls the
-endpoint, exactly as README "Run on a cluster" tells users to.
+endpoint, exactly as docs/cluster.md tells users to.
 
 The cluster is this test's own: its own ports, its own temp dirs, stopped by signalling the two
 ``ray start --block`` processes (never ``ray stop``, which would kill every Ray on the machine,
@@ -150,7 +150,7 @@ class LocalCluster:
 
     @property
     def client_env(self) -> dict[str, str]:
-        """A user's shell, as README "Run on a cluster" sets it up: the token (RAY_AUTH_MODE=token; the
+        """A user's shell, as docs/cluster.md sets it up: the token (RAY_AUTH_MODE=token; the
         token file), and the Jobs API / dashboard address for `ray job ...` and `serve ...`."""
         return {**self.env, "RAY_API_SERVER_ADDRESS": self.dashboard_url, "RAY_DASHBOARD_ADDRESS": self.dashboard_url}
 

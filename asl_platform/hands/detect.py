@@ -1,7 +1,7 @@
 """One hand per image with MediaPipe Hands: 21 landmarks, handedness, score and box.
 
 MediaPipe 0.10.21 ships its palm-detection and hand-landmark models inside the wheel, so this works
-offline (see the README for why the pin). Detection runs on the frame padded with its own border
+offline (see docs/architecture.md, "Libraries and why"). Detection runs on the frame padded with its own border
 (``paddings``): hands cut by the image edge (cropped-hand photos, close webcam shots) are found far
 more often when the palm detector sees some margin around them.
 """

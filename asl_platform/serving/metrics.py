@@ -1,5 +1,5 @@
 """Prometheus metrics of the application, exported by Ray (``ray.serve.metrics``) from every replica
-at its node's metrics export port (``serve.metrics_port`` for ``asl-platform serve``; see README).
+at its node's metrics export port (``serve.metrics_port`` for ``asl-platform serve``; see docs/serving.md).
 
 Ray prefixes each name with ``ray_`` and adds the deployment, replica and application tags; counters
 get a ``_total`` suffix. Outside a Ray worker (the app in-process, in tests) nothing is recorded.

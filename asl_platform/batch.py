@@ -1,7 +1,7 @@
 """Batch inference: classify every file under a folder or ``s3://`` prefix into Parquet and CSV, once.
 
 This is the original S3-upload trigger done the Ray way: instead of one function call per upload
-event, a Ray Data actor pool (``evaluate.predict_paths_with_hands``) classifies whole listings, and ``watch``
+event, a Ray Data actor pool (``inference.predict_paths_with_hands``) classifies whole listings, and ``watch``
 polls for files that arrived since. The output folder is the only state: the paths in its part
 files are what has been classified, so a re-run or a restarted watcher never classifies a file
 twice and no database or queue is needed. Unreadable files become rows with their error, so nothing
@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from asl_platform.data import DataError, is_remote, scan_files, strip_file_scheme
 from asl_platform.config import InferenceConfig
-from asl_platform.evaluate import DEFAULT_MAX_BYTES, predict_paths_with_hands
+from asl_platform.inference import DEFAULT_MAX_BYTES, predict_paths_with_hands
 from asl_platform.model import ModelCard, model_location, resolve_model_dir
 
 logger = logging.getLogger(__name__)

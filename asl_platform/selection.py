@@ -17,7 +17,7 @@ from torch import nn
 
 from asl_platform.config import Config
 from asl_platform.data import ImageIndex
-from asl_platform.evaluate import predict_paths
+from asl_platform.inference import predict_paths
 from asl_platform.hands import detect_hands
 from asl_platform.hands.detect import mediapipe_version
 from asl_platform.hands.shapes import save_shapes, shapes_of

@@ -46,7 +46,7 @@ def labelled(model_dir: Path, root: Path, split: str, classes: list[str]) -> tup
 def accuracy_block(model_dir: Path, root: Path, split: str) -> dict:
     """One pass of each model over the set, then every fusion rule scored on the same answers (the
     exported rule is what evaluate reports), hand found overall, on hand classes and per class."""
-    from asl_platform.evaluate import landmark_answers, predict_paths
+    from asl_platform.inference import landmark_answers, predict_paths
     from asl_platform.model import ModelCard
     from asl_platform.model.fusion import score_rules
 

@@ -45,7 +45,8 @@ def labelled(model_dir: Path, root: Path, classes: list[str], test_only: bool = 
 
 
 def measure(model_dir: Path, root: Path, shots: tuple[int, ...], draws: int, test_only: bool = False) -> dict:
-    from asl_platform.evaluate import calibration_metrics, confident_metrics, people_of, predict_paths_with_hands
+    from asl_platform.evaluate import calibration_metrics, confident_metrics, people_of
+    from asl_platform.inference import predict_paths_with_hands
     from asl_platform.model import ModelCard
 
     card = ModelCard.load(model_dir)

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from asl_platform.data import decode_image, list_images, stratified_split
-from asl_platform.evaluate import compute_report, evaluate_folder, predict_paths, write_report
+from asl_platform.evaluate import compute_report, evaluate_folder, write_report
+from asl_platform.inference import predict_paths
 from asl_platform.model import Predictor, build_classifier, save_model_dir
 
 CLASSES = ["A", "B", "C", "D"]
@@ -218,7 +219,7 @@ def test_saved_test_split_is_used_and_new_files_do_not_leak_in(ray_local, tmp_pa
 def test_evaluate_use_gpu_reaches_the_inference_actors(tmp_path, tiny_model, monkeypatch):
     """`asl-platform evaluate --use-gpu` (and `train` with train.use_gpu) ask Ray Data for GPU actors.
     No GPU here, so the actor pool is replaced by the model run in-process, and the flag is recorded."""
-    import asl_platform.evaluate
+    import asl_platform.inference
     from asl_platform.cli import main
 
     asked = []
@@ -227,7 +228,7 @@ def test_evaluate_use_gpu_reaches_the_inference_actors(tmp_path, tiny_model, mon
         asked.append(use_gpu)
         return _direct(model_dir, paths), [""] * len(paths)
 
-    monkeypatch.setattr(asl_platform.evaluate, "predict_paths", in_process)
+    monkeypatch.setattr(asl_platform.inference, "predict_paths", in_process)
     root = tmp_path / "data"
     for name, colour in {"A": (200, 40, 40), "B": (40, 200, 40)}.items():
         (root / name).mkdir(parents=True)

@@ -9,7 +9,7 @@ import asl_platform
 
 PACKAGE = Path(asl_platform.__file__).parent
 TRAINING_STACK = ("asl_platform.training", "asl_platform.pipeline", "asl_platform.prepare", "asl_platform.features",
-                  "asl_platform.evaluate", "asl_platform.batch", "asl_platform.synthetic")
+                  "asl_platform.evaluate", "asl_platform.inference", "asl_platform.batch", "asl_platform.synthetic")
 
 
 def _module_name(path: Path) -> str:

@@ -153,7 +153,8 @@ def test_the_runtime_setting_reaches_the_ray_data_actors_of_evaluate_and_predict
     """evaluate and predict-batch classify through ``predict_paths``' actors: each runtime gives its own
     probabilities there (fp32 = torch within float noise, int8 measurably not), and the report says which ran."""
     from asl_platform.batch import predict_batch
-    from asl_platform.evaluate import evaluate_folder, predict_paths
+    from asl_platform.evaluate import evaluate_folder
+    from asl_platform.inference import predict_paths
 
     paths = photo_model[1]["test"][0][::7]  # 12 photos across the five letters
     runs = {name: predict_paths(exported, paths, batch_size=4, inference=InferenceConfig(**keys))[0]

@@ -305,11 +305,6 @@ def scan_files(root: str, exclude: Iterable[str] = ()) -> dict[str, tuple[int, i
     return found
 
 
-def list_files(root: str, exclude: Iterable[str] = ()) -> list[str]:
-    """The sorted paths of ``scan_files``: every file under ``root`` that inference should attempt."""
-    return list(scan_files(root, exclude))
-
-
 def stratified_split(index: ImageIndex, val_fraction: float, test_fraction: float, seed: int) -> ImageIndex:
     """Assign train/val/test per class with a seeded shuffle, so the same seed gives the same split.
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from asl_platform.batch import APPENDING_MARKER, COMBINED_CSV, BatchJob, PredictionStore, predict_batch, watch
 from asl_platform.cli import main
-from asl_platform.data import DataError, decode_image, list_files, scan_files
+from asl_platform.data import DataError, decode_image, scan_files
 from asl_platform.model import Predictor, build_classifier, save_model_dir
 
 CLASSES = ["A", "B", "C", "Z"]
@@ -81,25 +81,25 @@ def tiny_model(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- listing (no Ray)
 
 
-def test_list_files_lists_every_non_hidden_file_and_skips_the_output(tmp_path):
+def test_scan_files_lists_every_non_hidden_file_and_skips_the_output(tmp_path):
     root = tmp_path / "in"
     good, bad = _make_input(root)
     _png(root / "out" / "x.png", 5)  # an output folder inside the input is not input
     expected = sorted(good + list(bad))
 
-    assert list_files(str(root), exclude=[str(root / "out")]) == expected
-    assert list_files(f"file://{root}", exclude=[f"file://{root}/out/"]) == expected
-    assert str(root / "out" / "x.png") in list_files(str(root))
+    assert list(scan_files(str(root), exclude=[str(root / "out")])) == expected
+    assert list(scan_files(f"file://{root}", exclude=[f"file://{root}/out/"])) == expected
+    assert str(root / "out" / "x.png") in scan_files(str(root))
     stamps = scan_files(str(root))
     assert stamps[str(root / "B" / "empty.png")][0] == 0
     assert stamps[str(root / "top.png")] == (Path(root / "top.png").stat().st_size, Path(root / "top.png").stat().st_mtime_ns)
 
 
-def test_list_files_missing_or_not_a_folder(tmp_path):
+def test_scan_files_missing_or_not_a_folder(tmp_path):
     with pytest.raises(DataError, match="input not found"):
-        list_files(str(tmp_path / "nope"))
+        scan_files(str(tmp_path / "nope"))
     with pytest.raises(DataError, match="not a folder"):
-        list_files(str(_png(tmp_path / "one.png", 0)))
+        scan_files(str(_png(tmp_path / "one.png", 0)))
 
 
 # --------------------------------------------------------------------------- batch inference (real Ray)

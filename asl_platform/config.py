@@ -209,6 +209,11 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
+# The ServeConfig keys a running app reads at use time (the fingerspelling thresholds): the ingress
+# deployment's user_config, applied in reconfigure without a restart; the demo and the API read them.
+SPELLING_KEYS = ("spell_hold_s", "spell_min_probability")
+
+
 class ServeConfig(_Section):
     """The HTTP endpoint, its model deployment (batching, autoscaling) and the Gradio demo.
 

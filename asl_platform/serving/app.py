@@ -14,7 +14,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from asl_platform.config import ServeConfig
+from asl_platform.config import SPELLING_KEYS, ServeConfig
 from asl_platform.model.calibration import MAX_SHOTS_PER_LETTER
 from asl_platform.serving.backends import Backend, Prediction, confidence_threshold
 from asl_platform.serving.calibration import build_profile, checked_calibration
@@ -22,7 +22,7 @@ from asl_platform.serving.contract import (
     BatchAnswer, CalibrationAnswer, HealthAnswer, ModelInfo, PracticeCatalogue, PracticeVerdict, PredictAnswer, answers,
     calibration_body, image_body, profile_schema,
 )
-from asl_platform.serving.demo import SPELLING_KEYS, mount_demo
+from asl_platform.serving.demo import mount_demo
 from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, accepted_labels, draw_shape
 from asl_platform.serving.metrics import RequestMetrics, ServingMetrics
 from asl_platform.serving.practice import check, model_shapes, practice_letters

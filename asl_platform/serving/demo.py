@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asl_platform.config import ServeConfig
+from asl_platform.config import SPELLING_KEYS, ServeConfig
 from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, draw_shape
 from asl_platform.model.calibration import Calibration
 from asl_platform.serving.backends import Prediction, confidence_threshold
@@ -40,8 +40,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Consolas", "Liberation Mono", "monospace"]
-# The ServeConfig keys the demo reads at use time: the ingress deployment's user_config.
-SPELLING_KEYS = ("spell_hold_s", "spell_min_probability")
 
 
 @dataclass

@@ -24,11 +24,10 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from ray import serve
 
-from asl_platform.config import Config, ConfigError, InferenceConfig, ServeConfig
+from asl_platform.config import SPELLING_KEYS, Config, ConfigError, InferenceConfig, ServeConfig
 from asl_platform.limits import MAX_IMAGE_PIXELS
 from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import HandleBackend, ImageClassifier, Item, Prediction
-from asl_platform.serving.demo import SPELLING_KEYS
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -31,6 +32,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (a metric with nothing to measure, e.g. confident accuracy with no confident
+    answer) as None: JSON has no NaN, and ``/v1/model`` must not fail on one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def describe_model(model_dir: Path, card: ModelCard) -> dict:
     """What ``/v1/model`` shows and every prediction names: which model, which weights, how good."""
     files = [model_dir / "model.safetensors"] + ([model_dir / "landmarks.safetensors"] if card.kind == "hand_aware" else [])
@@ -50,10 +63,10 @@ def describe_model(model_dir: Path, card: ModelCard) -> dict:
         "backbone": card.backbone,
         "classes": list(card.classes),
         "preprocessing": card.preprocessing.model_dump(mode="json"),
-        "metrics": dict(card.metrics),
+        "metrics": _json_safe(dict(card.metrics)),
         "kind": card.kind,
-        "fusion": card.fusion.model_dump(mode="json") if card.fusion else None,
-        "confidence": card.confidence.model_dump(mode="json") if card.confidence else None,
+        "fusion": _json_safe(card.fusion.model_dump(mode="json")) if card.fusion else None,
+        "confidence": _json_safe(card.confidence.model_dump(mode="json")) if card.confidence else None,
         "created": card.created,
         "sha256": digest,
     }

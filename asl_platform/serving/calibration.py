@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from asl_platform.hands.shapes import accepted_labels
-from asl_platform.model.calibration import CalibrationProfile, ProfileError, check_profile, hand_row, make_profile
+from asl_platform.model.calibration import (
+    MAX_SHOTS_PER_LETTER, CalibrationProfile, ProfileError, check_profile, hand_row, make_profile,
+)
 from asl_platform.serving.backends import Backend, Prediction
 from asl_platform.serving.protocol import ApiError, top_predictions
 
@@ -70,4 +72,6 @@ async def build_profile(backend: Backend, labelled: list[tuple[str, bytes]],
         held_out = {"images": len(held), "accuracy_before": round(sum(before) / len(held), 4),
                     "accuracy_after": round(sum(after_right) / len(held), 4)}
     profile: CalibrationProfile | None = make_profile(info, rows) if rows else None
+    for record in letters.values():  # what the profile keeps of each letter, not what was sent
+        record["shots"] = min(record["shots"], MAX_SHOTS_PER_LETTER)
     return {"profile": profile.model_dump(mode="json") if profile else None, "letters": letters, "held_out": held_out}

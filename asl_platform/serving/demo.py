@@ -423,7 +423,7 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
         try:
             document = json.loads(Path(path).read_text())
             profile = Profile.of(document, info, "Profile loaded from your file.")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # unreadable, not JSON, nested too deeply
             raise gr.Error(f"not a calibration profile: {exc}") from None
         except ApiError as exc:
             raise gr.Error(exc.message) from None

@@ -78,6 +78,19 @@ def test_batch_multipart_and_json_keep_order_and_report_bad_items(client):
     assert [r["label"] for r in body["results"]] == ["space", "A"]
 
 
+def test_model_info_shows_a_metric_with_nothing_to_measure_as_null(colour_model):
+    """A card may hold NaN (confident accuracy with no confident answer); JSON has no NaN, /v1/model must answer."""
+    from asl_platform.model import ModelCard
+    from asl_platform.serving.backends import describe_model
+
+    card = ModelCard.load(colour_model)
+    card.metrics = {**card.metrics, "cross_domain_confident_accuracy": float("nan")}
+    info = describe_model(colour_model, card)
+    assert info["metrics"]["cross_domain_confident_accuracy"] is None
+    assert info["metrics"]["test_accuracy"] == card.metrics["test_accuracy"]
+    json.dumps(info, allow_nan=False)  # raises on any NaN left
+
+
 def test_health_model_info_docs_and_index(client):
     assert client.get("/healthz").json()["status"] == "ok"
     info = client.get("/v1/model").json()

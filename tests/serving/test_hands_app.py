@@ -139,6 +139,15 @@ def test_calibration_makes_a_profile_of_the_shots_and_says_how_much_it_helps(cal
     assert held["images"] == 3 and 0 <= held["accuracy_before"] <= 1 and 0 <= held["accuracy_after"] <= 1
 
 
+def test_a_letter_sent_more_often_than_a_profile_keeps_reports_the_shots_kept(client, photos):
+    from asl_platform.model.calibration import MAX_SHOTS_PER_LETTER
+
+    shots = [{"letter": "A", "image": b64(photos["A"][0][0])}] * (MAX_SHOTS_PER_LETTER + 2)
+    made = client.post("/v1/calibration", json={"images": shots}).json()
+    assert len(made["profile"]["shots"]["A"]) == MAX_SHOTS_PER_LETTER
+    assert made["letters"]["A"] == {"images": MAX_SHOTS_PER_LETTER + 2, "shots": MAX_SHOTS_PER_LETTER, "unusable": 0}
+
+
 def test_predict_answers_from_the_profile_sent_as_json_or_multipart(client, calibrated, photos):
     path, _ = photos["C"][2]  # not one of the shots
     plain = client.post("/predict", content=path.read_bytes(), headers={"content-type": "image/jpeg"}).json()

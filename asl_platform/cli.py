@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from asl_platform.config import Config, InferenceConfig, builtin_config_path, load_config
+from asl_platform.config import Config, InferenceConfig, builtin_config_path, config_reference, load_config
 from asl_platform.errors import UserError
 
 logger = logging.getLogger("asl_platform")
@@ -73,9 +73,9 @@ MODEL_HELP = "model directory, or a models folder (its 'latest'); local, or s3:/
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from asl_platform.evaluate import evaluate_folder
-    from asl_platform.data import is_remote
+    from asl_platform.data.storage import is_remote
     from asl_platform.model import model_location, resolve_model_dir
+    from asl_platform.stages.evaluate import evaluate_folder
 
     location = model_location(args.model)
     if args.output:
@@ -111,7 +111,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict_batch(args: argparse.Namespace) -> int:
-    from asl_platform.batch import format_summary, predict_batch, watch
+    from asl_platform.batch_predict import format_summary, predict_batch, watch
 
     if args.max_polls is not None and not args.watch:
         logger.error("--max-polls only applies with --watch")
@@ -143,7 +143,7 @@ def _inference(args: argparse.Namespace) -> InferenceConfig:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from asl_platform.onnx_export import add_onnx
+    from asl_platform.stages.onnx_export import add_onnx
 
     onnx = add_onnx(args.model, args.cross_domain, InferenceConfig(calibration_images=args.calibration_images,
                                                                   int8_max_accuracy_drop=args.int8_max_drop / 100))
@@ -155,6 +155,9 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
+    if args.reference:
+        print(config_reference(), end="")
+        return 0
     print(resolve_config(args).to_yaml(), end="")
     return 0
 
@@ -240,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.set_defaults(handler=_cmd_export_onnx)
     config = commands.add_parser("config", help="print the resolved config as YAML")
     _add_config_arguments(config)
+    config.add_argument("--reference", action="store_true", help="print every key with its default and meaning instead")
     config.set_defaults(handler=_cmd_config)
     return parser
 

@@ -36,8 +36,8 @@ class DataConfig(_Section):
         description="Image folder (local path or s3://...), or a list of them (classes matched by name, each "
                     "split on its own). None uses the built-in synthetic smoke set.",
     )
-    val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
-    test_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0, description="Share of each class held out to choose epochs, hyperparameters, the fusion rule and the \"not sure\" threshold.")
+    test_fraction: float = Field(default=0.15, ge=0.0, lt=1.0, description="Share of each class held out for the test accuracy (never chosen on).")
     seed: int = Field(default=42, description="Seed of the stratified split; same seed, same split.")
     max_images_per_class: int | None = Field(
         default=None, ge=1, description="Cap per class (quick experiments); None keeps all."
@@ -84,26 +84,31 @@ class DataConfig(_Section):
         return self
 
 
+# The backbone registry's names (``model.backbones.BACKBONES``, checked equal by a test): here so that
+# loading a config needs no torch and imports nothing above this layer.
+BACKBONE_NAMES = ("resnet50", "efficientnet_lite0", "tiny")
+
+
 class ModelConfig(_Section):
     """Which backbone, which weights, and the shape of the trainable head."""
 
-    backbone: str = Field(default="resnet50", description="A name from the backbone registry.")
+    backbone: str = Field(default="resnet50", description="A name from the backbone registry: "
+                          + ", ".join(BACKBONE_NAMES) + ".")
 
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, name: str) -> str:
-        from asl_platform.model.backbones import BACKBONES  # lazy: keeps `import config` free of torch
-
-        if name not in BACKBONES:
-            raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+        if name not in BACKBONE_NAMES:
+            raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONE_NAMES)}")
         return name
+
     weights: str = Field(
         default="imagenet",
         description="'imagenet', 'none' (random init) or a path to a state-dict file.",
     )
-    hidden_size: int = Field(default=256, ge=1, le=16384)
-    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
-    unfreeze_last_stage: bool = False
+    hidden_size: int = Field(default=256, ge=1, le=16384, description="Width of the head's hidden layer (the search chooses it from tune.hidden_size).")
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0, description="Dropout before the head's last layer (the search chooses it from tune.dropout).")
+    unfreeze_last_stage: bool = Field(default=False, description="Also train the backbone's last stage, on cached activations before it.")
     kind: Literal["image", "hand_aware"] = Field(
         default="image",
         description="'image': the image model alone. 'hand_aware': also a landmark model on MediaPipe hand "
@@ -136,25 +141,25 @@ class TuneConfig(_Section):
     stage (model.unfreeze_last_stage): far slower, for users who want it.
     """
 
-    mode: Literal["features", "images"] = "features"
+    mode: Literal["features", "images"] = Field(default="features", description="'features': trials train heads on cached features; 'images': on the images every epoch.")
     augment: bool = Field(default=True, description="Augment training images (mode images only).")
 
     num_samples: int = Field(default=8, ge=1, description="Number of trials.")
-    max_epochs: int = Field(default=20, ge=1)
-    grace_period: int = Field(default=2, ge=1)
-    reduction_factor: int = Field(default=3, ge=2)
-    max_concurrent_trials: int | None = Field(default=None, ge=1)
-    cpus_per_trial: float = Field(default=1.0, gt=0)
-    gpus_per_trial: float = Field(default=0.0, ge=0)
+    max_epochs: int = Field(default=20, ge=1, description="Epochs of a trial that ASHA does not stop.")
+    grace_period: int = Field(default=2, ge=1, description="Epochs every trial runs before ASHA may stop it.")
+    reduction_factor: int = Field(default=3, ge=2, description="ASHA keeps 1 in this many trials at each rung.")
+    max_concurrent_trials: int | None = Field(default=None, ge=1, description="Trials at once; None: as many as the CPUs (GPUs) allow.")
+    cpus_per_trial: float = Field(default=1.0, gt=0, description="CPUs reserved for each trial.")
+    gpus_per_trial: float = Field(default=0.0, ge=0, description="GPUs reserved for each trial (fractions share one).")
     max_failures: int = Field(default=3, ge=0, description="Times a trial is rerun after its worker or node is lost "
                               "(from its start: trials keep no checkpoint); finished trials are never rerun.")
-    lr: tuple[float, float] = (1e-5, 1e-1)
-    eps: tuple[float, float] = (1e-9, 1e-8)
-    weight_decay: tuple[float, float] = (1e-3, 1e-1)
-    batch_size: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [64, 128], min_length=1)
-    hidden_size: list[Annotated[int, Field(ge=1, le=16384)]] = Field(default_factory=lambda: [128, 256, 512], min_length=1)
-    dropout: tuple[float, float] = (0.0, 0.5)
-    seed: int = 0
+    lr: tuple[float, float] = Field(default=(1e-5, 1e-1), description="AdamW learning rate: [low, high], sampled log-uniformly.")
+    eps: tuple[float, float] = Field(default=(1e-9, 1e-8), description="AdamW eps: [low, high], sampled log-uniformly.")
+    weight_decay: tuple[float, float] = Field(default=(1e-3, 1e-1), description="AdamW weight decay: [low, high], sampled log-uniformly.")
+    batch_size: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [64, 128], min_length=1, description="Batch sizes to choose from.")
+    hidden_size: list[Annotated[int, Field(ge=1, le=16384)]] = Field(default_factory=lambda: [128, 256, 512], min_length=1, description="Head widths to choose from.")
+    dropout: tuple[float, float] = Field(default=(0.0, 0.5), description="Head dropout: [low, high], sampled uniformly.")
+    seed: int = Field(default=0, description="Seed of the search's sampler and of every trial.")
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> TuneConfig:
@@ -172,20 +177,20 @@ class TuneConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Retraining with the chosen hyperparameters (AdamW, as in the original design)."""
+    """Retraining with the chosen hyperparameters (AdamW)."""
 
-    lr: float = Field(default=1e-3, gt=0, le=10)
-    eps: float = Field(default=1e-8, gt=0)
-    weight_decay: float = Field(default=1e-2, ge=0)
-    batch_size: int = Field(default=64, ge=1, le=65536)
-    epochs: int = Field(default=20, ge=1)
+    lr: float = Field(default=1e-3, gt=0, le=10, description="AdamW learning rate (train on images; the pipeline's search chooses it).")
+    eps: float = Field(default=1e-8, gt=0, description="AdamW eps.")
+    weight_decay: float = Field(default=1e-2, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(default=64, ge=1, le=65536, description="Batch size per worker.")
+    epochs: int = Field(default=20, ge=1, description="Most epochs of a training run (early stopping may end it sooner).")
     num_workers: int = Field(default=1, ge=1, description="Ray Train workers (data-parallel).")
     cpus_per_worker: float = Field(default=1.0, gt=0, description="CPUs reserved per worker; leave some for Ray Data.")
     torch_threads: int | None = Field(
         default=None, ge=1,
         description="Intra-op threads per worker; None: the node's cores / num_workers (decoding needs little).",
     )
-    use_gpu: bool = False
+    use_gpu: bool = Field(default=False, description="Train (and extract features, and evaluate) on GPUs.")
     augment: bool = Field(default=True, description="Random resized crop, colour jitter, small rotation.")
     early_stopping_patience: int = Field(default=3, ge=1, description="Epochs without a better val loss.")
     last_stage_lr_factor: float = Field(
@@ -206,7 +211,7 @@ class TrainConfig(_Section):
     )
     checkpoints_to_keep: int = Field(default=2, ge=1, description="Best N checkpoints by val loss.")
     max_failures: int = Field(default=3, ge=0, description="Worker failures survived (resume from checkpoint).")
-    seed: int = 0
+    seed: int = Field(default=0, description="Seed of the weights' initialisation and the batch order.")
 
 
 # The ServeConfig keys a running app reads at use time (the fingerspelling thresholds): the ingress
@@ -227,23 +232,23 @@ class ServeConfig(_Section):
         default=None, description="Model directory, or a models folder (its 'latest'); --model sets it."
     )
     host: str = Field(default="127.0.0.1", description="Bind address; 0.0.0.0 exposes the server to the network.")
-    port: int = Field(default=8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the API and the demo.")
     max_request_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, description="Larger bodies get 413, unread.")
     max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1, description="Larger images (or bombs) get 413.")
     max_batch_images: int = Field(default=32, ge=1, le=1024, description="Images per /predict/batch request.")
-    top_k: int = Field(default=5, ge=1, le=29)
+    top_k: int = Field(default=5, ge=1, le=29, description="How many letters an answer lists (the top_k query parameter overrides it).")
     max_batch_size: int = Field(default=8, ge=1, le=1024, description="@serve.batch size; 1 turns batching off.")
     batch_wait_timeout_s: float = Field(
         default=0.0, ge=0, le=10,
         description="How long a batch waits to fill; 0: take what queued while the last batch ran (no added latency).",
     )
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=2, ge=1)
+    min_replicas: int = Field(default=1, ge=0, description="Fewest model replicas autoscaling keeps.")
+    max_replicas: int = Field(default=2, ge=1, description="Most model replicas autoscaling starts.")
     target_ongoing_requests: float = Field(default=8, gt=0, description="Autoscaling target per model replica.")
     upscale_delay_s: float = Field(default=10, ge=0, description="Load must last this long before adding a replica.")
     downscale_delay_s: float = Field(default=60, ge=0, description="Quiet this long before removing a replica.")
-    cpus_per_replica: float = Field(default=1.0, ge=0)
-    gpus_per_replica: float = Field(default=0.0, ge=0)
+    cpus_per_replica: float = Field(default=1.0, ge=0, description="CPUs reserved for each model replica.")
+    gpus_per_replica: float = Field(default=0.0, ge=0, description="GPUs reserved for each model replica.")
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535,
         description="asl-platform serve: where the local Ray it starts exports Prometheus metrics (/metrics); None: "
@@ -288,7 +293,7 @@ class RunConfig(_Section):
     """Where outputs go."""
 
     output_dir: str = Field(default="asl_runs", description="Runs, caches and models live here.")
-    name: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]+$", description="The run's name: its folder under output_dir and the model's under models/.")
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs for a local Ray; None: all.")
     storage_path: str | None = Field(
         default=None, description="Ray Train/Tune storage (s3://... on a cluster); None: <run dir>/ray."
@@ -424,3 +429,19 @@ def builtin_config_path(name: str) -> Path:
         raise ConfigError(f"no built-in config named {name!r}")
     return path
 
+
+
+def config_reference() -> str:
+    """Every config key with its type, default and description, as Markdown tables (one per section):
+    the reference in docs/configuration.md is this text (a test checks it), so the docs cannot drift."""
+    lines = []
+    for section, field in Config.model_fields.items():
+        model = field.annotation
+        lines += [f"### `{section}`", "", (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "), "",
+                  "| key | default | description |", "|---|---|---|"]
+        for key, item in model.model_fields.items():
+            default = item.get_default(call_default_factory=True)
+            shown = "null" if default is None else yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            lines.append(f"| `{key}` | `{shown}` | {(item.description or '').replace('|', '/')} |")
+        lines.append("")
+    return "\n".join(lines)

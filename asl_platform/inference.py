@@ -1,19 +1,28 @@
-"""Run a model over files with Ray Data: one actor pool of ``Predictor``s over a list of paths, rows put
-back in the paths' order, and for a hand-aware model the hands stage, the landmark model and the card's
-fusion rule. ``evaluate``, ``batch`` and the export's cross-domain scoring all answer through here, so a
-model gives the same answer wherever it is run over files."""
+"""Run a model over files with Ray Data: an actor pool of ``Predictor``s (or of hand detectors) over a
+list of paths, rows put back in the paths' order, and for a hand-aware model the hands, the landmark
+model and the card's fusion rule. The evaluate, export and hands stages and batch prediction all run
+through here, so a model gives the same answer wherever it is run over files."""
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from asl_platform.config import DataConfig, InferenceConfig
-from asl_platform.data import ImageIndex
-from asl_platform.model import ModelCard
+from asl_platform.data.decode import error_text
+from asl_platform.data.listing import ImageIndex
+from asl_platform.data.reading import image_dataset, in_path_order, load_image, map_with_actors
+from asl_platform.hands.detect import DETECT_MAX_SIDE, DetectionSettings, HandDetector, mediapipe_version
+from asl_platform.hands.rows import POINT_VALUES, HandTable
+from asl_platform.model import ModelCard, model_location, resolve_model_dir
+from asl_platform.runtime import init_ray
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = DataConfig().max_image_bytes
 
@@ -48,11 +57,6 @@ def predict_paths(
     in ``paths`` order by path.
     """
     import ray
-    import ray.data
-
-    from asl_platform.data import image_dataset
-    from asl_platform.model import ModelCard, model_location, resolve_model_dir
-    from asl_platform.runtime import init_ray
 
     location = model_location(model_dir)  # what the actors load: they may run on other nodes
     card = ModelCard.load(resolve_model_dir(location))
@@ -65,55 +69,93 @@ def predict_paths(
         available = int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1))
         concurrency = max(1, min(available, math.ceil(len(paths) / batch_size)))  # no idle actors
     unique = list(dict.fromkeys(paths))
-    index = ImageIndex(root="", layout="paths", classes=[], paths=unique, labels=[-1] * len(unique))
-    dataset = image_dataset(index, prep, batch_size=batch_size, max_bytes=max_bytes).map_batches(
-        _BatchPredictor,
-        fn_constructor_kwargs={"model_dir": location, "device": "cuda" if use_gpu else "cpu",
-                               "inference": (inference or InferenceConfig()).model_dump()},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
-        num_gpus=1 if use_gpu else 0,
-    )
-    rows: dict[str, tuple[np.ndarray, str]] = {}
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for path, error, probs in zip(batch["path"], batch["error"], batch["probabilities"]):
-            rows[str(path)] = (probs, str(error))
-    missing = [p for p in unique if p not in rows]
-    if missing:  # would mean a lost row: never return silently misaligned results
-        raise RuntimeError(f"{len(missing)} path(s) came back from Ray Data without a prediction, e.g. {missing[:3]}")
-    probabilities = np.stack([rows[p][0] for p in paths]).astype(np.float32)
-    return probabilities, [rows[p][1] for p in paths]
+    columns = map_with_actors(
+        image_dataset(ImageIndex.of_paths(unique), prep, batch_size=batch_size, max_bytes=max_bytes), _BatchPredictor,
+        {"model_dir": location, "device": "cuda" if use_gpu else "cpu",
+         "inference": (inference or InferenceConfig()).model_dump()},
+        batch_size, concurrency, num_gpus=1 if use_gpu else 0)
+    ordered = in_path_order(columns, paths)
+    probabilities = ordered["probabilities"].astype(np.float32)
+    return probabilities, [str(error) for error in ordered["error"]]
+
+
+class HandsActor:
+    """Ray Data callable class: reads, decodes and detects; one MediaPipe graph per actor."""
+
+    def __init__(self, settings: dict, max_bytes: int):
+        self.detector = HandDetector(DetectionSettings.from_dict(settings))
+        self.max_bytes = max_bytes
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = len(batch["path"])
+        out = {
+            "path": np.asarray(batch["path"]).astype(str), "label": np.asarray(batch["label"]).astype(np.int64),
+            "error": np.full(rows, "", dtype=object), "found": np.zeros(rows, bool),
+            "landmarks": np.zeros((rows, POINT_VALUES), np.float32), "right": np.zeros(rows, np.float32),
+            "score": np.zeros(rows, np.float32), "box": np.zeros((rows, 4), np.float32),
+        }
+        for i, path in enumerate(out["path"]):
+            try:
+                image = np.asarray(load_image(str(path), self.max_bytes, draft_size=DETECT_MAX_SIDE))
+            except Exception as exc:  # as in decode_batch: one bad file is one error row
+                out["error"][i] = error_text(exc)
+                continue
+            hand = self.detector.detect(image)
+            if hand is not None:
+                out["found"][i] = True
+                out["landmarks"][i] = hand.landmarks.reshape(-1)
+                out["right"][i] = 1.0 if hand.handedness == "Right" else 0.0
+                out["score"][i] = hand.score
+                out["box"][i] = hand.box
+        return out
+
+
+def find_hands(index: ImageIndex, settings: DetectionSettings, batch_size: int = 64, concurrency: int | None = None,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[HandTable, float]:
+    """MediaPipe over every file of ``index``: its ``HandTable`` in index order, and the seconds it took."""
+    if not len(index):
+        return HandTable.from_columns({}), 0.0
+    import ray
+    import ray.data
+
+    init_ray(worker_logs=False)
+    blocks = max(1, -(-len(index) // (batch_size * 2)))  # small blocks: steady progress, little lost to a crash
+    if concurrency is None:  # decoding and detection both run in the actor: one per CPU keeps every core busy
+        concurrency = max(1, min(int(ray.cluster_resources().get("CPU", 1)), blocks))  # no idle actors
+    logger.info("detecting hands in %d images (%d actor(s), MediaPipe %s, %s)", len(index), concurrency,
+                mediapipe_version(), settings.to_dict())
+    started = time.perf_counter()
+    records = [{"path": p, "label": y} for p, y in zip(index.paths, index.labels)]
+    columns = map_with_actors(ray.data.from_items(records, override_num_blocks=blocks), HandsActor,
+                              {"settings": settings.to_dict(), "max_bytes": max_bytes}, batch_size, concurrency)
+    table = HandTable.from_columns(columns)
+    seconds = time.perf_counter() - started
+    readable = table.valid
+    logger.info("hands found in %d of %d readable images (%.1f%%) in %.1fs (%.1f ms per image per actor)",
+                int(table.found[readable].sum()), int(readable.sum()), 100 * table.found[readable].mean() if readable.any() else 0,
+                seconds, 1000 * seconds * concurrency / max(len(table.paths), 1))
+    return table.in_order(index.paths), seconds
 
 
 def landmark_answers(model_dir: str | Path, paths: list[str], batch_size: int = 64,
                      max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """A hand-aware model's hand side on ``paths``: the hands stage (MediaPipe with the model's
-    detection settings) and the landmark model. Per path: hand found, landmark probabilities (zeros
-    without a hand), the landmark rows (``hands.landmark_inputs``) and the detection error ("" when
-    the file was read)."""
-    import torch
-
-    from asl_platform.hands import detect_hands
-    from asl_platform.model import model_location, resolve_model_dir
+    """A hand-aware model's hand side on ``paths``: MediaPipe with the model's detection settings and
+    the landmark model. Per path: hand found, landmark probabilities (zeros without a hand), the
+    landmark rows (``hands.landmark_inputs``) and the detection error ("" when the file was read)."""
+    from asl_platform.model.landmarks import landmark_probabilities
     from asl_platform.model.store import load_landmark_model
 
     directory = resolve_model_dir(model_location(model_dir))
     card = ModelCard.load(directory)
-    detection = card.hands.detection
     unique = list(dict.fromkeys(str(p) for p in paths))
-    index = ImageIndex(root="", layout="paths", classes=[], paths=unique, labels=[-1] * len(unique))
-    hands = detect_hands(index, detection.settings(), cache_root=None, batch_size=batch_size, max_bytes=max_bytes)
-    row = {path: i for i, path in enumerate(unique)}
-    order = np.asarray([row[str(p)] for p in paths], dtype=np.int64)
-    found = hands.found[order] & hands.valid[order]
-    landmarks = np.zeros((len(paths), len(card.classes)), np.float32)
-    rows = hands.inputs(order)
-    if found.any():
-        model = load_landmark_model(directory, card)
-        with torch.inference_mode():
-            landmarks[found] = torch.softmax(model(torch.from_numpy(rows[found])), 1).numpy()
-    return found, landmarks, rows, [str(hands.errors[i]) for i in order]
+    hands, _ = find_hands(ImageIndex.of_paths(unique), card.hands.detection.settings(), batch_size, max_bytes=max_bytes)
+    hands = hands.in_order([str(p) for p in paths])  # a path listed twice gets its row twice
+    found = hands.found & hands.valid
+    rows = hands.inputs()
+    model = load_landmark_model(directory, card) if found.any() else None
+    landmarks = landmark_probabilities(model, rows, found, len(card.classes)) if model is not None else \
+        np.zeros((len(paths), len(card.classes)), np.float32)
+    return found, landmarks, rows, [str(error) for error in hands.errors]
 
 
 class PathAnswers(NamedTuple):
@@ -132,7 +174,6 @@ def predict_paths_with_hands(
 ) -> PathAnswers:
     """``predict_paths``, and for a hand-aware model the answer it gives: its image model, the hand
     side (``landmark_answers``) and the card's fusion rule."""
-    from asl_platform.model import model_location, resolve_model_dir
     from asl_platform.model.fusion import fuse
 
     probabilities, errors = predict_paths(model_dir, paths, batch_size=batch_size, max_bytes=max_bytes, use_gpu=use_gpu,

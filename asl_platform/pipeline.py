@@ -14,29 +14,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
 from asl_platform.config import Config, ConfigError
-from asl_platform.evaluate import TEST_SPLIT_FILE, evaluate_folder
-from asl_platform.data import ImageIndex, list_images
-from asl_platform.model import (
-    ASLClassifier, DataCard, ModelCard, build_backbone, into_classifier, mark_latest, next_version_dir, save_model_dir,
-    write_readme,
-)
-from asl_platform.model.card import OnnxCard
-from asl_platform.model.landmarks import save_landmark_weights
-from asl_platform.onnx_export import export_onnx, labelled
-from asl_platform.prepare import PreparedData, StageProgress, prepare_data, start_run
-from asl_platform.selection import (
-    confidence_card, export_shapes, make_hand_aware, probabilities, score_cross_domain, split_answers,
-    validation_set,
-)
-from asl_platform.training import setup
-from asl_platform.training.loop import evaluate
-from asl_platform.training.search import (
-    check_bounds, check_resumable, format_table, plot_curves, run_search, searched_values, write_results,
-)
-from asl_platform.training.sources import ArrayBatches, evaluation_batch_size
+from asl_platform.data.listing import list_images
+from asl_platform.model import ModelCard, mark_latest, write_readme
+from asl_platform.stages.evaluate import evaluate_folder, evaluate_held_out
+from asl_platform.stages.export import export_model, export_runtimes, export_version
+from asl_platform.stages.ingest import StageProgress, prepare_data, start_run
+from asl_platform.stages.retrain import retrain
+from asl_platform.stages.tune import search
+from asl_platform.training import recipe
+from asl_platform.training.search import check_bounds, check_resumable
 from asl_platform.training.trainer import run_training, write_tensorboard
 
 logger = logging.getLogger(__name__)
@@ -52,31 +39,6 @@ class PipelineResult:
     model_dir: Path
     metrics: dict
     stage_seconds: dict[str, float] = field(default_factory=dict)
-
-
-def search(cfg: Config, prepared: PreparedData, progress: StageProgress, run_dir: Path,
-           resume: bool = False, kind: setup.Kind | None = None) -> tuple[Config, list[dict], Path]:
-    """Stage tune: the ASHA search; writes trials.csv/json, best_config.yaml and curves.png (under
-    ``tune/``, or ``tune-landmarks/`` for the landmark model)."""
-    kind = kind or ("images" if cfg.tune.mode == "images" else "features")
-    name = "tune-landmarks" if kind == "landmarks" else "tune"
-    what = "the landmark model" if kind == "landmarks" else f"the image model ({cfg.tune.mode} mode)"
-    with progress.stage("tune", f"ASHA search, {cfg.tune.num_samples} trials, {what}"):
-        if kind == "images":
-            data = {"kind": "images", "train_files": prepared.files("train"), "val_files": prepared.files("val")}
-        elif kind == "landmarks":
-            data = {"kind": "landmarks", "train": prepared.landmarks("train"), "val": prepared.landmarks("val"),
-                    "train_weights": prepared.source_weights("train", "landmarks")}
-        else:
-            data = {"kind": "features", "train": prepared.features("train"), "val": prepared.features("val"),
-                    "train_weights": prepared.source_weights("train")}
-        data["num_classes"] = len(prepared.index.classes)
-        best, rows, results = run_search(data, cfg, name, resume=resume)
-        best_config_path = write_results(rows, best, run_dir / name)
-        plot_curves(results, run_dir / name / "curves.png")
-        logger.info("trials (best first):\n%s", format_table(rows))
-        logger.info("best hyperparameters: %s -> %s", searched_values(best.model_dump()), best_config_path)
-    return best, rows, best_config_path
 
 
 def run_tune(cfg: Config, resume: bool = False) -> tuple[Path, list[dict]]:
@@ -99,37 +61,11 @@ def _image_model_only(cfg: Config, command: str) -> None:
                           "asl-platform pipeline builds hand-aware models")
 
 
-def _export_version(cfg: Config, model: ASLClassifier, prepared: PreparedData, **card_fields) -> tuple[Path, ModelCard]:
-    """Claim ``<models>/<run.name>/v<N>`` and write the model, its config and its exact held-out test
-    files (so `evaluate --split test` never re-derives the split). ``latest`` is moved by the caller,
-    last, once everything else in the folder is written."""
-    version_dir = next_version_dir(cfg.models_dir.resolve())
-    data = DataCard(root=prepared.root if not prepared.sources else None, sources=prepared.sources,
-                    layout=prepared.index.layout, split=prepared.split_counts,
-                    smoke_set=cfg.data.root is None, skipped_files=prepared.skipped)
-    card = save_model_dir(model, version_dir, prepared.index.classes, version=version_dir.name,
-                          weights=cfg.model.weights, data=data, config=cfg.model_dump(mode="json"), **card_fields)
-    (version_dir / "config.yaml").write_text(cfg.to_yaml())
-    (version_dir / TEST_SPLIT_FILE).write_text("\n".join(prepared.index.subset("test").paths) + "\n")
-    return version_dir, card
-
-
-def export_runtimes(cfg: Config, model_dir: Path, model: ASLClassifier, card: ModelCard, prepared: PreparedData,
-                    cross_index: ImageIndex | None) -> OnnxCard:
-    """``model.onnx`` and ``model.int8.onnx`` beside the weights, scored against torch on the held-out
-    test split and the cross-domain folder (``onnx_export``)."""
-    sets = {"test": labelled(prepared.readable("test"), card.classes)}
-    if cross_index is not None:
-        sets["cross_domain"] = labelled(cross_index, card.classes)
-    return export_onnx(model_dir, model, card, prepared.readable("train").paths, sets, cfg.inference,
-                       batch_size=cfg.data.batch_size, max_bytes=cfg.data.max_image_bytes, seed=cfg.data.seed)
-
-
 def run_pipeline(cfg: Config) -> PipelineResult:
     """Run every stage on ``cfg``; with no data root, on the built-in synthetic smoke set."""
-    kind: setup.Kind = "activations" if cfg.model.unfreeze_last_stage else "features"
+    kind: recipe.Kind = "activations" if cfg.model.unfreeze_last_stage else "features"
     hand_aware = cfg.model.kind == "hand_aware"
-    setup.check_train_keys(cfg, kind, searched=True)  # before any work: no setting may silently do nothing
+    recipe.check_train_keys(cfg, kind, searched=True)  # before any work: no setting may silently do nothing
     check_bounds(cfg)
     if hand_aware and cfg.tune.mode == "images":
         raise ConfigError("model.kind=hand_aware tunes the image head on cached features: use tune.mode=features")
@@ -147,57 +83,15 @@ def run_pipeline(cfg: Config) -> PipelineResult:
     prepared = prepare_data(cfg, progress, run_dir, activations=kind == "activations")
     best, _, _ = search(cfg, prepared, progress, run_dir)
     best_landmarks = search(cfg, prepared, progress, run_dir, kind="landmarks")[0] if hand_aware else None
-    arrays = prepared.activations if kind == "activations" else prepared.features
-    classes = prepared.index.classes
-
     what = "last stage + head on the cached activations" if kind == "activations" else "head on the cached features"
     with progress.stage("retrain", f"Ray Train TorchTrainer, {what}" + (" and the landmark model" if hand_aware else "")
                         + ", best config"):
-        # A unique name per invocation: a re-run must never pick up an old run's checkpoints.
-        stamp = f"{datetime.now():%Y%m%d-%H%M%S-%f}"
-        trained = run_training(best, kind, len(classes), f"retrain-{stamp}",
-                               arrays={"train": arrays("train"), "val": arrays("val")},
-                               train_weights=prepared.source_weights("train"))
-        landmarks = run_training(best_landmarks, "landmarks", len(classes), f"retrain-landmarks-{stamp}",
-                                 arrays={"train": prepared.landmarks("train"), "val": prepared.landmarks("val")},
-                                 train_weights=prepared.source_weights("train", "landmarks")) if hand_aware else None
-
+        retrained = retrain(best, best_landmarks, prepared, kind)
     with progress.stage("evaluate", "held-out test split" + (", every fusion rule" if hand_aware else "")):
-        test = arrays("test")
-        scored = evaluate(trained.model, ArrayBatches(*test, evaluation_batch_size(test[0]), torch.device("cpu")).batches(0))
-        metrics = {
-            "test_accuracy": scored["accuracy"], "test_loss": scored["loss"], "test_images": int(len(test[1])),
-            "val_accuracy": trained.best_metrics["val_accuracy"], "val_loss": trained.best_metrics["val_loss"],
-            "best_epoch": trained.best_metrics["epoch"], "epochs_run": len(trained.history),
-            "skipped_files": prepared.skipped,
-        }
-        answers = {split: split_answers(prepared, trained.model, landmarks.model, split)
-                   for split in ("val", "test")} if hand_aware else {}
-
-    with progress.stage("export", "writing the model directory" + (", cross-domain scoring" if cross_index else "") + ", ONNX fp32 + int8 checked against torch"):
-        if kind == "activations":  # the trained last stage goes into the pretrained backbone
-            classifier = into_classifier(cfg.model.backbone, cfg.model.weights, trained.model)
-        else:
-            classifier = ASLClassifier(cfg.model.backbone, build_backbone(cfg.model.backbone, cfg.model.weights),
-                                       trained.model)
-        # Versioned like `train`'s exports, so serve/predict-batch/evaluate take <models>/<run.name> (its latest).
-        model_dir, card = _export_version(best, classifier, prepared, metrics=metrics,
-                                          checkpoint=trained.checkpoint_path)
-        cross = score_cross_domain(cfg, model_dir, card, cross_index, landmarks and landmarks.model) if cross_index else None
-        if hand_aware:
-            card = make_hand_aware(card, cfg, best_landmarks, prepared, answers, cross, landmarks.model)
-            save_landmark_weights(landmarks.model, model_dir)
-            card.hands.shapes = export_shapes(prepared, model_dir)
-        else:
-            inputs, labels = arrays("val")
-            card.confidence = confidence_card(probabilities(trained.model, inputs, len(classes)), labels,
-                                              prepared.source_weights("val"), validation_set(prepared))
-        if cross is not None:
-            card.metrics.update(cross.metrics(card.fusion.rule if card.fusion else "image", card.confidence.threshold))
-        card.onnx = export_runtimes(cfg, model_dir, classifier, card, prepared, cross_index)
-        card.save(model_dir)
-        write_readme(model_dir, card)
-        mark_latest(model_dir)  # last: `latest` only ever names a complete model
+        metrics, answers = evaluate_held_out(retrained, prepared, kind)
+    with progress.stage("export", "writing the model directory" + (", cross-domain scoring" if cross_index else "")
+                        + ", ONNX fp32 + int8 checked against torch"):
+        model_dir, card = export_model(cfg, best, best_landmarks, prepared, retrained, metrics, answers, cross_index, kind)
         metrics = dict(card.metrics)
 
     result = PipelineResult(run_dir, model_dir, metrics, progress.seconds)
@@ -238,7 +132,7 @@ def run_train(cfg: Config) -> dict:
     """`asl-platform train`: Ray Train on the image folders, then an honest evaluation (held-out test
     split, and a cross-domain folder when configured), a versioned export and a job summary."""
     _image_model_only(cfg, "train")
-    setup.check_train_keys(cfg, "images")
+    recipe.check_train_keys(cfg, "images")
     started = time.perf_counter()
     run_dir = start_run(cfg)
     progress = StageProgress(TRAIN_STAGES)
@@ -253,7 +147,7 @@ def run_train(cfg: Config) -> dict:
 
     with progress.stage("export", "versioned model directory"):
         best = trained.best_metrics
-        version_dir, card = _export_version(cfg, trained.model, prepared, checkpoint=trained.checkpoint_path, metrics={
+        version_dir, card = export_version(cfg, trained.model, prepared, checkpoint=trained.checkpoint_path, metrics={
             "val_loss": best["val_loss"], "val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"],
             "epochs_run": len(trained.history),
         })
@@ -261,13 +155,13 @@ def run_train(cfg: Config) -> dict:
     with progress.stage("evaluate", "held-out test split" + (" and cross-domain folder" if cfg.data.cross_domain_root else "")):
         # Where training ran, inference runs too; and by torch, so that these are the model's own numbers
         # (what each ONNX file gives is checked below and recorded in the card's onnx entry).
-        on_gpu = {"use_gpu": cfg.train.use_gpu, "inference": cfg.inference.model_copy(update={"runtime": "torch"})}
+        by_torch = cfg.inference.model_copy(update={"runtime": "torch"})
         reports = {"test": evaluate_folder(version_dir, cfg.data.roots or [prepared.root], split="test", output_dir=version_dir / "eval",
-                                           name="test", **on_gpu)}
+                                           name="test", use_gpu=cfg.train.use_gpu, inference=by_torch)}
         if cfg.data.cross_domain_root:
             reports["cross_domain"] = evaluate_folder(
                 version_dir, cfg.data.cross_domain_root, split="all", output_dir=version_dir / "eval", name="cross_domain",
-                **on_gpu,
+                use_gpu=cfg.train.use_gpu, inference=by_torch,
             )
         for prefix, report in reports.items():
             card.metrics.update({f"{prefix}_accuracy": report["accuracy"], f"{prefix}_loss": report["loss"],

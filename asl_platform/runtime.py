@@ -9,7 +9,6 @@ import os
 
 from asl_platform.config import Config
 
-
 # Defaults for a Ray this process starts or drives (a variable the user set wins).
 RAY_DEFAULTS = {
     # Ray Train polls its workers at this interval; the 2 s default dominates short epochs.

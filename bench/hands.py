@@ -32,26 +32,16 @@ logger = logging.getLogger("bench.hands")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def labelled(model_dir: Path, root: Path, split: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
-    """The images evaluate would score: every image of a known class, or the saved test split."""
-    from asl_platform.data import list_images
-
-    index = list_images(str(root))
-    saved = set((model_dir / "test_split.txt").read_text().split()) if split == "test" else None
-    rows = [(p, classes.index(index.classes[y])) for p, y in zip(index.paths, index.labels)
-            if index.classes[y] in classes and (saved is None or p in saved)]
-    return [p for p, _ in rows], np.asarray([y for _, y in rows], dtype=np.int64)
-
-
 def accuracy_block(model_dir: Path, root: Path, split: str) -> dict:
     """One pass of each model over the set, then every fusion rule scored on the same answers (the
     exported rule is what evaluate reports), hand found overall, on hand classes and per class."""
     from asl_platform.inference import landmark_answers, predict_paths
     from asl_platform.model import ModelCard
     from asl_platform.model.fusion import score_rules
+    from asl_platform.stages.evaluate import evaluation_images
 
     card = ModelCard.load(model_dir)
-    paths, labels = labelled(model_dir, root, split, card.classes)
+    paths, labels = evaluation_images(card, model_dir, [str(root)], split)[:2]
     image, errors = predict_paths(model_dir, paths)
     found, landmarks, _, hand_errors = landmark_answers(model_dir, paths)
     good = np.asarray([not e and not h for e, h in zip(errors, hand_errors)], dtype=bool)
@@ -86,9 +76,9 @@ def costs(model_dir: Path, photos: list[Path]) -> dict:
     import torch
     from PIL import Image
 
-    from asl_platform.hands.stage import landmark_inputs
     from asl_platform.model import Predictor
     from asl_platform.serving.backends import ImageClassifier
+    from asl_platform.stages.hands import landmark_inputs
 
     torch.set_num_threads(1)
     predictor = Predictor(model_dir)
@@ -99,7 +89,7 @@ def costs(model_dir: Path, photos: list[Path]) -> dict:
     hands = [h for h in map(detector.detect, images) if h is not None]
     rows = [landmark_inputs(h.landmarks, [1.0 if h.handedness == "Right" else 0.0]) for h in hands]
     out["landmark_model"] = per_image_ms(predictor.predict_landmarks, rows, repeats=3)
-    from asl_platform.data import preprocess_images
+    from asl_platform.data.decode import preprocess_images
 
     arrays = [preprocess_images([Image.fromarray(i)], predictor.preprocessing) for i in images]
     predictor.predict_arrays(arrays[0])

@@ -36,7 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asl_platform.data import DataError, ImageIndex, Preprocessing, image_dataset, list_images, to_rgb
+from asl_platform.data.decode import Preprocessing, to_rgb
+from asl_platform.data.listing import ImageIndex, list_images
+from asl_platform.data.reading import image_dataset
+from asl_platform.errors import DataError
 from asl_platform.model import BACKBONES, get_backbone_spec
 
 logger = logging.getLogger("bench.ingest")
@@ -78,7 +81,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES),
                         help="backbones to time (default: all in the registry)")
     parser.add_argument("--pipeline-features", action="store_true",
-                        help=f"also time asl_platform.features.extract_features ({INGEST_BACKBONE}) on the dataset "
+                        help=f"also time asl_platform.stages.features.extract_features ({INGEST_BACKBONE}) on the dataset "
                              "(slow: several minutes for the full dataset on 2 CPUs)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON to PATH")
     return parser
@@ -203,7 +206,7 @@ def run_dataloader(loader: torch.utils.data.DataLoader) -> Measurement:
 
 def time_backbone(name: str, weights: str, batch_size: int, batches: int) -> Measurement:
     """In-process ``FeatureExtractor`` on random input shaped like the backbone's preprocessing."""
-    from asl_platform.features import FeatureExtractor
+    from asl_platform.stages.features import FeatureExtractor
 
     size = get_backbone_spec(name).preprocessing.image_size
     extractor = FeatureExtractor(name, weights)
@@ -219,7 +222,7 @@ def time_backbone(name: str, weights: str, batch_size: int, batches: int) -> Mea
 
 def time_pipeline_features(index: ImageIndex, batch_size: int) -> Measurement:
     """The full ``extract_features`` path (decode, backbone actors, Parquet write) into a temporary cache."""
-    from asl_platform.features import extract_features
+    from asl_platform.stages.features import extract_features
 
     with tempfile.TemporaryDirectory(prefix="bench-features-") as cache:
         started = time.perf_counter()

@@ -33,24 +33,13 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WEAK = ("A", "E", "M", "N", "S", "T", "G", "H", "Q", "P", "K", "U")
 
 
-def labelled(model_dir: Path, root: Path, classes: list[str], test_only: bool = False) -> tuple[list[str], np.ndarray]:
-    """Every image of a known class under ``root`` (or only the model's saved held-out test files there)."""
-    from asl_platform.data import list_images
-
-    index = list_images(str(root))
-    saved = set((model_dir / "test_split.txt").read_text().split()) if test_only else None
-    rows = [(p, classes.index(index.classes[y])) for p, y in zip(index.paths, index.labels)
-            if index.classes[y] in classes and (saved is None or p in saved)]
-    return [p for p, _ in rows], np.asarray([y for _, y in rows], dtype=np.int64)
-
-
 def measure(model_dir: Path, root: Path, shots: tuple[int, ...], draws: int, test_only: bool = False) -> dict:
-    from asl_platform.evaluate import calibration_metrics, confident_metrics, people_of
     from asl_platform.inference import predict_paths_with_hands
     from asl_platform.model import ModelCard
+    from asl_platform.stages.evaluate import calibration_metrics, confident_metrics, evaluation_images, people_of
 
     card = ModelCard.load(model_dir)
-    paths, labels = labelled(model_dir, root, card.classes, test_only)
+    paths, labels = evaluation_images(card, model_dir, [str(root)], "test" if test_only else "all")[:2]
     answers = predict_paths_with_hands(model_dir, paths)
     good = np.asarray([not e for e in answers.errors], dtype=bool)
     right = answers.probabilities.argmax(1) == labels

@@ -25,7 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the load, fuzz and process helpers the tests use
 
 import fuzz_inputs  # noqa: E402
-from serving.helpers import Load, free_port, kill_replica_and_wait, model_replica_pids, resident_mb  # noqa: E402
+from serving.helpers import (  # noqa: E402
+    Load,
+    free_port,
+    kill_replica_and_wait,
+    model_replica_pids,
+    resident_mb,
+)
 
 logger = logging.getLogger("bench.reliability")
 

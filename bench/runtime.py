@@ -79,7 +79,8 @@ def forward_table(model_dir: str) -> list[dict]:
 
 
 def accuracy(model_dir: str, root: Path, count: int) -> dict:
-    from asl_platform.data import list_images, load_image
+    from asl_platform.data.listing import list_images
+    from asl_platform.data.reading import load_image
 
     index = list_images(str(root))
     held_out = Path(model_dir) / "test_split.txt"  # the model's own test images, never trained on, where known
@@ -90,7 +91,7 @@ def accuracy(model_dir: str, root: Path, count: int) -> dict:
     classes = next(iter(runs.values())).classes
     images = [load_image(index.paths[i]) for i in chosen]
     labels = np.asarray([classes.index(index.classes[index.labels[i]]) for i in chosen])
-    top1 = {name: predictor.predict_images(images).argmax(1) for name, predictor in runs.items()}
+    top1 = {name: predictor.predict_with_hands(images)[0].argmax(1) for name, predictor in runs.items()}
     return {name: {"accuracy": float(np.mean(answer == labels)), "agreement_with_torch": float(np.mean(answer == top1["torch"]))}
             for name, answer in top1.items()} | {"images": len(images)}
 
@@ -99,8 +100,8 @@ def extraction(root: Path, count: int, backbone: str) -> dict:
     import ray
 
     from asl_platform.config import InferenceConfig
-    from asl_platform.data import list_images
-    from asl_platform.features import extract_features
+    from asl_platform.data.listing import list_images
+    from asl_platform.stages.features import extract_features
 
     index = list_images(str(root), max_per_class=max(1, count // 29))
     ray.init(include_dashboard=False, log_to_driver=False)
@@ -121,7 +122,8 @@ def extraction(root: Path, count: int, backbone: str) -> dict:
 
 
 def hands_ms(model_dir: str, root: Path, count: int = 30) -> float | None:
-    from asl_platform.data import list_images, load_image
+    from asl_platform.data.listing import list_images
+    from asl_platform.data.reading import load_image
     from asl_platform.model import Predictor
 
     predictor = Predictor(model_dir)

@@ -104,7 +104,7 @@ def forward_time_ms(model_dir: str, image: bytes, threads: int, inference=None) 
     """Median time of the model alone on one image, and of decoding + resizing it."""
     import torch
 
-    from asl_platform.data import decode_image, resize_for_model
+    from asl_platform.data.decode import decode_image, resize_for_model
     from asl_platform.model import Predictor
 
     torch.set_num_threads(threads)

@@ -20,14 +20,13 @@ import json
 import logging
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import ray
 import torch
 
 from asl_platform.config import Config, load_config
-from asl_platform.data import list_images, stratified_split
+from asl_platform.data.listing import list_images, stratified_split
 from asl_platform.model import get_backbone_spec
 from asl_platform.training import setup
 from asl_platform.training.loop import train_one_epoch

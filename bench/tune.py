@@ -30,9 +30,9 @@ import ray
 import torch
 
 from asl_platform.config import Config, load_config
-from asl_platform.data import list_images, stratified_split
-from asl_platform.features import extract_features
+from asl_platform.data.listing import list_images, stratified_split
 from asl_platform.model import get_backbone_spec
+from asl_platform.stages.features import extract_features
 from asl_platform.training import setup
 from asl_platform.training.loop import EarlyStopping, TrainingState, fit
 from asl_platform.training.search import run_search, searched_values

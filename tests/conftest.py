@@ -1,5 +1,5 @@
-"""Shared fixtures: the real image sets beside the repo, one local Ray per test session, fixture models
-built once; and the markers that let the unit tests run alone (``-m "not ray and not browser"``)."""
+"""Shared fixtures (helpers are in the ``helpers`` package): the real image sets beside the repo, one
+local Ray per test session, fixture models built once; and the markers that let the unit tests run alone (``-m "not ray and not browser"``)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-ASL_ALPHABET = SHARED_DATA / "asl-alphabet"
-ASL_WEBCAM = SHARED_DATA / "asl-webcam"
-ASL_SIGNERS = SHARED_DATA / "asl-signers"
-ASL_PEOPLE = SHARED_DATA / "asl-people"
-
-
-def require_dataset(path: Path) -> Path:
-    """Skip (with the reason) when a real dataset is not beside the repo; CI has it."""
-    if not path.is_dir():
-        pytest.skip(f"real dataset not found at {path} (see ../shared/data/README.md); skipping")
-    return path
+from helpers.datasets import ASL_ALPHABET, alphabet_photos, require_dataset
+from helpers.models import HAND_LETTERS, HAND_SCAN, build_colour_model, build_hand_model, fixture_model
 
 
 def pytest_collection_modifyitems(items: list) -> None:
@@ -82,108 +70,10 @@ def s3_server() -> dict[str, str]:
     server.stop()
 
 
-def s3_client(env: dict[str, str]):
-    """A boto3 S3 client for the ``s3_server`` environment."""
-    import boto3
-
-    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
-                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-
-
-def upload_folder(env: dict[str, str], local: Path, bucket: str, prefix: str) -> str:
-    """Copy a local folder to ``s3://bucket/prefix`` on the ``s3_server``; returns that URI."""
-    client = s3_client(env)
-    if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
-        client.create_bucket(Bucket=bucket)
-    for path in sorted(p for p in Path(local).rglob("*") if p.is_file()):
-        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
-    return f"s3://{bucket}/{prefix}"
-
-
 # --------------------------------------------------------------------------- fixture models, built once
 
 
-def _code_digest(paths: list[Path]) -> str:
-    """Every Python file under ``paths`` (folders or files), by content."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in paths:
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(f"{file.relative_to(REPO_ROOT)}\n".encode() + file.read_bytes())
-    return digest.hexdigest()
-
-
-def fixture_model(request, tmp_path_factory, name: str, build, inputs: list[Path] = (), code: list[Path] = (),
-                  folder: str | None = None) -> Path:
-    """A fixture model folder that ``build(folder)`` writes, built once per key and kept in pytest's cache
-    folder (``.pytest_cache``), so that a second run on the same machine skips the building.
-
-    The key follows the pipeline's own caches (``asl_platform.cache.listing_key``): the settings that
-    change the output (the package's code, this file's and ``code``'s, the library versions) and every
-    input file's path, size and modification time. The test gets its own copy (tests may add files to a
-    model folder), as ``<tmp>/<folder or name>/v1``."""
-    import shutil
-    from importlib.metadata import version
-
-    import asl_platform
-    from asl_platform.cache import listing_key, write_atomically
-    from asl_platform.data import ImageIndex
-
-    files = [str(path) for path in inputs]
-    header = {"fixture": name,
-              "code": _code_digest([Path(asl_platform.__file__).parent, Path(__file__), *code]),
-              "versions": {lib: version(lib) for lib in ("torch", "numpy", "mediapipe", "onnxruntime", "onnx")}}
-    stamps = [f"{(stat := Path(f).stat()).st_size}:{stat.st_mtime_ns}" for f in files]
-    key = listing_key(header, ImageIndex(root="", layout="files", classes=[], paths=files, labels=[0] * len(files),
-                                         stamps=stamps))
-    copy = tmp_path_factory.mktemp("models") / (folder or name) / "v1"
-    cache = request.config.cache.mkdir("asl-fixture-models") if getattr(request.config, "cache", None) else None
-    if cache is None:  # pytest's cache is off (-p no:cacheprovider): build where the test reads it
-        build(copy)
-        return copy
-    built = cache / f"{name}-{key}"
-    if not (built / "model.json").is_file():
-        for stale in cache.glob(f"{name}-*"):  # an earlier key's: never read again
-            shutil.rmtree(stale, ignore_errors=True)
-        write_atomically(built, build)
-    shutil.copytree(built, copy)
-    return copy
-
-
 # --------------------------------------------------------------------------- a small trained model
-
-
-def train_head(head, train: tuple, val: tuple, lr: float = 1e-3, batch_size: int = 64, epochs: int = 10,
-               weight_decay: float = 1e-2) -> list[dict]:
-    """Train ``head`` in-process on (features, labels) arrays with the platform's one loop (AdamW,
-    no early stopping); returns the per-epoch metrics."""
-    import torch
-
-    from asl_platform.training.loop import EarlyStopping, TrainingState, fit
-    from asl_platform.training.sources import ArrayBatches
-
-    cpu = torch.device("cpu")
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    state = TrainingState(EarlyStopping(patience=None))
-    return list(fit(head, optimizer, ArrayBatches(*train, batch_size, cpu, shuffle=True), ArrayBatches(*val, 1024, cpu),
-                    epochs=epochs, state=state))
-
-COLOURS = {"A": (220, 30, 30), "B": (30, 200, 30), "C": (30, 30, 220), "space": (128, 128, 128)}
-
-
-def colour_image(label: str, size: int = 64, fmt: str = "PNG", seed: int = 0) -> bytes:
-    """A noisy solid-colour image the ``colour_model`` fixture classifies as ``label``."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(rng.normal(COLOURS[label], 25, (size, size, 3)), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")
@@ -193,65 +83,7 @@ def colour_model(request, tmp_path_factory) -> Path:
     return fixture_model(request, tmp_path_factory, "colours", build_colour_model)
 
 
-def build_colour_model(directory: Path) -> None:
-    import io
-
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from asl_platform.data import preprocess_images
-    from asl_platform.model import build_classifier, get_backbone_spec, save_model_dir
-
-    torch.manual_seed(0)
-    classes = list(COLOURS)
-    model = build_classifier("tiny", "none", num_classes=len(classes), hidden_size=32, dropout=0.0)
-    prep = get_backbone_spec("tiny").preprocessing
-    images, labels = [], []
-    for index, label in enumerate(classes):
-        for seed in range(12):
-            images.append(Image.open(io.BytesIO(colour_image(label, seed=seed))).convert("RGB"))
-            labels.append(index)
-    with torch.inference_mode():
-        features = model.backbone(torch.from_numpy(preprocess_images(images, prep))).numpy()
-    data = (features, np.asarray(labels, dtype=np.int64))
-    history = train_head(model.head, data, data, lr=3e-2, batch_size=16, epochs=40)
-    assert history[-1]["val_accuracy"] == 1.0, history[-1]
-    save_model_dir(model.eval(), directory, classes, version="v1", metrics={"test_accuracy": 1.0})
-
-
 # --------------------------------------------------------------------------- a hand-aware model
-
-
-def alphabet_photos(root: Path, label: str, count: int) -> list[Path]:
-    """The first ``count`` photos of a class of asl-alphabet, in a stable order."""
-    return sorted(p for p in (root / label).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:count]
-
-
-def detected_photos(root: Path, labels: list[str], per_class: int, scan: int = 40, skip: int = 0) -> dict[str, list]:
-    """Per label, up to ``per_class`` (path, Hand) pairs of asl-alphabet photos MediaPipe finds a hand in,
-    after the first ``skip`` such photos (those the ``hand_model`` fixture was trained on: ``skip=12``)."""
-    import numpy as np
-    from PIL import Image
-
-    from asl_platform.hands import HandDetector
-
-    detector, found = HandDetector(), {}
-    for label in labels:
-        found[label], skipped = [], 0
-        for path in alphabet_photos(root, label, scan):
-            hand = detector.detect(np.asarray(Image.open(path).convert("RGB")))
-            if hand is not None and skipped < skip:
-                skipped += 1
-            elif hand is not None:
-                found[label].append((path, hand))
-            if len(found[label]) == per_class:
-                break
-    detector.close()
-    return found
-
-
-HAND_LETTERS, HAND_SCAN = ["A", "B", "C"], 40
 
 
 @pytest.fixture(scope="session")
@@ -264,34 +96,3 @@ def hand_model(request, tmp_path_factory, colour_model, asl_alphabet) -> Path:
                          lambda directory: build_hand_model(directory, colour_model, asl_alphabet), inputs=photos)
 
 
-def build_hand_model(directory: Path, colour_model: Path, asl_alphabet: Path) -> None:
-    import numpy as np
-    import torch
-
-    from asl_platform.hands import DetectionSettings, landmark_inputs
-    from asl_platform.hands.detect import mediapipe_version
-    from asl_platform.hands.shapes import save_shapes, shapes_of
-    from asl_platform.model import load_model_dir, save_model_dir
-    from asl_platform.model.card import DetectionCard, FusionCard, HandsCard, HeadCard
-    from asl_platform.model.landmarks import LandmarkClassifier
-
-    image_model, card = load_model_dir(colour_model)
-    photos = detected_photos(asl_alphabet, HAND_LETTERS, per_class=12, scan=HAND_SCAN)
-    rows, labels = [], []
-    for label, pairs in photos.items():
-        for _, hand in pairs:
-            rows.append(landmark_inputs(hand.landmarks, [1.0 if hand.handedness == "Right" else 0.0])[0])
-            labels.append(card.classes.index(label))
-    data = (np.stack(rows).astype(np.float32), np.asarray(labels, dtype=np.int64))
-    torch.manual_seed(0)
-    landmarks = LandmarkClassifier(len(card.classes), hidden_size=32, dropout=0.0)
-    history = train_head(landmarks, data, data, lr=1e-2, batch_size=16, epochs=60)
-    assert history[-1]["val_accuracy"] >= 0.9, history[-1]
-    settings = DetectionSettings()
-    hands = HandsCard(detection=DetectionCard(paddings=list(settings.paddings), min_confidence=settings.min_confidence,
-                                              model_complexity=settings.model_complexity, mediapipe=mediapipe_version()),
-                      head=HeadCard(hidden_size=32, dropout=0.0))
-    save_model_dir(image_model, directory, card.classes, landmarks=landmarks.eval(), version="v1",
-                   metrics={"test_accuracy": 1.0, "cross_domain_accuracy": 0.5}, kind="hand_aware", hands=hands,
-                   fusion=FusionCard(rule="landmarks|image", selected_on="the test fixture", scores={}))
-    save_shapes(shapes_of(data[0], data[1], card.classes), directory)  # practice mode's typical hands, as export writes

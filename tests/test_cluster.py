@@ -30,9 +30,10 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from helpers.models import colour_image
+from helpers.s3 import upload_folder
 
-from asl_platform.synthetic import make_smoke_dataset
-from conftest import colour_image, upload_folder
+from asl_platform.data.synthetic import make_smoke_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never via a proxy

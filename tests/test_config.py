@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from asl_platform.config import (
-    Config,
-    ConfigError,
-    builtin_config_path,
-    load_config,
-    parse_override,
-)
+from asl_platform.config import Config, ConfigError, builtin_config_path, load_config, parse_override
 
 # --------------------------------------------------------------------------- defaults and round trip
 
@@ -386,3 +382,23 @@ def test_flag_values_are_taken_as_text_not_yaml():
     """--data "/data/asl #2" must not lose the part after '#', nor 'null' become None."""
     cfg = load_config(None, values={"data.root": "/data/asl #2", "run.output_dir": "null"})
     assert cfg.data.root == "/data/asl #2" and cfg.run.output_dir == "null"
+
+
+def test_every_key_is_described_and_the_docs_reference_is_the_generated_one():
+    from asl_platform.config import Config, config_reference
+
+    undescribed = [f"{section}.{key}" for section, field in Config.model_fields.items()
+                   for key, item in field.annotation.model_fields.items() if not item.description]
+    assert undescribed == []
+    docs = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    generated = docs.split("<!-- reference: start -->\n")[1].split("<!-- reference: end -->")[0]
+    assert generated == config_reference(), "docs/configuration.md is stale: paste `asl-platform config --reference`"
+    assert "| `balance_sources` | `true` |" in generated and "### `serve`" in generated
+
+
+def test_the_config_command_prints_the_reference(capsys):
+    from asl_platform.cli import main
+
+    assert main(["config", "--reference"]) == 0
+    out = capsys.readouterr().out
+    assert "### `train`" in out and "| `lr` | `0.001` |" in out

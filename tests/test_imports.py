@@ -1,4 +1,5 @@
-"""The package's import graph: no cycle anywhere, and serving never pulls in the training stack."""
+"""The package's import graph: no cycle anywhere, imports only run down the layers, and serving never
+pulls in the training stack."""
 
 from __future__ import annotations
 
@@ -8,8 +9,19 @@ from pathlib import Path
 import asl_platform
 
 PACKAGE = Path(asl_platform.__file__).parent
-TRAINING_STACK = ("asl_platform.training", "asl_platform.pipeline", "asl_platform.prepare", "asl_platform.features",
-                  "asl_platform.evaluate", "asl_platform.inference", "asl_platform.batch", "asl_platform.synthetic")
+TRAINING_STACK = ("asl_platform.training", "asl_platform.stages", "asl_platform.pipeline", "asl_platform.inference",
+                  "asl_platform.batch_predict", "asl_platform.data.reading", "asl_platform.data.synthetic")
+# The layers, bottom first: a module imports from its own layer or the ones below, never above.
+LAYERS = (
+    ("asl_platform.errors", "asl_platform.limits", "asl_platform.config", "asl_platform.runtime"),
+    ("asl_platform.data",),
+    ("asl_platform.hands",),
+    ("asl_platform.model",),
+    ("asl_platform.inference",),
+    ("asl_platform.training",),
+    ("asl_platform.stages",),
+    ("asl_platform.pipeline", "asl_platform.batch_predict", "asl_platform.serving", "asl_platform.cli"),
+)
 
 
 def _module_name(path: Path) -> str:
@@ -84,3 +96,32 @@ def test_serving_imports_nothing_from_training():
     for name in serving:
         pulled = {m for m in _closure(graph, name) if m.startswith(TRAINING_STACK)}
         assert not pulled, f"{name} imports {sorted(pulled)}"
+
+
+def layer_of(module: str) -> int:
+    for number, prefixes in enumerate(LAYERS):
+        if any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes):
+            return number
+    raise AssertionError(f"{module} is in no layer of tests/test_imports.py: add it to LAYERS")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{name} (layer {layer_of(name)}) imports {target} (layer {layer_of(target)})"
+                  for name, targets in graph.items() if name != "asl_platform" for target in targets
+                  if layer_of(target) > layer_of(name))
+
+
+def test_imports_run_down_the_layers():
+    assert upward_imports(import_graph()) == []
+
+
+def test_an_upward_import_is_found():
+    graph = {"asl_platform.data.decode": {"asl_platform.model.card"}, "asl_platform.model.card": {"asl_platform.errors"}}
+    assert upward_imports(graph) == ["asl_platform.data.decode (layer 1) imports asl_platform.model.card (layer 3)"]
+
+
+def test_serving_and_the_model_decode_images_without_listing_or_ray_data():
+    graph = import_graph()
+    for start in ("asl_platform.serving.app", "asl_platform.model.predictor"):
+        pulled = {m for m in _closure(graph, start) if m.startswith("asl_platform.data.")}
+        assert pulled <= {"asl_platform.data.decode", "asl_platform.data.storage"}, f"{start} imports {sorted(pulled)}"

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-
-from asl_platform.synthetic import make_smoke_dataset
-import paced
-from conftest import s3_client, upload_folder
+from helpers import paced
+from helpers.s3 import s3_client, upload_folder
 from serving.helpers import Load, colour_samples
 from test_cluster import REPO_ROOT, LocalCluster, _free_ports, running_cluster
+
+from asl_platform.data.synthetic import make_smoke_dataset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.own_ray]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -143,9 +143,9 @@ def test_asha_search_finishes_without_redoing_a_finished_trial_when_a_node_is_lo
 
 def _lose_a_node_during_the_search(cluster, data_uri, storage, output, hold_dir, job, epochs, samples, record):
     """The worker node runs two trials at a time: the first runs through, the second and third hold after
-    their second epoch (tests/paced.py) until the node is gone, whatever the machine's speed."""
+    their second epoch (tests/helpers/paced.py) until the node is gone, whatever the machine's speed."""
     held_at = 2
-    submit(cluster, job, ["python", "tests/paced.py", "--hold-dir", str(hold_dir), "--hold", "1,2",
+    submit(cluster, job, ["python", "tests/helpers/paced.py", "--hold-dir", str(hold_dir), "--hold", "1,2",
                           "--at-report", str(held_at), "--", "jobs/tune.py",
                           *training_args(data_uri, output, "nl-tune", str(storage)),
                           "--set", f"tune.num_samples={samples}", "--set", f"tune.max_epochs={epochs}",
@@ -228,10 +228,10 @@ def test_ray_train_resumes_from_its_s3_checkpoint_when_a_node_is_lost(cluster, d
 
 
 def _lose_a_node_during_training(cluster, data_uri, client, output, job, epochs, tmp_path, record):
-    """The worker holds after its second epoch's report (tests/paced.py), its checkpoint on S3, until the
+    """The worker holds after its second epoch's report (tests/helpers/paced.py), its checkpoint on S3, until the
     node is gone: the loss comes between two epochs on any machine."""
     hold_dir = tmp_path / "hold"
-    submit(cluster, job, ["python", "tests/paced.py", "--hold-dir", str(hold_dir), "--hold", "0", "--at-report", "2",
+    submit(cluster, job, ["python", "tests/helpers/paced.py", "--hold-dir", str(hold_dir), "--hold", "0", "--at-report", "2",
                           "--", "jobs/train.py",
                           *training_args(data_uri, output, "nl-train", f"s3://{RUNS_BUCKET}/train-storage"),
                           "--set", f"train.epochs={epochs}", "--set", f"train.early_stopping_patience={epochs}",

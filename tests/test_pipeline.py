@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from asl_platform.config import InferenceConfig
-from asl_platform.data import decode_image, list_images, stratified_split
+from asl_platform.data.decode import decode_image
+from asl_platform.data.listing import list_images, stratified_split
 from asl_platform.model import Predictor, resolve_model_dir
 
 
@@ -66,7 +67,7 @@ def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path):
     test_labels = np.asarray([y for y, s in zip(index.labels, index.splits) if s == "test"])
     # fp32 ONNX (what serves where int8 is refused) gives torch's answers: the reported accuracy.
     predictor = Predictor(model_dir, inference=InferenceConfig(precision="fp32"))
-    predicted = predictor.predict_images([decode_image(Path(p).read_bytes()) for p in test_paths]).argmax(1)
+    predicted = predictor.predict_with_hands([decode_image(Path(p).read_bytes()) for p in test_paths])[0].argmax(1)
     assert len(test_paths) == metrics["test_images"]
     assert abs((predicted == test_labels).mean() - metrics["test_accuracy"]) <= 1.5 / len(test_paths)
     # Both ONNX files, checked against torch on the test split, and the check recorded.
@@ -91,10 +92,9 @@ def test_pipeline_with_unfreeze_last_stage_trains_and_exports_the_last_stage(tmp
     on pooled features from them, the last stage + head are retrained on them, and the exported model
     (unfreeze_last_stage, trained last stage in its backbone) reproduces the test metrics from images."""
     import torch
-
-    from asl_platform.data import load_image
     from PIL import Image
 
+    from asl_platform.data.reading import load_image
     from asl_platform.model import build_backbone, get_backbone_spec, load_model_dir, split_backbone
 
     # Noisy colour patches (one colour per class): learnable from the tiny random backbone's activations.
@@ -135,8 +135,8 @@ def test_pipeline_with_unfreeze_last_stage_trains_and_exports_the_last_stage(tmp
     test = [(p, y) for p, y, s in zip(index.paths, index.labels, index.splits) if s == "test"]
     labels = np.asarray([y for _, y in test])
     size = get_backbone_spec("tiny").preprocessing.image_size
-    probabilities = Predictor(model_dir, inference=InferenceConfig(runtime="torch")).predict_images(
-        [load_image(p, draft_size=size) for p, _ in test])
+    probabilities = Predictor(model_dir, inference=InferenceConfig(runtime="torch")).predict_with_hands(
+        [load_image(p, draft_size=size) for p, _ in test])[0]
     assert len(test) == metrics["test_images"]
     assert abs((probabilities.argmax(1) == labels).mean() - metrics["test_accuracy"]) <= 1.5 / len(test)
     loss = float(np.mean(-np.log(probabilities[np.arange(len(test)), labels])))
@@ -182,7 +182,8 @@ def test_hand_aware_pipeline_chooses_on_validation_measures_cross_domain_and_eve
     the "not sure" threshold chosen there too, the cross-domain folder measured (never chosen on) and
     recorded; then evaluate (calibrated per folder and per person) and predict-batch answer as the card
     says, with hand numbers."""
-    from conftest import ASL_PEOPLE, ASL_SIGNERS, ASL_WEBCAM, require_dataset
+    from helpers.datasets import ASL_PEOPLE, ASL_SIGNERS, ASL_WEBCAM, require_dataset
+
     from asl_platform.model import ModelCard
 
     webcam, signers, people = require_dataset(ASL_WEBCAM), require_dataset(ASL_SIGNERS), require_dataset(ASL_PEOPLE)

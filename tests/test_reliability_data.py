@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.models import colour_image
 from PIL import Image
 
-from asl_platform.data import decode_image, find_unreadable, image_dataset, list_images, stratified_split
+from asl_platform.data.decode import decode_image
+from asl_platform.data.listing import list_images, stratified_split
+from asl_platform.data.reading import find_unreadable, image_dataset
 from asl_platform.model import Predictor, get_backbone_spec, resolve_model_dir
-from conftest import colour_image
 
 CLASSES = ["A", "B", "C"]
 GOOD_PER_CLASS = 6
@@ -206,7 +208,7 @@ def test_train_finishes_exports_a_model_and_lists_every_bad_file(ray_local, faul
 
     # The exported model loads on its own and classifies every readable image, wrong modes included.
     images = [decode_image(Path(p).read_bytes()) for p in faulty.readable]
-    probabilities = Predictor(version).predict_images(images)
+    probabilities = Predictor(version).predict_with_hands(images)[0]
     assert probabilities.shape == (len(images), len(CLASSES)) and np.allclose(probabilities.sum(1), 1, atol=1e-4)
 
 
@@ -214,7 +216,7 @@ def test_train_finishes_exports_a_model_and_lists_every_bad_file(ray_local, faul
 
 
 def test_batch_inference_reports_every_bad_file_and_classifies_the_rest(ray_local, faulty, colour_model, tmp_path):
-    from asl_platform.batch import PredictionStore, predict_batch
+    from asl_platform.batch_predict import PredictionStore, predict_batch
 
     result = predict_batch(colour_model, str(faulty.root), tmp_path / "out", batch_size=4)
     assert sorted(path for path, _ in result.unreadable) == sorted(faulty.bad)

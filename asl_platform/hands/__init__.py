@@ -1,7 +1,9 @@
-"""Hand landmarks: MediaPipe detection (``detect``), the Ray Data stage that caches it (``stage``)
-and the landmark features the landmark model is built on (``features``)."""
+"""Hands, below the model layer: MediaPipe detection (``detect``), the landmark model's input rows and
+the per-image table (``rows``), the landmark features the landmark model is built on (``features``),
+each letter's typical hand (``shapes``) and drawing a hand (``draw``). The stage that runs detection
+over a dataset and caches it is ``stages.hands``."""
 
 from asl_platform.hands.detect import DetectionSettings, Hand, HandDetector, no_hand_json
-from asl_platform.hands.stage import HandTable, detect_hands, landmark_inputs
+from asl_platform.hands.rows import HandTable, hand_rows, landmark_inputs
 
-__all__ = ["DetectionSettings", "Hand", "HandDetector", "HandTable", "detect_hands", "landmark_inputs", "no_hand_json"]
+__all__ = ["DetectionSettings", "Hand", "HandDetector", "HandTable", "hand_rows", "landmark_inputs", "no_hand_json"]

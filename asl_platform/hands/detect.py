@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from asl_platform.config import HandsConfig
+
 logger = logging.getLogger(__name__)
 
-NUM_LANDMARKS = 21
+
 # Longest side the detector is given: MediaPipe resizes to 192/224 px internally, so larger frames
 # only cost decoding and copying.
 DETECT_MAX_SIDE = 640
@@ -33,6 +35,11 @@ class DetectionSettings:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "paddings": list(self.paddings)}
+
+    @classmethod
+    def of(cls, section: HandsConfig) -> DetectionSettings:
+        """The detection keys of the config's ``hands`` section (the rest trains the landmark model)."""
+        return cls(tuple(section.paddings), section.min_confidence, section.model_complexity)
 
     @classmethod
     def from_dict(cls, values: dict) -> DetectionSettings:

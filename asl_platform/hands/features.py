@@ -16,17 +16,17 @@ import math
 import torch
 from torch import nn
 
-NUM_POINTS = 21
-INPUT_DIM = NUM_POINTS * 3 + 1  # 21 x (x, y, z) image landmarks, then handedness (1 right, 0 left)
+from asl_platform.hands.rows import NUM_LANDMARKS
+
 PALM = (5, 9, 13, 17)  # index, middle, ring and little finger MCP joints
 FINGERS = ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20))
-_PAIRS = torch.triu_indices(NUM_POINTS, NUM_POINTS, offset=1)
-FEATURE_DIM = (NUM_POINTS - 1) * 3 + _PAIRS.shape[1] + 3 * len(FINGERS)
+_PAIRS = torch.triu_indices(NUM_LANDMARKS, NUM_LANDMARKS, offset=1)
+FEATURE_DIM = (NUM_LANDMARKS - 1) * 3 + _PAIRS.shape[1] + 3 * len(FINGERS)
 
 
 def canonical_points(inputs: torch.Tensor) -> torch.Tensor:
     """(N, 64) raw rows -> (N, 21, 3): right-hand frame, wrist at the origin, palm size 1."""
-    points = inputs[:, :NUM_POINTS * 3].reshape(-1, NUM_POINTS, 3)
+    points = inputs[:, :NUM_LANDMARKS * 3].reshape(-1, NUM_LANDMARKS, 3)
     mirror = torch.where(inputs[:, -1:] > 0.5, 1.0, -1.0)  # MediaPipe's "Left" becomes a right hand
     points = torch.cat([points[..., :1] * mirror[:, :, None], points[..., 1:]], dim=-1)
     points = points - points[:, :1]

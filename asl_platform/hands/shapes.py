@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from asl_platform.hands.features import FINGERS, canonical_points
-from asl_platform.hands.stage import landmark_inputs
+from asl_platform.hands.rows import landmark_inputs
 
 SHAPES_FILE = "hand_shapes.json"
 FINGER_NAMES = ("thumb", "index finger", "middle finger", "ring finger", "little finger")

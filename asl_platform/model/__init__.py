@@ -6,18 +6,41 @@ training changes), ``card`` (``model.json``), ``store`` (folders, versions, remo
 """
 
 from asl_platform.model.backbones import (
-    BACKBONES, IMAGENET, TF_LITE, BackboneSpec, WeightsUnavailableError, build_backbone, efficientnet_lite0_weights_file,
-    get_backbone_spec, load_safetensors, read_state_dict, split_backbone,
+    BACKBONES,
+    IMAGENET,
+    TF_LITE,
+    BackboneSpec,
+    WeightsUnavailableError,
+    build_backbone,
+    efficientnet_lite0_weights_file,
+    get_backbone_spec,
+    load_safetensors,
+    read_state_dict,
+    split_backbone,
 )
 from asl_platform.model.card import DataCard, ModelCard, ModelCardError, write_readme
 from asl_platform.model.classifier import (
-    ASLClassifier, LastStageClassifier, build_classifier, build_head, build_last_stage_classifier, into_classifier,
-    load_trained_state, trained_state,
+    ASLClassifier,
+    LastStageClassifier,
+    build_classifier,
+    build_head,
+    build_last_stage_classifier,
+    into_classifier,
+    load_trained_state,
+    trained_state,
 )
 from asl_platform.model.predictor import Predictor
 from asl_platform.model.store import (
-    MODEL_CACHE_ENV, WEIGHTS_FILE, fetch_model_dir, load_model_dir, mark_latest, model_cache_root, model_location,
-    next_version_dir, resolve_model_dir, save_model_dir,
+    MODEL_CACHE_ENV,
+    WEIGHTS_FILE,
+    fetch_model_dir,
+    load_model_dir,
+    mark_latest,
+    model_cache_root,
+    model_location,
+    next_version_dir,
+    resolve_model_dir,
+    save_model_dir,
 )
 
 __all__ = [

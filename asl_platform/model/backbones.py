@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from asl_platform.data import Preprocessing
+from asl_platform.data.decode import Preprocessing
 from asl_platform.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def _build_tiny() -> nn.Module:
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec(
         "resnet50", 2048, IMAGENET, _build_resnet50, _load_resnet50_imagenet,
-        lambda m: m.layer4, "torchvision ResNet-50 (the original design); ImageNet weights download once",
+        lambda m: m.layer4, "torchvision ResNet-50 (the SageMaker capstone's backbone); ImageNet weights download once",
         _split_resnet50,
     ),
     "efficientnet_lite0": BackboneSpec(

@@ -35,10 +35,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from asl_platform.errors import UserError
+from asl_platform.hands.rows import INPUT_DIM
 
 PROFILE_FORMAT = "asl-platform calibration profile"
 PROFILE_VERSION = 1
-ROW_SIZE = 64  # 21 x (x, y, z) + handedness: ``hands.landmark_inputs``
+ROW_SIZE = INPUT_DIM  # 21 x (x, y, z) + handedness: ``hands.landmark_inputs``
 MAX_SHOTS_PER_LETTER = 10
 MAX_COORDINATE = 1e6  # landmark pixels; anything larger is not a hand from a camera
 TARGET_PRECISION = 0.98

@@ -15,8 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from asl_platform.data import Preprocessing
+from asl_platform.data.decode import Preprocessing
 from asl_platform.errors import UserError
+from asl_platform.hands.detect import DetectionSettings, mediapipe_version
 
 CARD_FILE = "model.json"
 # 4: confidence (the "not sure" thresholds), fusion.cross_domain_scores; 3: hand-aware models (kind, hands, fusion)
@@ -80,10 +81,12 @@ class DetectionCard(_Record):
     model_complexity: int = Field(ge=0, le=1)
     mediapipe: str
 
-    def settings(self):
-        """The detector settings this card records (``hands.detect.DetectionSettings``)."""
-        from asl_platform.hands.detect import DetectionSettings
+    @classmethod
+    def of(cls, settings: DetectionSettings) -> DetectionCard:
+        return cls(**settings.to_dict(), mediapipe=mediapipe_version())
 
+    def settings(self) -> DetectionSettings:
+        """The detector settings this card records."""
         return DetectionSettings(tuple(self.paddings), self.min_confidence, self.model_complexity)
 
 

@@ -1,5 +1,5 @@
 """The classifier: a frozen backbone (its last stage optionally trained) followed by the two fully
-connected layers of the original design, and the piece of it that is trained on cached trunk
+connected layers on top (as in the SageMaker capstone this began as), and the piece of it that is trained on cached trunk
 activations (``LastStageClassifier``).
 
 What training changes is ``trained_state``: checkpoints hold only that, never the frozen backbone.
@@ -7,6 +7,7 @@ What training changes is ``trained_state``: checkpoints hold only that, never th
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,7 +15,7 @@ from asl_platform.model.backbones import build_backbone, get_backbone_spec, spli
 
 
 def build_head(feature_dim: int, num_classes: int, hidden_size: int, dropout: float) -> nn.Sequential:
-    """The two new fully connected layers of the original design."""
+    """The two new fully connected layers on the frozen backbone: Linear -> ReLU -> Dropout -> Linear."""
     return nn.Sequential(
         nn.Linear(feature_dim, hidden_size), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_size, num_classes)
     )
@@ -116,3 +117,12 @@ def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None
     if unexpected or set(missing) - frozen:
         raise RuntimeError(f"checkpoint does not match the model: missing {sorted(set(missing) - frozen)[:5]}, "
                            f"unexpected {sorted(unexpected)[:5]}")
+
+
+@torch.inference_mode()
+def probabilities(model: nn.Module, inputs: np.ndarray, num_classes: int, batch_size: int = 256) -> np.ndarray:
+    """Softmax of ``model`` over in-memory inputs (cached features, activations or landmark rows)."""
+    model.eval()
+    out = [torch.softmax(model(torch.from_numpy(np.ascontiguousarray(inputs[i:i + batch_size], dtype=np.float32))), 1)
+           for i in range(0, len(inputs), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, num_classes), np.float32)

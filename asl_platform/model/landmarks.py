@@ -4,11 +4,12 @@ pixels, what it sees is the same for a new signer in a new room."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from asl_platform.hands.features import FEATURE_DIM, LandmarkAugment, LandmarkFeatures
-from asl_platform.model.classifier import build_head
+from asl_platform.model.classifier import build_head, probabilities
 
 LANDMARK_WEIGHTS_FILE = "landmarks.safetensors"
 
@@ -34,3 +35,12 @@ def save_landmark_weights(model: LandmarkClassifier, directory) -> None:
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / LANDMARK_WEIGHTS_FILE))
+
+
+def landmark_probabilities(model: nn.Module, rows: np.ndarray, found: np.ndarray, num_classes: int) -> np.ndarray:
+    """The landmark model's probabilities where a hand was found, zeros elsewhere (what the fusion
+    rules take)."""
+    out = np.zeros((len(rows), num_classes), np.float32)
+    if np.any(found):
+        out[found] = probabilities(model, rows[found], num_classes)
+    return out

@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from asl_platform.config import ConfigError, InferenceConfig
-from asl_platform.data import normalize_batch, resize_for_model
+from asl_platform.data.decode import normalize_batch, resize_for_model
+from asl_platform.hands.rows import hand_rows
 from asl_platform.model.calibration import Calibration, distance_probabilities, shot_distances, with_typical_hands
 from asl_platform.model.card import ModelCard
 from asl_platform.model.fusion import fuse
@@ -174,18 +175,8 @@ class Predictor:
     def combine_with_hands(self, image_probs: np.ndarray, hands: list,
                            calibrations: list[Calibration | None] | None = None) -> np.ndarray:
         """``combine`` from the ``Hand`` (or None) found in each image."""
-        from asl_platform.hands.stage import landmark_inputs
-
-        found = np.asarray([hand is not None for hand in hands], dtype=bool)
-        rows = landmark_inputs(
-            np.stack([h.landmarks if h is not None else np.zeros((21, 3), np.float32) for h in hands]) if hands
-            else np.zeros((0, 21, 3), np.float32),
-            np.asarray([1.0 if h is not None and h.handedness == "Right" else 0.0 for h in hands], np.float32),
-        )
+        rows, found = hand_rows(hands)
         return self.combine(image_probs, rows, found, calibrations)
-
-    def predict_images(self, images: list) -> np.ndarray:
-        return self.predict_with_hands(images)[0]
 
     def predict_uint8(self, batch: np.ndarray) -> np.ndarray:
         """uint8 NHWC batch at the model's input size (see ``resize_for_model``) -> the image model's

@@ -9,22 +9,21 @@ import logging
 import os
 from pathlib import Path
 
-from asl_platform.data import is_remote, split_uri, strip_file_scheme
+from asl_platform.data.storage import is_remote, split_uri, strip_file_scheme
 from asl_platform.model.backbones import get_backbone_spec, load_safetensors
 from asl_platform.model.card import CARD_FILE, HeadCard, ModelCard, PreprocessingCard
 from asl_platform.model.classifier import ASLClassifier, build_head
-from asl_platform.model.landmarks import LANDMARK_WEIGHTS_FILE, LandmarkClassifier, save_landmark_weights
+from asl_platform.model.landmarks import LANDMARK_WEIGHTS_FILE, LandmarkClassifier
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 
 
-def save_model_dir(model: ASLClassifier, directory: str | Path, classes: list[str],
-                   landmarks: LandmarkClassifier | None = None, **card_fields) -> ModelCard:
+def save_model_dir(model: ASLClassifier, directory: str | Path, classes: list[str], **card_fields) -> ModelCard:
     """Write weights (safetensors) and the model card describing them; ``card_fields`` are the
-    card's other fields (version, metrics, data, config, hands and fusion for a hand-aware model,
-    whose ``landmarks`` model is written beside the image model)."""
+    card's other fields (version, metrics, data, config; hands and fusion for a hand-aware model, whose
+    landmark model ``model.landmarks.save_landmark_weights`` writes beside the image model)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -41,8 +40,6 @@ def save_model_dir(model: ASLClassifier, directory: str | Path, classes: list[st
         head=HeadCard(hidden_size=first.out_features, dropout=dropout),
         unfreeze_last_stage=model.unfreeze_last_stage, **card_fields,
     )
-    if landmarks is not None:
-        save_landmark_weights(landmarks, directory)
     card.save(directory)
     return card
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
-from asl_platform.data import oriented_size
+from asl_platform.data.decode import oriented_size
 from asl_platform.hands.detect import no_hand_json
 from asl_platform.hands.shapes import load_shapes
 from asl_platform.limits import MAX_IMAGE_PIXELS

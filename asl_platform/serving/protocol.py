@@ -25,7 +25,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.formparsers import MultiPartParser
 
 from asl_platform.config import ServeConfig
-from asl_platform.data import ImageTooLargeError, Preprocessing, decode_image, resize_for_model
+from asl_platform.data.decode import ImageTooLargeError, Preprocessing, decode_image, resize_for_model
 from asl_platform.hands.detect import DETECT_MAX_SIDE
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 features, cached trunk activations, image shards), one ``EarlyStopping``, and one checkpoint format.
 
 Tune trials, the pipeline's Ray Train retrain and ``asl-platform train`` all run ``fit``; they differ
-only in where batches come from (``training.sources``) and which model is built (``training.setup``).
+only in where batches come from (``training.sources``) and which model is built (``training.recipe``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Hyperparameter search: parallel ASHA trials with Ray Tune, each running the one training loop.
 
-The whole config is the search's ``param_space``; only the sampled keys (``setup.SEARCHED``) are
+The whole config is the search's ``param_space``; only the sampled keys (``recipe.SEARCHED``) are
 search domains, so every trial trains exactly what the config says, with its own sampled values.
 Trials on cached features are cheap because the backbone never runs: the arrays go into Ray's object
 store once (``tune.with_parameters``) and every trial trains only the head.
@@ -15,14 +15,13 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-
 from pydantic import ValidationError
 
 from asl_platform.config import Config, ConfigError, set_key
-from asl_platform.data import is_remote, storage_uri
+from asl_platform.data.storage import is_remote, storage_uri
 from asl_platform.errors import UserError
 from asl_platform.model import get_backbone_spec
-from asl_platform.training import setup
+from asl_platform.training import recipe
 from asl_platform.training.loop import EarlyStopping, TrainingState, fit
 from asl_platform.training.sources import ArrayBatches, FileBatches, evaluation_batch_size
 
@@ -31,17 +30,17 @@ logger = logging.getLogger(__name__)
 
 def search_bounds(cfg: Config) -> dict[str, list]:
     """Dotted key -> its bounds (``tune.<key>``): a range's two ends, or a choice's values."""
-    return {dotted: list(getattr(cfg.tune, dotted.split(".")[1])) for dotted in setup.SEARCHED}
+    return {dotted: list(getattr(cfg.tune, dotted.split(".")[1])) for dotted in recipe.SEARCHED}
 
 
 def param_space(cfg: Config) -> dict:
     """The run's whole config, with the sampled keys replaced by search domains whose bounds are
-    ``tune.*``: the original AdamW space (lr, eps, weight_decay, batch_size) plus the head's shape."""
+    ``tune.*``: the AdamW space (lr, eps, weight_decay, batch_size) plus the head's shape."""
     from ray import tune
 
     space = cfg.model_dump(mode="json")
     for dotted, values in search_bounds(cfg).items():
-        sampler = setup.SEARCHED[dotted]
+        sampler = recipe.SEARCHED[dotted]
         domain = tune.choice(values) if sampler == "choice" else getattr(tune, sampler)(*values)
         set_key(space, dotted.split("."), domain)
     return space
@@ -67,7 +66,7 @@ def check_bounds(cfg: Config) -> None:
 def searched_values(config: dict) -> dict:
     """A trial's sampled values by short name (lr, eps, ..., dropout), from its whole config."""
     values = {}
-    for dotted in setup.SEARCHED:
+    for dotted in recipe.SEARCHED:
         section, key = dotted.split(".")
         values[key] = config[section][key]
     return values
@@ -82,23 +81,23 @@ def search_trial(config: dict, data: dict) -> None:
     torch.manual_seed(cfg.tune.seed)
     device = torch.device("cuda" if cfg.tune.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
     kind, batch_size = data["kind"], cfg.train.batch_size
-    if kind in setup.ARRAY_KINDS:
+    if kind in recipe.ARRAY_KINDS:
         (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
-        model = setup.build_model(cfg, kind, data["num_classes"], x_train.shape[1])
+        model = recipe.build_model(cfg, kind, data["num_classes"], x_train.shape[1])
         train = ArrayBatches(x_train, y_train, batch_size, device, shuffle=True, seed=cfg.tune.seed,
                              weights=data.get("train_weights"))
         val = ArrayBatches(x_val, y_val, evaluation_batch_size(x_val), device)
     else:  # full images: the backbone runs on every image, every epoch (augmentation, an unfrozen last stage)
         prep = get_backbone_spec(cfg.model.backbone).preprocessing
-        model = setup.build_model(cfg, kind, data["num_classes"])
+        model = recipe.build_model(cfg, kind, data["num_classes"])
         train = FileBatches(*data["train_files"], prep, batch_size, device, shuffle=True, augment=cfg.tune.augment,
                             seed=cfg.tune.seed)
         val = FileBatches(*data["val_files"], prep, batch_size, device)
     model = model.to(device)
-    optimizer = setup.make_optimizer(model, cfg)
+    optimizer = recipe.make_optimizer(model, cfg)
     state = TrainingState(EarlyStopping(patience=None))  # ASHA decides which trials stop early
     for metrics in fit(model, optimizer, train, val, epochs=cfg.tune.max_epochs, state=state,
-                       label_smoothing=setup.label_smoothing(cfg, kind)):
+                       label_smoothing=recipe.label_smoothing(cfg, kind)):
         tune.report(metrics)
 
 

@@ -16,7 +16,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from asl_platform.data import Preprocessing, augmentation, load_image, preprocess_images
+from asl_platform.data.decode import Preprocessing, augmentation, preprocess_images
+from asl_platform.data.reading import load_image
 
 logger = logging.getLogger(__name__)
 

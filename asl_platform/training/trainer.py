@@ -13,10 +13,12 @@ import numpy as np
 from torch import nn
 
 from asl_platform.config import Config
-from asl_platform.data import ImageIndex, image_dataset, storage_uri
+from asl_platform.data.listing import ImageIndex
+from asl_platform.data.reading import image_dataset
+from asl_platform.data.storage import storage_uri
 from asl_platform.errors import UserError
 from asl_platform.model import build_backbone, get_backbone_spec, load_trained_state
-from asl_platform.training import setup
+from asl_platform.training import recipe
 from asl_platform.training.loop import read_checkpoint
 from asl_platform.training.worker import feature_dim_of, train_loop_per_worker
 
@@ -44,7 +46,7 @@ def drop_unreadable(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"image": batch["image"][keep], "label": batch["label"][keep].astype(np.int64)}
 
 
-def _check_resources(cfg: Config, kind: setup.Kind) -> None:
+def _check_resources(cfg: Config, kind: recipe.Kind) -> None:
     import ray
 
     if kind != "images":
@@ -69,7 +71,7 @@ def image_datasets(cfg: Config, train: ImageIndex, val: ImageIndex) -> dict:
     }
 
 
-def build_trainer(cfg: Config, kind: setup.Kind, num_classes: int, name: str, *,
+def build_trainer(cfg: Config, kind: recipe.Kind, num_classes: int, name: str, *,
                   arrays: dict[str, Arrays] | None = None, datasets: dict | None = None,
                   train_weights: np.ndarray | None = None):
     """The ``TorchTrainer``: the whole config travels to every worker (``train_loop_config``);
@@ -122,7 +124,7 @@ def checked_init_from(cfg: Config, classes: list[str]) -> Config:
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"init_from": location})})
 
 
-def run_training(cfg: Config, kind: setup.Kind, num_classes: int, name: str, *,
+def run_training(cfg: Config, kind: recipe.Kind, num_classes: int, name: str, *,
                  arrays: dict[str, Arrays] | None = None, index: dict[str, ImageIndex] | None = None,
                  train_weights: np.ndarray | None = None) -> TrainingResult:
     """Train ``kind`` with Ray Train and return the best epoch's model (lowest validation loss).
@@ -130,7 +132,7 @@ def run_training(cfg: Config, kind: setup.Kind, num_classes: int, name: str, *,
     ``arrays``: {"train": (x, y), "val": (x, y)} cached features, activations or landmarks, with
     ``train_weights`` (one per training row) when rows are drawn by weight; ``index``:
     {"train": ImageIndex, "val": ImageIndex} of readable image files. The commands check the
-    config's ``train`` keys first (``setup.check_train_keys``), before any data work."""
+    config's ``train`` keys first (``recipe.check_train_keys``), before any data work."""
     _check_resources(cfg, kind)
     if kind == "images":
         cfg = checked_init_from(cfg, index["train"].classes)
@@ -142,7 +144,7 @@ def run_training(cfg: Config, kind: setup.Kind, num_classes: int, name: str, *,
     best = result.get_best_checkpoint(metric="val_loss", mode="min")
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     feature_dim = feature_dim_of(arrays["train"][0], cfg) if arrays is not None else None
-    model = setup.build_model(cfg, kind, num_classes, feature_dim)  # the frozen weights, as the workers started from
+    model = recipe.build_model(cfg, kind, num_classes, feature_dim)  # the frozen weights, as the workers started from
     with best.as_directory() as directory:
         load_trained_state(model, read_checkpoint(directory)["model"])
     model.eval()

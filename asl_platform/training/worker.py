@@ -18,8 +18,8 @@ import torch
 
 from asl_platform.config import Config
 from asl_platform.model import get_backbone_spec
-from asl_platform.training import setup
-from asl_platform.training.loop import EarlyStopping, TrainingState, fit, read_checkpoint, restore, save_checkpoint, unwrap
+from asl_platform.training import recipe
+from asl_platform.training.loop import EarlyStopping, TrainingState, fit, read_checkpoint, restore, save_checkpoint
 from asl_platform.training.sources import ArrayBatches, ShardBatches, evaluation_batch_size
 
 logger = logging.getLogger("asl_platform.training")
@@ -55,7 +55,7 @@ def _sources(loop_config: dict, cfg: Config, rank: int, world: int, device: torc
     usable = len(y_train) // world * world  # equal shards: DDP needs the same number of steps on every worker
     weights = loop_config.get("train_weights")
     train = ArrayBatches(x_train[rank:usable:world], y_train[rank:usable:world], batch_size, device, shuffle=True,
-                         seed=cfg.train.seed, noise=setup.feature_noise(cfg, kind),
+                         seed=cfg.train.seed, noise=recipe.feature_noise(cfg, kind),
                          weights=None if weights is None else ray.get(weights)[rank:usable:world])
     return train, ArrayBatches(x_val, y_val, evaluation_batch_size(x_val), device)
 
@@ -83,8 +83,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # worker's math uses its share of the node (bench/train.py: 0.63x -> 0.95x of a plain loop).
     torch.set_num_threads(cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.train.seed)
-    model = setup.build_model(cfg, kind, loop_config["num_classes"], loop_config.get("feature_dim"))
-    optimizer = setup.make_optimizer(model, cfg)
+    model = recipe.build_model(cfg, kind, loop_config["num_classes"], loop_config.get("feature_dim"))
+    optimizer = recipe.make_optimizer(model, cfg)
     state, saved = TrainingState(EarlyStopping(cfg.train.early_stopping_patience)), None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a worker died: every worker restarts from the last checkpoint, nothing is redone
@@ -100,7 +100,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     train, val = _sources(loop_config, cfg, rank, world, device)
     amp = device.type == "cuda"
     epochs = fit(model, optimizer, train, val, epochs=cfg.train.epochs, state=state,
-                 label_smoothing=setup.label_smoothing(cfg, kind), amp=amp,
+                 label_smoothing=recipe.label_smoothing(cfg, kind), amp=amp,
                  reduce=lambda values: _all_reduce_sums(values, device))
     for metrics in epochs:
         metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

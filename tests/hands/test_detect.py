@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.datasets import alphabet_photos
 from PIL import Image
 
 from asl_platform.hands import DetectionSettings, HandDetector, no_hand_json
 from asl_platform.hands.draw import draw_hand
-from conftest import alphabet_photos
 
 pytestmark = pytest.mark.real_data
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from asl_platform.hands import landmark_inputs
-from asl_platform.hands.features import FEATURE_DIM, INPUT_DIM, LandmarkAugment, LandmarkFeatures
+from asl_platform.hands.features import FEATURE_DIM, LandmarkAugment, LandmarkFeatures
+from asl_platform.hands.rows import INPUT_DIM
 
 SEEDS = range(25)
 

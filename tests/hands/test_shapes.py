@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.datasets import detected_photos
 
 from asl_platform.hands.shapes import (
-    DESCRIPTIONS, MOTION_LETTERS, accepted_labels, canonical, curls, draw_shape, hints, load_shapes, save_shapes,
+    DESCRIPTIONS,
+    MOTION_LETTERS,
+    accepted_labels,
+    canonical,
+    curls,
+    draw_shape,
+    hints,
+    load_shapes,
+    save_shapes,
     typical_shapes,
 )
-from conftest import detected_photos
 
 LETTERS = ["A", "B", "L", "Y"]
 

@@ -7,8 +7,18 @@ import numpy as np
 import pytest
 
 from asl_platform.model.calibration import (
-    MAX_SHOTS_PER_LETTER, Calibration, ProfileError, check_profile, choose_threshold, distance_probabilities,
-    fit_temperature, hand_row, make_profile, shot_distances, simulated_calibration, with_typical_hands,
+    MAX_SHOTS_PER_LETTER,
+    Calibration,
+    ProfileError,
+    check_profile,
+    choose_threshold,
+    distance_probabilities,
+    fit_temperature,
+    hand_row,
+    make_profile,
+    shot_distances,
+    simulated_calibration,
+    with_typical_hands,
 )
 
 MODEL = {"name": "hands", "version": "v1", "sha256": "abc123", "classes": ["A", "B", "C", "space"]}

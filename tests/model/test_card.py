@@ -28,7 +28,7 @@ def test_a_model_folder_written_before_the_typed_card_still_loads_and_predicts(t
     assert card.config["model"]["hidden_size"] == 8 and card.metrics["best_epoch"] == 2
     predictor = Predictor(folder / "v1")
     assert predictor.preprocessing.image_size == 64
-    probabilities = predictor.predict_images([Image.new("RGB", (70, 50), (200, 10, 10))])
+    probabilities = predictor.predict_with_hands([Image.new("RGB", (70, 50), (200, 10, 10))])[0]
     assert probabilities.shape == (1, 3) and abs(probabilities.sum() - 1) < 1e-5
     raw = json.loads((FORMAT1 / "v1" / "model.json").read_text())
     assert raw["format_version"] == 1 and "hyperparameters" in raw  # the fixture really is the old format

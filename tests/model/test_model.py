@@ -10,9 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.models import train_head
+from helpers.s3 import upload_folder
 from PIL import Image
 
-from asl_platform.data import list_images, preprocess_images, decode_image, stratified_split
+from asl_platform.config import BACKBONE_NAMES
+from asl_platform.data.decode import decode_image, preprocess_images
+from asl_platform.data.listing import list_images, stratified_split
 from asl_platform.model import (
     BACKBONES,
     MODEL_CACHE_ENV,
@@ -21,6 +25,7 @@ from asl_platform.model import (
     WeightsUnavailableError,
     build_backbone,
     build_classifier,
+    build_head,
     efficientnet_lite0_weights_file,
     get_backbone_spec,
     load_model_dir,
@@ -29,12 +34,11 @@ from asl_platform.model import (
     save_model_dir,
     split_backbone,
 )
-from asl_platform.model import build_head
-from conftest import train_head, upload_folder
 
 
 def test_registry_has_the_three_backbones_and_rejects_unknown():
     assert {"resnet50", "efficientnet_lite0", "tiny"} <= set(BACKBONES)
+    assert tuple(BACKBONES) == BACKBONE_NAMES  # the config validates backbone names without importing torch
     with pytest.raises(ValueError, match="unknown backbone 'vgg'.*resnet50"):
         get_backbone_spec("vgg")
 
@@ -170,7 +174,7 @@ def test_model_dir_round_trip_gives_identical_predictions(tmp_path):
         assert torch.equal(model(batch), loaded(batch))
     predictor = Predictor(tmp_path / "m")
     images = [Image.new("RGB", (50, 80), (i * 60, 20, 200)) for i in range(3)]
-    probabilities = predictor.predict_images(images)
+    probabilities = predictor.predict_with_hands(images)[0]
     assert probabilities.shape == (3, 3)
     np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
 
@@ -210,7 +214,7 @@ def test_a_model_on_s3_is_fetched_once_into_a_local_cache_and_predicts_the_same(
     assert (fetched / "model.safetensors").read_bytes() == (local / "v2" / "model.safetensors").read_bytes()
     assert not (fetched / "eval").exists()  # only what loading needs
     images = [Image.new("RGB", (50, 80), (i * 60, 20, 200)) for i in range(3)]
-    np.testing.assert_array_equal(Predictor(uri).predict_images(images), Predictor(local / "v2").predict_images(images))
+    np.testing.assert_array_equal(Predictor(uri).predict_with_hands(images)[0], Predictor(local / "v2").predict_with_hands(images)[0])
 
     # Fetched once: a second resolve reuses the copy; no temporary folder is left behind.
     written = (fetched / "model.safetensors").stat().st_mtime_ns

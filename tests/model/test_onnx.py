@@ -8,14 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.datasets import alphabet_photos
+from helpers.models import fixture_model, train_head
 from PIL import Image
 
 from asl_platform.config import ConfigError, InferenceConfig
 from asl_platform.model import Predictor, load_model_dir
 from asl_platform.model.card import ModelCard, RuntimeScores
 from asl_platform.model.onnx import FP32_FILE, INT8_FILE
-from asl_platform.onnx_export import export_onnx, int8_verdict
-from conftest import alphabet_photos, fixture_model, train_head
+from asl_platform.stages.onnx_export import export_onnx, int8_verdict
 
 LETTERS = ["A", "B", "C", "L", "Y"]
 
@@ -38,7 +39,8 @@ def photo_model(request, tmp_path_factory, asl_alphabet) -> tuple[Path, dict[str
 def build_photo_model(directory: Path, train: list[tuple[str, int]]) -> None:
     import torch
 
-    from asl_platform.data import load_image, preprocess_images
+    from asl_platform.data.decode import preprocess_images
+    from asl_platform.data.reading import load_image
     from asl_platform.model import build_classifier, get_backbone_spec, save_model_dir
 
     torch.manual_seed(0)
@@ -83,18 +85,18 @@ def test_fp32_onnx_agrees_with_torch_on_real_photos_and_int8_is_checked(exported
 
 
 def test_the_predictor_runs_what_inference_says(exported, photo_model):
-    from asl_platform.data import load_image
+    from asl_platform.data.reading import load_image
 
     torch_run = Predictor(exported, inference=InferenceConfig(runtime="torch"))
     fp32 = Predictor(exported, inference=InferenceConfig(precision="fp32", threads=1))
     assert (torch_run.runtime_name, fp32.runtime_name) == ("torch", "onnxruntime fp32")
     images = [load_image(p) for p in photo_model[1]["test"][0][:16]]
-    reference = torch_run.predict_images(images)
-    np.testing.assert_allclose(fp32.predict_images(images), reference, atol=1e-4)
+    reference = torch_run.predict_with_hands(images)[0]
+    np.testing.assert_allclose(fp32.predict_with_hands(images)[0], reference, atol=1e-4)
     assert fp32.model is None  # the session holds the weights: no second copy in memory
     int8 = Predictor(exported)  # auto: int8 where the card allows it
     assert int8.runtime_name == "onnxruntime int8"
-    assert np.abs(int8.predict_images(images) - reference).max() > 1e-4  # really another graph
+    assert np.abs(int8.predict_with_hands(images)[0] - reference).max() > 1e-4  # really another graph
     with pytest.raises(ConfigError, match="CPU only"):
         Predictor(exported, device="cuda", inference=InferenceConfig(runtime="onnxruntime"))
     with pytest.raises(ConfigError, match="needs inference.runtime onnxruntime"):
@@ -102,15 +104,15 @@ def test_the_predictor_runs_what_inference_says(exported, photo_model):
 
 
 def test_a_model_exported_before_onnx_is_converted_on_load(photo_model):
-    from asl_platform.data import load_image
+    from asl_platform.data.reading import load_image
 
     directory = photo_model[0]
     assert not (directory / FP32_FILE).exists()
     converted = Predictor(directory)
     assert converted.runtime_name == "onnxruntime fp32"
     images = [load_image(p) for p in photo_model[1]["test"][0][:8]]
-    np.testing.assert_allclose(converted.predict_images(images),
-                               Predictor(directory, inference=InferenceConfig(runtime="torch")).predict_images(images),
+    np.testing.assert_allclose(converted.predict_with_hands(images)[0],
+                               Predictor(directory, inference=InferenceConfig(runtime="torch")).predict_with_hands(images)[0],
                                atol=1e-4)
     with pytest.raises(ConfigError, match="exported before ONNX export"):
         Predictor(directory, inference=InferenceConfig(precision="int8"))
@@ -152,9 +154,9 @@ def test_int8_must_hold_on_every_set_scored():
 def test_the_runtime_setting_reaches_the_ray_data_actors_of_evaluate_and_predict_batch(exported, photo_model, tmp_path):
     """evaluate and predict-batch classify through ``predict_paths``' actors: each runtime gives its own
     probabilities there (fp32 = torch within float noise, int8 measurably not), and the report says which ran."""
-    from asl_platform.batch import predict_batch
-    from asl_platform.evaluate import evaluate_folder
+    from asl_platform.batch_predict import predict_batch
     from asl_platform.inference import predict_paths
+    from asl_platform.stages.evaluate import evaluate_folder
 
     paths = photo_model[1]["test"][0][::7]  # 12 photos across the five letters
     runs = {name: predict_paths(exported, paths, batch_size=4, inference=InferenceConfig(**keys))[0]

@@ -18,7 +18,7 @@ import requests
 
 from asl_platform.config import ServeConfig
 from asl_platform.serving.deployments import APP_NAME, build_application
-from conftest import colour_image
+from helpers.models import colour_image
 from fuzz_inputs import png_with_size as png_header_only  # a tiny PNG that declares huge dimensions
 
 __all__ = ["Load", "SharedServe", "colour_samples", "colour_settings", "free_port", "hand_settings",

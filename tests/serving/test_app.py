@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from asl_platform.config import ServeConfig
 from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import LocalBackend
-from conftest import colour_image
+from helpers.models import colour_image
 from serving.helpers import png_header_only
 
 

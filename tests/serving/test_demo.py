@@ -11,7 +11,7 @@ from PIL import Image
 from asl_platform.config import ServeConfig
 from asl_platform.serving.backends import LocalBackend
 from asl_platform.serving.demo import Speller, build_demo, classify_with_hand
-from conftest import colour_image
+from helpers.models import colour_image
 from serving.helpers import png_header_only
 
 

@@ -20,7 +20,8 @@ from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import LocalBackend
 from asl_platform.serving.demo import Speller, build_demo
 from asl_platform.serving.practice import NOT_SURE, check
-from conftest import ASL_ALPHABET, colour_image, detected_photos
+from helpers.datasets import ASL_ALPHABET, detected_photos
+from helpers.models import colour_image
 
 pytestmark = pytest.mark.real_data
 

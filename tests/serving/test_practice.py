@@ -14,7 +14,7 @@ from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import LocalBackend
 from asl_platform.serving.demo import feedback_markdown, target_markdown
 from asl_platform.serving.practice import Practice, practice_letters
-from conftest import detected_photos
+from helpers.datasets import detected_photos
 
 LETTERS = practice_letters(["A", "B", "C", "J", "I", "nothing", "space"])
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asl_platform.data import Preprocessing
+from asl_platform.data.decode import Preprocessing
 from asl_platform.serving.protocol import ApiError, prepare_image, top_predictions
 from serving.helpers import png_header_only
 

@@ -21,7 +21,8 @@ import yaml
 
 from asl_platform.config import ServeConfig
 from asl_platform.serving.deployments import serve_config_document
-from conftest import REPO_ROOT, colour_image
+from helpers.datasets import REPO_ROOT
+from helpers.models import colour_image
 from serving.helpers import free_port, model_replica_pids, run_demo_event
 
 pytestmark = pytest.mark.e2e

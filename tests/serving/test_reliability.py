@@ -11,7 +11,7 @@ import requests
 
 import fuzz_inputs
 from asl_platform.config import ServeConfig
-from conftest import colour_image
+from helpers.models import colour_image
 from serving.helpers import Load, kill_replica_and_wait, model_replica_pids, resident_mb
 
 pytestmark = pytest.mark.e2e

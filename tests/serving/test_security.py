@@ -33,7 +33,8 @@ from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import LocalBackend
 from asl_platform.serving.deployments import serve_config_document
 from asl_platform.serving.protocol import ApiError, read_body
-from conftest import REPO_ROOT, colour_image
+from helpers.datasets import REPO_ROOT
+from helpers.models import colour_image
 from serving.helpers import colour_settings, run_demo_event
 
 SHARED_SERVE = "colour"  # its real-server test runs on the colour application

@@ -10,7 +10,7 @@ import torch
 from asl_platform.config import ConfigError, load_config
 from asl_platform.hands import landmark_inputs
 from asl_platform.model.landmarks import LandmarkClassifier
-from asl_platform.training import setup
+from asl_platform.training import recipe
 from asl_platform.training.search import run_search
 from asl_platform.training.trainer import run_training
 
@@ -63,7 +63,7 @@ def test_hands_keys_are_refused_unless_the_model_is_hand_aware():
     with pytest.raises(ConfigError, match="hands.paddings"):
         load_config(None, ["model.kind=hand_aware", "hands.paddings=[2.0]"])
     cfg = load_config(None, ["model.kind=hand_aware", "hands.paddings=[0.3]", "hands.min_confidence=0.4"])
-    model = setup.build_model(cfg, "landmarks", 5)
+    model = recipe.build_model(cfg, "landmarks", 5)
     assert isinstance(model, LandmarkClassifier) and model.head[-1].out_features == 5
 
 

@@ -10,7 +10,14 @@ import torch
 
 from asl_platform.model import build_head
 from asl_platform.training.loop import (
-    EarlyStopping, TrainingState, evaluate, fit, read_checkpoint, restore, save_checkpoint, train_one_epoch,
+    EarlyStopping,
+    TrainingState,
+    evaluate,
+    fit,
+    read_checkpoint,
+    restore,
+    save_checkpoint,
+    train_one_epoch,
 )
 from asl_platform.training.sources import ArrayBatches
 

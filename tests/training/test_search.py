@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,14 +15,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from helpers import paced
 
 from asl_platform.config import load_config
-from asl_platform.data import Preprocessing, list_images
-from asl_platform.features import extract_features
+from asl_platform.data.decode import Preprocessing
+from asl_platform.data.listing import list_images
+from asl_platform.data.synthetic import make_smoke_dataset
 from asl_platform.model import BACKBONES
-from asl_platform.synthetic import make_smoke_dataset
+from asl_platform.stages.features import extract_features
 from asl_platform.training.search import run_search, searched_values, write_results
-import paced
 
 PACED = Path(paced.__file__)
 
@@ -90,7 +90,7 @@ def _finished_trials(experiment: Path, max_epochs: int) -> dict[str, tuple[int, 
 @pytest.mark.e2e
 @pytest.mark.own_ray
 def test_interrupted_search_resumes_without_redoing_finished_trials(tmp_path):
-    """Two trials finish, the third holds at its first epoch (tests/paced.py: on any machine the search is
+    """Two trials finish, the third holds at its first epoch (tests/helpers/paced.py: on any machine the search is
     caught mid-run), Ctrl+C; --resume then finishes only the trials that had not finished."""
     epochs, samples = 4, 4
     config = tmp_path / "tune.yaml"

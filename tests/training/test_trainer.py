@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import paced
 
 from asl_platform.config import InferenceConfig
-from asl_platform.data import decode_image, list_images, stratified_split
+from asl_platform.data.decode import decode_image
+from asl_platform.data.listing import list_images, stratified_split
+from asl_platform.data.synthetic import make_smoke_dataset
 from asl_platform.model import Predictor, load_model_dir, resolve_model_dir
-from asl_platform.synthetic import make_smoke_dataset
-import paced
 
 PACED = Path(paced.__file__)
 
@@ -52,7 +53,7 @@ def _worker_pids(parent: int) -> list[int]:
 @pytest.mark.e2e
 @pytest.mark.own_ray
 def test_two_workers_survive_a_killed_worker_and_export_a_valid_model(tmp_path):
-    """Kill one of the two Ray Train workers after the first checkpoint (both hold there, tests/paced.py,
+    """Kill one of the two Ray Train workers after the first checkpoint (both hold there, tests/helpers/paced.py,
     so the kill comes mid-run on any machine): the run resumes from the last checkpoint and still runs
     every epoch; the exported model reproduces its test report."""
     epochs = 3
@@ -95,7 +96,7 @@ def test_two_workers_survive_a_killed_worker_and_export_a_valid_model(tmp_path):
     report = json.loads((version / "eval" / "test.json").read_text())
     index = stratified_split(list_images(str(root)), 0.2, 0.2, 42)
     test = [(p, y) for p, y, s in zip(index.paths, index.labels, index.splits) if s == "test"]
-    predicted = Predictor(version, inference=FP32).predict_images([decode_image(Path(p).read_bytes()) for p, _ in test]).argmax(1)
+    predicted = Predictor(version, inference=FP32).predict_with_hands([decode_image(Path(p).read_bytes()) for p, _ in test])[0].argmax(1)
     assert report["images"] == len(test)
     assert report["accuracy"] == pytest.approx(float(np.mean(predicted == np.array([y for _, y in test]))))
     for name in ("README.md", "config.yaml", "model.safetensors", "test_split.txt", "eval/test.md", "eval/test_confusion.png"):
@@ -200,7 +201,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(ray_local, t
     report = json.loads((version / "eval" / "test.json").read_text())
     test = (version / "test_split.txt").read_text().split()
     labels = np.array([report["classes"].index(Path(p).parent.name) for p in test])
-    probabilities = Predictor(version, inference=FP32).predict_images([decode_image(Path(p).read_bytes()) for p in test])
+    probabilities = Predictor(version, inference=FP32).predict_with_hands([decode_image(Path(p).read_bytes()) for p in test])[0]
     assert probabilities.shape == (len(test), 4) and np.isfinite(probabilities).all()
     assert report["accuracy"] == pytest.approx(float(np.mean(probabilities.argmax(1) == labels)))
 

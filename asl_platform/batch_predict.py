@@ -1,6 +1,6 @@
 """Batch inference: classify every file under a folder or ``s3://`` prefix into Parquet and CSV, once.
 
-This is the original S3-upload trigger done the Ray way: instead of one function call per upload
+An S3-upload trigger done the Ray way: instead of one function call per upload
 event, a Ray Data actor pool (``inference.predict_paths_with_hands``) classifies whole listings, and ``watch``
 polls for files that arrived since. The output folder is the only state: the paths in its part
 files are what has been classified, so a re-run or a restarted watcher never classifies a file
@@ -11,7 +11,6 @@ is dropped silently.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import re
@@ -29,8 +28,10 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from asl_platform.data import DataError, is_remote, scan_files, strip_file_scheme
 from asl_platform.config import InferenceConfig
+from asl_platform.data.listing import scan_files
+from asl_platform.data.storage import is_remote, strip_file_scheme
+from asl_platform.errors import DataError
 from asl_platform.inference import DEFAULT_MAX_BYTES, predict_paths_with_hands
 from asl_platform.model import ModelCard, model_location, resolve_model_dir
 

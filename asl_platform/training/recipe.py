@@ -18,10 +18,14 @@ from torch import nn
 
 from asl_platform.config import Config, ConfigError, TrainConfig
 from asl_platform.hands.features import LandmarkAugment
-from asl_platform.model.landmarks import LandmarkClassifier
 from asl_platform.model import (
-    build_classifier, build_head, build_last_stage_classifier, get_backbone_spec, load_model_dir,
+    build_classifier,
+    build_head,
+    build_last_stage_classifier,
+    get_backbone_spec,
+    load_model_dir,
 )
+from asl_platform.model.landmarks import LandmarkClassifier
 
 Kind = Literal["features", "activations", "images", "landmarks"]
 KINDS: tuple[Kind, ...] = ("features", "activations", "images", "landmarks")
@@ -100,7 +104,7 @@ def build_model(cfg: Config, kind: Kind, num_classes: int, feature_dim: int | No
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, as in the original design; a trained last stage of a
+    """AdamW over the trainable parameters; a trained last stage of a
     pretrained backbone gets its own group at ``train.lr x train.last_stage_lr_factor``."""
     train = cfg.train
     last_stage = list(getattr(model, "last_stage_parameters", list)())

@@ -1,4 +1,4 @@
-"""asl_platform.batch: batch inference over a folder with bad files, the CLI, and watch mode (real Ray)."""
+"""asl_platform.batch_predict: batch inference over a folder with bad files, the CLI, and watch mode (real Ray)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from asl_platform.batch import APPENDING_MARKER, COMBINED_CSV, BatchJob, PredictionStore, predict_batch, watch
+from asl_platform.batch_predict import APPENDING_MARKER, COMBINED_CSV, BatchJob, PredictionStore, predict_batch, watch
 from asl_platform.cli import main
-from asl_platform.data import DataError, decode_image, scan_files
+from asl_platform.data.decode import decode_image
+from asl_platform.data.listing import scan_files
+from asl_platform.errors import DataError
 from asl_platform.model import Predictor, build_classifier, save_model_dir
 
 CLASSES = ["A", "B", "C", "Z"]
@@ -50,7 +52,7 @@ def _make_input(root: Path) -> tuple[list[str], dict[str, str]]:
 
 
 def _direct(model_dir: Path, paths: list[str]) -> np.ndarray:
-    return Predictor(model_dir).predict_images([decode_image(Path(p).read_bytes()) for p in paths])
+    return Predictor(model_dir).predict_with_hands([decode_image(Path(p).read_bytes()) for p in paths])[0]
 
 
 def _rows(output: Path) -> list[dict]:

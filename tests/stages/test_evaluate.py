@@ -1,4 +1,4 @@
-"""asl_platform.evaluate: metrics checked against explicit loops, report files, and real Ray inference."""
+"""asl_platform.stages.evaluate: metrics checked against explicit loops, report files, and real Ray inference."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from asl_platform.data import decode_image, list_images, stratified_split
-from asl_platform.evaluate import compute_report, evaluate_folder, write_report
+from asl_platform.data.decode import decode_image
+from asl_platform.data.listing import list_images, stratified_split
 from asl_platform.inference import predict_paths
 from asl_platform.model import Predictor, build_classifier, save_model_dir
+from asl_platform.stages.evaluate import compute_report, evaluate_folder, write_report
 
 CLASSES = ["A", "B", "C", "D"]
 
@@ -140,7 +141,7 @@ def tiny_model(tmp_path_factory):
 
 def _direct(model_dir, paths):
     predictor = Predictor(model_dir)
-    return predictor.predict_images([decode_image(open(p, "rb").read()) for p in paths])
+    return predictor.predict_with_hands([decode_image(open(p, "rb").read()) for p in paths])[0]
 
 
 def test_predict_paths_and_evaluate_all(ray_local, tmp_path, tiny_model):
@@ -200,7 +201,7 @@ def test_saved_test_split_is_used_and_new_files_do_not_leak_in(ray_local, tmp_pa
     """A model with test_split.txt is evaluated on exactly those files, even after the folder grew."""
     import shutil as _shutil
 
-    from asl_platform.evaluate import TEST_SPLIT_FILE
+    from asl_platform.stages.ingest import TEST_SPLIT_FILE
 
     root = _make_folder(tmp_path / "data")
     model_dir = tmp_path / "model"
@@ -241,7 +242,7 @@ def test_evaluate_use_gpu_reaches_the_inference_actors(tmp_path, tiny_model, mon
 
 
 def test_whose_image_it_is_comes_from_the_file_name_when_every_name_says():
-    from asl_platform.evaluate import people_of
+    from asl_platform.stages.evaluate import people_of
 
     people = people_of(["p/A/mariia00-3.jpg", "p/B/mariia00-4.png", "p/A/adi3220-0.jpg"])
     assert people.tolist() == ["mariia00", "mariia00", "adi3220"]

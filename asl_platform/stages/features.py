@@ -12,7 +12,6 @@ pooled features of the frozen backbone.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -20,19 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from asl_platform.cache import listing_key, write_atomically
 from asl_platform.config import ConfigError, InferenceConfig
-from asl_platform.data import ImageIndex, Preprocessing, image_dataset
+from asl_platform.data.cache import listing_key, load_columns, save_columns
+from asl_platform.data.decode import Preprocessing
+from asl_platform.data.listing import ImageIndex
+from asl_platform.data.reading import image_dataset, in_path_order, map_with_actors
 from asl_platform.limits import MAX_IMAGE_BYTES
 from asl_platform.model import build_backbone, get_backbone_spec, split_backbone
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: one table.parquet (data.cache)
 OUTPUTS = ("features", "trunk")  # pooled backbone features, or the activations before its last stage
 
 
@@ -52,6 +51,13 @@ class FeatureTable:
     @property
     def valid(self) -> np.ndarray:
         return self.errors == ""
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, np.ndarray], from_cache: bool = False) -> FeatureTable:
+        features = columns["features"]  # float16 trunk activations stay float16, pooled features float32
+        return cls(paths=columns["path"].astype(object), labels=columns["label"].astype(np.int64),
+                   features=features if features.dtype == np.float16 else features.astype(np.float32, copy=False),
+                   errors=columns["error"].astype(object), from_cache=from_cache)
 
     def take(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         keep = mask & self.valid
@@ -121,40 +127,6 @@ def cache_key(
     return listing_key(header, index)
 
 
-def _write_table(table: FeatureTable, directory: Path, meta: dict) -> None:
-    """Write atomically: into a temporary folder, renamed into place only when complete."""
-    shape = meta.get("shape")  # trunk activations: (C, H, W), stored flat as float16
-    dim = int(np.prod(shape)) if shape else table.features.shape[1]
-    dtype = np.float16 if shape else np.float32
-    arrow = pa.table({
-        "path": pa.array(table.paths.astype(str)),
-        "label": pa.array(table.labels.astype(np.int32)),
-        "error": pa.array(table.errors.astype(str)),
-        "features": pa.FixedSizeListArray.from_arrays(pa.array(table.features.reshape(-1).astype(dtype)), dim),
-    })
-
-    def write(tmp: Path) -> None:
-        pq.write_table(arrow, tmp / "features.parquet")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-
-    write_atomically(directory, write)
-
-
-def _read_table(directory: Path) -> FeatureTable:
-    arrow = pq.read_table(directory / "features.parquet")
-    column = arrow.column("features").combine_chunks()
-    shape = json.loads((directory / "meta.json").read_text()).get("shape")
-    features = column.flatten().to_numpy()
-    features = features.reshape(-1, *shape) if shape else features.reshape(-1, column.type.list_size)
-    return FeatureTable(
-        paths=np.asarray(arrow.column("path").to_pylist(), dtype=object),
-        labels=arrow.column("label").to_numpy().astype(np.int64),
-        features=features,
-        errors=np.asarray(arrow.column("error").to_pylist(), dtype=object),
-        from_cache=True,
-    )
-
-
 def extract_features(
     index: ImageIndex,
     backbone: str,
@@ -177,12 +149,12 @@ def extract_features(
     runtime = extraction_runtime(inference, use_gpu)
     key = cache_key(index, backbone, weights, prep, max_bytes, output)
     directory = Path(cache_root) / (f"{backbone}-{key}" if output == "features" else f"{backbone}-{output}-{key}")
-    if (directory / "meta.json").is_file():
+    cached = load_columns(directory)
+    if cached is not None:
         logger.info("feature cache hit: %s", directory)
-        return _align(_read_table(directory), index)
+        return FeatureTable.from_columns(in_path_order(cached, index.paths), from_cache=True)
 
     import ray
-    import ray.data
 
     # Build once here first: missing weights fail now with a clear message (not inside an actor),
     # and a download (resnet50) happens once, into the cache the actors then read.
@@ -197,26 +169,12 @@ def extract_features(
         len(index), concurrency, "ONNX Runtime fp32" if runtime == "onnxruntime" else "torch", directory,
     )
     started = time.perf_counter()
-    dataset = image_dataset(index, prep, batch_size=batch_size, max_bytes=max_bytes).map_batches(
-        FeatureExtractor,
-        fn_constructor_kwargs={"backbone": backbone, "weights": weights, "device": "cuda" if use_gpu else "cpu",
-                               "output": output, "runtime": runtime, "threads": (inference or InferenceConfig()).threads,
-                               "image_size": prep.image_size},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
-        num_gpus=1 if use_gpu else 0,
-    )
-    parts = {"path": [], "label": [], "error": [], "features": []}
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for name in parts:
-            parts[name].append(batch[name])
-    table = FeatureTable(
-        paths=np.concatenate(parts["path"]).astype(object),
-        labels=np.concatenate(parts["label"]).astype(np.int64),
-        features=np.concatenate(parts["features"]).astype(np.float16 if output == "trunk" else np.float32, copy=False),
-        errors=np.concatenate(parts["error"]).astype(object),
-    )
+    columns = map_with_actors(
+        image_dataset(index, prep, batch_size=batch_size, max_bytes=max_bytes), FeatureExtractor,
+        {"backbone": backbone, "weights": weights, "device": "cuda" if use_gpu else "cpu", "output": output,
+         "runtime": runtime, "threads": (inference or InferenceConfig()).threads, "image_size": prep.image_size},
+        batch_size, concurrency, num_gpus=1 if use_gpu else 0)
+    table = FeatureTable.from_columns(in_path_order(columns, index.paths))
     seconds = time.perf_counter() - started
     logger.info("extracted %d feature vectors in %.1fs (%.1f images/s)", len(table.paths), seconds, len(table.paths) / seconds)
     meta = {
@@ -225,8 +183,9 @@ def extract_features(
     }
     if output != "features":
         meta.update(output=output, shape=list(table.features.shape[1:]), dtype="float16")
-    _write_table(table, directory, meta)
-    return _align(table, index)
+    save_columns(directory, {"path": table.paths, "label": table.labels, "error": table.errors,
+                             "features": table.features}, meta)
+    return table
 
 
 @torch.inference_mode()
@@ -243,12 +202,3 @@ def pool_activations(
         batch = torch.from_numpy(np.ascontiguousarray(activations[start:start + batch_size], dtype=np.float32))
         out[start:start + batch_size] = tail(batch).float().numpy()
     return out
-
-
-def _align(table: FeatureTable, index: ImageIndex) -> FeatureTable:
-    """Reorder rows to the index order (Ray Data does not promise order)."""
-    position = {path: i for i, path in enumerate(table.paths)}
-    order = np.asarray([position[path] for path in index.paths])
-    return FeatureTable(
-        table.paths[order], table.labels[order], table.features[order], table.errors[order], table.from_cache
-    )

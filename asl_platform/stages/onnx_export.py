@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from asl_platform.config import InferenceConfig
-from asl_platform.data import ImageIndex, Preprocessing, load_image, normalize_batch, resize_for_model
+from asl_platform.data.decode import Preprocessing, normalize_batch, resize_for_model
+from asl_platform.data.listing import ImageIndex, join_classes
+from asl_platform.data.reading import image_dataset, in_path_order, load_image, map_with_actors
 from asl_platform.limits import MAX_IMAGE_BYTES
 from asl_platform.model.card import ModelCard, OnnxCard, RuntimeScores
 from asl_platform.model.onnx import FP32_FILE, INT8_FILE, OPSET, onnxruntime_version, quantize_int8, to_onnx
+from asl_platform.runtime import init_ray
 
 logger = logging.getLogger(__name__)
 
@@ -70,28 +73,14 @@ def compare_runtimes(model_dir: Path, prep: Preprocessing, paths: list[str], bat
     """Top-1 of torch, fp32 and int8 (N, 3) on ``paths`` (decoded once, by Ray Data actors), and
     which paths were readable."""
     import ray
-    import ray.data
-
-    from asl_platform.data import image_dataset
-    from asl_platform.runtime import init_ray
 
     init_ray(worker_logs=False)
     unique = list(dict.fromkeys(paths))
-    index = ImageIndex(root="", layout="paths", classes=[], paths=unique, labels=[-1] * len(unique))
-    available = int(ray.cluster_resources().get("CPU", 1))
-    dataset = image_dataset(index, prep, batch_size=batch_size, max_bytes=max_bytes).map_batches(
-        _RuntimeComparer, fn_constructor_kwargs={"model_dir": str(model_dir), "threads": threads},
-        batch_size=batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(available, math.ceil(len(unique) / batch_size)))),
-    )
-    rows: dict[str, tuple[np.ndarray, bool]] = {}
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for path, error, top1 in zip(batch["path"], batch["error"], batch["top1"]):
-            rows[str(path)] = (top1, not str(error))
-    missing = [p for p in unique if p not in rows]
-    if missing:
-        raise RuntimeError(f"{len(missing)} path(s) came back from Ray Data without an answer, e.g. {missing[:3]}")
-    return np.stack([rows[p][0] for p in paths]), np.asarray([rows[p][1] for p in paths], dtype=bool)
+    concurrency = max(1, min(int(ray.cluster_resources().get("CPU", 1)), math.ceil(len(unique) / batch_size)))
+    columns = map_with_actors(image_dataset(ImageIndex.of_paths(unique), prep, batch_size=batch_size, max_bytes=max_bytes),
+                              _RuntimeComparer, {"model_dir": str(model_dir), "threads": threads}, batch_size, concurrency)
+    ordered = in_path_order(columns, list(paths))
+    return ordered["top1"], np.asarray([not str(error) for error in ordered["error"]], dtype=bool)
 
 
 def runtime_scores(top1: np.ndarray, labels: np.ndarray) -> RuntimeScores:
@@ -122,13 +111,6 @@ def int8_verdict(scores: dict[str, RuntimeScores], max_drop: float) -> tuple[boo
         return False, (f"int8 loses {100 * drops[worst]:.2f} points of accuracy on {worst} (limit "
                        f"{100 * max_drop:.2f}; {described}): fp32 is used")
     return True, f"int8 is within {100 * max_drop:.2f} points of fp32 on {', '.join(scored)} ({described})"
-
-
-def labelled(index: ImageIndex, classes: list[str]) -> tuple[list[str], np.ndarray]:
-    """``index``'s files of the model's classes (joined by name) and their labels in the model's order."""
-    position = {name: i for i, name in enumerate(classes)}
-    keep = [(p, position[index.classes[y]]) for p, y in zip(index.paths, index.labels) if index.classes[y] in position]
-    return [p for p, _ in keep], np.asarray([y for _, y in keep], dtype=np.int64)
 
 
 def export_onnx(model_dir: Path, model, card: ModelCard, calibration_paths: list[str],
@@ -164,10 +146,11 @@ def add_onnx(model_dir: str | Path, cross_domain_root: str | None = None,
     training split and scored on the held-out test split, both as training made them (the seeded
     split of the card's data; the saved test file list where there is one), and on
     ``cross_domain_root`` when given."""
-    from asl_platform.data import is_remote, list_images, list_sources
+    from asl_platform.data.listing import list_images
+    from asl_platform.data.storage import is_remote
     from asl_platform.errors import UserError
-    from asl_platform.evaluate import TEST_SPLIT_FILE, _data_config
     from asl_platform.model import load_model_dir, resolve_model_dir, write_readme
+    from asl_platform.stages.ingest import data_settings, training_split
 
     if is_remote(str(model_dir)):
         raise UserError(f"{model_dir}: export-onnx writes into the model folder; fetch it to a local folder first")
@@ -177,17 +160,11 @@ def add_onnx(model_dir: str | Path, cross_domain_root: str | None = None,
     roots = [s.root for s in data.sources] if data and data.sources else [data.root] if data and data.root else []
     if not roots or (data and data.smoke_set):
         raise UserError(f"{directory}: its card names no training folder to calibrate int8 on")
-    settings = _data_config(card)
-    listing, _ = list_sources(roots, settings["max_images_per_class"], settings["seed"], settings["val_fraction"],
-                              settings["test_fraction"])
-    saved = directory / TEST_SPLIT_FILE
-    if saved.is_file():
-        held_out = set(saved.read_text().splitlines())
-        listing.splits = ["test" if p in held_out else ("train" if s == "test" else s)
-                          for p, s in zip(listing.paths, listing.splits)]
-    sets = {"test": labelled(listing.subset("test"), card.classes)}
+    settings = data_settings(card)
+    listing = training_split(card, directory, roots)
+    sets = {"test": join_classes(listing.subset("test"), card.classes)[:2]}
     if cross_domain_root:
-        sets["cross_domain"] = labelled(list_images(cross_domain_root), card.classes)
+        sets["cross_domain"] = join_classes(list_images(cross_domain_root), card.classes)[:2]
     card.onnx = export_onnx(directory, model, card, listing.subset("train").paths, sets, inference or InferenceConfig(),
                             batch_size=settings["batch_size"], max_bytes=settings["max_image_bytes"], seed=settings["seed"])
     card.save(directory)

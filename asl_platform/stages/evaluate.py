@@ -12,18 +12,27 @@ import csv
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
-from asl_platform.config import DataConfig, InferenceConfig
-from asl_platform.data import (
-    DataError, ImageIndex, is_remote, list_images, list_sources, merge_sources, strip_file_scheme, summarize_errors,
-)
-from asl_platform.errors import UserError
-from asl_platform.inference import DEFAULT_MAX_BYTES, PathAnswers, predict_paths_with_hands
+from asl_platform.config import InferenceConfig
+from asl_platform.data.listing import join_classes, list_images, merge_sources
+from asl_platform.data.reading import summarize_errors
+from asl_platform.data.storage import is_remote, strip_file_scheme
+from asl_platform.errors import DataError, UserError
+from asl_platform.inference import PathAnswers, predict_paths_with_hands
 from asl_platform.model import ModelCard
+from asl_platform.model.classifier import probabilities
+from asl_platform.model.fusion import fuse, score_rules
+from asl_platform.model.landmarks import landmark_probabilities
 from asl_platform.model.predictor import choose_runtime
+from asl_platform.stages.ingest import PreparedData, data_settings, training_split
+from asl_platform.training.loop import evaluate
+from asl_platform.training.sources import ArrayBatches, evaluation_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +40,6 @@ SPLIT_CHOICES = ("all", "test")
 PROBABILITY_FLOOR = 1e-12
 MOST_CONFUSED = 10
 # Used when a model's model.json has no training config (older or hand-made model directories).
-_DEFAULTS = DataConfig()
-DEFAULT_DATA_CONFIG = {key: getattr(_DEFAULTS, key) for key in ("val_fraction", "test_fraction", "seed", "max_images_per_class")}
 
 
 # --------------------------------------------------------------------------- metrics
@@ -325,39 +332,6 @@ def hand_metrics(labels: np.ndarray, probabilities: np.ndarray, found: np.ndarra
 # --------------------------------------------------------------------------- folder evaluation
 
 
-def _data_config(card: ModelCard) -> dict:
-    """The training run's data section (for the identical split), with defaults for what is absent."""
-    section = (card.config or {}).get("data") or {}
-    values = {key: section.get(key, default) for key, default in DEFAULT_DATA_CONFIG.items()}
-    for key, default in DEFAULT_DATA_CONFIG.items():
-        if values[key] is None:
-            values[key] = default
-    values["batch_size"] = int(section.get("batch_size") or _DEFAULTS.batch_size)
-    values["max_image_bytes"] = int(section.get("max_image_bytes") or DEFAULT_MAX_BYTES)
-    return values
-
-
-TEST_SPLIT_FILE = "test_split.txt"
-
-
-def _select_images(index: ImageIndex, split: str, saved_test: set[str] | None = None) -> ImageIndex:
-    """Everything (``all``) or the held-out test split exactly as training made it (``test``): the
-    file list saved with the model when there is one (files added later cannot leak in), else the
-    same seeded split recomputed (``index`` comes split, by ``list_sources``)."""
-    if split == "all":
-        return index
-    if saved_test is not None:
-        index.splits = ["test" if path in saved_test else "train" for path in index.paths]
-        missing = len(saved_test) - index.splits.count("test")
-        if missing:
-            logger.warning("%d held-out test file(s) of the model are no longer under %s", missing, index.root)
-        return index.subset("test")
-    test = index.subset("test")
-    if not test.paths:
-        raise DataError(f"the test split of {index.root} is empty")
-    return test
-
-
 def _default_name(data_root: str, split: str) -> str:
     if split == "test":
         return "test"
@@ -379,6 +353,40 @@ def _write_predictions(path: Path, paths: list[str], labels: np.ndarray, probabi
             predicted = int(np.argmax(probs))
             writer.writerow([file, classes[label], classes[predicted], f"{probs[predicted]:.4f}", int(predicted == label)])
     return str(path)
+
+
+def evaluation_images(card: ModelCard, model_dir: Path, roots: list[str],
+                      split: str) -> tuple[list[str], np.ndarray, dict[str, int], list[str]]:
+    """The images an evaluation scores: every image under ``roots`` (``all``) or the held-out test split
+    exactly as training made it (``test``), joined to the model's classes by name. Returns the paths,
+    their labels in the model's class order, the images of classes the model does not know (left out,
+    by class) and the model's classes without an image (warned about: support 0)."""
+    where = ", ".join(roots)
+    if split == "test":  # listed and split per folder exactly as training did
+        trained = [s.root for s in card.data.sources] if card.data and card.data.sources else \
+            [card.data.root] if card.data and card.data.root else []
+        if trained and sorted(map(_normalised, roots)) != sorted(map(_normalised, trained)):
+            logger.warning("split=test on %s, but the model was trained on %s: the 'test' images are only held out "
+                           "if they are the same folders", where, ", ".join(trained))
+        listing = training_split(card, model_dir, roots)
+        selected = listing.subset("test")
+        if not selected.paths:
+            raise DataError(f"the test split of {where} is empty")
+    else:
+        listing = selected = merge_sources([list_images(root) for root in roots])
+    paths, labels, unknown = join_classes(selected, card.classes)
+    present = {selected.classes[y] for y in selected.labels}
+    missing = [c for c in card.classes if c not in present]
+    if unknown:
+        logger.warning("skipping %d image(s) of class(es) the model does not know: %s", sum(unknown.values()),
+                       ", ".join(f"{c} ({n})" for c, n in unknown.items()))
+    if missing:
+        logger.warning("model class(es) with no images in %s (split %s): %s; they have support 0 and are left out "
+                       "of macro F1", where, split, ", ".join(missing))
+    if not paths:
+        raise DataError(f"no images of the model's classes under {where} (split {split}); "
+                        f"folder classes: {', '.join(listing.classes)}; model classes: {', '.join(card.classes)}")
+    return paths, labels, unknown, missing
 
 
 def evaluate_folder(
@@ -409,44 +417,10 @@ def evaluate_folder(
     inference = inference or InferenceConfig()
     runtime, precision = choose_runtime(inference, card, "cuda" if use_gpu else "cpu")  # a bad setting fails now
     classes: list[str] = list(card.classes)
-    data_cfg = _data_config(card)
+    data_cfg = data_settings(card)
     roots = [str(data_root)] if isinstance(data_root, (str, Path)) else [str(r) for r in data_root]
-    trained = [s.root for s in card.data.sources] if card.data and card.data.sources else \
-        [card.data.root] if card.data and card.data.root else []
-    if split == "test" and trained and sorted(map(_normalised, roots)) != sorted(map(_normalised, trained)):
-        logger.warning("split=test on %s, but the model was trained on %s: the 'test' images are only held out "
-                       "if they are the same folders", ", ".join(roots), ", ".join(trained))
-    if split == "test":  # listed and split per folder exactly as training did
-        listing, _ = list_sources(roots, data_cfg["max_images_per_class"], data_cfg["seed"],
-                                  data_cfg["val_fraction"], data_cfg["test_fraction"])
-    else:
-        listing = merge_sources([list_images(root) for root in roots])
     data_root = ", ".join(roots)
-    saved_test = None
-    if split == "test" and (model_dir / TEST_SPLIT_FILE).is_file():
-        saved_test = set((model_dir / TEST_SPLIT_FILE).read_text().splitlines())
-        if not saved_test & set(listing.paths):  # e.g. the data moved: fall back to the seeded split
-            logger.warning("none of %s's saved test files are under %s; recomputing the seeded split",
-                           model_dir, data_root)
-            saved_test = None
-    selected = _select_images(listing, split, saved_test)
-
-    position = {name_: i for i, name_ in enumerate(classes)}
-    counts = selected.class_counts()
-    skipped_classes = {c: n for c, n in counts.items() if c not in position and n > 0}
-    missing_classes = [c for c in classes if counts.get(c, 0) == 0]
-    if skipped_classes:
-        logger.warning("skipping %d image(s) of class(es) the model does not know: %s", sum(skipped_classes.values()),
-                       ", ".join(f"{c} ({n})" for c, n in skipped_classes.items()))
-    if missing_classes:
-        logger.warning("model class(es) with no images in %s (split %s): %s; they have support 0 and are left out "
-                       "of macro F1", data_root, split, ", ".join(missing_classes))
-    keep = [i for i, y in enumerate(selected.labels) if selected.classes[y] in position]
-    paths = [selected.paths[i] for i in keep]
-    labels = np.asarray([position[selected.classes[selected.labels[i]]] for i in keep], dtype=np.int64)
-    if not paths:
-        raise DataError(f"no images of the model's classes under {data_root} (split {split}); "
-                        f"folder classes: {', '.join(listing.classes)}; model classes: {', '.join(classes)}")
+    paths, labels, unknown, missing_classes = evaluation_images(card, model_dir, roots, split)
 
     logger.info("evaluating %s on %d image(s) from %s (split %s)", model_dir, len(paths), data_root, split)
     answers = predict_paths_with_hands(location, paths, batch_size=data_cfg["batch_size"],
@@ -473,7 +447,7 @@ def evaluate_folder(
         "split": split,
         "runtime": "torch" if runtime == "torch" else f"onnxruntime {precision}",
         "missing_classes": missing_classes,
-        "skipped_classes": skipped_classes,
+        "skipped_classes": unknown,
         "skipped_files": skipped_files,
     })
     logger.info("%s: accuracy %.2f%%, loss %.4f, macro F1 %.4f on %d image(s)%s%s", _default_name(data_root, split),
@@ -497,3 +471,61 @@ def evaluate_folder(
                                                   labels[good], probabilities[good], classes)
         report["files"] = files
     return report
+
+
+# --------------------------------------------------------------------------- the pipeline's held-out splits
+
+
+@dataclass
+class SplitAnswers:
+    """Both models' answers on a split's readable images, hand found or not, and what each image counts
+    for when scoring: every training folder the same (``data.balance_sources``), else every image."""
+
+    image: np.ndarray
+    landmarks: np.ndarray
+    found: np.ndarray
+    labels: np.ndarray
+    inputs: np.ndarray  # the landmark rows (zeros where no hand was found)
+    sources: np.ndarray  # which training folder each image is from
+    weights: np.ndarray | None
+
+    def scores(self, classes: list[str]) -> dict[str, float]:
+        return score_rules(self.image, self.landmarks, self.found, self.labels, classes, self.weights)
+
+    def answers(self, rule: str, classes: list[str]) -> np.ndarray:
+        return fuse(rule, self.image, self.landmarks, self.found, classes)
+
+    def accuracy(self, rule: str, classes: list[str], source: int | None = None) -> float:
+        """Plain accuracy under ``rule`` (every image counts once), of one training folder's images or all."""
+        keep = np.ones(len(self.labels), bool) if source is None else self.sources == source
+        right = self.answers(rule, classes)[keep].argmax(axis=1) == self.labels[keep]
+        return float(right.mean()) if len(right) else float("nan")
+
+
+def split_answers(prepared: PreparedData, image_model: nn.Module, landmark_model: nn.Module, split: str) -> SplitAnswers:
+    rows = prepared.rows(split) & prepared.hands.valid
+    classes = prepared.index.classes
+    image = probabilities(image_model, prepared.table.features[rows], len(classes))  # features or activations
+    found = prepared.hands.found[rows]
+    inputs = prepared.hands.inputs(rows)
+    sources = np.asarray(prepared.index.sources or [0] * len(prepared.index), dtype=np.int64)[rows]
+    return SplitAnswers(image, landmark_probabilities(landmark_model, inputs, found, len(classes)), found,
+                        prepared.hands.labels[rows], inputs, sources, prepared.weights_of(rows))
+
+
+def evaluate_held_out(retrained, prepared: PreparedData, kind: str) -> tuple[dict, dict[str, SplitAnswers]]:
+    """Stage evaluate of the pipeline: the image model on the held-out test split's cached arrays, and
+    for a hand-aware run both models' answers on the validation and test splits (what export chooses
+    the fusion rule and the "not sure" threshold on, and scores)."""
+    trained, landmarks = retrained.image, retrained.landmarks
+    test = (prepared.activations if kind == "activations" else prepared.features)("test")
+    scored = evaluate(trained.model, ArrayBatches(*test, evaluation_batch_size(test[0]), torch.device("cpu")).batches(0))
+    metrics = {
+        "test_accuracy": scored["accuracy"], "test_loss": scored["loss"], "test_images": int(len(test[1])),
+        "val_accuracy": trained.best_metrics["val_accuracy"], "val_loss": trained.best_metrics["val_loss"],
+        "best_epoch": trained.best_metrics["epoch"], "epochs_run": len(trained.history),
+        "skipped_files": prepared.skipped,
+    }
+    answers = {split: split_answers(prepared, trained.model, landmarks.model, split)
+               for split in ("val", "test")} if landmarks is not None else {}
+    return metrics, answers

@@ -13,19 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asl_platform.data import (
-    DataError,
-    ImageIndex,
-    Preprocessing,
-    decode_batch,
-    decode_image,
-    image_dataset,
-    list_images,
-    preprocess_images,
-    stratified_split,
-    summarize_errors,
-    to_rgb,
-)
+from asl_platform.data.decode import Preprocessing, decode_image, preprocess_images, to_rgb
+from asl_platform.data.listing import ImageIndex, list_images, stratified_split
+from asl_platform.data.reading import decode_batch, image_dataset, summarize_errors
+from asl_platform.errors import DataError
 
 # --------------------------------------------------------------------------- helpers
 
@@ -707,7 +698,7 @@ def test_image_dataset_end_to_end(ray_local, tmp_path):
 
 
 def test_several_sources_merge_by_class_name_and_split_each_on_its_own(tmp_path):
-    from asl_platform.data import list_sources
+    from asl_platform.data.listing import list_sources
 
     def folder(name: str, counts: dict[str, int]) -> str:
         for label, count in counts.items():
@@ -741,9 +732,9 @@ def test_several_sources_merge_by_class_name_and_split_each_on_its_own(tmp_path)
 def test_each_training_folder_weighs_the_same_when_balanced(tmp_path):
     """data.balance_sources: a row's weight is 1 / the rows of its folder in that split, so both folders
     weigh the same however many images each has; off, or with one folder, every row counts once."""
-    from asl_platform.data import ImageIndex
-    from asl_platform.features import FeatureTable
-    from asl_platform.prepare import PreparedData
+    from asl_platform.data.listing import ImageIndex
+    from asl_platform.stages.features import FeatureTable
+    from asl_platform.stages.ingest import PreparedData
 
     n = 8
     index = ImageIndex(root="", layout="", classes=["A", "B"], paths=[f"{i}.png" for i in range(n)],

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
 
-from asl_platform.data import Preprocessing, list_images
-from asl_platform.features import cache_key, extract_features
+from asl_platform.data.decode import Preprocessing, decode_image, preprocess_images
+from asl_platform.data.listing import list_images
 from asl_platform.model import build_backbone, get_backbone_spec
-from asl_platform.data import decode_image, preprocess_images
-
-import torch
+from asl_platform.stages.features import cache_key, extract_features
 
 
 def _make_folder(root, per_class=4):
@@ -74,8 +73,8 @@ def test_trunk_activations_are_extracted_cached_as_float16_and_pool_to_the_featu
     shape in meta.json, and kept as float16 in memory; the frozen last stage pools them to the features."""
     import json
 
-    from asl_platform.features import pool_activations
     from asl_platform.model import split_backbone
+    from asl_platform.stages.features import pool_activations
 
     root = _make_folder(tmp_path / "data")
     index = list_images(str(root))
@@ -92,7 +91,7 @@ def test_trunk_activations_are_extracted_cached_as_float16_and_pool_to_the_featu
     assert meta["output"] == "trunk" and meta["shape"] == [32, 16, 16] and meta["dtype"] == "float16"
     import pyarrow.parquet as pq
 
-    assert str(pq.read_schema(directory / "features.parquet").field("features").type.value_type) == "halffloat"
+    assert str(pq.read_schema(directory / "table.parquet").field("features").type.value_type) == "halffloat"
 
     good = [i for i, e in enumerate(first.errors) if not e]
     backbone = build_backbone("tiny", str(weights))

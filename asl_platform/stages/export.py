@@ -1,8 +1,9 @@
-"""What a hand-aware pipeline exports: every fusion rule (``model.fusion``) scored on the validation
-split (each training folder weighing the same), the best one chosen there, and the "not sure"
-thresholds (``model.calibration``) chosen there too. The cross-domain folder is measured and
-recorded, never chosen on: a choice tuned to one folder of other people does not carry over to the
-next person. The card records why.
+"""Stage export: the versioned model folder (weights, config, the held-out test files) and its card.
+What a model exports with it is chosen on the validation split: for a hand-aware model every fusion rule
+(``model.fusion``) is scored there (each training folder weighing the same) and the best one chosen, and
+the "not sure" thresholds (``model.calibration``) are chosen there too. The cross-domain folder is
+measured and recorded, never chosen on: a choice tuned to one folder of other people does not carry over
+to the next person. The card records why. Then the ONNX copies (``onnx_export``), and ``latest``.
 """
 
 from __future__ import annotations
@@ -16,74 +17,40 @@ import torch
 from torch import nn
 
 from asl_platform.config import Config
-from asl_platform.data import ImageIndex
-from asl_platform.inference import predict_paths
-from asl_platform.hands import detect_hands
-from asl_platform.hands.detect import mediapipe_version
+from asl_platform.data.listing import ImageIndex, join_classes
+from asl_platform.hands.detect import DetectionSettings
 from asl_platform.hands.shapes import save_shapes, shapes_of
-from asl_platform.model import ModelCard
-from asl_platform.model.calibration import (
-    TARGET_PRECISION, choose_threshold, confident_share, distance_probabilities, fit_temperature, simulated_calibration,
+from asl_platform.inference import predict_paths
+from asl_platform.model import (
+    ASLClassifier,
+    DataCard,
+    ModelCard,
+    build_backbone,
+    into_classifier,
+    mark_latest,
+    next_version_dir,
+    save_model_dir,
+    write_readme,
 )
-from asl_platform.model.card import ConfidenceCard, DetectionCard, FusionCard, HandsCard, HeadCard
+from asl_platform.model.calibration import (
+    TARGET_PRECISION,
+    choose_threshold,
+    confident_share,
+    distance_probabilities,
+    fit_temperature,
+    simulated_calibration,
+)
+from asl_platform.model.card import ConfidenceCard, DetectionCard, FusionCard, HandsCard, HeadCard, OnnxCard
+from asl_platform.model.classifier import probabilities
 from asl_platform.model.fusion import choose_rule, fuse, score_rules
-from asl_platform.prepare import PreparedData, detection_settings, hands_cache
+from asl_platform.model.landmarks import landmark_probabilities, save_landmark_weights
+from asl_platform.stages.evaluate import SplitAnswers
+from asl_platform.stages.hands import detect_hands
+from asl_platform.stages.ingest import TEST_SPLIT_FILE, PreparedData, hands_cache
+from asl_platform.stages.onnx_export import export_onnx
 from asl_platform.training.search import searched_values
 
 logger = logging.getLogger(__name__)
-
-
-@torch.inference_mode()
-def probabilities(model: nn.Module, inputs: np.ndarray, num_classes: int, batch_size: int = 256) -> np.ndarray:
-    """Softmax of ``model`` over in-memory inputs (cached features, activations or landmark rows)."""
-    model.eval()
-    out = [torch.softmax(model(torch.from_numpy(np.ascontiguousarray(inputs[i:i + batch_size], dtype=np.float32))), 1)
-           for i in range(0, len(inputs), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, num_classes), np.float32)
-
-
-def _landmark_probabilities(model: nn.Module, inputs: np.ndarray, found: np.ndarray, num_classes: int) -> np.ndarray:
-    out = np.zeros((len(inputs), num_classes), np.float32)
-    if found.any():
-        out[found] = probabilities(model, inputs[found], num_classes)
-    return out
-
-
-@dataclass
-class SplitAnswers:
-    """Both models' answers on a split's readable images, hand found or not, and what each image counts
-    for when scoring: every training folder the same (``data.balance_sources``), else every image."""
-
-    image: np.ndarray
-    landmarks: np.ndarray
-    found: np.ndarray
-    labels: np.ndarray
-    inputs: np.ndarray  # the landmark rows (zeros where no hand was found)
-    sources: np.ndarray  # which training folder each image is from
-    weights: np.ndarray | None
-
-    def scores(self, classes: list[str]) -> dict[str, float]:
-        return score_rules(self.image, self.landmarks, self.found, self.labels, classes, self.weights)
-
-    def answers(self, rule: str, classes: list[str]) -> np.ndarray:
-        return fuse(rule, self.image, self.landmarks, self.found, classes)
-
-    def accuracy(self, rule: str, classes: list[str], source: int | None = None) -> float:
-        """Plain accuracy under ``rule`` (every image counts once), of one training folder's images or all."""
-        keep = np.ones(len(self.labels), bool) if source is None else self.sources == source
-        right = self.answers(rule, classes)[keep].argmax(axis=1) == self.labels[keep]
-        return float(right.mean()) if len(right) else float("nan")
-
-
-def split_answers(prepared: PreparedData, image_model: nn.Module, landmark_model: nn.Module, split: str) -> SplitAnswers:
-    rows = prepared.rows(split) & prepared.hands.valid
-    classes = prepared.index.classes
-    image = probabilities(image_model, prepared.table.features[rows], len(classes))  # features or activations
-    found = prepared.hands.found[rows]
-    inputs = prepared.hands.inputs(rows)
-    sources = np.asarray(prepared.index.sources or [0] * len(prepared.index), dtype=np.int64)[rows]
-    return SplitAnswers(image, _landmark_probabilities(landmark_model, inputs, found, len(classes)), found,
-                        prepared.hands.labels[rows], inputs, sources, prepared.weights_of(rows))
 
 
 def confidence_card(answers: np.ndarray, labels: np.ndarray, weights: np.ndarray | None, chosen_on: str,
@@ -154,12 +121,10 @@ def score_cross_domain(cfg: Config, model_dir: Path, card: ModelCard, index: Ima
                        landmark_model: nn.Module | None) -> CrossDomain:
     """The exported image model (through ``predict_paths``) and, for a hand-aware run, the hands
     stage and the landmark model on ``index``; classes joined by name, unknown ones left out."""
-    position = {name: i for i, name in enumerate(card.classes)}
-    unknown = [p for p, y in zip(index.paths, index.labels) if index.classes[y] not in position]
+    paths, labels, unknown = join_classes(index, card.classes)
     if unknown:
-        logger.warning("cross-domain: leaving out %d image(s) of classes the model does not know", len(unknown))
-    known = index.without(unknown)
-    labels = np.asarray([position[known.classes[y]] for y in known.labels], dtype=np.int64)
+        logger.warning("cross-domain: leaving out %d image(s) of classes the model does not know", sum(unknown.values()))
+    known = index.without(set(index.paths) - set(paths))
     image, errors = predict_paths(model_dir, known.paths, batch_size=cfg.data.batch_size,
                                   max_bytes=cfg.data.max_image_bytes, use_gpu=cfg.train.use_gpu,
                                   inference=cfg.inference.model_copy(update={"runtime": "torch"}))
@@ -167,11 +132,11 @@ def score_cross_domain(cfg: Config, model_dir: Path, card: ModelCard, index: Ima
     found = np.zeros(len(labels), dtype=bool)
     landmarks = np.zeros_like(image)
     if landmark_model is not None:
-        hands = detect_hands(known, detection_settings(cfg), hands_cache(cfg), cfg.data.batch_size,
+        hands = detect_hands(known, DetectionSettings.of(cfg.hands), hands_cache(cfg), cfg.data.batch_size,
                              max_bytes=cfg.data.max_image_bytes)
         good &= hands.valid
         found = hands.found & good
-        landmarks = _landmark_probabilities(landmark_model, hands.inputs(), found, len(card.classes))
+        landmarks = landmark_probabilities(landmark_model, hands.inputs(), found, len(card.classes))
     logger.info("cross-domain %s: %d readable image(s) of known classes%s", index.root, int(good.sum()),
                 f", hand found in {found[good].mean():.1%}" if landmark_model is not None and good.any() else "")
     return CrossDomain(str(index.root), list(card.classes), labels[good], image[good], landmarks[good], found[good],
@@ -212,10 +177,8 @@ def make_hand_aware(card: ModelCard, cfg: Config, landmark_cfg: Config, prepared
     val = answers["val"]
     confidence = confidence_card(val.answers(rule, classes), val.labels, val.weights, selected_on, landmark_model, val)
     test_rows = np.asarray(prepared.index.splits) == "test"
-    detection = detection_settings(cfg)
     hands_card = HandsCard(
-        detection=DetectionCard(paddings=list(detection.paddings), min_confidence=detection.min_confidence,
-                                model_complexity=detection.model_complexity, mediapipe=mediapipe_version()),
+        detection=DetectionCard.of(DetectionSettings.of(cfg.hands)),
         head=HeadCard(hidden_size=landmark_cfg.model.hidden_size, dropout=landmark_cfg.model.dropout),
         augment={k: float(v) for k, v in landmark_cfg.hands.model_dump().items() if k.startswith("augment_")},
         searched=searched_values(landmark_cfg.model_dump()),
@@ -239,3 +202,61 @@ def make_hand_aware(card: ModelCard, cfg: Config, landmark_cfg: Config, prepared
                              cross_domain_scores=cross_scores).model_dump(),
         "confidence": confidence.model_dump(),
     })
+
+
+def export_version(cfg: Config, model: ASLClassifier, prepared: PreparedData, **card_fields) -> tuple[Path, ModelCard]:
+    """Claim ``<models>/<run.name>/v<N>`` and write the model, its config and its exact held-out test
+    files (so `evaluate --split test` never re-derives the split). ``latest`` is moved by the caller,
+    last, once everything else in the folder is written."""
+    version_dir = next_version_dir(cfg.models_dir.resolve())
+    data = DataCard(root=prepared.root if not prepared.sources else None, sources=prepared.sources,
+                    layout=prepared.index.layout, split=prepared.split_counts,
+                    smoke_set=cfg.data.root is None, skipped_files=prepared.skipped)
+    card = save_model_dir(model, version_dir, prepared.index.classes, version=version_dir.name,
+                          weights=cfg.model.weights, data=data, config=cfg.model_dump(mode="json"), **card_fields)
+    (version_dir / "config.yaml").write_text(cfg.to_yaml())
+    (version_dir / TEST_SPLIT_FILE).write_text("\n".join(prepared.index.subset("test").paths) + "\n")
+    return version_dir, card
+
+
+def export_runtimes(cfg: Config, model_dir: Path, model: ASLClassifier, card: ModelCard, prepared: PreparedData,
+                    cross_index: ImageIndex | None) -> OnnxCard:
+    """``model.onnx`` and ``model.int8.onnx`` beside the weights, scored against torch on the held-out
+    test split and the cross-domain folder (``onnx_export``)."""
+    sets = {"test": join_classes(prepared.readable("test"), card.classes)[:2]}
+    if cross_index is not None:
+        sets["cross_domain"] = join_classes(cross_index, card.classes)[:2]
+    return export_onnx(model_dir, model, card, prepared.readable("train").paths, sets, cfg.inference,
+                       batch_size=cfg.data.batch_size, max_bytes=cfg.data.max_image_bytes, seed=cfg.data.seed)
+
+
+def export_model(cfg: Config, best: Config, best_landmarks: Config | None, prepared: PreparedData, retrained,
+                 metrics: dict, answers: dict[str, SplitAnswers], cross_index: ImageIndex | None, kind: str) -> tuple[Path, ModelCard]:
+    """Stage export: the versioned model folder with its card (the fusion rule and "not sure" threshold
+    chosen on the validation split, the cross-domain folder measured), the ONNX copies checked against
+    torch, and ``latest`` moved to it last."""
+    trained, landmarks = retrained.image, retrained.landmarks
+    if kind == "activations":  # the trained last stage goes into the pretrained backbone
+        classifier = into_classifier(cfg.model.backbone, cfg.model.weights, trained.model)
+    else:
+        classifier = ASLClassifier(cfg.model.backbone, build_backbone(cfg.model.backbone, cfg.model.weights),
+                                   trained.model)
+    # Versioned like `train`'s exports, so serve/predict-batch/evaluate take <models>/<run.name> (its latest).
+    model_dir, card = export_version(best, classifier, prepared, metrics=metrics, checkpoint=trained.checkpoint_path)
+    cross = score_cross_domain(cfg, model_dir, card, cross_index, landmarks and landmarks.model) if cross_index else None
+    if landmarks is not None:
+        card = make_hand_aware(card, cfg, best_landmarks, prepared, answers, cross, landmarks.model)
+        save_landmark_weights(landmarks.model, model_dir)
+        card.hands.shapes = export_shapes(prepared, model_dir)
+    else:
+        arrays = prepared.activations if kind == "activations" else prepared.features
+        inputs, labels = arrays("val")
+        card.confidence = confidence_card(probabilities(trained.model, inputs, len(prepared.index.classes)), labels,
+                                          prepared.source_weights("val"), validation_set(prepared))
+    if cross is not None:
+        card.metrics.update(cross.metrics(card.fusion.rule if card.fusion else "image", card.confidence.threshold))
+    card.onnx = export_runtimes(cfg, model_dir, classifier, card, prepared, cross_index)
+    card.save(model_dir)
+    write_readme(model_dir, card)
+    mark_latest(model_dir)  # last: `latest` only ever names a complete model
+    return model_dir, card

@@ -14,15 +14,20 @@ from typing import Iterator
 
 import numpy as np
 
-from asl_platform.config import Config, ConfigError
-from asl_platform.data import DataError, ImageIndex, find_unreadable, list_sources, summarize_errors
-from asl_platform.features import FeatureTable, extract_features, extraction_runtime, pool_activations
-from asl_platform.hands import DetectionSettings, HandTable, detect_hands
-from asl_platform.model import get_backbone_spec
+from asl_platform.config import Config, ConfigError, DataConfig
+from asl_platform.data.listing import ImageIndex, list_sources
+from asl_platform.data.reading import find_unreadable, summarize_errors
+from asl_platform.data.synthetic import make_smoke_dataset
+from asl_platform.errors import DataError
+from asl_platform.hands import DetectionSettings, HandTable
+from asl_platform.model import ModelCard, get_backbone_spec
 from asl_platform.runtime import init_ray
-from asl_platform.synthetic import make_smoke_dataset
+from asl_platform.stages.features import FeatureTable, extract_features, extraction_runtime, pool_activations
+from asl_platform.stages.hands import detect_hands
 
 logger = logging.getLogger(__name__)
+
+TEST_SPLIT_FILE = "test_split.txt"  # beside a model: its held-out test files, one path a line
 
 
 class StageProgress:
@@ -169,7 +174,7 @@ def prepare_data(
             prepared.unreadable = find_unreadable(index.paths, cfg.data.max_image_bytes, draft, cfg.data.batch_size)
     if cfg.model.kind == "hand_aware":
         with progress.stage("hands", "MediaPipe Hands through a Ray Data actor pool"):
-            prepared.hands = detect_hands(index, detection_settings(cfg), hands_cache(cfg), cfg.data.batch_size,
+            prepared.hands = detect_hands(index, DetectionSettings.of(cfg.hands), hands_cache(cfg), cfg.data.batch_size,
                                           max_bytes=cfg.data.max_image_bytes)
             for path, error in zip(prepared.hands.paths, prepared.hands.errors):  # e.g. changed since the features
                 if error and str(path) not in prepared.unreadable:
@@ -178,11 +183,6 @@ def prepare_data(
     write_skipped(prepared.unreadable, run_dir / "skipped_files.csv")
     _require_trainable(prepared, run_dir)
     return prepared
-
-
-def detection_settings(cfg: Config) -> DetectionSettings:
-    hands = cfg.hands
-    return DetectionSettings(tuple(hands.paddings), hands.min_confidence, hands.model_complexity)
 
 
 def hands_cache(cfg: Config) -> Path:
@@ -212,3 +212,36 @@ def _require_trainable(prepared: PreparedData, run_dir: Path) -> None:
     untrained = [name for i, name in enumerate(prepared.index.classes) if not np.any(train == i)]
     if untrained:
         raise DataError(f"no readable training images for class(es) {', '.join(untrained)}; see {run_dir / 'skipped_files.csv'}")
+
+
+def data_settings(card: ModelCard) -> dict:
+    """The training run's data section as its card records it (for the identical split), with today's
+    defaults for what an older card does not record."""
+    section = (card.config or {}).get("data") or {}
+    defaults = DataConfig()
+    keys = ("val_fraction", "test_fraction", "seed", "max_images_per_class", "batch_size", "max_image_bytes")
+    return {key: section.get(key) if section.get(key) is not None else getattr(defaults, key) for key in keys}
+
+
+def training_split(card: ModelCard, model_dir: Path, roots: list[str]) -> ImageIndex:
+    """``roots`` listed and split exactly as training split them: the seeded split of the card's data
+    settings, then the test files saved with the model (``TEST_SPLIT_FILE``) where there is that list,
+    so files added later cannot leak into the test split; a file the seeded split put in test that is
+    not in the saved list goes to train."""
+    settings = data_settings(card)
+    listing, _ = list_sources(roots, settings["max_images_per_class"], settings["seed"], settings["val_fraction"],
+                              settings["test_fraction"])
+    saved = Path(model_dir) / TEST_SPLIT_FILE
+    if not saved.is_file():
+        return listing
+    held_out = set(saved.read_text().splitlines())
+    if not held_out & set(listing.paths):  # e.g. the data moved: the seeded split is all there is
+        logger.warning("none of %s's saved test files are under %s; recomputing the seeded split",
+                       model_dir, ", ".join(roots))
+        return listing
+    listing.splits = ["test" if path in held_out else ("train" if split == "test" else split)
+                      for path, split in zip(listing.paths, listing.splits)]
+    missing = len(held_out) - listing.splits.count("test")
+    if missing:
+        logger.warning("%d held-out test file(s) of the model are no longer under %s", missing, ", ".join(roots))
+    return listing

@@ -1,4 +1,4 @@
-"""asl_platform.hands.stage: the hands stage through a real Ray Data actor pool, cached as Parquet."""
+"""asl_platform.stages.hands: the hands stage through a real Ray Data actor pool, cached as Parquet."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers.datasets import alphabet_photos
 from PIL import Image
 
-from asl_platform.data import list_images
-from asl_platform.hands import DetectionSettings, detect_hands
-from conftest import alphabet_photos
+from asl_platform.data.listing import list_images
+from asl_platform.hands import DetectionSettings
+from asl_platform.stages.hands import detect_hands
 
 pytestmark = [pytest.mark.e2e, pytest.mark.real_data]
 

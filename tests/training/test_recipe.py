@@ -9,7 +9,7 @@ import torch
 
 from asl_platform.config import Config, ConfigError, TrainConfig, load_config
 from asl_platform.model import ASLClassifier, LastStageClassifier
-from asl_platform.training import setup
+from asl_platform.training import recipe
 from asl_platform.training.search import param_space
 from asl_platform.training.trainer import build_trainer
 
@@ -50,7 +50,7 @@ def test_every_train_key_reaches_the_trainer_or_is_refused(ray_local, command, k
     cfg = load_config(None, ["model.backbone=tiny", "model.weights=none", f"model.unfreeze_last_stage={unfreeze}"],
                       values={f"train.{key}": CHANGED[key]})
     try:
-        setup.check_train_keys(cfg, kind, searched)
+        recipe.check_train_keys(cfg, kind, searched)
     except ConfigError as exc:
         assert f"train.{key}=" in str(exc)
         return
@@ -64,30 +64,30 @@ def test_every_train_key_reaches_the_trainer_or_is_refused(ray_local, command, k
     if key in TRAINER:
         assert TRAINER[key](trainer) == CHANGED[key]
     if key in ("lr", "last_stage_lr_factor", "eps", "weight_decay"):
-        optimizer = setup.make_optimizer(torch.nn.Linear(2, 2) if kind == "features" else _last_stage_model(cfg, kind), cfg)
+        optimizer = recipe.make_optimizer(torch.nn.Linear(2, 2) if kind == "features" else _last_stage_model(cfg, kind), cfg)
         groups = optimizer.param_groups
         assert groups[0]["lr"] == cfg.train.lr and groups[0]["eps"] == cfg.train.eps
         assert groups[0]["weight_decay"] == cfg.train.weight_decay
-        if setup.trains_last_stage(cfg, kind):
+        if recipe.trains_last_stage(cfg, kind):
             assert groups[1]["lr"] == pytest.approx(cfg.train.lr * cfg.train.last_stage_lr_factor)
     if key == "last_stage_label_smoothing":
-        assert setup.label_smoothing(cfg, kind) == CHANGED[key]
+        assert recipe.label_smoothing(cfg, kind) == CHANGED[key]
     if key == "last_stage_feature_noise":
-        assert setup.feature_noise(cfg, kind) == CHANGED[key]
+        assert recipe.feature_noise(cfg, kind) == CHANGED[key]
 
 
 def _last_stage_model(cfg: Config, kind: str):
-    return setup.build_model(cfg, kind, 3)
+    return recipe.build_model(cfg, kind, 3)
 
 
 def test_the_refusal_says_why_and_what_to_do():
     cfg = load_config(None, ["train.lr=0.01", "train.last_stage_feature_noise=0.3"])
     with pytest.raises(ConfigError) as info:
-        setup.check_train_keys(cfg, "features", searched=True)
+        recipe.check_train_keys(cfg, "features", searched=True)
     message = str(info.value)
     assert "train.lr=0.01 is chosen by the ASHA search" in message and "tune.lr" in message
     assert "train.last_stage_feature_noise=0.3 applies only to training on cached trunk activations" in message
-    setup.check_train_keys(cfg.model_copy(update={"train": TrainConfig(lr=0.01)}), "images")  # train: lr applies
+    recipe.check_train_keys(cfg.model_copy(update={"train": TrainConfig(lr=0.01)}), "images")  # train: lr applies
 
 
 def test_search_bounds_that_no_trial_could_use_and_warm_starts_are_refused_before_the_search():
@@ -109,7 +109,7 @@ def test_tune_trials_get_the_whole_config_with_only_the_sampled_keys_as_domains(
     space = param_space(cfg)
     domains = {f"{section}.{key}" for section, values in space.items() for key, value in values.items()
                if isinstance(value, Domain)}
-    assert domains == set(setup.SEARCHED)
+    assert domains == set(recipe.SEARCHED)
     assert space["train"]["early_stopping_patience"] == 9 and space["train"]["last_stage_label_smoothing"] == 0.2
     assert space["model"]["backbone"] == cfg.model.backbone and space["serve"] == cfg.serve.model_dump(mode="json")
 
@@ -117,15 +117,15 @@ def test_tune_trials_get_the_whole_config_with_only_the_sampled_keys_as_domains(
 def test_each_kind_builds_its_model_and_a_last_stage_gets_its_own_learning_rate(tmp_path):
     cfg = load_config(None, ["model.backbone=tiny", "model.weights=none", "model.hidden_size=8",
                              "train.lr=0.01", "train.last_stage_lr_factor=0.5"])
-    head = setup.build_model(cfg, "features", 3, feature_dim=64)
+    head = recipe.build_model(cfg, "features", 3, feature_dim=64)
     assert isinstance(head, torch.nn.Sequential) and head[0].in_features == 64 and head[-1].out_features == 3
-    assert len(setup.make_optimizer(head, cfg).param_groups) == 1
-    tail = setup.build_model(cfg, "activations", 3)
+    assert len(recipe.make_optimizer(head, cfg).param_groups) == 1
+    tail = recipe.build_model(cfg, "activations", 3)
     assert isinstance(tail, LastStageClassifier)
-    groups = setup.make_optimizer(tail, cfg).param_groups
+    groups = recipe.make_optimizer(tail, cfg).param_groups
     assert [len(g["params"]) for g in groups] == [4, 3] and [g["lr"] for g in groups] == [0.01, 0.005]
-    frozen = setup.build_model(cfg, "images", 3)
-    assert isinstance(frozen, ASLClassifier) and len(setup.make_optimizer(frozen, cfg).param_groups) == 1
-    unfrozen = setup.build_model(cfg.model_copy(update={"model": cfg.model.model_copy(update={"unfreeze_last_stage": True})}),
+    frozen = recipe.build_model(cfg, "images", 3)
+    assert isinstance(frozen, ASLClassifier) and len(recipe.make_optimizer(frozen, cfg).param_groups) == 1
+    unfrozen = recipe.build_model(cfg.model_copy(update={"model": cfg.model.model_copy(update={"unfreeze_last_stage": True})}),
                                  "images", 3)
-    assert [g["lr"] for g in setup.make_optimizer(unfrozen, cfg).param_groups] == [0.01, 0.005]
+    assert [g["lr"] for g in recipe.make_optimizer(unfrozen, cfg).param_groups] == [0.01, 0.005]

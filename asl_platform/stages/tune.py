@@ -1,0 +1,39 @@
+"""Stage tune: the ASHA search (``training.search``) over one model's hyperparameters, on the cached
+features (or the images, or the landmark rows); writes the trial table, the best config and the curves."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from asl_platform.config import Config
+from asl_platform.stages.ingest import PreparedData, StageProgress
+from asl_platform.training import recipe
+from asl_platform.training.search import format_table, plot_curves, run_search, searched_values, write_results
+
+logger = logging.getLogger(__name__)
+
+
+def search(cfg: Config, prepared: PreparedData, progress: StageProgress, run_dir: Path,
+           resume: bool = False, kind: recipe.Kind | None = None) -> tuple[Config, list[dict], Path]:
+    """Stage tune: the ASHA search; writes trials.csv/json, best_config.yaml and curves.png (under
+    ``tune/``, or ``tune-landmarks/`` for the landmark model)."""
+    kind = kind or ("images" if cfg.tune.mode == "images" else "features")
+    name = "tune-landmarks" if kind == "landmarks" else "tune"
+    what = "the landmark model" if kind == "landmarks" else f"the image model ({cfg.tune.mode} mode)"
+    with progress.stage("tune", f"ASHA search, {cfg.tune.num_samples} trials, {what}"):
+        if kind == "images":
+            data = {"kind": "images", "train_files": prepared.files("train"), "val_files": prepared.files("val")}
+        elif kind == "landmarks":
+            data = {"kind": "landmarks", "train": prepared.landmarks("train"), "val": prepared.landmarks("val"),
+                    "train_weights": prepared.source_weights("train", "landmarks")}
+        else:
+            data = {"kind": "features", "train": prepared.features("train"), "val": prepared.features("val"),
+                    "train_weights": prepared.source_weights("train")}
+        data["num_classes"] = len(prepared.index.classes)
+        best, rows, results = run_search(data, cfg, name, resume=resume)
+        best_config_path = write_results(rows, best, run_dir / name)
+        plot_curves(results, run_dir / name / "curves.png")
+        logger.info("trials (best first):\n%s", format_table(rows))
+        logger.info("best hyperparameters: %s -> %s", searched_values(best.model_dump()), best_config_path)
+    return best, rows, best_config_path

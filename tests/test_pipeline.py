@@ -113,7 +113,7 @@ def test_pipeline_with_unfreeze_last_stage_trains_and_exports_the_last_stage(tmp
     assert not tracebacks_through_our_code(result.stderr)
     assert "activations before its last stage" in result.stderr and "last stage + head" in result.stderr
     cache = list((tmp_path / "asl_runs" / "cache" / "features").glob("tiny-trunk-*"))
-    assert len(cache) == 1 and json.loads((cache[0] / "meta.json").read_text())["shape"] == [32, 16, 16]
+    assert len(cache) == 1 and json.loads((cache[0] / "meta.json").read_text())["shapes"]["features"] == [32, 16, 16]
 
     summary = json.loads((tmp_path / "asl_runs" / "last" / "summary.json").read_text())
     metrics = summary["metrics"]

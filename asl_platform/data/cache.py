@@ -1,6 +1,7 @@
-"""What every derived-data cache (backbone features, hand landmarks) shares: a key that changes
-whenever any listed file or setting does, a folder that appears only once completely written, and
-one Parquet table of per-file columns."""
+"""What every derived-data cache (backbone features, hand landmarks) shares: rows kept per file, valid
+while the file's size and modification time and the stage's settings are unchanged (``FileCache``), in
+Parquet parts that appear only once completely written; and a key of a whole listing and its settings
+(``listing_key``, for what is derived from all of the files at once)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -40,24 +42,59 @@ def write_atomically(directory: Path, write: Callable[[Path], None]) -> None:
     tmp.rename(directory)
 
 
-def save_columns(directory: Path, columns: dict[str, np.ndarray], meta: dict) -> None:
-    """Write a table of per-file columns as ``table.parquet`` + ``meta.json``, atomically. A column
-    of more than one dimension is stored one flat list per row, its row shape recorded in the meta."""
-    shapes = {name: list(values.shape[1:]) for name, values in columns.items() if values.ndim > 1}
+class FileCache:
+    """One stage's per-file rows under one key of settings: a folder of Parquet parts, a row per file with
+    its path and ``size:mtime`` stamp. A run takes the rows whose path and stamp match its listing and
+    computes only the other files, which it adds as a new part: adding photos to a folder costs only the
+    new photos, and a cross-domain folder's rows are shared by every run that lists it."""
 
-    def write(tmp: Path) -> None:
-        pq.write_table(_arrow(columns, shapes), tmp / "table.parquet")
-        (tmp / "meta.json").write_text(json.dumps({**meta, "shapes": shapes}, indent=2))
+    def __init__(self, directory: Path, header: dict):
+        self.directory = Path(directory)
+        self.header = header
 
-    write_atomically(directory, write)
+    @classmethod
+    def under(cls, root: str | Path, stage: str, header: dict) -> FileCache:
+        """The cache of ``stage`` for ``header`` (what changes a row: settings, library versions) in ``root``."""
+        digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:20]
+        return cls(Path(root) / f"{stage}-{digest}", header)
 
+    def lookup(self, paths: list[str], stamps: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The cached columns of the files given (rows in their order, those of misses undefined) and
+        which files missed. A file without a stamp always misses: nothing tells whether it changed."""
+        hit = np.zeros(len(paths), dtype=bool)
+        if not (self.directory / "meta.json").is_file() or not any(self.directory.glob("part-*.parquet")):
+            return {}, ~hit
+        shapes = json.loads((self.directory / "meta.json").read_text())["shapes"]
+        table = pq.read_table(sorted(str(p) for p in self.directory.glob("part-*.parquet")))
+        row_of = {f"{p}\t{s}": i for i, (p, s) in enumerate(zip(table.column("path").to_pylist(),
+                                                                table.column("stamp").to_pylist()))}
+        rows = np.zeros(len(paths), dtype=np.int64)
+        for i, (path, stamp) in enumerate(zip(paths, stamps)):
+            found = row_of.get(f"{path}\t{stamp}") if stamp else None
+            if found is not None:
+                hit[i], rows[i] = True, found
+        columns = _columns(table.take(pa.array(rows[hit])), shapes)
+        out = {}
+        for name, values in columns.items():  # back to one row per file given, misses left as zeros
+            full = np.zeros((len(paths), *values.shape[1:]), dtype=values.dtype)
+            full[hit] = values
+            out[name] = full
+        return out, ~hit
 
-def load_columns(directory: Path) -> dict[str, np.ndarray] | None:
-    """The columns ``save_columns`` wrote (strings as object arrays), or None when not cached."""
-    if not (directory / "meta.json").is_file():
-        return None
-    shapes = json.loads((directory / "meta.json").read_text())["shapes"]
-    return _columns(pq.read_table(directory / "table.parquet"), shapes)
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        """Add rows (columns with ``path`` and ``stamp``) as a new part, written to a hidden name and renamed."""
+        if not len(columns.get("path", ())):
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        shapes = {name: list(values.shape[1:]) for name, values in columns.items() if values.ndim > 1}
+        meta = self.directory / "meta.json"
+        if not meta.is_file():
+            tmp = self.directory / f".meta-{os.getpid()}.json"
+            tmp.write_text(json.dumps({"header": self.header, "shapes": shapes}, indent=2))
+            tmp.rename(meta)
+        tmp = self.directory / f".part-{os.getpid()}-{time.time_ns()}.parquet"
+        pq.write_table(_arrow(columns, shapes), tmp)
+        tmp.rename(self.directory / tmp.name[1:])
 
 
 def _arrow(columns: dict[str, np.ndarray], shapes: dict[str, list[int]]) -> pa.Table:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from asl_platform.config import ConfigError, InferenceConfig
-from asl_platform.data.cache import listing_key, load_columns, save_columns
+from asl_platform.data.cache import FileCache
 from asl_platform.data.decode import Preprocessing
 from asl_platform.data.listing import ImageIndex
 from asl_platform.data.reading import image_dataset, in_path_order, map_with_actors
@@ -31,7 +31,7 @@ from asl_platform.model import build_backbone, get_backbone_spec, split_backbone
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 2  # 2: one table.parquet (data.cache)
+CACHE_FORMAT_VERSION = 3  # 3: rows per file (data.cache.FileCache)
 OUTPUTS = ("features", "trunk")  # pooled backbone features, or the activations before its last stage
 
 
@@ -51,13 +51,6 @@ class FeatureTable:
     @property
     def valid(self) -> np.ndarray:
         return self.errors == ""
-
-    @classmethod
-    def from_columns(cls, columns: dict[str, np.ndarray], from_cache: bool = False) -> FeatureTable:
-        features = columns["features"]  # float16 trunk activations stay float16, pooled features float32
-        return cls(paths=columns["path"].astype(object), labels=columns["label"].astype(np.int64),
-                   features=features if features.dtype == np.float16 else features.astype(np.float32, copy=False),
-                   errors=columns["error"].astype(object), from_cache=from_cache)
 
     def take(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         keep = mask & self.valid
@@ -113,18 +106,15 @@ def extraction_runtime(inference: InferenceConfig | None, use_gpu: bool) -> str:
     return runtime
 
 
-def cache_key(
-    index: ImageIndex, backbone: str, weights: str, prep: Preprocessing, max_bytes: int = 0, output: str = "features"
-) -> str:
-    """Hash of what determines a feature: the files (path, size, mtime from the listing), backbone,
-    weights, preprocessing, the size limit (which decides what is skipped), and what is output."""
-    header = {"v": CACHE_FORMAT_VERSION, "backbone": backbone, "weights": weights, "prep": prep.to_dict(), "max_bytes": max_bytes}
-    if output != "features":  # pooled features keep their original keys (existing caches stay valid)
-        header["output"] = output
+def cache_header(backbone: str, weights: str, prep: Preprocessing, max_bytes: int, output: str) -> dict:
+    """What determines a file's feature besides the file: backbone, weights, preprocessing, the size limit
+    (which decides what is skipped), what is output, and the runtime's library versions."""
+    header = {"v": CACHE_FORMAT_VERSION, "backbone": backbone, "weights": weights, "prep": prep.to_dict(),
+              "max_bytes": max_bytes, "output": output, "torch": torch.__version__}
     if weights not in ("imagenet", "none"):
         stat = os.stat(weights)
         header["weights_stat"] = f"{stat.st_size}:{stat.st_mtime_ns}"
-    return listing_key(header, index)
+    return header
 
 
 def extract_features(
@@ -139,7 +129,8 @@ def extract_features(
     output: str = "features",
     inference: InferenceConfig | None = None,
 ) -> FeatureTable:
-    """Features for every file of ``index`` (in index order), from the cache when the key matches.
+    """Features for every file of ``index`` (in index order): the cached rows of files unchanged since
+    they were cached (``data.cache.FileCache``), and only the other files extracted.
 
     ``output="trunk"``: the activations before the backbone's last stage, (N, C, H, W), cached and
     returned as float16 (the same values whether freshly extracted or read back)."""
@@ -147,45 +138,61 @@ def extract_features(
         raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
     prep = get_backbone_spec(backbone).preprocessing
     runtime = extraction_runtime(inference, use_gpu)
-    key = cache_key(index, backbone, weights, prep, max_bytes, output)
-    directory = Path(cache_root) / (f"{backbone}-{key}" if output == "features" else f"{backbone}-{output}-{key}")
-    cached = load_columns(directory)
-    if cached is not None:
-        logger.info("feature cache hit: %s", directory)
-        return FeatureTable.from_columns(in_path_order(cached, index.paths), from_cache=True)
+    cache = FileCache.under(cache_root, f"{backbone}-{output}", cache_header(backbone, weights, prep, max_bytes, output))
+    if not len(index):
+        shape = (0, get_backbone_spec(backbone).feature_dim)
+        return FeatureTable(np.zeros(0, object), np.zeros(0, np.int64), np.zeros(shape, np.float32), np.zeros(0, object))
+    stamps = index.stamps or [""] * len(index)
+    cached, missing = cache.lookup(index.paths, stamps)
+    logger.info("%s %s: %d of %d image(s) cached in %s, %d to extract", backbone, output, int((~missing).sum()),
+                len(index), cache.directory, int(missing.sum()))
+    fresh = _extract(index.without({p for p, m in zip(index.paths, missing) if not m}), backbone, weights, prep,
+                     batch_size, concurrency, use_gpu, max_bytes, output, runtime, inference) if missing.any() else {}
+    if fresh:
+        keep = np.asarray([bool(s) for s in fresh["stamp"]], dtype=bool)  # a file without a stamp is not kept
+        cache.add({name: values[keep] for name, values in fresh.items() if name in ("path", "stamp", "error", "features")})
+    dtype = np.float16 if output == "trunk" else np.float32
+    shape = (cached.get("features") if cached else fresh["features"]).shape[1:]
+    features = np.zeros((len(index), *shape), dtype=dtype)
+    errors = np.full(len(index), "", dtype=object)
+    if cached:
+        features[~missing] = cached["features"][~missing]
+        errors[~missing] = cached["error"][~missing]
+    if fresh:
+        rows = np.flatnonzero(missing)
+        features[rows] = fresh["features"].astype(dtype, copy=False)
+        errors[rows] = fresh["error"]
+    return FeatureTable(np.asarray(index.paths, dtype=object), np.asarray(index.labels, dtype=np.int64), features,
+                        errors, from_cache=not missing.any())
 
+
+def _extract(index: ImageIndex, backbone: str, weights: str, prep: Preprocessing, batch_size: int,
+             concurrency: int | None, use_gpu: bool, max_bytes: int, output: str, runtime: str,
+             inference: InferenceConfig | None) -> dict[str, np.ndarray]:
+    """The backbone over ``index``'s files through an actor pool: columns in index order, with stamps."""
     import ray
 
     # Build once here first: missing weights fail now with a clear message (not inside an actor),
     # and a download (resnet50) happens once, into the cache the actors then read.
     build_backbone(backbone, weights)
     if concurrency is None:
-        resources = ray.cluster_resources()
         # One actor per CPU (or GPU): decoding is fused into the actor, so this keeps every core busy.
-        concurrency = max(1, int(resources.get("GPU" if use_gpu else "CPU", 1)))
-    logger.info(
-        "extracting %s %s for %d images (%d actor(s), %s); cache miss, will write %s",
-        backbone, "features" if output == "features" else "trunk activations (before the last stage)",
-        len(index), concurrency, "ONNX Runtime fp32" if runtime == "onnxruntime" else "torch", directory,
-    )
+        concurrency = max(1, int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1)))
+    logger.info("extracting %s %s for %d images (%d actor(s), %s)", backbone,
+                "features" if output == "features" else "trunk activations (before the last stage)", len(index),
+                concurrency, "ONNX Runtime fp32" if runtime == "onnxruntime" else "torch")
     started = time.perf_counter()
     columns = map_with_actors(
         image_dataset(index, prep, batch_size=batch_size, max_bytes=max_bytes), FeatureExtractor,
         {"backbone": backbone, "weights": weights, "device": "cuda" if use_gpu else "cpu", "output": output,
          "runtime": runtime, "threads": (inference or InferenceConfig()).threads, "image_size": prep.image_size},
         batch_size, concurrency, num_gpus=1 if use_gpu else 0)
-    table = FeatureTable.from_columns(in_path_order(columns, index.paths))
+    columns = in_path_order(columns, index.paths)
     seconds = time.perf_counter() - started
-    logger.info("extracted %d feature vectors in %.1fs (%.1f images/s)", len(table.paths), seconds, len(table.paths) / seconds)
-    meta = {
-        "key": key, "backbone": backbone, "weights": weights, "preprocessing": prep.to_dict(),
-        "root": index.root, "classes": index.classes, "num_images": len(index), "seconds": round(seconds, 2),
-    }
-    if output != "features":
-        meta.update(output=output, shape=list(table.features.shape[1:]), dtype="float16")
-    save_columns(directory, {"path": table.paths, "label": table.labels, "error": table.errors,
-                             "features": table.features}, meta)
-    return table
+    logger.info("extracted %d feature vectors in %.1fs (%.1f images/s)", len(index), seconds, len(index) / seconds)
+    stamps = index.stamps or [""] * len(index)
+    return {"path": np.asarray(index.paths, dtype=object), "stamp": np.asarray(stamps, dtype=object),
+            "error": columns["error"].astype(object), "features": columns["features"]}
 
 
 @torch.inference_mode()

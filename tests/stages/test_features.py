@@ -9,7 +9,7 @@ from PIL import Image
 from asl_platform.data.decode import Preprocessing, decode_image, preprocess_images
 from asl_platform.data.listing import list_images
 from asl_platform.model import build_backbone, get_backbone_spec
-from asl_platform.stages.features import cache_key, extract_features
+from asl_platform.stages.features import cache_header, extract_features
 
 
 def _make_folder(root, per_class=4):
@@ -52,25 +52,57 @@ def test_features_match_the_backbone_and_are_cached(ray_local, tmp_path, tmp_pat
     assert list(second.errors) == list(first.errors)
 
 
-def test_cache_key_changes_with_what_changes_a_feature(tmp_path):
-    root = _make_folder(tmp_path / "data")
-    index = list_images(str(root))
+def test_the_cache_header_changes_with_what_changes_a_feature():
     prep = Preprocessing(64)
-    base = cache_key(index, "tiny", "none", prep)
-    assert cache_key(index, "tiny", "none", prep) == base
-    assert cache_key(index, "tiny", "none", Preprocessing(96)) != base
-    assert cache_key(index, "resnet50", "none", prep) != base
-    assert cache_key(index, "tiny", "imagenet", prep) != base
-    assert cache_key(index, "tiny", "none", prep, max_bytes=1000) != base
-    assert cache_key(index, "tiny", "none", prep, output="features") == base  # pooled: the key it always had
-    assert cache_key(index, "tiny", "none", prep, output="trunk") != base
-    (root / "A" / "0.png").write_bytes((root / "A" / "1.png").read_bytes() + b"\0")  # edited file
-    assert cache_key(list_images(str(root)), "tiny", "none", prep) != base
+    base = cache_header("tiny", "none", prep, 0, "features")
+    assert cache_header("tiny", "none", prep, 0, "features") == base
+    for other in (cache_header("tiny", "none", Preprocessing(96), 0, "features"),
+                  cache_header("resnet50", "none", prep, 0, "features"), cache_header("tiny", "imagenet", prep, 0, "features"),
+                  cache_header("tiny", "none", prep, 1000, "features"), cache_header("tiny", "none", prep, 0, "trunk")):
+        assert other != base
+
+
+def test_only_new_or_changed_files_are_extracted(ray_local, tmp_path, monkeypatch):
+    """The cache is per file: a second folder's files, one edited file and one added file are extracted;
+    everything else comes from the cache, with the same features as a cold run on the same files."""
+    import asl_platform.stages.features as stage
+
+    root = _make_folder(tmp_path / "data")
+    other = _make_folder(tmp_path / "other", per_class=2)
+    cache = tmp_path / "cache"
+    weights = str(tmp_path / "tiny.pth")
+    torch.manual_seed(0)
+    torch.save(build_backbone("tiny", "none").state_dict(), weights)  # fixed weights: reproducible features
+    extracted = []
+    real = stage._extract
+    monkeypatch.setattr(stage, "_extract", lambda index, *args: extracted.append(sorted(index.paths)) or real(index, *args))
+
+    first = extract_features(list_images(str(root)), "tiny", weights, cache, batch_size=4)
+    assert len(extracted[0]) == 13 and not first.from_cache
+    again = extract_features(list_images(str(root)), "tiny", weights, cache, batch_size=4)
+    assert again.from_cache and len(extracted) == 1
+    np.testing.assert_array_equal(again.features, first.features)
+    assert list(again.errors) == list(first.errors)
+
+    (root / "A" / "0.png").write_bytes((root / "B" / "1.png").read_bytes())  # edited: B's pixels now
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(root / "A" / "new.png")  # added
+    both = list_images(str(root))
+    cross = list_images(str(other))
+    grown = extract_features(both, "tiny", weights, cache, batch_size=4)
+    assert extracted[1] == sorted([str(root / "A" / "0.png"), str(root / "A" / "new.png")])
+    assert not grown.from_cache and list(grown.paths) == both.paths
+    row = {p: i for i, p in enumerate(both.paths)}
+    np.testing.assert_array_equal(grown.features[row[str(root / "A" / "0.png")]], first.features[list(first.paths).index(str(root / "B" / "1.png"))])
+    shared = extract_features(cross, "tiny", weights, cache, batch_size=4)  # another folder: its own rows only
+    assert sorted(extracted[2]) == sorted(cross.paths) and shared.features.shape == (len(cross), 64)
+    cold = extract_features(both, "tiny", weights, tmp_path / "cold", batch_size=4)
+    np.testing.assert_allclose(grown.features, cold.features, rtol=1e-5, atol=1e-6)
+    assert list(grown.errors) == list(cold.errors)
 
 
 def test_trunk_activations_are_extracted_cached_as_float16_and_pool_to_the_features(ray_local, tmp_path):
     """output="trunk": the activations before the last stage, (N, C, H, W), cached as float16 with their
-    shape in meta.json, and kept as float16 in memory; the frozen last stage pools them to the features."""
+    shape in the cache's meta.json, and kept as float16 in memory; the frozen last stage pools them to the features."""
     import json
 
     from asl_platform.model import split_backbone
@@ -88,10 +120,11 @@ def test_trunk_activations_are_extracted_cached_as_float16_and_pool_to_the_featu
     assert first.features.shape == (len(index), 32, 16, 16) and first.features.dtype == np.float16
     directory = next(cache.glob("tiny-trunk-*"))
     meta = json.loads((directory / "meta.json").read_text())
-    assert meta["output"] == "trunk" and meta["shape"] == [32, 16, 16] and meta["dtype"] == "float16"
+    assert meta["header"]["output"] == "trunk" and meta["shapes"]["features"] == [32, 16, 16]
     import pyarrow.parquet as pq
 
-    assert str(pq.read_schema(directory / "table.parquet").field("features").type.value_type) == "halffloat"
+    part = next(directory.glob("part-*.parquet"))
+    assert str(pq.read_schema(part).field("features").type.value_type) == "halffloat"
 
     good = [i for i, e in enumerate(first.errors) if not e]
     backbone = build_backbone("tiny", str(weights))

@@ -16,7 +16,7 @@ from asl_platform.stages.hands import detect_hands
 pytestmark = [pytest.mark.e2e, pytest.mark.real_data]
 
 
-def test_every_file_gets_a_row_hand_or_not_and_the_cache_is_reused(ray_local, asl_alphabet, tmp_path):
+def test_every_file_gets_a_row_hand_or_not_and_the_cache_is_reused(ray_local, asl_alphabet, tmp_path, monkeypatch):
     root = tmp_path / "data"
     for label in ("A", "L"):
         (root / label).mkdir(parents=True)
@@ -47,6 +47,18 @@ def test_every_file_gets_a_row_hand_or_not_and_the_cache_is_reused(ray_local, as
     np.testing.assert_array_equal(again.found, table.found)
     np.testing.assert_allclose(again.landmarks, table.landmarks)
     assert list(again.errors) == list(table.errors)
+    # A photo added to the folder is the only one MediaPipe sees on the next run.
+    import asl_platform.stages.hands as stage
+
+    seen = []
+    real = stage.find_hands
+    monkeypatch.setattr(stage, "find_hands", lambda index, *args: seen.append(list(index.paths)) or real(index, *args))
+    shutil.copy(alphabet_photos(asl_alphabet, "L", 4)[-1], root / "L" / "added.jpg")
+    grown = detect_hands(list_images(str(root)), DetectionSettings(), cache)
+    assert seen == [[str(root / "L" / "added.jpg")]] and not grown.from_cache and len(grown.paths) == len(index) + 1
+    same = {p: i for i, p in enumerate(grown.paths)}
+    np.testing.assert_allclose(grown.landmarks[[same[p] for p in index.paths]], table.landmarks)
+    monkeypatch.undo()
     # Other detection settings are another cache entry, not a stale hit.
     assert not detect_hands(index, DetectionSettings(min_confidence=0.6), cache).from_cache
     assert len(list(cache.iterdir())) == 2

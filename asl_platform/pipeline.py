@@ -15,11 +15,12 @@ from datetime import datetime
 from pathlib import Path
 
 from asl_platform.config import Config, ConfigError
-from asl_platform.data.listing import list_images
+from asl_platform.data.listing import join_classes, list_images
 from asl_platform.model import ModelCard, mark_latest, write_readme
 from asl_platform.stages.evaluate import evaluate_folder, evaluate_held_out
-from asl_platform.stages.export import export_model, export_runtimes, export_version
+from asl_platform.stages.export import export_model, export_version
 from asl_platform.stages.ingest import StageProgress, prepare_data, start_run
+from asl_platform.stages.onnx_export import export_onnx
 from asl_platform.stages.retrain import retrain
 from asl_platform.stages.tune import search
 from asl_platform.training import recipe
@@ -80,7 +81,7 @@ def run_pipeline(cfg: Config) -> PipelineResult:
             cfg.train.last_stage_feature_noise, cfg.train.early_stopping_patience,
         )
     progress = StageProgress(HAND_AWARE_STAGES if hand_aware else STAGES)
-    prepared = prepare_data(cfg, progress, run_dir, activations=kind == "activations")
+    prepared = prepare_data(cfg, progress, run_dir, activations=kind == "activations", cross_index=cross_index)
     best, _, _ = search(cfg, prepared, progress, run_dir)
     best_landmarks = search(cfg, prepared, progress, run_dir, kind="landmarks")[0] if hand_aware else None
     what = "last stage + head on the cached activations" if kind == "activations" else "head on the cached features"
@@ -166,8 +167,12 @@ def run_train(cfg: Config) -> dict:
         for prefix, report in reports.items():
             card.metrics.update({f"{prefix}_accuracy": report["accuracy"], f"{prefix}_loss": report["loss"],
                                  f"{prefix}_macro_f1": report["macro_f1"], f"{prefix}_images": report["images"]})
-        cross_index = list_images(cfg.data.cross_domain_root) if cfg.data.cross_domain_root else None
-        card.onnx = export_runtimes(cfg, version_dir, trained.model, card, prepared, cross_index)
+        # The ONNX copies against torch, run on the same decoded images (no cached features to answer from here).
+        sets = {"test": (*join_classes(prepared.readable("test"), card.classes)[:2], None)}
+        if cfg.data.cross_domain_root:
+            sets["cross_domain"] = (*join_classes(list_images(cfg.data.cross_domain_root), card.classes)[:2], None)
+        card.onnx = export_onnx(version_dir, trained.model, card, prepared.readable("train").paths, sets, cfg.inference,
+                                batch_size=cfg.data.batch_size, max_bytes=cfg.data.max_image_bytes, seed=cfg.data.seed)
         card.save(version_dir)
 
     with progress.stage("finalise", "model card, TensorBoard logs"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,10 @@ def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path):
     output = result.stdout + result.stderr
     epochs = [line for line in output.splitlines() if "RayTrainWorker" in line and " epoch " in line and "/20:" in line]
     assert len(epochs) == metrics["epochs_run"] and "val accuracy" in epochs[0], epochs
+    # The search's progress: a line per finished trial, never Tune's tables of every trial's whole config.
+    trials = [line for line in output.splitlines() if "search: trial " in line]
+    assert trials and " of " in trials[0] and "val_loss" in trials[-1] and "lr=" in trials[-1], trials
+    assert "Current best trial" not in output and "Trial status" not in output
     assert "Reporting training result" not in output
     # 29 classes: chance is 3.4%; the drawn class names are easy for ImageNet features.
     assert metrics["test_accuracy"] >= 0.6, metrics
@@ -77,10 +82,11 @@ def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path):
     assert onnx["scores"]["test"]["torch_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1.5 / len(test_paths))
     assert "int8" in onnx["int8_verdict"] and "ONNX Runtime fp32" in result.stderr  # the extraction ran on it
 
-    # A second run reuses the cached features.
+    # A second run reuses the cached features: every file's row, none extracted again.
     again = run_cli("pipeline", "--set", "tune.num_samples=2", "--set", "train.epochs=2", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-5000:]
-    assert "feature cache hit" in again.stderr
+    assert re.search(r"efficientnet_lite0 features: (\d+) of \1 image\(s\) cached in .*, 0 to extract", again.stderr)
+    assert "extracting efficientnet_lite0" not in again.stderr
     rerun = json.loads((run_dir / "summary.json").read_text())["metrics"]
     assert rerun["best_epoch"] <= 2  # a fresh retrain, not the first run's checkpoints
 
@@ -202,7 +208,9 @@ def test_hand_aware_pipeline_chooses_on_validation_measures_cross_domain_and_eve
         assert stage in result.stderr, stage
     assert "cross-domain  :" in result.stdout and "hand found in" in result.stdout
     assert (tmp_path / "asl_runs" / "hands" / "tune-landmarks" / "best_config.yaml").is_file()
-    assert len(list((tmp_path / "asl_runs" / "cache" / "hands").glob("hands-*"))) == 2  # training and cross-domain
+    # One hands cache for these detection settings, a row per file: the training folders' and the cross-domain's.
+    assert len(list((tmp_path / "asl_runs" / "cache" / "hands").glob("hands-*"))) == 1
+    assert re.search(r"hands: 0 of 36 image\(s\) cached in .*, 36 to detect", result.stderr)  # the cross-domain folder
 
     model_dir = resolve_model_dir(tmp_path / "asl_runs" / "models" / "hands")
     card = ModelCard.load(model_dir)

@@ -20,7 +20,6 @@ from asl_platform.config import Config
 from asl_platform.data.listing import ImageIndex, join_classes
 from asl_platform.hands.detect import DetectionSettings
 from asl_platform.hands.shapes import save_shapes, shapes_of
-from asl_platform.inference import predict_paths
 from asl_platform.model import (
     ASLClassifier,
     DataCard,
@@ -46,7 +45,8 @@ from asl_platform.model.fusion import choose_rule, fuse, score_rules
 from asl_platform.model.landmarks import landmark_probabilities, save_landmark_weights
 from asl_platform.stages.evaluate import SplitAnswers
 from asl_platform.stages.hands import detect_hands
-from asl_platform.stages.ingest import TEST_SPLIT_FILE, PreparedData, hands_cache
+from asl_platform.stages.features import extract_features
+from asl_platform.stages.ingest import TEST_SPLIT_FILE, PreparedData, features_cache, hands_cache
 from asl_platform.stages.onnx_export import export_onnx
 from asl_platform.training.search import searched_values
 
@@ -91,6 +91,7 @@ class CrossDomain:
 
     root: str
     classes: list[str]
+    paths: list[str]
     labels: np.ndarray
     image: np.ndarray
     landmarks: np.ndarray
@@ -117,18 +118,21 @@ class CrossDomain:
         return metrics
 
 
-def score_cross_domain(cfg: Config, model_dir: Path, card: ModelCard, index: ImageIndex,
+def score_cross_domain(cfg: Config, card: ModelCard, index: ImageIndex, image_model: nn.Module, kind: str,
                        landmark_model: nn.Module | None) -> CrossDomain:
-    """The exported image model (through ``predict_paths``) and, for a hand-aware run, the hands
-    stage and the landmark model on ``index``; classes joined by name, unknown ones left out."""
+    """The trained image model on the folder's cached backbone features (or trunk activations: the
+    features stage's per-file cache, so a folder every run lists is extracted once) and, for a
+    hand-aware run, the hands stage and the landmark model; classes joined by name, unknown ones left out."""
     paths, labels, unknown = join_classes(index, card.classes)
     if unknown:
         logger.warning("cross-domain: leaving out %d image(s) of classes the model does not know", sum(unknown.values()))
     known = index.without(set(index.paths) - set(paths))
-    image, errors = predict_paths(model_dir, known.paths, batch_size=cfg.data.batch_size,
-                                  max_bytes=cfg.data.max_image_bytes, use_gpu=cfg.train.use_gpu,
-                                  inference=cfg.inference.model_copy(update={"runtime": "torch"}))
-    good = np.asarray([not e for e in errors], dtype=bool)
+    table = extract_features(known, cfg.model.backbone, cfg.model.weights, features_cache(cfg), cfg.data.batch_size,
+                             use_gpu=cfg.train.use_gpu, max_bytes=cfg.data.max_image_bytes,
+                             output="trunk" if kind == "activations" else "features", inference=cfg.inference)
+    good = table.valid
+    image = np.zeros((len(labels), len(card.classes)), np.float32)
+    image[good] = probabilities(image_model, table.features[good], len(card.classes))
     found = np.zeros(len(labels), dtype=bool)
     landmarks = np.zeros_like(image)
     if landmark_model is not None:
@@ -139,8 +143,8 @@ def score_cross_domain(cfg: Config, model_dir: Path, card: ModelCard, index: Ima
         landmarks = landmark_probabilities(landmark_model, hands.inputs(), found, len(card.classes))
     logger.info("cross-domain %s: %d readable image(s) of known classes%s", index.root, int(good.sum()),
                 f", hand found in {found[good].mean():.1%}" if landmark_model is not None and good.any() else "")
-    return CrossDomain(str(index.root), list(card.classes), labels[good], image[good], landmarks[good], found[good],
-                       hand_aware=landmark_model is not None)
+    return CrossDomain(str(index.root), list(card.classes), [p for p, ok in zip(known.paths, good) if ok], labels[good],
+                       image[good], landmarks[good], found[good], hand_aware=landmark_model is not None)
 
 
 def export_shapes(prepared: PreparedData, model_dir: Path) -> dict[str, int]:
@@ -220,12 +224,19 @@ def export_version(cfg: Config, model: ASLClassifier, prepared: PreparedData, **
 
 
 def export_runtimes(cfg: Config, model_dir: Path, model: ASLClassifier, card: ModelCard, prepared: PreparedData,
-                    cross_index: ImageIndex | None) -> OnnxCard:
-    """``model.onnx`` and ``model.int8.onnx`` beside the weights, scored against torch on the held-out
-    test split and the cross-domain folder (``onnx_export``)."""
-    sets = {"test": join_classes(prepared.readable("test"), card.classes)[:2]}
-    if cross_index is not None:
-        sets["cross_domain"] = join_classes(cross_index, card.classes)[:2]
+                    image_model: nn.Module, kind: str, cross: CrossDomain | None) -> OnnxCard:
+    """``model.onnx`` and ``model.int8.onnx`` beside the weights, scored on the held-out test split and the
+    cross-domain folder against torch's answers, which the run already has: the trained model on the cached
+    features (``onnx_export`` decodes each image once, for the two ONNX files only)."""
+    rows = prepared.rows("test")
+    arrays = prepared.activations if kind == "activations" else prepared.features
+    torch_top1 = probabilities(image_model, arrays("test")[0], len(card.classes)).argmax(1)
+    by_path = dict(zip(prepared.table.paths[rows], torch_top1))
+    paths, labels, _ = join_classes(prepared.readable("test"), card.classes)
+    keep = [i for i, path in enumerate(paths) if path in by_path]  # readable by both stages
+    sets = {"test": ([paths[i] for i in keep], labels[keep], np.asarray([by_path[paths[i]] for i in keep]))}
+    if cross is not None:
+        sets["cross_domain"] = (cross.paths, cross.labels, cross.image.argmax(1))
     return export_onnx(model_dir, model, card, prepared.readable("train").paths, sets, cfg.inference,
                        batch_size=cfg.data.batch_size, max_bytes=cfg.data.max_image_bytes, seed=cfg.data.seed)
 
@@ -243,7 +254,8 @@ def export_model(cfg: Config, best: Config, best_landmarks: Config | None, prepa
                                    trained.model)
     # Versioned like `train`'s exports, so serve/predict-batch/evaluate take <models>/<run.name> (its latest).
     model_dir, card = export_version(best, classifier, prepared, metrics=metrics, checkpoint=trained.checkpoint_path)
-    cross = score_cross_domain(cfg, model_dir, card, cross_index, landmarks and landmarks.model) if cross_index else None
+    cross = score_cross_domain(cfg, card, cross_index, trained.model, kind, landmarks and landmarks.model) \
+        if cross_index else None
     if landmarks is not None:
         card = make_hand_aware(card, cfg, best_landmarks, prepared, answers, cross, landmarks.model)
         save_landmark_weights(landmarks.model, model_dir)
@@ -255,7 +267,7 @@ def export_model(cfg: Config, best: Config, best_landmarks: Config | None, prepa
                                           prepared.source_weights("val"), validation_set(prepared))
     if cross is not None:
         card.metrics.update(cross.metrics(card.fusion.rule if card.fusion else "image", card.confidence.threshold))
-    card.onnx = export_runtimes(cfg, model_dir, classifier, card, prepared, cross_index)
+    card.onnx = export_runtimes(cfg, model_dir, classifier, card, prepared, trained.model, kind, cross)
     card.save(model_dir)
     write_readme(model_dir, card)
     mark_latest(model_dir)  # last: `latest` only ever names a complete model

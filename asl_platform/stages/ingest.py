@@ -134,13 +134,15 @@ def start_run(cfg: Config) -> Path:
 
 def prepare_data(
     cfg: Config, progress: StageProgress, run_dir: Path, with_features: bool = True,
-    activations: bool = False,
+    activations: bool = False, cross_index: ImageIndex | None = None,
 ) -> PreparedData:
     """Stages ingest, then features (extract or reuse backbone features) or, for training on images,
     check (decode every file once); either way every unreadable file goes to skipped_files.csv.
 
     ``activations``: cache the activations before the backbone's last stage instead (to train that
-    stage on them), and derive the pooled features from them by running the frozen last stage once."""
+    stage on them), and derive the pooled features from them by running the frozen last stage once.
+    ``cross_index``: the cross-domain folder's features and hands are computed in the same stages (into
+    the per-file caches, where the export reads them), so each stage's time is all of its work."""
     with progress.stage("ingest", "listing images and splitting train/val/test"):
         roots = cfg.data.roots
         if roots is None:
@@ -156,12 +158,19 @@ def prepare_data(
                             sources=sources if len(sources) > 1 else [], balance_sources=cfg.data.balance_sources)
     if with_features:
         what = "activations before its last stage" if activations else "features"
-        with progress.stage("features", f"{cfg.model.backbone} {what} through a Ray Data actor pool ({extraction_runtime(cfg.inference, cfg.train.use_gpu)})"):
+        also = " (and the cross-domain folder's)" if cross_index is not None else ""
+        with progress.stage("features", f"{cfg.model.backbone} {what}{also} through a Ray Data actor pool "
+                                        f"({extraction_runtime(cfg.inference, cfg.train.use_gpu)})"):
             prepared.table = extract_features(
-                index, cfg.model.backbone, cfg.model.weights, Path(cfg.run.output_dir).resolve() / "cache" / "features",
+                index, cfg.model.backbone, cfg.model.weights, features_cache(cfg),
                 batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu, max_bytes=cfg.data.max_image_bytes,
                 output="trunk" if activations else "features", inference=cfg.inference,
             )
+            if cross_index is not None:
+                extract_features(cross_index, cfg.model.backbone, cfg.model.weights, features_cache(cfg),
+                                 batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu,
+                                 max_bytes=cfg.data.max_image_bytes, output="trunk" if activations else "features",
+                                 inference=cfg.inference)
             if activations:
                 started = time.perf_counter()
                 prepared.pooled = pool_activations(prepared.table.features, cfg.model.backbone, cfg.model.weights)
@@ -173,9 +182,13 @@ def prepare_data(
             draft = get_backbone_spec(cfg.model.backbone).preprocessing.image_size  # as training decodes
             prepared.unreadable = find_unreadable(index.paths, cfg.data.max_image_bytes, draft, cfg.data.batch_size)
     if cfg.model.kind == "hand_aware":
-        with progress.stage("hands", "MediaPipe Hands through a Ray Data actor pool"):
+        with progress.stage("hands", "MediaPipe Hands through a Ray Data actor pool"
+                            + (", the cross-domain folder too" if cross_index is not None else "")):
             prepared.hands = detect_hands(index, DetectionSettings.of(cfg.hands), hands_cache(cfg), cfg.data.batch_size,
                                           max_bytes=cfg.data.max_image_bytes)
+            if cross_index is not None:
+                detect_hands(cross_index, DetectionSettings.of(cfg.hands), hands_cache(cfg), cfg.data.batch_size,
+                             max_bytes=cfg.data.max_image_bytes)
             for path, error in zip(prepared.hands.paths, prepared.hands.errors):  # e.g. changed since the features
                 if error and str(path) not in prepared.unreadable:
                     prepared.unreadable[str(path)] = f"hand detection: {error}"
@@ -183,6 +196,10 @@ def prepare_data(
     write_skipped(prepared.unreadable, run_dir / "skipped_files.csv")
     _require_trainable(prepared, run_dir)
     return prepared
+
+
+def features_cache(cfg: Config) -> Path:
+    return Path(cfg.run.output_dir).resolve() / "cache" / "features"
 
 
 def hands_cache(cfg: Config) -> Path:

@@ -46,39 +46,42 @@ def calibration_batch(paths: list[str], prep: Preprocessing, count: int, seed: i
 
 
 class _RuntimeComparer:
-    """Ray Data callable class: the torch model and both ONNX files on the same decoded batch."""
+    """Ray Data callable class: both ONNX files (and the torch model, where the caller has not got its
+    answers already) on the same decoded batch. Column 0 of ``top1`` is torch's, -1 when not run."""
 
-    def __init__(self, model_dir: str, threads: int | None = None):
-        import torch
-
+    def __init__(self, model_dir: str, threads: int | None = None, with_torch: bool = True):
         from asl_platform.model import load_model_dir
         from asl_platform.model.onnx import OnnxImageModel
 
-        self.model = load_model_dir(model_dir)[0].eval()
-        self.torch = torch
+        self.model = load_model_dir(model_dir)[0].eval() if with_torch else None
         self.fp32 = OnnxImageModel(Path(model_dir) / FP32_FILE, threads)
         self.int8 = OnnxImageModel(Path(model_dir) / INT8_FILE, threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
         images = np.ascontiguousarray(batch["image"])
-        with self.torch.inference_mode():
-            reference = self.model(self.torch.from_numpy(images)).numpy()
-        top1 = np.stack([reference.argmax(1), self.fp32(images).argmax(1), self.int8(images).argmax(1)], axis=1)
+        reference = np.full(len(images), -1)
+        if self.model is not None:
+            with torch.inference_mode():
+                reference = self.model(torch.from_numpy(images)).numpy().argmax(1)
+        top1 = np.stack([reference, self.fp32(images).argmax(1), self.int8(images).argmax(1)], axis=1)
         return {"path": np.asarray(batch["path"]).astype(str), "error": np.asarray(batch["error"]).astype(str),
                 "top1": top1.astype(np.int64)}
 
 
 def compare_runtimes(model_dir: Path, prep: Preprocessing, paths: list[str], batch_size: int, max_bytes: int,
-                     threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-1 of torch, fp32 and int8 (N, 3) on ``paths`` (decoded once, by Ray Data actors), and
-    which paths were readable."""
+                     threads: int | None = None, with_torch: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 of torch (-1 without ``with_torch``), fp32 and int8 (N, 3) on ``paths`` (decoded once, by
+    Ray Data actors), and which paths were readable."""
     import ray
 
     init_ray(worker_logs=False)
     unique = list(dict.fromkeys(paths))
     concurrency = max(1, min(int(ray.cluster_resources().get("CPU", 1)), math.ceil(len(unique) / batch_size)))
     columns = map_with_actors(image_dataset(ImageIndex.of_paths(unique), prep, batch_size=batch_size, max_bytes=max_bytes),
-                              _RuntimeComparer, {"model_dir": str(model_dir), "threads": threads}, batch_size, concurrency)
+                              _RuntimeComparer, {"model_dir": str(model_dir), "threads": threads, "with_torch": with_torch},
+                              batch_size, concurrency)
     ordered = in_path_order(columns, list(paths))
     return ordered["top1"], np.asarray([not str(error) for error in ordered["error"]], dtype=bool)
 
@@ -114,20 +117,24 @@ def int8_verdict(scores: dict[str, RuntimeScores], max_drop: float) -> tuple[boo
 
 
 def export_onnx(model_dir: Path, model, card: ModelCard, calibration_paths: list[str],
-                sets: dict[str, tuple[list[str], np.ndarray]], inference: InferenceConfig,
+                sets: dict[str, tuple[list[str], np.ndarray, np.ndarray | None]], inference: InferenceConfig,
                 batch_size: int = 64, max_bytes: int = MAX_IMAGE_BYTES, seed: int = 0) -> OnnxCard:
-    """Write both ONNX files into ``model_dir``, score them on ``sets`` (name -> paths, labels) against
-    torch, and return the card entry (the caller saves the card)."""
+    """Write both ONNX files into ``model_dir``, score them on ``sets`` (name -> paths, labels, and torch's
+    top-1 where the caller has it, else None: torch is run too) against torch, and return the card entry
+    (the caller saves the card)."""
     prep = card.prep
     to_onnx(model, prep.image_size, model_dir / FP32_FILE)
     calibration = calibration_batch(calibration_paths, prep, inference.calibration_images, seed, max_bytes)
     logger.info("int8: calibrating on %d training images", len(calibration))
     quantize_int8(model_dir / FP32_FILE, calibration, model_dir / INT8_FILE)
     scores: dict[str, RuntimeScores] = {}
-    for name, (paths, labels) in sets.items():
+    for name, (paths, labels, torch_top1) in sets.items():
         if not paths:
             continue
-        top1, readable = compare_runtimes(model_dir, prep, paths, batch_size, max_bytes, inference.threads)
+        top1, readable = compare_runtimes(model_dir, prep, paths, batch_size, max_bytes, inference.threads,
+                                          with_torch=torch_top1 is None)
+        if torch_top1 is not None:
+            top1[:, 0] = torch_top1
         scores[name] = runtime_scores(top1[readable], labels[readable])
     usable, verdict = int8_verdict(scores, inference.int8_max_accuracy_drop)
     for name, s in scores.items():
@@ -162,9 +169,9 @@ def add_onnx(model_dir: str | Path, cross_domain_root: str | None = None,
         raise UserError(f"{directory}: its card names no training folder to calibrate int8 on")
     settings = data_settings(card)
     listing = training_split(card, directory, roots)
-    sets = {"test": join_classes(listing.subset("test"), card.classes)[:2]}
+    sets = {"test": (*join_classes(listing.subset("test"), card.classes)[:2], None)}
     if cross_domain_root:
-        sets["cross_domain"] = join_classes(list_images(cross_domain_root), card.classes)[:2]
+        sets["cross_domain"] = (*join_classes(list_images(cross_domain_root), card.classes)[:2], None)
     card.onnx = export_onnx(directory, model, card, listing.subset("train").paths, sets, inference or InferenceConfig(),
                             batch_size=settings["batch_size"], max_bytes=settings["max_image_bytes"], seed=settings["seed"])
     card.save(directory)

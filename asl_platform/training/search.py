@@ -160,13 +160,45 @@ def run_search(data: dict, cfg: Config, name: str = "tune", resume: bool = False
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=bounds.max_epochs,
                                         grace_period=bounds.grace_period, reduction_factor=bounds.reduction_factor),
             ),
-            run_config=tune.RunConfig(name=name, storage_path=storage_uri(cfg.storage_path), verbose=1,
+            # Tune's own status tables print each trial's whole config (kilobytes a line): one line per
+            # finished trial instead, plain text, readable in a log as in a terminal.
+            run_config=tune.RunConfig(name=name, storage_path=storage_uri(cfg.storage_path), verbose=0,
+                                      callbacks=[trial_progress(bounds.num_samples)],
                                       failure_config=tune.FailureConfig(max_failures=bounds.max_failures)),
         )
     results = tuner.fit()
     rows = trial_rows(results, bounds.max_epochs)
     best = results.get_best_result(metric="val_loss", mode="min", scope="all")
     return Config.model_validate(best.config), rows, results
+
+
+def trial_progress(total: int):
+    """A Tune callback that logs a line as each trial ends: how far the search is, that trial's result
+    and sampled values, and the best validation loss so far."""
+    from ray import tune
+
+    class TrialProgress(tune.Callback):
+        def __init__(self):
+            self.best: float | None = None
+
+        def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+            result = trial.last_result or {}
+            loss = result.get("val_loss")
+            if loss is not None and (self.best is None or loss < self.best):
+                self.best = loss
+            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + (trial.status not in ("TERMINATED", "ERROR"))
+            values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in searched_values(trial.config).items())
+            logger.info("search: trial %d of %d done after %s epoch(s): val_loss %s, val_accuracy %s (%s); best val_loss %s",
+                        done, total, result.get("training_iteration", "?"),
+                        f"{loss:.4f}" if loss is not None else "-",
+                        f"{result['val_accuracy']:.2%}" if "val_accuracy" in result else "-", values,
+                        f"{self.best:.4f}" if self.best is not None else "-")
+
+        def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+            logger.warning("search: trial %s failed (Tune retries it up to tune.max_failures times)", trial.trial_id)
+
+    return TrialProgress()
 
 
 def _move_aside(experiment: str) -> None:

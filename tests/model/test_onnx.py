@@ -32,7 +32,7 @@ def photo_model(request, tmp_path_factory, asl_alphabet) -> tuple[Path, dict[str
         held_out += [(p, LETTERS.index(label)) for p in photos[20:]]
     directory = fixture_model(request, tmp_path_factory, "photos", lambda folder: build_photo_model(folder, train),
                               inputs=[Path(p) for p, _ in train], code=[Path(__file__)])
-    sets = {"test": ([p for p, _ in held_out], np.asarray([y for _, y in held_out], dtype=np.int64))}
+    sets = {"test": ([p for p, _ in held_out], np.asarray([y for _, y in held_out], dtype=np.int64), None)}
     return directory, sets, [p for p, _ in train]
 
 

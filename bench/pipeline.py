@@ -52,15 +52,17 @@ def run(name: str, data: list[Path], output: Path, max_per_class: int | None, co
     summary.json), how many images its features and hands stages computed, and its metrics."""
     args = command(data, output, max_per_class)
     env = {**os.environ, "PYTHONPATH": str(code)}
-    logger.info("%s: %s", name, " ".join(args[3:]))
+    log = log_dir / f"{name.replace(' ', '_').replace(',', '')}.log"
+    logger.info("%s (its progress: tail -f %s): %s", name, log, " ".join(args[3:]))
     started = time.perf_counter()
-    done = subprocess.run(args, cwd=code, env=env, capture_output=True, text=True)
+    with log.open("w") as handle:  # streamed, so a long run can be followed while it runs
+        returncode = subprocess.run(args, cwd=code, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
     seconds = time.perf_counter() - started
-    (log_dir / f"{name}.log").write_text(done.stdout + done.stderr)
-    if done.returncode:
-        raise SystemExit(f"{name} failed (exit {done.returncode}); log: {log_dir / f'{name}.log'}\n{done.stderr[-3000:]}")
+    text = log.read_text()
+    if returncode:
+        raise SystemExit(f"{name} failed (exit {returncode}); log: {log}\n{text[-3000:]}")
     summary = json.loads((output / "bench" / "summary.json").read_text())
-    computed = sum(int(n) for n in COMPUTED.findall(done.stderr))
+    computed = sum(int(n) for n in COMPUTED.findall(text))
     result = {"name": name, "seconds": round(seconds, 1), "stages": summary["stage_seconds"], "computed": computed,
               "metrics": {k: summary["metrics"].get(k) for k in ("test_accuracy", "cross_domain_accuracy")}}
     logger.info("%s: %.0f s, stages %s, %d image(s) computed, %s", name, seconds, result["stages"], computed,

@@ -17,31 +17,33 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the load, fuzz and process helpers the tests use
+from asl_platform.serving import probe
+from asl_platform.serving.probe import Load, free_port, kill_replica_and_wait, model_replica_pids, resident_mb
 
-import fuzz_inputs  # noqa: E402
-from serving.helpers import (  # noqa: E402
-    Load,
-    free_port,
-    kill_replica_and_wait,
-    model_replica_pids,
-    resident_mb,
-)
+REPO = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("bench.reliability")
 
 
 def real_samples(limit: int = 64) -> list[tuple[bytes, str | None]]:
-    """Real photos when the data set is beside the repo (any answer with 200 counts: this measures
-    availability, not accuracy), else the tests' colour images."""
+    """Real photos when the data set is beside the repo, else generated smoke-set images (any answer with
+    200 counts: this measures availability, not accuracy)."""
     root = REPO.parent / "shared" / "data" / "asl-alphabet"
     if not root.is_dir():
-        return []
+        import io
+        import random
+
+        from asl_platform.data.synthetic import ASL_CLASSES, make_smoke_image
+
+        rng, samples = random.Random(0), []
+        for label in ASL_CLASSES[:limit]:
+            buffer = io.BytesIO()
+            make_smoke_image(label, rng).save(buffer, format="JPEG")
+            samples.append((buffer.getvalue(), None))
+        return samples
     files = sorted(root.glob("*/*"))[:: max(1, len(list(root.glob("*/*"))) // limit)]
     return [(path.read_bytes(), None) for path in files[:limit]]
 
@@ -120,8 +122,8 @@ def main() -> None:
               name=APP_NAME, route_prefix="/")
     figures: dict = {}
     started = time.monotonic()
-    results = fuzz_inputs.run_fuzz(url, fuzz_inputs.generate(seed=7))
-    figures["fuzz"] = fuzz_inputs.summarize(results)
+    results = probe.run_fuzz(url, probe.generate(seed=7))
+    figures["fuzz"] = probe.summarize(results)
     figures["fuzz_seconds"] = round(time.monotonic() - started, 1)
     logger.info("fuzzing done in %.0f s", figures["fuzz_seconds"])
     samples = real_samples()
@@ -130,7 +132,7 @@ def main() -> None:
     figures["soak"] = soak(url, args.soak_minutes, args.clients, samples)
     serve.shutdown()
 
-    print("\n## Fuzzing\n\n" + fuzz_inputs.format_table(figures["fuzz"]))
+    print("\n## Fuzzing\n\n" + probe.format_table(figures["fuzz"]))
     kill = figures["replica_kill"]
     print(f"\n## Replica failure\n\n{kill['replicas']} model replicas, {kill['clients']} clients: one replica SIGKILLed; "
           f"{kill['failed']} of {kill['requests']} requests failed ({kill['requests_during_recovery']} were sent while it "

@@ -21,10 +21,11 @@ import requests
 import yaml
 from helpers import paced
 from helpers.s3 import s3_client, upload_folder
-from serving.helpers import Load, colour_samples
+from helpers.serving import colour_samples
 from test_cluster import REPO_ROOT, LocalCluster, _free_ports, running_cluster
 
 from asl_platform.data.synthetic import make_smoke_dataset
+from asl_platform.serving.probe import Load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.own_ray]
 ARTIFACTS = REPO_ROOT / "test-artifacts"

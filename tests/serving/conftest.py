@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.helpers import SharedServe
+from helpers.serving import SharedServe
 
 GROUPS = {None: 0, "hand": 1, "colour": 2, "own": 3, "fresh": 4}
 HERE = Path(__file__).parent

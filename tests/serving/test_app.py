@@ -14,7 +14,7 @@ from asl_platform.config import ServeConfig
 from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import LocalBackend
 from helpers.models import colour_image
-from serving.helpers import png_header_only
+from helpers.serving import png_header_only
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import requests
 
 from helpers.datasets import REPO_ROOT
 from helpers.models import colour_image
-from serving.helpers import hand_settings
+from helpers.serving import hand_settings
 from serving.test_deployments_e2e import (  # noqa: F401 (playwright_or_skip: a fixture)
     ARTIFACTS, _block_external, launch_chromium, playwright_or_skip,
 )

@@ -12,7 +12,7 @@ from asl_platform.config import ServeConfig
 from asl_platform.serving.backends import LocalBackend
 from asl_platform.serving.demo import Speller, build_demo, classify_with_hand
 from helpers.models import colour_image
-from serving.helpers import png_header_only
+from helpers.serving import png_header_only
 
 
 def feed(speller: Speller, frames: list[tuple[str, float]], step: float = 0.25) -> list[str | None]:

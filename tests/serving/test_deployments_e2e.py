@@ -17,7 +17,7 @@ from asl_platform.config import ConfigError, ServeConfig
 from asl_platform.serving.deployments import build_app, checked_user_config, serve_config_document
 from helpers.datasets import REPO_ROOT
 from helpers.models import colour_image
-from serving.helpers import colour_settings, png_header_only
+from helpers.serving import colour_settings, png_header_only
 
 pytestmark = pytest.mark.e2e
 SHARED_SERVE = "colour"

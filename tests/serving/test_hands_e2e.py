@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from helpers.datasets import detected_photos
-from serving.helpers import hand_settings
+from helpers.serving import hand_settings
 from serving.test_deployments_e2e import (  # noqa: F401 (playwright_or_skip is a fixture)
     ARTIFACTS, launch_chromium, playwright_or_skip, upload_photo_in_the_demo,
 )

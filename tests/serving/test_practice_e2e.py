@@ -13,7 +13,7 @@ import requests
 from PIL import Image
 
 from helpers.datasets import detected_photos
-from serving.helpers import hand_settings
+from helpers.serving import hand_settings
 from serving.test_deployments_e2e import (  # noqa: F401 (playwright_or_skip is a fixture)
     ARTIFACTS, chromium_with_fake_webcam, open_demo_tab, playwright_or_skip, start_webcam,
 )

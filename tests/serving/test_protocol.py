@@ -11,7 +11,7 @@ from PIL import Image
 
 from asl_platform.data.decode import Preprocessing
 from asl_platform.serving.protocol import ApiError, prepare_image, top_predictions
-from serving.helpers import png_header_only
+from helpers.serving import png_header_only
 
 
 def test_prepare_image_resizes_and_converts_modes():

@@ -8,11 +8,12 @@ import time
 
 import pytest
 import requests
-
-import fuzz_inputs
-from asl_platform.config import ServeConfig
 from helpers.models import colour_image
-from serving.helpers import Load, kill_replica_and_wait, model_replica_pids, resident_mb
+from helpers.serving import colour_samples
+
+from asl_platform.config import ServeConfig
+from asl_platform.serving import probe
+from asl_platform.serving.probe import Load, kill_replica_and_wait, model_replica_pids, resident_mb
 
 pytestmark = pytest.mark.e2e
 SHARED_SERVE = "own"  # two replicas, one of them killed: an application of its own on the shared Serve
@@ -27,11 +28,11 @@ def server(shared_serve, colour_model) -> str:
 
 
 def test_fuzzing_over_1000_bad_requests_all_get_4xx_json_and_none_5xx(server):
-    cases = fuzz_inputs.generate(seed=1)
+    cases = probe.generate(seed=1)
     assert len(cases) >= 1000
-    results = fuzz_inputs.run_fuzz(server, cases)
-    rows = fuzz_inputs.summarize(results)
-    print("\n" + fuzz_inputs.format_table(rows))
+    results = probe.run_fuzz(server, cases)
+    rows = probe.summarize(results)
+    print("\n" + probe.format_table(rows))
     bad = [r for r in results if not r["ok"]]
     assert not bad, f"{len(bad)} bad requests got a wrong answer, e.g. {bad[:5]}"
     assert sum(row["5xx"] for row in rows) == 0
@@ -42,7 +43,7 @@ def test_fuzzing_over_1000_bad_requests_all_get_4xx_json_and_none_5xx(server):
 def test_killed_model_replica_is_replaced_and_no_request_fails(server):
     before = model_replica_pids()
     assert len(before) == 2, before
-    with Load(server, clients=6) as load:
+    with Load(server, clients=6, samples=colour_samples()) as load:
         time.sleep(3)
         _, replaced_after = kill_replica_and_wait(before)
         time.sleep(2)  # traffic after recovery
@@ -59,7 +60,7 @@ def test_short_soak_no_errors_and_bounded_memory(server):
     duration = float(os.environ.get("ASL_SOAK_SECONDS", "30"))
     pids = list(model_replica_pids().values())
     rss = {pid: [] for pid in pids}
-    with Load(server, clients=4) as load:
+    with Load(server, clients=4, samples=colour_samples()) as load:
         started = time.monotonic()
         while time.monotonic() - started < duration:
             time.sleep(duration / 6)

@@ -35,7 +35,7 @@ from asl_platform.serving.deployments import serve_config_document
 from asl_platform.serving.protocol import ApiError, read_body
 from helpers.datasets import REPO_ROOT
 from helpers.models import colour_image
-from serving.helpers import colour_settings, run_demo_event
+from helpers.serving import colour_settings, run_demo_event
 
 SHARED_SERVE = "colour"  # its real-server test runs on the colour application
 

@@ -1,35 +1,22 @@
-"""Helpers shared by the serving tests and bench/reliability.py: a real Serve app on a free port,
-the replicas' processes, a load generator, the demo's events as its page runs them, and a PNG that
-only claims to be huge."""
+"""The serving tests' helpers: a real Serve app on a free port, shared by the modules of the serving
+package, the fixture models' settings and samples, the demo's events as its page runs them. What probes a
+running server from outside (load, bad requests, replicas) is ``asl_platform.serving.probe``."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import requests
-
 from asl_platform.config import ServeConfig
 from asl_platform.serving.deployments import APP_NAME, build_application
+from asl_platform.serving.probe import free_port
+from asl_platform.serving.probe import png_with_size as png_header_only  # a tiny PNG that declares huge dimensions
 from helpers.models import colour_image
-from fuzz_inputs import png_with_size as png_header_only  # a tiny PNG that declares huge dimensions
 
-__all__ = ["Load", "SharedServe", "colour_samples", "colour_settings", "free_port", "hand_settings",
-           "kill_replica_and_wait", "model_replica_pids", "png_header_only", "resident_mb", "run_demo_event",
-           "running_replicas", "serve_app"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["SharedServe", "colour_samples", "colour_settings", "free_port", "hand_settings", "png_header_only",
+           "run_demo_event", "serve_app"]
 
 
 class SharedServe:
@@ -96,91 +83,11 @@ def serve_app(settings: ServeConfig) -> Iterator[str]:
 # --------------------------------------------------------------------------- replicas
 
 
-def model_replica_pids(deployment: str = "ASLModel") -> dict[str, int]:
-    """Actor name -> PID of every live replica of ``deployment`` in this Ray session."""
-    import ray
-
-    pids = {}
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if actor["namespace"] == "serve" and f"{APP_NAME}#{deployment}#" in actor["name"]:
-            try:
-                handle = ray.get_actor(actor["name"], namespace="serve")
-                pids[actor["name"]] = ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
-            except Exception:  # a replica that is going away as we look
-                continue
-    return pids
-
-
-def running_replicas() -> int:
-    from ray import serve
-
-    states = serve.status().applications[APP_NAME].deployments["ASLModel"].replica_states
-    return int(sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING"))
-
-
-def kill_replica_and_wait(before: dict[str, int], timeout: float = 90) -> tuple[float, float | None]:
-    """SIGKILL one model replica; return when it was killed and how long until Serve had replaced it."""
-    victim = sorted(before.values())[0]
-    killed_at = time.monotonic()
-    os.kill(victim, signal.SIGKILL)
-    while time.monotonic() - killed_at < timeout:
-        time.sleep(0.5)
-        pids = model_replica_pids()
-        if len(pids) == len(before) and victim not in pids.values() and running_replicas() == len(before):
-            return killed_at, time.monotonic() - killed_at
-    return killed_at, None
-
-
-def resident_mb(pid: int) -> float:
-    """Resident memory of a process from /proc (Linux), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
 # --------------------------------------------------------------------------- load
 
 
 def colour_samples() -> list[tuple[bytes, str | None]]:
     return [(colour_image(label, seed=seed), label) for seed in range(12) for label in ("A", "B", "C", "space")]
-
-
-class Load:
-    """``clients`` threads posting images in turn until stopped; records every answer. A sample's
-    label, when given, must come back too (with the colour model every answer is checkable)."""
-
-    def __init__(self, url: str, clients: int, samples: list[tuple[bytes, str | None]] | None = None):
-        self.url, self.clients, self.stop = url, clients, threading.Event()
-        self.samples = samples or colour_samples()
-        self.results: list[tuple[float, int | None, bool]] = []  # (time, status, right answer)
-        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
-
-    def _client(self, index: int) -> None:
-        session, n = requests.Session(), index
-        while not self.stop.is_set():
-            data, label = self.samples[n % len(self.samples)]
-            n += self.clients
-            try:
-                response = session.post(f"{self.url}/predict", data=data, headers={"content-type": "image/jpeg"},
-                                        timeout=60)
-                right = response.status_code == 200 and (label is None or response.json()["label"] == label)
-                self.results.append((time.monotonic(), response.status_code, right))
-            except requests.RequestException:
-                self.results.append((time.monotonic(), None, False))
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=90)
-
-    def failures(self) -> list[tuple[float, int | None, bool]]:
-        return [r for r in self.results if not r[2]]
 
 
 # --------------------------------------------------------------------------- the demo, as its page drives it

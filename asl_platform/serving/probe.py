@@ -1,18 +1,125 @@
-"""Generated bad requests for the HTTP API, shared by tests/serving/test_reliability.py and
-bench/reliability.py. Every case is definitely unusable (or refused by a rule), so the only right
-answer is a 4xx with a JSON error; a 5xx, a dropped connection or a 200 is a failure."""
+"""Probing a running server from outside, as its operators would: a load of concurrent clients with
+every answer recorded (``Load``), requests that must be refused cleanly (``generate``/``run_fuzz``: every
+case is definitely unusable or refused by a rule, so the only right answer is a 4xx with a JSON error; a
+5xx, a dropped connection or a 200 is a failure), and the model replicas' processes (their PIDs and
+memory; killing one to see Serve replace it). ``bench/reliability.py`` runs these against a deployment;
+the serving tests use them too."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import os
 import random
+import signal
+import socket
 import struct
+import threading
+import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import requests
 from PIL import Image
+
+from asl_platform.serving.deployments import APP_NAME
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+def model_replica_pids(deployment: str = "ASLModel") -> dict[str, int]:
+    """Actor name -> PID of every live replica of ``deployment`` in this Ray session."""
+    import ray
+
+    pids = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == "serve" and f"{APP_NAME}#{deployment}#" in actor["name"]:
+            try:
+                handle = ray.get_actor(actor["name"], namespace="serve")
+                pids[actor["name"]] = ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+            except Exception:  # a replica that is going away as we look
+                continue
+    return pids
+
+
+def running_replicas() -> int:
+    from ray import serve
+
+    states = serve.status().applications[APP_NAME].deployments["ASLModel"].replica_states
+    return int(sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING"))
+
+
+def kill_replica_and_wait(before: dict[str, int], timeout: float = 90) -> tuple[float, float | None]:
+    """SIGKILL one model replica; return when it was killed and how long until Serve had replaced it."""
+    victim = sorted(before.values())[0]
+    killed_at = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    while time.monotonic() - killed_at < timeout:
+        time.sleep(0.5)
+        pids = model_replica_pids()
+        if len(pids) == len(before) and victim not in pids.values() and running_replicas() == len(before):
+            return killed_at, time.monotonic() - killed_at
+    return killed_at, None
+
+
+def resident_mb(pid: int) -> float:
+    """Resident memory of a process from /proc (Linux), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+# --------------------------------------------------------------------------- load
+
+
+class Load:
+    """``clients`` threads posting images in turn until stopped; records every answer. A sample's
+    label, when given, must come back too (with the colour model every answer is checkable)."""
+
+    def __init__(self, url: str, clients: int, samples: list[tuple[bytes, str | None]]):
+        self.url, self.clients, self.stop = url, clients, threading.Event()
+        self.samples = samples
+        self.results: list[tuple[float, int | None, bool]] = []  # (time, status, right answer)
+        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+
+    def _client(self, index: int) -> None:
+        session, n = requests.Session(), index
+        while not self.stop.is_set():
+            data, label = self.samples[n % len(self.samples)]
+            n += self.clients
+            try:
+                response = session.post(f"{self.url}/predict", data=data, headers={"content-type": "image/jpeg"},
+                                        timeout=60)
+                right = response.status_code == 200 and (label is None or response.json()["label"] == label)
+                self.results.append((time.monotonic(), response.status_code, right))
+            except requests.RequestException:
+                self.results.append((time.monotonic(), None, False))
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=90)
+
+    def failures(self) -> list[tuple[float, int | None, bool]]:
+        return [r for r in self.results if not r[2]]
+
+
+# --------------------------------------------------------------------------- requests that must be refused
 
 
 @dataclass

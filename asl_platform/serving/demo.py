@@ -309,13 +309,39 @@ def calibration_report(result: dict) -> str:
 
 
 def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
-    """The demo's tabs, wired to ``backend``."""
+    """The demo's tabs, wired to ``backend``: one function per tab, sharing the session's calibration profile."""
     import gradio as gr
 
     info = backend.info
+    with gr.Blocks(title="ASL alphabet recogniser", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# ASL alphabet recogniser\n" + _model_line(info))
+        profile = gr.State(None)  # the calibration profile of this page's session, used by every tab
+        photo_tab(backend, profile)
+        if info.get("kind") == "hand_aware":
+            calibrate_tab(backend, profile)
+        instructions = spelling_tab(backend, settings, profile)
+        practice_tab(backend, settings, profile)
 
-    def sure(probability: float) -> bool:
-        return probability >= confidence_threshold(info, settings.spell_min_probability)
+        def on_load() -> str:
+            return spelling_help(settings)
+
+        # Each page load shows the hold time in force now (it changes with the ingress's user_config).
+        demo.load(on_load, outputs=instructions, show_progress="hidden", api_visibility="private")
+    return demo
+
+
+def _sure(info: dict, settings: ServeConfig, probability: float) -> bool:
+    """Confident by the model card's threshold (read at use time: ``settings`` change with reconfigure)."""
+    return probability >= confidence_threshold(info, settings.spell_min_probability)
+
+
+def _drawing(shapes: dict, target: str | None):
+    return draw_shape(shapes[target]) if target in shapes else None
+
+
+def photo_tab(backend: Backend, profile: gr.State) -> None:
+    """A photo (upload, webcam snapshot, clipboard) -> the top 5 letters and the hand found."""
+    import gradio as gr
 
     async def on_photo(image: str | None, profile: Profile | None):
         if image is None:
@@ -323,73 +349,32 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
         frame = await classify_with_hand(backend, image, k=5, profile=profile)
         return frame.top, await asyncio.to_thread(overlay, image, frame.hand)
 
-    async def on_frame(image: str | None, speller: Speller, profile: Profile | None):
-        if image is None:
-            return speller.text, "", speller, None
-        frame = await classify_with_hand(backend, image, k=5, profile=profile)
-        label, probability = speller.smooth(frame.top)
-        now = time.monotonic()
-        speller.follow(settings)
-        confident = sure(probability)
-        committed = speller.update(label, probability, now, confident)
-        status = f"**{label}** {probability:.0%}" + (" (your calibration)" if frame.calibrated else "")
-        status += (f" - added {committed}" if committed else f" - hold {speller.progress(now):.0%}" if confident
-                   else f" - {NOT_SURE}")
-        if frame.hand is not None and not frame.hand["found"]:
-            status += " (no hand found)"
-        return speller.text, status, speller, await asyncio.to_thread(overlay, image, frame.hand)
+    with gr.Tab("Photo"):
+        with gr.Row():
+            photo = gr.Image(sources=["upload", "webcam", "clipboard"], type="filepath", image_mode=None,
+                             label="Hand sign",
+                             elem_id="photo")
+            letters = gr.Label(num_top_classes=5, label="Top 5 letters", elem_id="letters")
+            hand_view = gr.Image(label="Hand found", interactive=False, elem_id="hand-overlay",
+                                 visible=backend.info.get("kind") == "hand_aware")
+        photo.change(on_photo, inputs=[photo, profile], outputs=[letters, hand_view], api_visibility="private")
 
-    def on_clear() -> tuple[str, str, Speller]:
-        return "", "", Speller.of(settings)
 
-    def on_load() -> str:
-        return spelling_help(settings)
+def calibrate_tab(backend: Backend, profile: gr.State) -> None:
+    """Calibration to the learner's hands (a hand-aware model): each letter in turn from the webcam, then
+    the profile, which can be downloaded, loaded again, or forgotten."""
+    import gradio as gr
 
-    hand_aware = info.get("kind") == "hand_aware"
+    info = backend.info
     shapes = model_shapes(info)
-    practice_pool = practice_letters(info["classes"])
-    modes = {"Letters": "letters", "Spell a word": "word", "My weakest letters": "weakest"}
-
-    def drawing(target: str | None):
-        return draw_shape(shapes[target]) if target in shapes else None
-
-    def practice_view(practice: Practice | None, feedback: str) -> tuple:
-        return (target_markdown(practice), drawing(practice.target if practice else None), feedback,
-                score_markdown(practice), practice.table() if practice is not None else [], session_chart(practice),
-                practice)
-
-    def on_practice_start(mode: str, word: str) -> tuple:
-        practice = Practice(practice_pool, settings.spell_hold_s, settings.spell_min_probability)
-        try:
-            practice.start(modes[mode], time.monotonic(), word)
-        except ValueError as exc:
-            raise gr.Error(str(exc)) from None
-        return practice_view(practice, "Sign into the webcam (press Record).")
-
-    def on_practice_skip(practice: Practice | None) -> tuple:
-        if practice is not None:
-            practice.skip(time.monotonic())
-        return practice_view(practice, "Skipped: it is counted, and comes back in My weakest letters.")
-
-    async def on_practice_frame(image: str | None, practice: Practice | None, profile: Profile | None) -> tuple:
-        if image is None or practice is None or practice.target is None:
-            return (*practice_view(practice, "Press **Start** first." if practice is None else ""), None)
-        frame = await classify_with_hand(backend, image, k=3, profile=profile)
-        label, probability = next(iter(frame.top.items()))
-        practice.hold_s, practice.min_probability = settings.spell_hold_s, settings.spell_min_probability
-        confident = sure(probability)
-        result = check(label, probability, confident, frame.hand, practice.target, shapes, practice.min_probability)
-        now = time.monotonic()
-        done = practice.update(label, probability, now, confident)
-        feedback = feedback_markdown(result, done, practice.hold_progress(now), frame.calibrated)
-        return (*practice_view(practice, feedback), await asyncio.to_thread(overlay, image, frame.hand))
+    pool = practice_letters(info["classes"])
 
     def calibration_view(session: Calibrating | None) -> tuple:
-        return (calibration_target(session), drawing(session.target if session else None),
+        return (calibration_target(session), _drawing(shapes, session.target if session else None),
                 calibration_progress(session), session)
 
     def on_calibrate_start() -> tuple:
-        return calibration_view(Calibrating(practice_pool, shown_at=time.monotonic()))
+        return calibration_view(Calibrating(pool, shown_at=time.monotonic()))
 
     def on_calibrate_skip(session: Calibrating | None) -> tuple:
         if session is not None:
@@ -434,109 +419,167 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
     def on_profile_forget() -> tuple:
         return None, "Calibration removed: the model alone answers again.", None
 
-    with gr.Blocks(title="ASL alphabet recogniser", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("# ASL alphabet recogniser\n" + _model_line(info))
-        profile = gr.State(None)  # the calibration profile of this page's session, used by every tab
-        with gr.Tab("Photo"):
-            with gr.Row():
-                photo = gr.Image(sources=["upload", "webcam", "clipboard"], type="filepath", image_mode=None,
-                                 label="Hand sign",
-                                 elem_id="photo")
-                letters = gr.Label(num_top_classes=5, label="Top 5 letters", elem_id="letters")
-                hand_view = gr.Image(label="Hand found", interactive=False, elem_id="hand-overlay",
-                                     visible=hand_aware)
-            photo.change(on_photo, inputs=[photo, profile], outputs=[letters, hand_view], api_visibility="private")
-        if hand_aware:
-            with gr.Tab("Calibrate"):
-                calibration = gr.State(None)
-                with gr.Row():
-                    calibrate_start = gr.Button("Start", variant="primary", elem_id="calibrate-start")
-                    calibrate_skip = gr.Button("Skip letter", elem_id="calibrate-skip")
-                    calibrate_finish = gr.Button("Finish", elem_id="calibrate-finish")
-                with gr.Row():
-                    with gr.Column():
-                        calibrate_target = gr.Markdown(calibration_target(None), elem_id="calibrate-target")
-                        calibrate_reference = gr.Image(label="How it looks", interactive=False, height=200,
-                                                       elem_id="calibrate-reference", visible=bool(shapes))
-                        calibrate_progress = gr.Markdown(elem_id="calibrate-progress")
-                    calibrate_camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
-                                                label="Webcam", elem_id="calibrate-camera")
-                    calibrate_overlay = gr.Image(label="Your hand", interactive=False, height=240,
-                                                 elem_id="calibrate-overlay")
-                calibrate_report = gr.Markdown(elem_id="calibrate-report")
-                profile_json = gr.JSON(visible=False)
-                with gr.Row():
-                    download = gr.Button("Download my profile", elem_id="profile-download")
-                    upload = gr.UploadButton("Load a profile", file_types=[".json"], elem_id="profile-upload")
-                    forget = gr.Button("Forget my profile", elem_id="profile-forget")
-                view = [calibrate_target, calibrate_reference, calibrate_progress, calibration]
-                calibrate_start.click(on_calibrate_start, outputs=view, api_visibility="private")
-                calibrate_skip.click(on_calibrate_skip, inputs=calibration, outputs=view, api_visibility="private")
-                calibrate_finish.click(finish, inputs=[calibration, profile],
-                                       outputs=[*view, profile, calibrate_report, profile_json], api_visibility="private")
-                calibrate_camera.stream(on_calibrate_frame, inputs=[calibrate_camera, calibration, profile],
-                                        outputs=[*view, profile, calibrate_report, profile_json, calibrate_overlay],
-                                        stream_every=0.3, time_limit=600, show_progress="hidden",
-                                        api_visibility="private")
-                # Made in the browser from the page's copy: the server writes no file for a download.
-                download.click(None, inputs=profile_json, js=DOWNLOAD_JS, api_visibility="private")
-                upload.upload(on_profile_upload, inputs=upload, outputs=[profile, calibrate_report, profile_json],
-                              api_visibility="private")
-                forget.click(on_profile_forget, outputs=[profile, calibrate_report, profile_json],
-                             api_visibility="private")
-        with gr.Tab("Fingerspelling"):
-            instructions = gr.Markdown(spelling_help(settings), elem_id="spell-help")
-            speller = gr.State(Speller.of(settings))
-            with gr.Row():
-                camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
-                                  label="Webcam", elem_id="camera")
-                with gr.Column():
-                    spelled = gr.Textbox(label="Text", interactive=False, elem_id="spelled")
-                    status = gr.Markdown(elem_id="spell-status")
-                    clear = gr.Button("Clear", elem_id="clear")
-                    frame_view = gr.Image(label="Hand found", interactive=False, elem_id="frame-overlay",
-                                          visible=hand_aware)
-            camera.stream(on_frame, inputs=[camera, speller, profile], outputs=[spelled, status, speller, frame_view],
-                          stream_every=0.3, time_limit=600, api_visibility="private")
-            clear.click(on_clear, outputs=[spelled, status, speller], api_visibility="private")
-        with gr.Tab("Practice"):
-            gr.Markdown("Learn the letters: sign the target into the webcam and hold it for a moment. "
-                        + ("Each letter's drawing is a typical hand from the training photos; when the answer is "
-                           "wrong, the tips compare your hand's landmarks with it." if shapes else
-                           "This model has no typical hand shapes (a hand-aware export has them): no drawings or tips.")
-                        + (" Calibrate first (the Calibrate tab) for answers that know your hands." if hand_aware else ""))
-            practice = gr.State(None)
-            with gr.Row():
-                mode = gr.Radio(list(modes), value="Letters", label="Exercise", elem_id="practice-mode")
-                word = gr.Textbox(label="Word to spell", value="CAB", elem_id="practice-word")
-                start = gr.Button("Start", variant="primary", elem_id="practice-start")
-                skip = gr.Button("Skip", elem_id="practice-skip")
-            with gr.Row():
-                with gr.Column():
-                    target_view = gr.Markdown(target_markdown(None), elem_id="practice-target")
-                    reference = gr.Image(label="How it looks", interactive=False, elem_id="practice-reference",
-                                         visible=bool(shapes), height=240)
-                practice_camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
-                                           label="Webcam", elem_id="practice-camera")
-                with gr.Column():
-                    feedback = gr.Markdown(elem_id="practice-feedback")
-                    practice_overlay = gr.Image(label="Your hand", interactive=False, elem_id="practice-overlay",
-                                                visible=hand_aware, height=240)
-            score = gr.Markdown(elem_id="practice-score")
-            with gr.Row():
-                table = gr.Dataframe(headers=["letter", "shown", "done", "skipped", "mean seconds"],
-                                     label="Per letter", interactive=False, elem_id="practice-table")
-                chart = gr.LinePlot(session_chart(None), x="seconds", y="score", label="This session",
-                                    elem_id="practice-chart")
-            outputs = [target_view, reference, feedback, score, table, chart, practice]
-            start.click(on_practice_start, inputs=[mode, word], outputs=outputs, api_visibility="private")
-            skip.click(on_practice_skip, inputs=practice, outputs=outputs, api_visibility="private")
-            practice_camera.stream(on_practice_frame, inputs=[practice_camera, practice, profile],
-                                   outputs=[*outputs, practice_overlay], stream_every=0.3, time_limit=900,
-                                   show_progress="hidden", api_visibility="private")  # no dimming every frame
-        # Each page load shows the hold time in force now (it changes with the ingress's user_config).
-        demo.load(on_load, outputs=instructions, show_progress="hidden", api_visibility="private")
-    return demo
+    with gr.Tab("Calibrate"):
+        calibration = gr.State(None)
+        with gr.Row():
+            calibrate_start = gr.Button("Start", variant="primary", elem_id="calibrate-start")
+            calibrate_skip = gr.Button("Skip letter", elem_id="calibrate-skip")
+            calibrate_finish = gr.Button("Finish", elem_id="calibrate-finish")
+        with gr.Row():
+            with gr.Column():
+                calibrate_target = gr.Markdown(calibration_target(None), elem_id="calibrate-target")
+                calibrate_reference = gr.Image(label="How it looks", interactive=False, height=200,
+                                               elem_id="calibrate-reference", visible=bool(shapes))
+                calibrate_progress = gr.Markdown(elem_id="calibrate-progress")
+            calibrate_camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
+                                        label="Webcam", elem_id="calibrate-camera")
+            calibrate_overlay = gr.Image(label="Your hand", interactive=False, height=240,
+                                         elem_id="calibrate-overlay")
+        calibrate_report = gr.Markdown(elem_id="calibrate-report")
+        profile_json = gr.JSON(visible=False)
+        with gr.Row():
+            download = gr.Button("Download my profile", elem_id="profile-download")
+            upload = gr.UploadButton("Load a profile", file_types=[".json"], elem_id="profile-upload")
+            forget = gr.Button("Forget my profile", elem_id="profile-forget")
+        view = [calibrate_target, calibrate_reference, calibrate_progress, calibration]
+        calibrate_start.click(on_calibrate_start, outputs=view, api_visibility="private")
+        calibrate_skip.click(on_calibrate_skip, inputs=calibration, outputs=view, api_visibility="private")
+        calibrate_finish.click(finish, inputs=[calibration, profile],
+                               outputs=[*view, profile, calibrate_report, profile_json], api_visibility="private")
+        calibrate_camera.stream(on_calibrate_frame, inputs=[calibrate_camera, calibration, profile],
+                                outputs=[*view, profile, calibrate_report, profile_json, calibrate_overlay],
+                                stream_every=0.3, time_limit=600, show_progress="hidden",
+                                api_visibility="private")
+        # Made in the browser from the page's copy: the server writes no file for a download.
+        download.click(None, inputs=profile_json, js=DOWNLOAD_JS, api_visibility="private")
+        upload.upload(on_profile_upload, inputs=upload, outputs=[profile, calibrate_report, profile_json],
+                      api_visibility="private")
+        forget.click(on_profile_forget, outputs=[profile, calibrate_report, profile_json],
+                     api_visibility="private")
+
+
+def spelling_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> gr.Markdown:
+    """Fingerspelling: the webcam stream builds text letter by letter. Returns the instructions, which
+    each page load refreshes (the hold time changes with the ingress's user_config)."""
+    import gradio as gr
+
+    info = backend.info
+
+    async def on_frame(image: str | None, speller: Speller, profile: Profile | None):
+        if image is None:
+            return speller.text, "", speller, None
+        frame = await classify_with_hand(backend, image, k=5, profile=profile)
+        label, probability = speller.smooth(frame.top)
+        now = time.monotonic()
+        speller.follow(settings)
+        confident = _sure(info, settings, probability)
+        committed = speller.update(label, probability, now, confident)
+        status = f"**{label}** {probability:.0%}" + (" (your calibration)" if frame.calibrated else "")
+        status += (f" - added {committed}" if committed else f" - hold {speller.progress(now):.0%}" if confident
+                   else f" - {NOT_SURE}")
+        if frame.hand is not None and not frame.hand["found"]:
+            status += " (no hand found)"
+        return speller.text, status, speller, await asyncio.to_thread(overlay, image, frame.hand)
+
+    def on_clear() -> tuple[str, str, Speller]:
+        return "", "", Speller.of(settings)
+
+    with gr.Tab("Fingerspelling"):
+        instructions = gr.Markdown(spelling_help(settings), elem_id="spell-help")
+        speller = gr.State(Speller.of(settings))
+        with gr.Row():
+            camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
+                              label="Webcam", elem_id="camera")
+            with gr.Column():
+                spelled = gr.Textbox(label="Text", interactive=False, elem_id="spelled")
+                status = gr.Markdown(elem_id="spell-status")
+                clear = gr.Button("Clear", elem_id="clear")
+                frame_view = gr.Image(label="Hand found", interactive=False, elem_id="frame-overlay",
+                                      visible=info.get("kind") == "hand_aware")
+        camera.stream(on_frame, inputs=[camera, speller, profile], outputs=[spelled, status, speller, frame_view],
+                      stream_every=0.3, time_limit=600, api_visibility="private")
+        clear.click(on_clear, outputs=[spelled, status, speller], api_visibility="private")
+    return instructions
+
+
+PRACTICE_MODES = {"Letters": "letters", "Spell a word": "word", "My weakest letters": "weakest"}
+
+
+def practice_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> None:
+    """Practice: a target letter (or a word's letters), its drawing, and what to change, from the webcam."""
+    import gradio as gr
+
+    info = backend.info
+    hand_aware = info.get("kind") == "hand_aware"
+    shapes = model_shapes(info)
+    pool = practice_letters(info["classes"])
+
+    def practice_view(practice: Practice | None, feedback: str) -> tuple:
+        return (target_markdown(practice), _drawing(shapes, practice.target if practice else None), feedback,
+                score_markdown(practice), practice.table() if practice is not None else [], session_chart(practice),
+                practice)
+
+    def on_practice_start(mode: str, word: str) -> tuple:
+        practice = Practice(pool, settings.spell_hold_s, settings.spell_min_probability)
+        try:
+            practice.start(PRACTICE_MODES[mode], time.monotonic(), word)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        return practice_view(practice, "Sign into the webcam (press Record).")
+
+    def on_practice_skip(practice: Practice | None) -> tuple:
+        if practice is not None:
+            practice.skip(time.monotonic())
+        return practice_view(practice, "Skipped: it is counted, and comes back in My weakest letters.")
+
+    async def on_practice_frame(image: str | None, practice: Practice | None, profile: Profile | None) -> tuple:
+        if image is None or practice is None or practice.target is None:
+            return (*practice_view(practice, "Press **Start** first." if practice is None else ""), None)
+        frame = await classify_with_hand(backend, image, k=3, profile=profile)
+        label, probability = next(iter(frame.top.items()))
+        practice.hold_s, practice.min_probability = settings.spell_hold_s, settings.spell_min_probability
+        confident = _sure(info, settings, probability)
+        result = check(label, probability, confident, frame.hand, practice.target, shapes, practice.min_probability)
+        now = time.monotonic()
+        done = practice.update(label, probability, now, confident)
+        feedback = feedback_markdown(result, done, practice.hold_progress(now), frame.calibrated)
+        return (*practice_view(practice, feedback), await asyncio.to_thread(overlay, image, frame.hand))
+
+    with gr.Tab("Practice"):
+        gr.Markdown("Learn the letters: sign the target into the webcam and hold it for a moment. "
+                    + ("Each letter's drawing is a typical hand from the training photos; when the answer is "
+                       "wrong, the tips compare your hand's landmarks with it." if shapes else
+                       "This model has no typical hand shapes (a hand-aware export has them): no drawings or tips.")
+                    + (" Calibrate first (the Calibrate tab) for answers that know your hands." if hand_aware else ""))
+        practice = gr.State(None)
+        with gr.Row():
+            mode = gr.Radio(list(PRACTICE_MODES), value="Letters", label="Exercise", elem_id="practice-mode")
+            word = gr.Textbox(label="Word to spell", value="CAB", elem_id="practice-word")
+            start = gr.Button("Start", variant="primary", elem_id="practice-start")
+            skip = gr.Button("Skip", elem_id="practice-skip")
+        with gr.Row():
+            with gr.Column():
+                target_view = gr.Markdown(target_markdown(None), elem_id="practice-target")
+                reference = gr.Image(label="How it looks", interactive=False, elem_id="practice-reference",
+                                     visible=bool(shapes), height=240)
+            practice_camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
+                                       label="Webcam", elem_id="practice-camera")
+            with gr.Column():
+                feedback = gr.Markdown(elem_id="practice-feedback")
+                practice_overlay = gr.Image(label="Your hand", interactive=False, elem_id="practice-overlay",
+                                            visible=hand_aware, height=240)
+        score = gr.Markdown(elem_id="practice-score")
+        with gr.Row():
+            table = gr.Dataframe(headers=["letter", "shown", "done", "skipped", "mean seconds"],
+                                 label="Per letter", interactive=False, elem_id="practice-table")
+            chart = gr.LinePlot(session_chart(None), x="seconds", y="score", label="This session",
+                                elem_id="practice-chart")
+        outputs = [target_view, reference, feedback, score, table, chart, practice]
+        start.click(on_practice_start, inputs=[mode, word], outputs=outputs, api_visibility="private")
+        skip.click(on_practice_skip, inputs=practice, outputs=outputs, api_visibility="private")
+        practice_camera.stream(on_practice_frame, inputs=[practice_camera, practice, profile],
+                               outputs=[*outputs, practice_overlay], stream_every=0.3, time_limit=900,
+                               show_progress="hidden", api_visibility="private")  # no dimming every frame
 
 
 # The profile's JSON becomes a file download in the browser itself (nothing is written on the server).

@@ -16,7 +16,9 @@ from asl_platform.serving.backends import Backend
 from asl_platform.serving.demo import mount_demo
 from asl_platform.serving.metrics import RequestMetrics
 from asl_platform.serving.protocol import BodySizeLimit, install_error_handlers
-from asl_platform.serving.routes import Serving, calibration_router, model_router, practice_router, predict_router
+from asl_platform.serving.routes import (
+    Serving, calibration_router, landmarks_router, model_router, practice_router, predict_router,
+)
 
 # multipart framing around a max-sized Gradio upload (its own per-file limit is max_request_bytes)
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -39,7 +41,7 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     install_error_handlers(app)
     routers = [predict_router(serving), model_router(serving), practice_router(serving)]
     if serving.hand_aware:  # calibration reads hands: an image-only model has no such route
-        routers.append(calibration_router(serving))
+        routers += [landmarks_router(serving), calibration_router(serving)]
     for router in routers:
         add_routes(app, router)
     add_docs(app)

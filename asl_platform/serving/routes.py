@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Query, Request
@@ -24,6 +26,7 @@ from asl_platform.serving.contract import (
     BatchAnswer, CalibrationAnswer, HealthAnswer, ModelInfo, PracticeCatalogue, PracticeVerdict, PredictAnswer, answers,
     calibration_body, image_body, profile_schema,
 )
+from asl_platform.serving.landmarks import hand_block, landmark_row, landmarks_body, read_hand
 from asl_platform.serving.metrics import ServingMetrics
 from asl_platform.serving.practice import check, model_shapes, practice_letters
 from asl_platform.serving.protocol import (
@@ -180,6 +183,40 @@ def practice_router(serving: Serving) -> APIRouter:
         return {**check(top["label"], top["probability"], top["confident"], result.hand, target, shapes,
                         settings.spell_min_probability),
                 "calibrated": top["calibrated"], "top_k": top["top_k"], "hand": result.hand, "model": serving.model_ref}
+
+    return router
+
+
+def landmarks_router(serving: Serving) -> APIRouter:
+    """``/v1/landmarks``: the answer from a hand found elsewhere (a hand-aware model only: an image-only
+    model has no landmark model). The demo's live modes send each frame's hand here, never the frame."""
+    router = APIRouter()
+    nothing = "nothing" in serving.classes
+
+    @router.post("/v1/landmarks", summary="Classify a hand from its 21 landmarks (found in the browser): the answer "
+                 "of the model's landmark side", response_model=None,
+                 responses=answers(PredictAnswer, 400, 413, 415, 422, 503), openapi_extra=landmarks_body(serving.profile_schema, nothing))
+    async def landmarks(request: Request, top_k: int = Query(serving.default_top_k, ge=1, le=len(serving.classes))) -> dict:
+        started = time.perf_counter()
+        if media_type(request) != "application/json":
+            raise ApiError(415, "unsupported_media_type", 'send application/json: {"landmarks": [[x, y, z], ...], '
+                           '"handedness": "Right"}')
+        document = load_json(await read_body(request, serving.settings.max_request_bytes))
+        points, handedness = read_hand(document)
+        calibration = checked_calibration(document.get("profile"), serving.info)
+        if points is None:  # no hand: what the landmark side answers without one
+            if not nothing:
+                raise ApiError(400, "invalid_landmarks", "this model has no 'nothing' class to answer a frame without a "
+                               "hand: send a hand's landmarks")
+            probabilities = np.zeros(len(serving.classes), np.float32)
+            probabilities[serving.classes.index("nothing")] = 1.0
+            result = Prediction(probabilities)
+        else:
+            (result,) = await serving.backend.classify_landmarks([landmark_row(points, handedness)], calibration)
+            if isinstance(result, ApiError):
+                raise result
+        answer = serving.answer(result._replace(hand=hand_block(points, handedness)), top_k)
+        return {**answer, "model": serving.model_ref, "elapsed_ms": elapsed_ms(started)}
 
     return router
 

@@ -27,6 +27,7 @@ from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, draw_shape
 from asl_platform.model.calibration import Calibration
 from asl_platform.serving.backends import Prediction, confidence_threshold
 from asl_platform.serving.calibration import build_profile, checked_calibration
+from asl_platform.serving.landmarks import hand_block, landmark_row, read_hand
 from asl_platform.serving.practice import NOT_SURE, Practice, check, model_shapes, practice_letters
 from asl_platform.serving.protocol import ApiError, top_predictions
 
@@ -140,6 +141,48 @@ async def classify_frame(backend: Backend, data: bytes, k: int, profile: Profile
 
 async def classify_with_hand(backend: Backend, path: str, k: int, profile: Profile | None = None) -> Frame:
     return await classify_frame(backend, await asyncio.to_thread(Path(path).read_bytes), k, profile)
+
+
+@dataclass
+class LiveHand:
+    """One frame's hand as the page found it (``static/live.js``): its number, landmarks (None: no hand)."""
+
+    seq: int
+    landmarks: object  # np.ndarray (21, 3) in pixels, or None
+    handedness: str
+
+    @classmethod
+    def read(cls, message: str | None) -> LiveHand | None:
+        """The page's JSON, checked like POST /v1/landmarks' body; None for anything else (never trusted)."""
+        try:
+            document = json.loads(message or "")
+            seq = document.pop("seq")
+            points, handedness = read_hand(document)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError, ApiError):
+            return None
+        return cls(seq, points, handedness) if isinstance(seq, int) else None
+
+
+async def classify_live_hand(backend: Backend, hand: LiveHand, k: int, profile: Profile | None = None) -> Frame | None:
+    """A hand found in the page through the landmark model (the path of POST /v1/landmarks, batched on the model
+    replicas); no hand is ``nothing`` (None for a model without that class: nothing to answer)."""
+    import gradio as gr
+    import numpy as np
+
+    classes = backend.info["classes"]
+    if hand.landmarks is None:
+        if "nothing" not in classes:
+            return None
+        probabilities = np.zeros(len(classes), np.float32)
+        probabilities[classes.index("nothing")] = 1.0
+        result = Prediction(probabilities)
+    else:
+        (result,) = await backend.classify_landmarks([landmark_row(hand.landmarks, hand.handedness)],
+                                                     profile.calibration if profile else None)
+        if isinstance(result, ApiError):
+            raise gr.Error(result.message)
+    top = {p["label"]: p["probability"] for p in top_predictions(result.probabilities, classes, k)}
+    return Frame(top, result._replace(hand=hand_block(hand.landmarks, hand.handedness)))
 
 
 @dataclass
@@ -393,14 +436,15 @@ def calibrate_tab(backend: Backend, profile: gr.State) -> None:
 
     async def on_calibrate_frame(image: str | None, session: Calibrating | None, profile: Profile | None) -> tuple:
         if image is None or session is None or session.target is None:
-            return (*calibration_view(session), profile, gr.skip(), gr.skip(), None)
+            # gr.skip(), not the profile it was given: a frame in flight while a profile is loaded must not undo it
+            return (*calibration_view(session), gr.skip(), gr.skip(), gr.skip(), None)
         data = await asyncio.to_thread(Path(image).read_bytes)
         frame = await classify_frame(backend, data, k=1)  # the model alone: a shot records the hand as it is
         session.offer(data, frame.prediction, time.monotonic())
         shown = await asyncio.to_thread(overlay, image, frame.hand)
         if session.target is None:  # the last letter has its shots
             return (*await finish(session, profile), shown)
-        return (*calibration_view(session), profile, gr.skip(), gr.skip(), shown)
+        return (*calibration_view(session), gr.skip(), gr.skip(), gr.skip(), shown)
 
     def on_profile_upload(path: str | None) -> tuple:
         if path is None:
@@ -481,15 +525,38 @@ def spelling_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
             status += " (no hand found)"
         return speller.text, status, speller, await asyncio.to_thread(overlay, image, frame.hand)
 
+    async def on_hand(message: str, speller: Speller, profile: Profile | None):
+        hand = LiveHand.read(message)
+        if hand is None:
+            return gr.skip(), gr.skip(), speller, gr.skip()
+        frame = await classify_live_hand(backend, hand, k=5, profile=profile)
+        if frame is None:  # no hand, and a model without 'nothing'
+            return speller.text, "(no hand found)", speller, f"{hand.seq}"
+        label, probability = speller.smooth(frame.top)
+        now = time.monotonic()
+        speller.follow(settings)
+        confident = _sure(info, settings, probability)
+        committed = speller.update(label, probability, now, confident)
+        status = f"**{label}** {probability:.0%}" + (" (your calibration)" if frame.calibrated else "")
+        status += (f" - added {committed}" if committed else f" - hold {speller.progress(now):.0%}" if confident
+                   else f" - {NOT_SURE}")
+        if not frame.hand["found"]:
+            status += " (no hand found)"
+        return speller.text, status, speller, f"{hand.seq}"
+
     def on_clear() -> tuple[str, str, Speller]:
         return "", "", Speller.of(settings)
 
+    hand_aware = info.get("kind") == "hand_aware"
     with gr.Tab("Fingerspelling"):
         instructions = gr.Markdown(spelling_help(settings), elem_id="spell-help")
         speller = gr.State(Speller.of(settings))
         with gr.Row():
+            if hand_aware:
+                live_hand = live_view("spell")
             camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
-                              label="Webcam", elem_id="camera")
+                              label="Webcam (frames to the server)" if hand_aware else "Webcam", elem_id="camera",
+                              elem_classes=["asl-server-camera"] if hand_aware else None)
             with gr.Column():
                 spelled = gr.Textbox(label="Text", interactive=False, elem_id="spelled")
                 status = gr.Markdown(elem_id="spell-status")
@@ -498,6 +565,10 @@ def spelling_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
                                       visible=info.get("kind") == "hand_aware")
         camera.stream(on_frame, inputs=[camera, speller, profile], outputs=[spelled, status, speller, frame_view],
                       stream_every=0.3, time_limit=600, api_visibility="private")
+        if hand_aware:  # the hand found in the page; while one is answered, only the latest waits
+            live_hand.click(on_hand, inputs=[live_hand.hand, speller, profile],
+                            outputs=[spelled, status, speller, live_hand.seq], js=live_hand.js,
+                            trigger_mode="always_last", show_progress="hidden", api_visibility="private")
         clear.click(on_clear, outputs=[spelled, status, speller], api_visibility="private")
     return instructions
 
@@ -545,6 +616,25 @@ def practice_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
         feedback = feedback_markdown(result, done, practice.hold_progress(now), frame.calibrated)
         return (*practice_view(practice, feedback), await asyncio.to_thread(overlay, image, frame.hand))
 
+    async def on_practice_hand(message: str, practice: Practice | None, profile: Profile | None) -> tuple:
+        """A hand found in the page: as ``on_practice_frame``, and only what changed is sent back (15+ a second)."""
+        hand = LiveHand.read(message)
+        if hand is None or practice is None or practice.target is None:
+            return (*[gr.skip()] * 7, f"{hand.seq}" if hand else gr.skip())
+        frame = await classify_live_hand(backend, hand, k=3, profile=profile)
+        if frame is None:
+            return (*[gr.skip()] * 2, "No hand seen yet.", *[gr.skip()] * 4, f"{hand.seq}")
+        label, probability = next(iter(frame.top.items()))
+        practice.hold_s, practice.min_probability = settings.spell_hold_s, settings.spell_min_probability
+        confident = _sure(info, settings, probability)
+        result = check(label, probability, confident, frame.hand, practice.target, shapes, practice.min_probability)
+        now = time.monotonic()
+        done = practice.update(label, probability, now, confident)
+        feedback = feedback_markdown(result, done, practice.hold_progress(now), frame.calibrated)
+        if done:  # a new target: the whole view
+            return (*practice_view(practice, feedback), f"{hand.seq}")
+        return (gr.skip(), gr.skip(), feedback, gr.skip(), gr.skip(), gr.skip(), practice, f"{hand.seq}")
+
     with gr.Tab("Practice"):
         gr.Markdown("Learn the letters: sign the target into the webcam and hold it for a moment. "
                     + ("Each letter's drawing is a typical hand from the training photos; when the answer is "
@@ -562,8 +652,12 @@ def practice_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
                 target_view = gr.Markdown(target_markdown(None), elem_id="practice-target")
                 reference = gr.Image(label="How it looks", interactive=False, elem_id="practice-reference",
                                      visible=bool(shapes), height=240)
+            if hand_aware:
+                live_hand = live_view("practice")
             practice_camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
-                                       label="Webcam", elem_id="practice-camera")
+                                       label="Webcam (frames to the server)" if hand_aware else "Webcam",
+                                       elem_id="practice-camera",
+                                       elem_classes=["asl-server-camera"] if hand_aware else None)
             with gr.Column():
                 feedback = gr.Markdown(elem_id="practice-feedback")
                 practice_overlay = gr.Image(label="Your hand", interactive=False, elem_id="practice-overlay",
@@ -580,6 +674,60 @@ def practice_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
         practice_camera.stream(on_practice_frame, inputs=[practice_camera, practice, profile],
                                outputs=[*outputs, practice_overlay], stream_every=0.3, time_limit=900,
                                show_progress="hidden", api_visibility="private")  # no dimming every frame
+        if hand_aware:
+            live_hand.click(on_practice_hand, inputs=[live_hand.hand, practice, profile],
+                            outputs=[*outputs, live_hand.seq], js=live_hand.js,
+                            trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+
+
+@dataclass
+class LiveHandle:
+    """The hidden components a live view talks through: the page clicks ``button`` (``#<name>-live-tick``)
+    for each frame's hand, which ``js`` hands to the event as ``hand``'s value; ``seq`` (``#<name>-live-seq``)
+    shows the number of the hand answered (the page times frame -> answer with it)."""
+
+    button: gr.Button
+    hand: gr.Textbox
+    seq: gr.Markdown
+    js: str
+
+    def click(self, fn, **kwargs) -> None:
+        self.button.click(fn, **kwargs)
+
+
+def live_view(name: str) -> LiveHandle:
+    """A live view whose hand landmarks are found in the page (``static/live.js``): the webcam, the hand
+    drawn over it, what runs where."""
+    import gradio as gr
+
+    with gr.Column(elem_classes=["asl-live-column"]):
+        gr.HTML(LIVE_VIEW.format(name=name), js_on_load=None, elem_id=f"{name}-live")
+        hand = gr.Textbox(visible="hidden", elem_id=f"{name}-live-hand")
+        seq = gr.Markdown(visible="hidden", elem_id=f"{name}-live-seq")
+        button = gr.Button(visible="hidden", elem_id=f"{name}-live-tick")
+    return LiveHandle(button, hand, seq, f"(hand, ...rest) => [window.aslLive.take({name!r}), ...rest]")
+
+
+LIVE_VIEW = """<div class="asl-live" data-live="{name}">
+  <div class="asl-live-view">
+    <div class="asl-live-frame"><video playsinline muted></video><canvas></canvas></div>
+    <button class="asl-live-start lg primary" type="button" id="{name}-live-start">Start camera</button>
+    <button class="asl-live-stop lg secondary" type="button">Stop</button>
+    <p class="asl-live-status" id="{name}-live-status">Hand landmarks are found in this page: no video leaves your device.</p>
+  </div>
+  <p class="asl-live-fallback-note" id="{name}-live-fallback">In-page hand landmarks are not available here
+    (<span class="asl-live-reason"></span>): the webcam below sends its frames to the server instead.</p>
+</div>"""
+
+LIVE_CSS = """
+.asl-live-frame { position: relative; max-width: 480px; }
+.asl-live-frame video { width: 100%; display: block; background: #222; }
+.asl-live-frame canvas { position: absolute; inset: 0; width: 100%; height: 100%; pointer-events: none; }
+.asl-live-fallback-note { display: none; }
+body.asl-live-server .asl-live-fallback-note { display: block; }
+body.asl-live-server .asl-live-view { display: none; }
+body.asl-live-browser .asl-server-camera { display: none !important; }
+"""
 
 
 # The profile's JSON becomes a file download in the browser itself (nothing is written on the server).
@@ -597,10 +745,18 @@ def mount_demo(app: FastAPI, backend: Backend, settings: ServeConfig) -> FastAPI
     """Mount the demo at /demo with a theme that needs no web fonts."""
     import gradio as gr
 
+    from asl_platform.serving.browser_hands import add_browser_routes, ensure_assets
+
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
     demo = build_demo(backend, settings)
+    live = backend.info.get("kind") == "hand_aware"  # the live modes answer from landmarks: a landmark model's
+    if live:
+        ensure_assets()  # fetched once; without them the page falls back to the server's frame path
+        add_browser_routes(app)
     app = gr.mount_gradio_app(app, demo, path="/demo", theme=theme,
-                              max_file_size=settings.max_request_bytes, footer_links=[])
+                              max_file_size=settings.max_request_bytes, footer_links=[],
+                              css=LIVE_CSS if live else None,
+                              head='<script src="../hands/live.js"></script>' if live else None)
     # Gradio checks that a file named in an event was uploaded by this user (processing_utils._check_allowed)
     # only once the Blocks "has launched", which mount_gradio_app never sets: without this, a client could
     # name /etc/passwd as the image and fetch the cached copy from /demo/gradio_api/file=... (tests/serving/test_security.py).

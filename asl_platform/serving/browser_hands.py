@@ -73,7 +73,10 @@ def unpack(data: bytes, directory: Path = ASSET_DIR) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory.parent) as staging, tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for name in FILES:
-            member = tar.extractfile(f"package/{name}")
+            try:
+                member = tar.extractfile(f"package/{name}")
+            except KeyError:
+                member = None
             if member is None:
                 raise ValueError(f"{TARBALL} has no {name}")
             (Path(staging) / name).write_bytes(member.read())

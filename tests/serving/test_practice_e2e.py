@@ -84,6 +84,15 @@ def test_a_practice_round_in_the_browser(server, asl_alphabet, playwright_or_ski
         stats = page.evaluate("window.aslLive.stats('practice')")
         assert stats["answers"] >= 2 and stats["p50_ms"] > 0, stats  # answered from the page's hands, timed there
         assert external == [], f"the demo tried to reach the internet: {external}"
+
+        # Where the page cannot find hands (here: asked not to), it says so and the server's webcam path is back.
+        fallback = browser.new_context(permissions=["camera"]).new_page()
+        fallback.goto(f"{server}/demo/?live=server", wait_until="load")
+        fallback.get_by_role("tab", name="Practice").click()
+        fallback.wait_for_function("document.querySelector('#practice-live-fallback')?.innerText"
+                                   ".includes('sends its frames to the server')", timeout=30_000)
+        assert "?live=server" in fallback.locator("#practice-live-fallback").inner_text()
+        assert fallback.locator("#practice-camera").is_visible() and not fallback.locator("#practice-live-start").is_visible()
     finally:
         browser.close()
 

@@ -112,6 +112,8 @@ def browser_hands(paths: list[Path]) -> tuple[list, list[float]]:
                 found = page.evaluate(FIND, i)
                 hands.append(found["hand"])
                 times.append(found["ms"])
+                if (i + 1) % 20 == 0:
+                    logger.info("page: %d of %d photos, median %.0f ms each", i + 1, len(paths), np.median(times))
             browser.close()
     finally:
         server.should_exit = True

@@ -71,6 +71,19 @@
     return run;
   }
 
+  // A blank frame through the graph: it loses the hand it was tracking, so the next frame is searched whole
+  // (palm detection), as in static-image mode. hands.reset() would do it too, but rebuilds the graph and its
+  // WebGL context: tens of seconds a photo where WebGL is software.
+  // (Blank at the size of the frame that follows: a new size costs the graph new buffers.)
+  async function forget(hands, canvas, width, height) {
+    canvas.width = width;
+    canvas.height = height;
+    const context = canvas.getContext("2d");
+    context.fillStyle = "#000";
+    context.fillRect(0, 0, width, height);
+    await send(hands, canvas);
+  }
+
   // The hand in ``source`` (its natural size w x h) in its pixels: x right, y down, z in the units of x
   // (what /predict's hand block gives), or null. ``still``: a photo (each padding tried, no tracking).
   async function findHand(source, width, height, canvas, still) {
@@ -78,7 +91,7 @@
     const shrink = Math.min(1, MAX_SIDE / Math.max(width, height));
     const w = Math.max(1, Math.round(width * shrink)), h = Math.max(1, Math.round(height * shrink));
     for (const padding of still ? PADDINGS : PADDINGS.slice(0, 1)) {
-      if (still) hands.reset();
+      if (still) await forget(hands, canvas, w + 2 * Math.round(padding * w), h + 2 * Math.round(padding * h));
       const {px, py} = drawPadded(source, w, h, padding, canvas);
       const results = await send(hands, canvas);
       if (results.multiHandLandmarks && results.multiHandLandmarks.length) {

@@ -9,6 +9,10 @@ In one run:
 3. autoscaling: 32 clients against min 1 / max N replicas, the replica count sampled every second
    while the load runs and after it stops.
 
+With a hand-aware model, ``POST /v1/landmarks`` (the hand /predict finds in the image, sent as landmarks:
+what the demo's page sends) is loaded beside ``/predict`` in the same run (batching on), with its CPU per
+request: issue 24's goal is >= 20x more requests per core than /predict, 0 errors.
+
 Targets (issue 14): 0 errors; p50 at 1 client <= forward + hands + 5 ms; at 32 clients ONNX Runtime >= 3x
 torch requests/s, batching on >= off; replicas go up under load and back down after. `--runtimes` compares
 runtimes in one run; `--env` sets Serve options before Ray starts (e.g. RAY_SERVE_ENABLE_HA_PROXY=1).
@@ -43,7 +47,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 # --------------------------------------------------------------------------- load generator (own process)
 
 
-async def _load(url: str, body: bytes, clients: int, duration: float) -> dict:
+async def _load(url: str, body: bytes, clients: int, duration: float, content_type: str = "image/jpeg") -> dict:
     import aiohttp
 
     latencies: list[float] = []
@@ -56,7 +60,7 @@ async def _load(url: str, body: bytes, clients: int, duration: float) -> dict:
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
                 try:
-                    async with session.post(url, data=body, headers={"content-type": "image/jpeg"}) as response:
+                    async with session.post(url, data=body, headers={"content-type": content_type}) as response:
                         await response.read()
                         if response.status != 200:
                             errors[str(response.status)] = errors.get(str(response.status), 0) + 1
@@ -72,17 +76,19 @@ async def _load(url: str, body: bytes, clients: int, duration: float) -> dict:
     return {"latencies": latencies, "errors": errors, "elapsed": elapsed, "pid": os.getpid()}
 
 
-def run_load(url: str, body: bytes, clients: int, duration: float) -> dict:
+def run_load(url: str, body: bytes, clients: int, duration: float, content_type: str = "image/jpeg") -> dict:
     """Entry point of the load process: drive ``clients`` concurrent connections for ``duration`` s."""
-    return asyncio.run(_load(url, body, clients, duration))
+    return asyncio.run(_load(url, body, clients, duration, content_type))
 
 
-def load_in_subprocess(pool, url: str, body: bytes, clients: int, duration: float, cpu: bool = False) -> dict:
+def load_in_subprocess(pool, url: str, body: bytes, clients: int, duration: float, cpu: bool = False,
+                       content_type: str = "image/jpeg") -> dict:
     before, started = (cpu_seconds_by_pid(), time.perf_counter()) if cpu else ({}, 0.0)
-    result = pool.apply(run_load, (url, body, clients, duration))
+    result = pool.apply(run_load, (url, body, clients, duration, content_type))
     latencies = sorted(result["latencies"])
     ms = [1000 * x for x in latencies]
     row = {
+        "route": "/" + url.split("://", 1)[1].split("/", 1)[1],
         "clients": clients,
         "requests": len(latencies),
         "errors": sum(result["errors"].values()),
@@ -242,6 +248,27 @@ def _sample_image(path: str | None) -> bytes:
     return buffer.getvalue()
 
 
+def landmarks_body(url: str, image: bytes) -> bytes | None:
+    """POST /v1/landmarks' body for the hand /predict finds in ``image``; None for an image-only model
+    (or no hand found)."""
+    import urllib.request
+
+    request = urllib.request.Request(url, data=image, headers={"content-type": "image/jpeg"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        hand = json.loads(response.read()).get("hand")
+    if not hand or not hand.get("found"):
+        return None
+    return json.dumps({"landmarks": hand["landmarks"], "handedness": hand["handedness"]}).encode()
+
+
+def serve_cpu_ms(row: dict) -> float | None:
+    """CPU ms per request of the Serve processes (not the load generator, not other processes)."""
+    cpu = row.get("cpu")
+    if not cpu:
+        return None
+    return round(sum(ms for role, ms in cpu["ms_per_request"].items() if role not in ("load generator", "other")), 2)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -307,6 +334,16 @@ def main() -> None:
                        **load_in_subprocess(pool, url, body, clients, args.duration, cpu=heaviest)}
                 logger.info("%s", row)
                 rows.append(row)
+            hand = landmarks_body(url, body) if batching == "on" else None
+            if hand is not None:  # a hand-aware model: the same hand as landmarks (what the demo's page sends)
+                landmarks_url = url.replace("/predict", "/v1/landmarks")
+                load_in_subprocess(pool, landmarks_url, hand, 4, 3, content_type="application/json")
+                for clients in args.clients:
+                    row = {"runtime": name, "batching": batching,
+                           **load_in_subprocess(pool, landmarks_url, hand, clients, args.duration,
+                                                cpu=clients == max(args.clients), content_type="application/json")}
+                    logger.info("%s", row)
+                    rows.append(row)
     figures["load"] = rows
     if not args.skip_autoscaling:
         deploy(ServeConfig(model=model_dir, port=port, max_batch_size=args.max_batch_size,
@@ -327,12 +364,20 @@ def print_report(figures: dict) -> None:
     for name, forward in figures["forward"].items():
         print(f"{name}: model forward alone (batch 1, {figures['threads']} thread(s)) {forward['forward_ms']} ms; "
               f"decode+resize {forward['decode_resize_ms']} ms")
-    print("\n| runtime | batching | clients | requests | errors | p50 ms | p99 ms | req/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| route | runtime | batching | clients | requests | errors | p50 ms | p99 ms | req/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in figures["load"]:
-        print(f"| {row['runtime']} | {row['batching']} | {row['clients']} | {row['requests']} | {row['errors']} | "
-              f"{row['p50_ms']} | {row['p99_ms']} | {row['rps']} |")
-    by_key = {(r["runtime"], r["batching"], r["clients"]): r for r in figures["load"]}
+        print(f"| {row.get('route', '/predict')} | {row['runtime']} | {row['batching']} | {row['clients']} | "
+              f"{row['requests']} | {row['errors']} | {row['p50_ms']} | {row['p99_ms']} | {row['rps']} |")
+    landmark_rows = {(r["runtime"], r["clients"]): r for r in figures["load"] if r.get("route") == "/v1/landmarks"}
+    for r in figures["load"]:
+        other = landmark_rows.get((r["runtime"], r["clients"]))
+        if r.get("route", "/predict") == "/predict" and r["batching"] == "on" and other and r.get("cpu") and other.get("cpu"):
+            predict_ms, landmarks_ms = serve_cpu_ms(r), serve_cpu_ms(other)
+            print(f"\n{r['runtime']} at {r['clients']} clients: /v1/landmarks {other['rps']} req/s, {landmarks_ms} Serve CPU "
+                  f"ms/request, {other['errors']} errors; /predict {r['rps']} req/s, {predict_ms} ms/request: "
+                  f"{predict_ms / max(landmarks_ms, 1e-9):.1f}x more requests per core (target >= 20)")
+    by_key = {(r["runtime"], r["batching"], r["clients"]): r for r in figures["load"] if r.get("route", "/predict") == "/predict"}
     most = max(r["clients"] for r in figures["load"])
     for name, forward in figures["forward"].items():
         one = by_key.get((name, "on", 1))
@@ -355,14 +400,16 @@ def print_report(figures: dict) -> None:
         for row in per_image:
             print(f"| {row['threads']} | " + " | ".join(str(row[b]) for b in sizes) + " |")
     measured = [r for r in figures["load"] if r.get("cpu")]
+
     if measured:
         roles = sorted({role for r in measured for role in r["cpu"]["ms_per_request"]})
         print(f"\nCPU ms per request at {measured[0]['clients']} clients, by process ({figures['cpus']} CPUs):\n")
-        print("| runtime | batching | " + " | ".join(roles) + " | cores busy |")
-        print("|---|---|" + "---|" * (len(roles) + 1))
+        print("| route | runtime | batching | " + " | ".join(roles) + " | cores busy |")
+        print("|---|---|---|" + "---|" * (len(roles) + 1))
         for r in measured:
             cells = [str(r["cpu"]["ms_per_request"].get(role, 0)) for role in roles]
-            print(f"| {r['runtime']} | {r['batching']} | " + " | ".join(cells) + f" | {r['cpu']['cores_busy']} |")
+            print(f"| {r.get('route', '/predict')} | {r['runtime']} | {r['batching']} | " + " | ".join(cells)
+                  + f" | {r['cpu']['cores_busy']} |")
     scaling = figures.get("autoscaling")
     if scaling:
         print(f"autoscaling: peak {scaling['peak_replicas']} replicas, up at {scaling['scaled_up_at_s']} s, load ended at "

@@ -20,9 +20,9 @@ import pytest
 import requests
 import yaml
 from helpers import paced
+from helpers.cluster import REPO_ROOT, LocalCluster, free_ports, running_cluster
 from helpers.s3 import s3_client, upload_folder
 from helpers.serving import colour_samples
-from test_cluster import REPO_ROOT, LocalCluster, _free_ports, running_cluster
 
 from asl_platform.data.synthetic import make_smoke_dataset
 from asl_platform.serving.probe import Load
@@ -293,7 +293,7 @@ def _serve_actors(cluster: LocalCluster, deployment: str) -> list[dict]:
 def test_serving_keeps_answering_when_a_model_replicas_node_is_lost(cluster, colour_model, tmp_path, record):
     ensure_workers(cluster, 2)  # one model replica on each
     config = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     config.update(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     app = config["applications"][0]
     app["args"].update(model=str(colour_model), demo=False)

@@ -84,6 +84,9 @@ class Prediction(NamedTuple):
 
 ImageInput = bytes | np.ndarray  # an encoded image, or uint8 pixels at the model's input size
 Item = ImageInput | tuple[ImageInput, Calibration]  # with the calibration of the person in it
+# A hand seen elsewhere (the browser): its landmark row (``hands.rows.landmark_inputs``: 21 x (x, y, z)
+# in pixels, then handedness, 1 right), with the calibration of the person in it or without.
+LandmarkItem = np.ndarray | tuple[np.ndarray, Calibration]
 
 
 def confidence_threshold(info: dict, fallback: float) -> float:
@@ -149,6 +152,25 @@ class ImageClassifier:
                                                                     sizes or arrays, calibrations))
         return [next(answers) if result is None else result for result in results]
 
+    def classify_landmarks(self, items: list[LandmarkItem]) -> list[Prediction | dict]:
+        """Hands found elsewhere (landmark rows, each maybe with its person's calibration) -> the landmark
+        model's answer each (the calibrated one with a calibration), in one pass per calibration. An
+        image-only model has no landmark model: every item gets an error result."""
+        if not self.predictor.hand_aware:
+            return [{"status": 422, "code": "landmarks_unsupported", "message": "answering from landmarks needs a "
+                     "hand-aware model (model.kind=hand_aware); this one reads images only"} for _ in items]
+        rows = np.stack([np.asarray(item[0] if isinstance(item, tuple) else item, np.float32) for item in items])
+        calibrations = [item[1] if isinstance(item, tuple) else None for item in items]
+        with self.metrics.timed("landmarks"):
+            probabilities = self.predictor.predict_landmarks(rows)
+            groups: dict[int, tuple[Calibration, list[int]]] = {}
+            for row, calibration in enumerate(calibrations):
+                if calibration is not None:
+                    groups.setdefault(id(calibration), (calibration, []))[1].append(row)
+            for calibration, positions in groups.values():
+                probabilities[positions] = self.predictor.predict_calibrated(rows[positions], calibration)
+        return [Prediction(p, None, calibration is not None) for p, calibration in zip(probabilities, calibrations)]
+
     def _classify(self, batch: np.ndarray, detection: list[np.ndarray],
                   calibrations: list[Calibration | None]) -> tuple[np.ndarray, list]:
         """``Predictor.predict_uint8_with_hands``, one stage at a time so that each is timed."""
@@ -176,7 +198,8 @@ def as_result(result: Prediction | dict) -> Prediction | ApiError:
     return ApiError(result["status"], result["code"], result["message"]) if isinstance(result, dict) else result
 
 
-def with_calibration(items: list[ImageInput], calibration: Calibration | None) -> list[Item]:
+def with_calibration(items: list, calibration: Calibration | None) -> list:
+    """Each item paired with the person's calibration (as the model side reads them), or alone without one."""
     return list(items) if calibration is None else [(item, calibration) for item in items]
 
 
@@ -187,6 +210,10 @@ class Backend(Protocol):
     info: dict
 
     async def classify(self, items: list[ImageInput], calibration: Calibration | None = None) -> list[Prediction | ApiError]: ...
+
+    async def classify_landmarks(self, rows: list[np.ndarray],
+                                 calibration: Calibration | None = None) -> list[Prediction | ApiError]:
+        """Landmark rows (hands found elsewhere) -> the landmark model's answers (``ImageClassifier.classify_landmarks``)."""
 
     async def health(self) -> dict | None:
         """None when the model cannot answer; else the settings it runs with now (may be empty)."""
@@ -203,6 +230,11 @@ class LocalBackend:
         return [as_result(result) for result in
                 await asyncio.to_thread(self.classifier, with_calibration(items, calibration))]
 
+    async def classify_landmarks(self, rows: list[np.ndarray],
+                                 calibration: Calibration | None = None) -> list[Prediction | ApiError]:
+        return [as_result(result) for result in
+                await asyncio.to_thread(self.classifier.classify_landmarks, with_calibration(rows, calibration))]
+
     async def health(self) -> dict | None:
         return {}  # no batching in-process
 
@@ -214,14 +246,14 @@ class HandleBackend:
     def __init__(self, handle: Any, info: dict, attempts: int = 3):
         self.handle, self.info, self.attempts = handle, info, attempts
 
-    async def _classify_one(self, item: Item) -> Prediction | ApiError:
+    async def _classify_one(self, item: Item | LandmarkItem, method: str = "classify") -> Prediction | ApiError:
         """Classification is idempotent, so a request caught on a replica that died is sent again
         (Serve routes it to a live or replacement replica): a crash costs latency, not answers."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         for attempt in range(1, self.attempts + 1):
             try:
-                return as_result(await self.handle.classify.remote(item))
+                return as_result(await getattr(self.handle, method).remote(item))
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
                 if attempt == self.attempts:
                     raise ApiError(503, "unavailable", "no model replica could answer; try again") from exc
@@ -231,6 +263,12 @@ class HandleBackend:
 
     async def classify(self, items: list[ImageInput], calibration: Calibration | None = None) -> list[Prediction | ApiError]:
         return list(await asyncio.gather(*(self._classify_one(item) for item in with_calibration(items, calibration))))
+
+    async def classify_landmarks(self, rows: list[np.ndarray],
+                                 calibration: Calibration | None = None) -> list[Prediction | ApiError]:
+        """One call per hand, so that ``@serve.batch`` batches hands from different requests together."""
+        return list(await asyncio.gather(*(self._classify_one(item, "classify_landmarks")
+                                           for item in with_calibration(rows, calibration))))
 
     async def health(self) -> dict | None:
         try:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from asl_platform.hands.rows import INPUT_DIM, POINT_VALUES
 from asl_platform.model.calibration import MAX_SHOTS_PER_LETTER
 
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp")
@@ -173,8 +174,8 @@ def profile_schema(info: dict) -> dict:
     """A calibration profile for the served model, as /v1/calibration returns it: everything a valid one
     must be (so that any profile the schema admits is one this model accepts)."""
     number = {"type": "number", "minimum": -1e6, "maximum": 1e6}
-    row = {"type": "array", "prefixItems": [number] * 63 + [{"enum": [0, 1]}], "items": False, "minItems": 64,
-           "maxItems": 64, "description": "one shot: 21 landmarks (x, y, z) in pixels, then handedness (1 right, 0 left)"}
+    row = {"type": "array", "prefixItems": [number] * POINT_VALUES + [{"enum": [0, 1]}], "items": False,
+           "minItems": INPUT_DIM, "maxItems": INPUT_DIM, "description": "one shot: 21 landmarks (x, y, z) in pixels, then handedness (1 right, 0 left)"}
     return {
         "type": "object", "additionalProperties": False, "required": ["format", "format_version", "model", "shots"],
         "description": "a person's calibration profile for this model (POST /v1/calibration makes one)",

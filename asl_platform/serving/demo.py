@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asl_platform.config import SPELLING_KEYS, ServeConfig
+from asl_platform.config import ServeConfig
 from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, draw_shape
 from asl_platform.model.calibration import Calibration
 from asl_platform.serving.backends import Prediction, confidence_threshold
 from asl_platform.serving.calibration import build_profile, checked_calibration
+from asl_platform.serving.landmarks import hand_block, landmark_row, read_hand
 from asl_platform.serving.practice import NOT_SURE, Practice, check, model_shapes, practice_letters
 from asl_platform.serving.protocol import ApiError, top_predictions
 
@@ -140,6 +141,48 @@ async def classify_frame(backend: Backend, data: bytes, k: int, profile: Profile
 
 async def classify_with_hand(backend: Backend, path: str, k: int, profile: Profile | None = None) -> Frame:
     return await classify_frame(backend, await asyncio.to_thread(Path(path).read_bytes), k, profile)
+
+
+@dataclass
+class LiveHand:
+    """One frame's hand as the page found it (``static/live.js``): its number, landmarks (None: no hand)."""
+
+    seq: int
+    landmarks: object  # np.ndarray (21, 3) in pixels, or None
+    handedness: str
+
+    @classmethod
+    def read(cls, message: str | None) -> LiveHand | None:
+        """The page's JSON, checked like POST /v1/landmarks' body; None for anything else (never trusted)."""
+        try:
+            document = json.loads(message or "")
+            seq = document.pop("seq")
+            points, handedness = read_hand(document)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError, ApiError):
+            return None
+        return cls(seq, points, handedness) if isinstance(seq, int) else None
+
+
+async def classify_live_hand(backend: Backend, hand: LiveHand, k: int, profile: Profile | None = None) -> Frame | None:
+    """A hand found in the page through the landmark model (the path of POST /v1/landmarks, batched on the model
+    replicas); no hand is ``nothing`` (None for a model without that class: nothing to answer)."""
+    import gradio as gr
+    import numpy as np
+
+    classes = backend.info["classes"]
+    if hand.landmarks is None:
+        if "nothing" not in classes:
+            return None
+        probabilities = np.zeros(len(classes), np.float32)
+        probabilities[classes.index("nothing")] = 1.0
+        result = Prediction(probabilities)
+    else:
+        (result,) = await backend.classify_landmarks([landmark_row(hand.landmarks, hand.handedness)],
+                                                     profile.calibration if profile else None)
+        if isinstance(result, ApiError):
+            raise gr.Error(result.message)
+    top = {p["label"]: p["probability"] for p in top_predictions(result.probabilities, classes, k)}
+    return Frame(top, result._replace(hand=hand_block(hand.landmarks, hand.handedness)))
 
 
 @dataclass
@@ -309,13 +352,39 @@ def calibration_report(result: dict) -> str:
 
 
 def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
-    """The demo's tabs, wired to ``backend``."""
+    """The demo's tabs, wired to ``backend``: one function per tab, sharing the session's calibration profile."""
     import gradio as gr
 
     info = backend.info
+    with gr.Blocks(title="ASL alphabet recogniser", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# ASL alphabet recogniser\n" + _model_line(info))
+        profile = gr.State(None)  # the calibration profile of this page's session, used by every tab
+        photo_tab(backend, profile)
+        if info.get("kind") == "hand_aware":
+            calibrate_tab(backend, profile)
+        instructions = spelling_tab(backend, settings, profile)
+        practice_tab(backend, settings, profile)
 
-    def sure(probability: float) -> bool:
-        return probability >= confidence_threshold(info, settings.spell_min_probability)
+        def on_load() -> str:
+            return spelling_help(settings)
+
+        # Each page load shows the hold time in force now (it changes with the ingress's user_config).
+        demo.load(on_load, outputs=instructions, show_progress="hidden", api_visibility="private")
+    return demo
+
+
+def _sure(info: dict, settings: ServeConfig, probability: float) -> bool:
+    """Confident by the model card's threshold (read at use time: ``settings`` change with reconfigure)."""
+    return probability >= confidence_threshold(info, settings.spell_min_probability)
+
+
+def _drawing(shapes: dict, target: str | None):
+    return draw_shape(shapes[target]) if target in shapes else None
+
+
+def photo_tab(backend: Backend, profile: gr.State) -> None:
+    """A photo (upload, webcam snapshot, clipboard) -> the top 5 letters and the hand found."""
+    import gradio as gr
 
     async def on_photo(image: str | None, profile: Profile | None):
         if image is None:
@@ -323,73 +392,32 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
         frame = await classify_with_hand(backend, image, k=5, profile=profile)
         return frame.top, await asyncio.to_thread(overlay, image, frame.hand)
 
-    async def on_frame(image: str | None, speller: Speller, profile: Profile | None):
-        if image is None:
-            return speller.text, "", speller, None
-        frame = await classify_with_hand(backend, image, k=5, profile=profile)
-        label, probability = speller.smooth(frame.top)
-        now = time.monotonic()
-        speller.follow(settings)
-        confident = sure(probability)
-        committed = speller.update(label, probability, now, confident)
-        status = f"**{label}** {probability:.0%}" + (" (your calibration)" if frame.calibrated else "")
-        status += (f" - added {committed}" if committed else f" - hold {speller.progress(now):.0%}" if confident
-                   else f" - {NOT_SURE}")
-        if frame.hand is not None and not frame.hand["found"]:
-            status += " (no hand found)"
-        return speller.text, status, speller, await asyncio.to_thread(overlay, image, frame.hand)
+    with gr.Tab("Photo"):
+        with gr.Row():
+            photo = gr.Image(sources=["upload", "webcam", "clipboard"], type="filepath", image_mode=None,
+                             label="Hand sign",
+                             elem_id="photo")
+            letters = gr.Label(num_top_classes=5, label="Top 5 letters", elem_id="letters")
+            hand_view = gr.Image(label="Hand found", interactive=False, elem_id="hand-overlay",
+                                 visible=backend.info.get("kind") == "hand_aware")
+        photo.change(on_photo, inputs=[photo, profile], outputs=[letters, hand_view], api_visibility="private")
 
-    def on_clear() -> tuple[str, str, Speller]:
-        return "", "", Speller.of(settings)
 
-    def on_load() -> str:
-        return spelling_help(settings)
+def calibrate_tab(backend: Backend, profile: gr.State) -> None:
+    """Calibration to the learner's hands (a hand-aware model): each letter in turn from the webcam, then
+    the profile, which can be downloaded, loaded again, or forgotten."""
+    import gradio as gr
 
-    hand_aware = info.get("kind") == "hand_aware"
+    info = backend.info
     shapes = model_shapes(info)
-    practice_pool = practice_letters(info["classes"])
-    modes = {"Letters": "letters", "Spell a word": "word", "My weakest letters": "weakest"}
-
-    def drawing(target: str | None):
-        return draw_shape(shapes[target]) if target in shapes else None
-
-    def practice_view(practice: Practice | None, feedback: str) -> tuple:
-        return (target_markdown(practice), drawing(practice.target if practice else None), feedback,
-                score_markdown(practice), practice.table() if practice is not None else [], session_chart(practice),
-                practice)
-
-    def on_practice_start(mode: str, word: str) -> tuple:
-        practice = Practice(practice_pool, settings.spell_hold_s, settings.spell_min_probability)
-        try:
-            practice.start(modes[mode], time.monotonic(), word)
-        except ValueError as exc:
-            raise gr.Error(str(exc)) from None
-        return practice_view(practice, "Sign into the webcam (press Record).")
-
-    def on_practice_skip(practice: Practice | None) -> tuple:
-        if practice is not None:
-            practice.skip(time.monotonic())
-        return practice_view(practice, "Skipped: it is counted, and comes back in My weakest letters.")
-
-    async def on_practice_frame(image: str | None, practice: Practice | None, profile: Profile | None) -> tuple:
-        if image is None or practice is None or practice.target is None:
-            return (*practice_view(practice, "Press **Start** first." if practice is None else ""), None)
-        frame = await classify_with_hand(backend, image, k=3, profile=profile)
-        label, probability = next(iter(frame.top.items()))
-        practice.hold_s, practice.min_probability = settings.spell_hold_s, settings.spell_min_probability
-        confident = sure(probability)
-        result = check(label, probability, confident, frame.hand, practice.target, shapes, practice.min_probability)
-        now = time.monotonic()
-        done = practice.update(label, probability, now, confident)
-        feedback = feedback_markdown(result, done, practice.hold_progress(now), frame.calibrated)
-        return (*practice_view(practice, feedback), await asyncio.to_thread(overlay, image, frame.hand))
+    pool = practice_letters(info["classes"])
 
     def calibration_view(session: Calibrating | None) -> tuple:
-        return (calibration_target(session), drawing(session.target if session else None),
+        return (calibration_target(session), _drawing(shapes, session.target if session else None),
                 calibration_progress(session), session)
 
     def on_calibrate_start() -> tuple:
-        return calibration_view(Calibrating(practice_pool, shown_at=time.monotonic()))
+        return calibration_view(Calibrating(pool, shown_at=time.monotonic()))
 
     def on_calibrate_skip(session: Calibrating | None) -> tuple:
         if session is not None:
@@ -408,14 +436,15 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
 
     async def on_calibrate_frame(image: str | None, session: Calibrating | None, profile: Profile | None) -> tuple:
         if image is None or session is None or session.target is None:
-            return (*calibration_view(session), profile, gr.skip(), gr.skip(), None)
+            # gr.skip(), not the profile it was given: a frame in flight while a profile is loaded must not undo it
+            return (*calibration_view(session), gr.skip(), gr.skip(), gr.skip(), None)
         data = await asyncio.to_thread(Path(image).read_bytes)
         frame = await classify_frame(backend, data, k=1)  # the model alone: a shot records the hand as it is
         session.offer(data, frame.prediction, time.monotonic())
         shown = await asyncio.to_thread(overlay, image, frame.hand)
         if session.target is None:  # the last letter has its shots
             return (*await finish(session, profile), shown)
-        return (*calibration_view(session), profile, gr.skip(), gr.skip(), shown)
+        return (*calibration_view(session), gr.skip(), gr.skip(), gr.skip(), shown)
 
     def on_profile_upload(path: str | None) -> tuple:
         if path is None:
@@ -434,109 +463,271 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
     def on_profile_forget() -> tuple:
         return None, "Calibration removed: the model alone answers again.", None
 
-    with gr.Blocks(title="ASL alphabet recogniser", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("# ASL alphabet recogniser\n" + _model_line(info))
-        profile = gr.State(None)  # the calibration profile of this page's session, used by every tab
-        with gr.Tab("Photo"):
-            with gr.Row():
-                photo = gr.Image(sources=["upload", "webcam", "clipboard"], type="filepath", image_mode=None,
-                                 label="Hand sign",
-                                 elem_id="photo")
-                letters = gr.Label(num_top_classes=5, label="Top 5 letters", elem_id="letters")
-                hand_view = gr.Image(label="Hand found", interactive=False, elem_id="hand-overlay",
-                                     visible=hand_aware)
-            photo.change(on_photo, inputs=[photo, profile], outputs=[letters, hand_view], api_visibility="private")
+    with gr.Tab("Calibrate"):
+        calibration = gr.State(None)
+        with gr.Row():
+            calibrate_start = gr.Button("Start", variant="primary", elem_id="calibrate-start")
+            calibrate_skip = gr.Button("Skip letter", elem_id="calibrate-skip")
+            calibrate_finish = gr.Button("Finish", elem_id="calibrate-finish")
+        with gr.Row():
+            with gr.Column():
+                calibrate_target = gr.Markdown(calibration_target(None), elem_id="calibrate-target")
+                calibrate_reference = gr.Image(label="How it looks", interactive=False, height=200,
+                                               elem_id="calibrate-reference", visible=bool(shapes))
+                calibrate_progress = gr.Markdown(elem_id="calibrate-progress")
+            calibrate_camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
+                                        label="Webcam", elem_id="calibrate-camera")
+            calibrate_overlay = gr.Image(label="Your hand", interactive=False, height=240,
+                                         elem_id="calibrate-overlay")
+        calibrate_report = gr.Markdown(elem_id="calibrate-report")
+        profile_json = gr.JSON(visible=False)
+        with gr.Row():
+            download = gr.Button("Download my profile", elem_id="profile-download")
+            upload = gr.UploadButton("Load a profile", file_types=[".json"], elem_id="profile-upload")
+            forget = gr.Button("Forget my profile", elem_id="profile-forget")
+        view = [calibrate_target, calibrate_reference, calibrate_progress, calibration]
+        calibrate_start.click(on_calibrate_start, outputs=view, api_visibility="private")
+        calibrate_skip.click(on_calibrate_skip, inputs=calibration, outputs=view, api_visibility="private")
+        calibrate_finish.click(finish, inputs=[calibration, profile],
+                               outputs=[*view, profile, calibrate_report, profile_json], api_visibility="private")
+        calibrate_camera.stream(on_calibrate_frame, inputs=[calibrate_camera, calibration, profile],
+                                outputs=[*view, profile, calibrate_report, profile_json, calibrate_overlay],
+                                stream_every=0.3, time_limit=600, show_progress="hidden",
+                                api_visibility="private")
+        # Made in the browser from the page's copy: the server writes no file for a download.
+        download.click(None, inputs=profile_json, js=DOWNLOAD_JS, api_visibility="private")
+        upload.upload(on_profile_upload, inputs=upload, outputs=[profile, calibrate_report, profile_json],
+                      api_visibility="private")
+        forget.click(on_profile_forget, outputs=[profile, calibrate_report, profile_json],
+                     api_visibility="private")
+
+
+def spelling_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> gr.Markdown:
+    """Fingerspelling: the webcam stream builds text letter by letter. Returns the instructions, which
+    each page load refreshes (the hold time changes with the ingress's user_config)."""
+    import gradio as gr
+
+    info = backend.info
+
+    async def on_frame(image: str | None, speller: Speller, profile: Profile | None):
+        if image is None:
+            return speller.text, "", speller, None
+        frame = await classify_with_hand(backend, image, k=5, profile=profile)
+        label, probability = speller.smooth(frame.top)
+        now = time.monotonic()
+        speller.follow(settings)
+        confident = _sure(info, settings, probability)
+        committed = speller.update(label, probability, now, confident)
+        status = f"**{label}** {probability:.0%}" + (" (your calibration)" if frame.calibrated else "")
+        status += (f" - added {committed}" if committed else f" - hold {speller.progress(now):.0%}" if confident
+                   else f" - {NOT_SURE}")
+        if frame.hand is not None and not frame.hand["found"]:
+            status += " (no hand found)"
+        return speller.text, status, speller, await asyncio.to_thread(overlay, image, frame.hand)
+
+    async def on_hand(message: str, speller: Speller, profile: Profile | None):
+        hand = LiveHand.read(message)
+        if hand is None:
+            return gr.skip(), gr.skip(), speller, gr.skip()
+        frame = await classify_live_hand(backend, hand, k=5, profile=profile)
+        if frame is None:  # no hand, and a model without 'nothing'
+            return speller.text, "(no hand found)", speller, f"{hand.seq}"
+        label, probability = speller.smooth(frame.top)
+        now = time.monotonic()
+        speller.follow(settings)
+        confident = _sure(info, settings, probability)
+        committed = speller.update(label, probability, now, confident)
+        status = f"**{label}** {probability:.0%}" + (" (your calibration)" if frame.calibrated else "")
+        status += (f" - added {committed}" if committed else f" - hold {speller.progress(now):.0%}" if confident
+                   else f" - {NOT_SURE}")
+        if not frame.hand["found"]:
+            status += " (no hand found)"
+        return speller.text, status, speller, f"{hand.seq}"
+
+    def on_clear() -> tuple[str, str, Speller]:
+        return "", "", Speller.of(settings)
+
+    hand_aware = info.get("kind") == "hand_aware"
+    with gr.Tab("Fingerspelling"):
+        instructions = gr.Markdown(spelling_help(settings), elem_id="spell-help")
+        speller = gr.State(Speller.of(settings))
+        with gr.Row():
+            if hand_aware:
+                live_hand = live_view("spell")
+            camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
+                              label="Webcam (frames to the server)" if hand_aware else "Webcam", elem_id="camera",
+                              elem_classes=["asl-server-camera"] if hand_aware else None)
+            with gr.Column():
+                spelled = gr.Textbox(label="Text", interactive=False, elem_id="spelled")
+                status = gr.Markdown(elem_id="spell-status")
+                clear = gr.Button("Clear", elem_id="clear")
+                frame_view = gr.Image(label="Hand found", interactive=False, elem_id="frame-overlay",
+                                      visible=info.get("kind") == "hand_aware")
+        camera.stream(on_frame, inputs=[camera, speller, profile], outputs=[spelled, status, speller, frame_view],
+                      stream_every=0.3, time_limit=600, api_visibility="private")
+        if hand_aware:  # the hand found in the page; while one is answered, only the latest waits
+            live_hand.click(on_hand, inputs=[live_hand.hand, speller, profile],
+                            outputs=[spelled, status, speller, live_hand.seq], js=live_hand.js,
+                            trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+        clear.click(on_clear, outputs=[spelled, status, speller], api_visibility="private")
+    return instructions
+
+
+PRACTICE_MODES = {"Letters": "letters", "Spell a word": "word", "My weakest letters": "weakest"}
+
+
+def practice_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> None:
+    """Practice: a target letter (or a word's letters), its drawing, and what to change, from the webcam."""
+    import gradio as gr
+
+    info = backend.info
+    hand_aware = info.get("kind") == "hand_aware"
+    shapes = model_shapes(info)
+    pool = practice_letters(info["classes"])
+
+    def practice_view(practice: Practice | None, feedback: str) -> tuple:
+        return (target_markdown(practice), _drawing(shapes, practice.target if practice else None), feedback,
+                score_markdown(practice), practice.table() if practice is not None else [], session_chart(practice),
+                practice)
+
+    def on_practice_start(mode: str, word: str) -> tuple:
+        practice = Practice(pool, settings.spell_hold_s, settings.spell_min_probability)
+        try:
+            practice.start(PRACTICE_MODES[mode], time.monotonic(), word)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        return practice_view(practice, "Sign into the webcam (press Record).")
+
+    def on_practice_skip(practice: Practice | None) -> tuple:
+        if practice is not None:
+            practice.skip(time.monotonic())
+        return practice_view(practice, "Skipped: it is counted, and comes back in My weakest letters.")
+
+    async def on_practice_frame(image: str | None, practice: Practice | None, profile: Profile | None) -> tuple:
+        if image is None or practice is None or practice.target is None:
+            return (*practice_view(practice, "Press **Start** first." if practice is None else ""), None)
+        frame = await classify_with_hand(backend, image, k=3, profile=profile)
+        label, probability = next(iter(frame.top.items()))
+        practice.hold_s, practice.min_probability = settings.spell_hold_s, settings.spell_min_probability
+        confident = _sure(info, settings, probability)
+        result = check(label, probability, confident, frame.hand, practice.target, shapes, practice.min_probability)
+        now = time.monotonic()
+        done = practice.update(label, probability, now, confident)
+        feedback = feedback_markdown(result, done, practice.hold_progress(now), frame.calibrated)
+        return (*practice_view(practice, feedback), await asyncio.to_thread(overlay, image, frame.hand))
+
+    async def on_practice_hand(message: str, practice: Practice | None, profile: Profile | None) -> tuple:
+        """A hand found in the page: as ``on_practice_frame``, and only what changed is sent back (15+ a second)."""
+        hand = LiveHand.read(message)
+        if hand is None or practice is None or practice.target is None:
+            return (*[gr.skip()] * 7, f"{hand.seq}" if hand else gr.skip())
+        frame = await classify_live_hand(backend, hand, k=3, profile=profile)
+        if frame is None:
+            return (*[gr.skip()] * 2, "No hand seen yet.", *[gr.skip()] * 4, f"{hand.seq}")
+        label, probability = next(iter(frame.top.items()))
+        practice.hold_s, practice.min_probability = settings.spell_hold_s, settings.spell_min_probability
+        confident = _sure(info, settings, probability)
+        result = check(label, probability, confident, frame.hand, practice.target, shapes, practice.min_probability)
+        now = time.monotonic()
+        done = practice.update(label, probability, now, confident)
+        feedback = feedback_markdown(result, done, practice.hold_progress(now), frame.calibrated)
+        if done:  # a new target: the whole view
+            return (*practice_view(practice, feedback), f"{hand.seq}")
+        return (gr.skip(), gr.skip(), feedback, gr.skip(), gr.skip(), gr.skip(), practice, f"{hand.seq}")
+
+    with gr.Tab("Practice"):
+        gr.Markdown("Learn the letters: sign the target into the webcam and hold it for a moment. "
+                    + ("Each letter's drawing is a typical hand from the training photos; when the answer is "
+                       "wrong, the tips compare your hand's landmarks with it." if shapes else
+                       "This model has no typical hand shapes (a hand-aware export has them): no drawings or tips.")
+                    + (" Calibrate first (the Calibrate tab) for answers that know your hands." if hand_aware else ""))
+        practice = gr.State(None)
+        with gr.Row():
+            mode = gr.Radio(list(PRACTICE_MODES), value="Letters", label="Exercise", elem_id="practice-mode")
+            word = gr.Textbox(label="Word to spell", value="CAB", elem_id="practice-word")
+            start = gr.Button("Start", variant="primary", elem_id="practice-start")
+            skip = gr.Button("Skip", elem_id="practice-skip")
+        with gr.Row():
+            with gr.Column():
+                target_view = gr.Markdown(target_markdown(None), elem_id="practice-target")
+                reference = gr.Image(label="How it looks", interactive=False, elem_id="practice-reference",
+                                     visible=bool(shapes), height=240)
+            if hand_aware:
+                live_hand = live_view("practice")
+            practice_camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
+                                       label="Webcam (frames to the server)" if hand_aware else "Webcam",
+                                       elem_id="practice-camera",
+                                       elem_classes=["asl-server-camera"] if hand_aware else None)
+            with gr.Column():
+                feedback = gr.Markdown(elem_id="practice-feedback")
+                practice_overlay = gr.Image(label="Your hand", interactive=False, elem_id="practice-overlay",
+                                            visible=hand_aware, height=240)
+        score = gr.Markdown(elem_id="practice-score")
+        with gr.Row():
+            table = gr.Dataframe(headers=["letter", "shown", "done", "skipped", "mean seconds"],
+                                 label="Per letter", interactive=False, elem_id="practice-table")
+            chart = gr.LinePlot(session_chart(None), x="seconds", y="score", label="This session",
+                                elem_id="practice-chart")
+        outputs = [target_view, reference, feedback, score, table, chart, practice]
+        start.click(on_practice_start, inputs=[mode, word], outputs=outputs, api_visibility="private")
+        skip.click(on_practice_skip, inputs=practice, outputs=outputs, api_visibility="private")
+        practice_camera.stream(on_practice_frame, inputs=[practice_camera, practice, profile],
+                               outputs=[*outputs, practice_overlay], stream_every=0.3, time_limit=900,
+                               show_progress="hidden", api_visibility="private")  # no dimming every frame
         if hand_aware:
-            with gr.Tab("Calibrate"):
-                calibration = gr.State(None)
-                with gr.Row():
-                    calibrate_start = gr.Button("Start", variant="primary", elem_id="calibrate-start")
-                    calibrate_skip = gr.Button("Skip letter", elem_id="calibrate-skip")
-                    calibrate_finish = gr.Button("Finish", elem_id="calibrate-finish")
-                with gr.Row():
-                    with gr.Column():
-                        calibrate_target = gr.Markdown(calibration_target(None), elem_id="calibrate-target")
-                        calibrate_reference = gr.Image(label="How it looks", interactive=False, height=200,
-                                                       elem_id="calibrate-reference", visible=bool(shapes))
-                        calibrate_progress = gr.Markdown(elem_id="calibrate-progress")
-                    calibrate_camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
-                                                label="Webcam", elem_id="calibrate-camera")
-                    calibrate_overlay = gr.Image(label="Your hand", interactive=False, height=240,
-                                                 elem_id="calibrate-overlay")
-                calibrate_report = gr.Markdown(elem_id="calibrate-report")
-                profile_json = gr.JSON(visible=False)
-                with gr.Row():
-                    download = gr.Button("Download my profile", elem_id="profile-download")
-                    upload = gr.UploadButton("Load a profile", file_types=[".json"], elem_id="profile-upload")
-                    forget = gr.Button("Forget my profile", elem_id="profile-forget")
-                view = [calibrate_target, calibrate_reference, calibrate_progress, calibration]
-                calibrate_start.click(on_calibrate_start, outputs=view, api_visibility="private")
-                calibrate_skip.click(on_calibrate_skip, inputs=calibration, outputs=view, api_visibility="private")
-                calibrate_finish.click(finish, inputs=[calibration, profile],
-                                       outputs=[*view, profile, calibrate_report, profile_json], api_visibility="private")
-                calibrate_camera.stream(on_calibrate_frame, inputs=[calibrate_camera, calibration, profile],
-                                        outputs=[*view, profile, calibrate_report, profile_json, calibrate_overlay],
-                                        stream_every=0.3, time_limit=600, show_progress="hidden",
-                                        api_visibility="private")
-                # Made in the browser from the page's copy: the server writes no file for a download.
-                download.click(None, inputs=profile_json, js=DOWNLOAD_JS, api_visibility="private")
-                upload.upload(on_profile_upload, inputs=upload, outputs=[profile, calibrate_report, profile_json],
-                              api_visibility="private")
-                forget.click(on_profile_forget, outputs=[profile, calibrate_report, profile_json],
-                             api_visibility="private")
-        with gr.Tab("Fingerspelling"):
-            instructions = gr.Markdown(spelling_help(settings), elem_id="spell-help")
-            speller = gr.State(Speller.of(settings))
-            with gr.Row():
-                camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
-                                  label="Webcam", elem_id="camera")
-                with gr.Column():
-                    spelled = gr.Textbox(label="Text", interactive=False, elem_id="spelled")
-                    status = gr.Markdown(elem_id="spell-status")
-                    clear = gr.Button("Clear", elem_id="clear")
-                    frame_view = gr.Image(label="Hand found", interactive=False, elem_id="frame-overlay",
-                                          visible=hand_aware)
-            camera.stream(on_frame, inputs=[camera, speller, profile], outputs=[spelled, status, speller, frame_view],
-                          stream_every=0.3, time_limit=600, api_visibility="private")
-            clear.click(on_clear, outputs=[spelled, status, speller], api_visibility="private")
-        with gr.Tab("Practice"):
-            gr.Markdown("Learn the letters: sign the target into the webcam and hold it for a moment. "
-                        + ("Each letter's drawing is a typical hand from the training photos; when the answer is "
-                           "wrong, the tips compare your hand's landmarks with it." if shapes else
-                           "This model has no typical hand shapes (a hand-aware export has them): no drawings or tips.")
-                        + (" Calibrate first (the Calibrate tab) for answers that know your hands." if hand_aware else ""))
-            practice = gr.State(None)
-            with gr.Row():
-                mode = gr.Radio(list(modes), value="Letters", label="Exercise", elem_id="practice-mode")
-                word = gr.Textbox(label="Word to spell", value="CAB", elem_id="practice-word")
-                start = gr.Button("Start", variant="primary", elem_id="practice-start")
-                skip = gr.Button("Skip", elem_id="practice-skip")
-            with gr.Row():
-                with gr.Column():
-                    target_view = gr.Markdown(target_markdown(None), elem_id="practice-target")
-                    reference = gr.Image(label="How it looks", interactive=False, elem_id="practice-reference",
-                                         visible=bool(shapes), height=240)
-                practice_camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
-                                           label="Webcam", elem_id="practice-camera")
-                with gr.Column():
-                    feedback = gr.Markdown(elem_id="practice-feedback")
-                    practice_overlay = gr.Image(label="Your hand", interactive=False, elem_id="practice-overlay",
-                                                visible=hand_aware, height=240)
-            score = gr.Markdown(elem_id="practice-score")
-            with gr.Row():
-                table = gr.Dataframe(headers=["letter", "shown", "done", "skipped", "mean seconds"],
-                                     label="Per letter", interactive=False, elem_id="practice-table")
-                chart = gr.LinePlot(session_chart(None), x="seconds", y="score", label="This session",
-                                    elem_id="practice-chart")
-            outputs = [target_view, reference, feedback, score, table, chart, practice]
-            start.click(on_practice_start, inputs=[mode, word], outputs=outputs, api_visibility="private")
-            skip.click(on_practice_skip, inputs=practice, outputs=outputs, api_visibility="private")
-            practice_camera.stream(on_practice_frame, inputs=[practice_camera, practice, profile],
-                                   outputs=[*outputs, practice_overlay], stream_every=0.3, time_limit=900,
-                                   show_progress="hidden", api_visibility="private")  # no dimming every frame
-        # Each page load shows the hold time in force now (it changes with the ingress's user_config).
-        demo.load(on_load, outputs=instructions, show_progress="hidden", api_visibility="private")
-    return demo
+            live_hand.click(on_practice_hand, inputs=[live_hand.hand, practice, profile],
+                            outputs=[*outputs, live_hand.seq], js=live_hand.js,
+                            trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+
+
+@dataclass
+class LiveHandle:
+    """The hidden components a live view talks through: the page clicks ``button`` (``#<name>-live-tick``)
+    for each frame's hand, which ``js`` hands to the event as ``hand``'s value; ``seq`` (``#<name>-live-seq``)
+    shows the number of the hand answered (the page times frame -> answer with it)."""
+
+    button: gr.Button
+    hand: gr.Textbox
+    seq: gr.Markdown
+    js: str
+
+    def click(self, fn, **kwargs) -> None:
+        self.button.click(fn, **kwargs)
+
+
+def live_view(name: str) -> LiveHandle:
+    """A live view whose hand landmarks are found in the page (``static/live.js``): the webcam, the hand
+    drawn over it, what runs where."""
+    import gradio as gr
+
+    with gr.Column(elem_classes=["asl-live-column"]):
+        gr.HTML(LIVE_VIEW.format(name=name), js_on_load=None, elem_id=f"{name}-live")
+        hand = gr.Textbox(visible="hidden", elem_id=f"{name}-live-hand")
+        seq = gr.Markdown(visible="hidden", elem_id=f"{name}-live-seq")
+        button = gr.Button(visible="hidden", elem_id=f"{name}-live-tick")
+    return LiveHandle(button, hand, seq, f"(hand, ...rest) => [window.aslLive.take({name!r}), ...rest]")
+
+
+LIVE_VIEW = """<div class="asl-live" data-live="{name}">
+  <div class="asl-live-view">
+    <div class="asl-live-frame"><video playsinline muted></video><canvas></canvas></div>
+    <button class="asl-live-start lg primary" type="button" id="{name}-live-start">Start camera</button>
+    <button class="asl-live-stop lg secondary" type="button">Stop</button>
+    <p class="asl-live-status" id="{name}-live-status">Hand landmarks are found in this page: no video leaves your device.</p>
+  </div>
+  <p class="asl-live-fallback-note" id="{name}-live-fallback">In-page hand landmarks are not available here
+    (<span class="asl-live-reason"></span>): the webcam below sends its frames to the server instead.</p>
+</div>"""
+
+LIVE_CSS = """
+.asl-live-frame { position: relative; max-width: 480px; }
+.asl-live-frame video { width: 100%; display: block; background: #222; }
+.asl-live-frame canvas { position: absolute; inset: 0; width: 100%; height: 100%; pointer-events: none; }
+.asl-live-fallback-note { display: none; }
+body.asl-live-server .asl-live-fallback-note { display: block; }
+body.asl-live-server .asl-live-view { display: none; }
+body.asl-live-browser .asl-server-camera { display: none !important; }
+"""
 
 
 # The profile's JSON becomes a file download in the browser itself (nothing is written on the server).
@@ -554,10 +745,18 @@ def mount_demo(app: FastAPI, backend: Backend, settings: ServeConfig) -> FastAPI
     """Mount the demo at /demo with a theme that needs no web fonts."""
     import gradio as gr
 
+    from asl_platform.serving.browser_hands import add_browser_routes, ensure_assets
+
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
     demo = build_demo(backend, settings)
+    live = backend.info.get("kind") == "hand_aware"  # the live modes answer from landmarks: a landmark model's
+    if live:
+        ensure_assets()  # fetched once; without them the page falls back to the server's frame path
+        add_browser_routes(app)
     app = gr.mount_gradio_app(app, demo, path="/demo", theme=theme,
-                              max_file_size=settings.max_request_bytes, footer_links=[])
+                              max_file_size=settings.max_request_bytes, footer_links=[],
+                              css=LIVE_CSS if live else None,
+                              head='<script src="../hands/live.js"></script>' if live else None)
     # Gradio checks that a file named in an event was uploaded by this user (processing_utils._check_allowed)
     # only once the Blocks "has launched", which mount_gradio_app never sets: without this, a client could
     # name /etc/passwd as the image and fetch the cached copy from /demo/gradio_api/file=... (tests/serving/test_security.py).

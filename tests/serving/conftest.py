@@ -5,10 +5,11 @@ modules first."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-
+from helpers.browser import CHROMIUM
 from helpers.serving import SharedServe
 
 GROUPS = {None: 0, "hand": 1, "colour": 2, "own": 3, "fresh": 4}
@@ -29,3 +30,14 @@ def shared_serve(ray_local):
     serve = SharedServe()
     yield serve
     serve.stop()
+
+
+@pytest.fixture(scope="module")
+def playwright_or_skip():
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"Chromium not found at {CHROMIUM}; .ci/run installs Debian's chromium package")
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (a dev extra)")
+    with sync_api.sync_playwright() as playwright:
+        yield playwright

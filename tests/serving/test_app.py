@@ -9,12 +9,12 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers.models import colour_image
+from helpers.serving import png_header_only
 
 from asl_platform.config import ServeConfig
 from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import LocalBackend
-from helpers.models import colour_image
-from helpers.serving import png_header_only
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,10 @@ from pathlib import Path
 
 import pytest
 import requests
-
+from helpers.browser import ARTIFACTS, block_external, launch_chromium
 from helpers.datasets import REPO_ROOT
 from helpers.models import colour_image
 from helpers.serving import hand_settings
-from serving.test_deployments_e2e import (  # noqa: F401 (playwright_or_skip: a fixture)
-    ARTIFACTS, _block_external, launch_chromium, playwright_or_skip,
-)
 
 pytestmark = pytest.mark.e2e
 SHARED_SERVE = "hand"
@@ -75,7 +72,7 @@ def test_docs_try_it_out_uploads_a_photo_and_shows_the_answer(server, playwright
     browser = launch_chromium(playwright_or_skip)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        external = _block_external(page)
+        external = block_external(page)
         page.goto(f"{server}/docs", wait_until="load")
         operation = page.locator("#operations-default-predict_predict_post")
         operation.locator(".opblock-summary").click()

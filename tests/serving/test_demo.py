@@ -6,13 +6,13 @@ import asyncio
 import io
 import time
 
+from helpers.models import colour_image
+from helpers.serving import png_header_only
 from PIL import Image
 
 from asl_platform.config import ServeConfig
 from asl_platform.serving.backends import LocalBackend
 from asl_platform.serving.demo import Speller, build_demo, classify_with_hand
-from helpers.models import colour_image
-from helpers.serving import png_header_only
 
 
 def feed(speller: Speller, frames: list[tuple[str, float]], step: float = 0.25) -> list[str | None]:

@@ -13,6 +13,8 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers.datasets import detected_photos
+from helpers.models import colour_image
 from PIL import Image
 
 from asl_platform.config import ServeConfig
@@ -20,8 +22,6 @@ from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import LocalBackend
 from asl_platform.serving.demo import Speller, build_demo
 from asl_platform.serving.practice import NOT_SURE, check
-from helpers.datasets import ASL_ALPHABET, detected_photos
-from helpers.models import colour_image
 
 pytestmark = pytest.mark.real_data
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import pytest
 import requests
-
+from helpers.browser import ARTIFACTS, launch_chromium, upload_photo_in_the_demo
 from helpers.datasets import detected_photos
 from helpers.serving import hand_settings
-from serving.test_deployments_e2e import (  # noqa: F401 (playwright_or_skip is a fixture)
-    ARTIFACTS, launch_chromium, playwright_or_skip, upload_photo_in_the_demo,
-)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.real_data]
 SHARED_SERVE = "hand"

@@ -7,6 +7,7 @@ import io
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers.datasets import detected_photos
 from PIL import Image
 
 from asl_platform.config import ServeConfig
@@ -14,7 +15,6 @@ from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import LocalBackend
 from asl_platform.serving.demo import feedback_markdown, target_markdown
 from asl_platform.serving.practice import Practice, practice_letters
-from helpers.datasets import detected_photos
 
 LETTERS = practice_letters(["A", "B", "C", "J", "I", "nothing", "space"])
 

@@ -1,7 +1,8 @@
 """Practice mode and calibration in a real headless Chromium against real Ray Serve: a fake webcam (a
 Y4M made from real asl-alphabet photos) signs A, then B; the learner spells "AB" and the round must go
-on by itself: target shown, sign recognised, score up, next target. And a learner calibrates A at the
-webcam, downloads the profile, loads it again, and a practice round answers from it."""
+on by itself: target shown, sign recognised, score up, next target, with the hand landmarks found in the
+page (MediaPipe Hands served by the platform) and no frame uploaded. And a learner calibrates A at the
+webcam (frames to the server), downloads the profile, loads it again, and a practice round answers from it."""
 
 from __future__ import annotations
 
@@ -10,13 +11,10 @@ import json
 import numpy as np
 import pytest
 import requests
-from PIL import Image
-
+from helpers.browser import ARTIFACTS, chromium_with_fake_webcam, open_demo_tab, start_webcam
 from helpers.datasets import detected_photos
 from helpers.serving import hand_settings
-from serving.test_deployments_e2e import (  # noqa: F401 (playwright_or_skip is a fixture)
-    ARTIFACTS, chromium_with_fake_webcam, open_demo_tab, playwright_or_skip, start_webcam,
-)
+from PIL import Image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.real_data]
 SHARED_SERVE = "hand"
@@ -64,7 +62,9 @@ def test_a_practice_round_in_the_browser(server, asl_alphabet, playwright_or_ski
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "practice_target.png"), full_page=True)
 
-        start_webcam(page, "practice-camera")
+        posts = []
+        page.on("request", lambda request: posts.append(request) if request.method == "POST" else None)
+        start_live(page, "practice")
         score = page.locator("#practice-score")
         page.wait_for_function("document.querySelector('#practice-score').innerText.includes('Score 1')", timeout=90_000)
         assert "Sign B" in target.inner_text()  # the next target came
@@ -75,12 +75,41 @@ def test_a_practice_round_in_the_browser(server, asl_alphabet, playwright_or_ski
             "#practice-feedback").inner_text()
         table = page.locator("#practice-table").inner_text()
         assert "A" in table and "B" in table
-        page.locator("#practice-overlay img").wait_for(state="visible", timeout=30_000)  # the learner's own skeleton
         page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / "practice_round.png"), full_page=True)
+        assert_no_frame_uploaded(posts)
+        stats = page.evaluate("window.aslLive.stats('practice')")
+        assert stats["answers"] >= 2 and stats["p50_ms"] > 0, stats  # answered from the page's hands, timed there
         assert external == [], f"the demo tried to reach the internet: {external}"
+
+        # Where the page cannot find hands (here: asked not to), it says so and the server's webcam path is back.
+        fallback = browser.new_context(permissions=["camera"]).new_page()
+        fallback.goto(f"{server}/demo/?live=server", wait_until="load")
+        fallback.get_by_role("tab", name="Practice").click()
+        fallback.wait_for_function("document.querySelector('#practice-live-fallback')?.innerText"
+                                   ".includes('sends its frames to the server')", timeout=30_000)
+        assert "?live=server" in fallback.locator("#practice-live-fallback").inner_text()
+        assert fallback.locator("#practice-camera").is_visible() and not fallback.locator("#practice-live-start").is_visible()
     finally:
         browser.close()
+
+
+def start_live(page, name: str) -> None:
+    """Start the tab's live view: its hand landmarks are found in the page (not the server's fallback)."""
+    page.wait_for_function("window.aslLive && document.body.classList.contains('asl-live-browser')", timeout=30_000)
+    page.locator(f"#{name}-live-start").click()
+    page.locator(f"#{name}-live-status").get_by_text("no video leaves your device").wait_for(timeout=120_000)
+    assert page.evaluate("window.aslLive.fallback") is None
+
+
+def assert_no_frame_uploaded(posts: list) -> None:
+    """Every POST of the page is a Gradio event whose data holds no image: a button, or a hand's landmarks."""
+    assert posts, "the page sent nothing"
+    for request in posts:
+        assert request.url.split("?")[0].endswith("/gradio_api/queue/join"), request.url
+        body = request.post_data or ""
+        assert "data:image" not in body and '"path"' not in body and len(body) < 20_000, body[:300]
+    assert any('landmarks' in (request.post_data or "") for request in posts)
 
 
 def well_read_photo(server: str, asl_alphabet, letter: str):
@@ -131,7 +160,7 @@ def test_calibrate_at_the_webcam_then_practise_with_the_profile(server, asl_alph
         page.locator("#practice-word textarea").fill("A")
         page.locator("#practice-start").click()
         page.locator("#practice-target").get_by_text("Sign A").wait_for(timeout=30_000)
-        start_webcam(page, "practice-camera")
+        start_live(page, "practice")
         page.wait_for_function("document.querySelector('#practice-score').innerText.includes('words spelled 1')",
                                timeout=90_000)
         assert "your calibration" in page.locator("#practice-feedback").inner_text()  # the profile answered

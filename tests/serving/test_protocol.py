@@ -7,11 +7,11 @@ import io
 
 import numpy as np
 import pytest
+from helpers.serving import png_header_only
 from PIL import Image
 
 from asl_platform.data.decode import Preprocessing
 from asl_platform.serving.protocol import ApiError, prepare_image, top_predictions
-from helpers.serving import png_header_only
 
 
 def test_prepare_image_resizes_and_converts_modes():

@@ -18,13 +18,13 @@ import httpx
 import pytest
 import requests
 import yaml
+from helpers.datasets import REPO_ROOT
+from helpers.models import colour_image
+from helpers.serving import free_port, run_demo_event
 
 from asl_platform.config import ServeConfig
 from asl_platform.serving.deployments import serve_config_document
-from helpers.datasets import REPO_ROOT
-from helpers.models import colour_image
 from asl_platform.serving.probe import model_replica_pids
-from helpers.serving import free_port, run_demo_event
 
 pytestmark = pytest.mark.e2e
 SHARED_SERVE = "fresh"  # deployed by the Serve CLI, as `serve deploy` would: a Serve of its own

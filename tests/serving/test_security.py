@@ -25,6 +25,9 @@ import pytest
 import torch
 import yaml
 from fastapi.testclient import TestClient
+from helpers.datasets import REPO_ROOT
+from helpers.models import colour_image
+from helpers.serving import colour_settings, run_demo_event
 
 import asl_platform
 from asl_platform.config import ServeConfig, load_config, read_yaml
@@ -33,9 +36,6 @@ from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import LocalBackend
 from asl_platform.serving.deployments import serve_config_document
 from asl_platform.serving.protocol import ApiError, read_body
-from helpers.datasets import REPO_ROOT
-from helpers.models import colour_image
-from helpers.serving import colour_settings, run_demo_event
 
 SHARED_SERVE = "colour"  # its real-server test runs on the colour application
 

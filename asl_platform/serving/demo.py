@@ -502,6 +502,22 @@ def calibrate_tab(backend: Backend, profile: gr.State) -> None:
                      api_visibility="private")
 
 
+def spell_step(speller: Speller, frame: Frame, settings: ServeConfig, info: dict) -> str:
+    """One answer into the text being spelled (a letter is added once held, and only when the answer is
+    confident); returns the status line that says what happened."""
+    label, probability = speller.smooth(frame.top)
+    now = time.monotonic()
+    speller.follow(settings)
+    confident = _sure(info, settings, probability)
+    committed = speller.update(label, probability, now, confident)
+    status = f"**{label}** {probability:.0%}" + (" (your calibration)" if frame.calibrated else "")
+    status += (f" - added {committed}" if committed else f" - hold {speller.progress(now):.0%}" if confident
+               else f" - {NOT_SURE}")
+    if frame.hand is not None and not frame.hand["found"]:
+        status += " (no hand found)"
+    return status
+
+
 def spelling_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> gr.Markdown:
     """Fingerspelling: the webcam stream builds text letter by letter. Returns the instructions, which
     each page load refreshes (the hold time changes with the ingress's user_config)."""
@@ -513,16 +529,7 @@ def spelling_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
         if image is None:
             return speller.text, "", speller, None
         frame = await classify_with_hand(backend, image, k=5, profile=profile)
-        label, probability = speller.smooth(frame.top)
-        now = time.monotonic()
-        speller.follow(settings)
-        confident = _sure(info, settings, probability)
-        committed = speller.update(label, probability, now, confident)
-        status = f"**{label}** {probability:.0%}" + (" (your calibration)" if frame.calibrated else "")
-        status += (f" - added {committed}" if committed else f" - hold {speller.progress(now):.0%}" if confident
-                   else f" - {NOT_SURE}")
-        if frame.hand is not None and not frame.hand["found"]:
-            status += " (no hand found)"
+        status = spell_step(speller, frame, settings, info)
         return speller.text, status, speller, await asyncio.to_thread(overlay, image, frame.hand)
 
     async def on_hand(message: str, speller: Speller, profile: Profile | None):
@@ -532,17 +539,7 @@ def spelling_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
         frame = await classify_live_hand(backend, hand, k=5, profile=profile)
         if frame is None:  # no hand, and a model without 'nothing'
             return speller.text, "(no hand found)", speller, f"{hand.seq}"
-        label, probability = speller.smooth(frame.top)
-        now = time.monotonic()
-        speller.follow(settings)
-        confident = _sure(info, settings, probability)
-        committed = speller.update(label, probability, now, confident)
-        status = f"**{label}** {probability:.0%}" + (" (your calibration)" if frame.calibrated else "")
-        status += (f" - added {committed}" if committed else f" - hold {speller.progress(now):.0%}" if confident
-                   else f" - {NOT_SURE}")
-        if not frame.hand["found"]:
-            status += " (no hand found)"
-        return speller.text, status, speller, f"{hand.seq}"
+        return speller.text, spell_step(speller, frame, settings, info), speller, f"{hand.seq}"
 
     def on_clear() -> tuple[str, str, Speller]:
         return "", "", Speller.of(settings)
@@ -571,6 +568,18 @@ def spelling_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
                             trigger_mode="always_last", show_progress="hidden", api_visibility="private")
         clear.click(on_clear, outputs=[spelled, status, speller], api_visibility="private")
     return instructions
+
+
+def practice_step(practice: Practice, frame: Frame, settings: ServeConfig, info: dict, shapes: dict) -> tuple[bool, str]:
+    """One answer against the practice target: whether the target was held long enough (a new one comes),
+    and what to tell the learner (right, not sure, or what to change in the hand)."""
+    label, probability = next(iter(frame.top.items()))
+    practice.hold_s, practice.min_probability = settings.spell_hold_s, settings.spell_min_probability
+    confident = _sure(info, settings, probability)
+    result = check(label, probability, confident, frame.hand, practice.target, shapes, practice.min_probability)
+    now = time.monotonic()
+    done = practice.update(label, probability, now, confident)
+    return done, feedback_markdown(result, done, practice.hold_progress(now), frame.calibrated)
 
 
 PRACTICE_MODES = {"Letters": "letters", "Spell a word": "word", "My weakest letters": "weakest"}
@@ -607,13 +616,7 @@ def practice_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
         if image is None or practice is None or practice.target is None:
             return (*practice_view(practice, "Press **Start** first." if practice is None else ""), None)
         frame = await classify_with_hand(backend, image, k=3, profile=profile)
-        label, probability = next(iter(frame.top.items()))
-        practice.hold_s, practice.min_probability = settings.spell_hold_s, settings.spell_min_probability
-        confident = _sure(info, settings, probability)
-        result = check(label, probability, confident, frame.hand, practice.target, shapes, practice.min_probability)
-        now = time.monotonic()
-        done = practice.update(label, probability, now, confident)
-        feedback = feedback_markdown(result, done, practice.hold_progress(now), frame.calibrated)
+        done, feedback = practice_step(practice, frame, settings, info, shapes)
         return (*practice_view(practice, feedback), await asyncio.to_thread(overlay, image, frame.hand))
 
     async def on_practice_hand(message: str, practice: Practice | None, profile: Profile | None) -> tuple:
@@ -624,13 +627,7 @@ def practice_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
         frame = await classify_live_hand(backend, hand, k=3, profile=profile)
         if frame is None:
             return (*[gr.skip()] * 2, "No hand seen yet.", *[gr.skip()] * 4, f"{hand.seq}")
-        label, probability = next(iter(frame.top.items()))
-        practice.hold_s, practice.min_probability = settings.spell_hold_s, settings.spell_min_probability
-        confident = _sure(info, settings, probability)
-        result = check(label, probability, confident, frame.hand, practice.target, shapes, practice.min_probability)
-        now = time.monotonic()
-        done = practice.update(label, probability, now, confident)
-        feedback = feedback_markdown(result, done, practice.hold_progress(now), frame.calibrated)
+        done, feedback = practice_step(practice, frame, settings, info, shapes)
         if done:  # a new target: the whole view
             return (*practice_view(practice, feedback), f"{hand.seq}")
         return (gr.skip(), gr.skip(), feedback, gr.skip(), gr.skip(), gr.skip(), practice, f"{hand.seq}")

@@ -48,7 +48,8 @@ def test_a_practice_round_in_the_browser(server, asl_alphabet, playwright_or_ski
                 chosen[label] = path
                 break
     assert set(chosen) == {"A", "B"}, chosen
-    video = photo_video(tmp_path / "practice.y4m", [chosen["A"], chosen["B"]])
+    # 8 s a photo: a slow machine (software WebGL, about 1 detection a second) still sees each held long enough
+    video = photo_video(tmp_path / "practice.y4m", [chosen["A"], chosen["B"]], seconds_each=8.0)
     browser = chromium_with_fake_webcam(playwright_or_skip, video)
     try:
         page, external = open_demo_tab(browser, server, "Practice", height=1000)

@@ -18,12 +18,12 @@ import argparse
 import json
 import logging
 import random
-import socket
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from asl_platform.serving.probe import serve_in_thread
 
 logger = logging.getLogger("bench.browser_landmarks")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -55,7 +55,6 @@ def python_hands(paths: list[Path], settings) -> list:
 def serve_files(paths: list[Path]) -> tuple[str, object]:
     """A local server for the page: /demo/ (a blank page with live.js), /hands/* (the platform's own routes),
     /photo?i=N (the photos)."""
-    import uvicorn
     from fastapi import FastAPI, Query
     from fastapi.responses import FileResponse, HTMLResponse
 
@@ -74,14 +73,7 @@ def serve_files(paths: list[Path]) -> tuple[str, object]:
     async def photo(i: int = Query(..., ge=0, lt=len(paths))) -> FileResponse:
         return FileResponse(paths[i])
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server
+    return serve_in_thread(app)
 
 
 FIND = """async (i) => {

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from asl_platform.serving.probe import serve_in_thread
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "asl-alphabet"
 CHROMIUM = "/usr/bin/chromium"
@@ -39,21 +39,12 @@ def photo_video(path: Path, photos: list[Path], seconds_each: float, fps: int = 
 
 
 def start_app(model: str) -> str:
-    import uvicorn
 
     from asl_platform.config import ServeConfig
     from asl_platform.serving.app import create_app
     from asl_platform.serving.backends import LocalBackend
 
-    app = create_app(LocalBackend(model), ServeConfig())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}"
+    return serve_in_thread(create_app(LocalBackend(model), ServeConfig()))[0]
 
 
 def main() -> None:

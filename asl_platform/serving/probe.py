@@ -27,6 +27,19 @@ from PIL import Image
 from asl_platform.serving.deployments import APP_NAME
 
 
+def serve_in_thread(app) -> tuple[str, object]:
+    """Run an ASGI ``app`` (uvicorn) on a free local port in a daemon thread of this process; returns its URL
+    and the uvicorn server (``server.should_exit = True`` stops it)."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -3,7 +3,12 @@ folder; a small head trained in-process with the platform's one loop; the colour
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
+from typing import Callable
 
 from helpers.datasets import REPO_ROOT, detected_photos
 
@@ -24,7 +29,7 @@ def fixture_model(request, tmp_path_factory, name: str, build, inputs: list[Path
     """A fixture model folder that ``build(folder)`` writes, built once per key and kept in pytest's cache
     folder (``.pytest_cache``), so that a second run on the same machine skips the building.
 
-    The key follows the pipeline's own caches (``asl_platform.data.cache.listing_key``): the settings that
+    The key (``listing_key``) covers the settings that
     change the output (the package's code, this file's and ``code``'s, the library versions) and every
     input file's path, size and modification time. The test gets its own copy (tests may add files to a
     model folder), as ``<tmp>/<folder or name>/v1``."""
@@ -32,7 +37,6 @@ def fixture_model(request, tmp_path_factory, name: str, build, inputs: list[Path
     from importlib.metadata import version
 
     import asl_platform
-    from asl_platform.data.cache import listing_key, write_atomically
     from asl_platform.data.listing import ImageIndex
 
     files = [str(path) for path in inputs]
@@ -147,3 +151,25 @@ def build_hand_model(directory: Path, colour_model: Path, asl_alphabet: Path) ->
                    metrics={"test_accuracy": 1.0, "cross_domain_accuracy": 0.5}, kind="hand_aware", hands=hands,
                    fusion=FusionCard(rule="landmarks|image", selected_on="the test fixture", scores={}))
     save_shapes(shapes_of(data[0], data[1], card.classes), directory)  # practice mode's typical hands, as export writes
+
+
+def listing_key(header: dict, index) -> str:
+    """Hash of ``header`` (the settings that change an output) and every file's path, label and
+    size:mtime stamp from the listing."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    stamps = index.stamps or [""] * len(index.paths)
+    for path, label, stamp in zip(index.paths, index.labels, stamps):
+        digest.update(f"{path}\t{label}\t{stamp}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def write_atomically(directory: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` fills a temporary folder, renamed into place only when it returns: a crash
+    leaves no half-written cache that a later run would trust."""
+    tmp = directory.with_name(directory.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)

@@ -117,7 +117,7 @@ def palm_size(points: np.ndarray) -> float:
 
 
 def compare(model_dir: str, name: str, paths: list[Path]) -> dict:
-    from asl_platform.stages.hands import landmark_inputs
+    from asl_platform.hands.rows import landmark_inputs
     from asl_platform.model import Predictor, resolve_model_dir
     from asl_platform.serving.backends import ImageClassifier
 

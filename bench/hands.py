@@ -78,7 +78,7 @@ def costs(model_dir: Path, photos: list[Path]) -> dict:
 
     from asl_platform.model import Predictor
     from asl_platform.serving.backends import ImageClassifier
-    from asl_platform.stages.hands import landmark_inputs
+    from asl_platform.hands.rows import landmark_inputs
 
     torch.set_num_threads(1)
     predictor = Predictor(model_dir)

@@ -28,7 +28,7 @@ import torch
 from asl_platform.config import Config, load_config
 from asl_platform.data.listing import list_images, stratified_split
 from asl_platform.model import get_backbone_spec
-from asl_platform.training import setup
+from asl_platform.training import recipe
 from asl_platform.training.loop import train_one_epoch
 from asl_platform.training.sources import FileBatches
 from asl_platform.training.trainer import run_training
@@ -55,8 +55,8 @@ def plain_loop_images_per_second(paths: list[str], labels: list[int], cfg: Confi
     platform's own ``train_one_epoch`` over files read, decoded and augmented inline."""
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    model = setup.build_model(cfg, "images", 29)
-    optimizer = setup.make_optimizer(model, cfg)
+    model = recipe.build_model(cfg, "images", 29)
+    optimizer = recipe.make_optimizer(model, cfg)
     prep = get_backbone_spec(cfg.model.backbone).preprocessing
     batches = FileBatches(paths, labels, prep, cfg.train.batch_size, torch.device("cpu"), shuffle=True, augment=True)
     stats = train_one_epoch(model, optimizer, batches.batches(1))

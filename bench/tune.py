@@ -33,7 +33,7 @@ from asl_platform.config import Config, load_config
 from asl_platform.data.listing import list_images, stratified_split
 from asl_platform.model import get_backbone_spec
 from asl_platform.stages.features import extract_features
-from asl_platform.training import setup
+from asl_platform.training import recipe
 from asl_platform.training.loop import EarlyStopping, TrainingState, fit
 from asl_platform.training.search import run_search, searched_values
 from asl_platform.training.sources import FileBatches
@@ -66,10 +66,10 @@ def time_recompute_epoch(index, per_class: int, cfg: Config) -> float:
     torch.set_num_threads(os.cpu_count() or 1)
     subset = stratified_split(list_images(index.root, max_per_class=per_class, seed=1), 0.5, 0.0, seed=1)
     train, val = split_files(subset, "train"), split_files(subset, "val")
-    model = setup.build_model(cfg, "images", len(subset.classes))
+    model = recipe.build_model(cfg, "images", len(subset.classes))
     prep, cpu = get_backbone_spec(BACKBONE).preprocessing, torch.device("cpu")
     started = time.perf_counter()
-    for _ in fit(model, setup.make_optimizer(model, cfg), FileBatches(*train, prep, 64, cpu, shuffle=True),
+    for _ in fit(model, recipe.make_optimizer(model, cfg), FileBatches(*train, prep, 64, cpu, shuffle=True),
                  FileBatches(*val, prep, 64, cpu), epochs=1, state=TrainingState(EarlyStopping(None))):
         pass
     seconds = time.perf_counter() - started

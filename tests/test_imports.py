@@ -125,3 +125,25 @@ def test_serving_and_the_model_decode_images_without_listing_or_ray_data():
     for start in ("asl_platform.serving.app", "asl_platform.model.predictor"):
         pulled = {m for m in _closure(graph, start) if m.startswith("asl_platform.data.")}
         assert pulled <= {"asl_platform.data.decode", "asl_platform.data.storage"}, f"{start} imports {sorted(pulled)}"
+
+
+def missing_names(path: Path) -> list[str]:
+    """The package names a script imports (lazy imports inside functions too) that the package does not have."""
+    import importlib
+
+    missing = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "asl_platform":
+            module = importlib.import_module(node.module)
+            missing += [f"{path.name}:{node.lineno} {node.module}.{alias.name}" for alias in node.names
+                        if not hasattr(module, alias.name)
+                        and importlib.util.find_spec(f"{node.module}.{alias.name}") is None]
+    return missing
+
+
+def test_benchmarks_and_jobs_import_only_what_the_package_has():
+    """bench/ and jobs/ run outside the test suite: a rename in the package must not break them unseen."""
+    root = PACKAGE.parent
+    scripts = sorted([*(root / "bench").glob("*.py"), *(root / "jobs").glob("*.py")])
+    assert len(scripts) > 5
+    assert [name for script in scripts for name in missing_names(script)] == []

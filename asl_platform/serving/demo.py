@@ -496,6 +496,8 @@ def calibrate_tab(backend: Backend, profile: gr.State) -> None:
                                 api_visibility="private")
         # Made in the browser from the page's copy: the server writes no file for a download.
         download.click(None, inputs=profile_json, js=DOWNLOAD_JS, api_visibility="private")
+        # The live views send the page's copy with each hand to POST /v1/landmarks (static/live.js).
+        profile_json.change(None, inputs=profile_json, js=PROFILE_TO_PAGE_JS, api_visibility="private")
         upload.upload(on_profile_upload, inputs=upload, outputs=[profile, calibrate_report, profile_json],
                       api_visibility="private")
         forget.click(on_profile_forget, outputs=[profile, calibrate_report, profile_json],
@@ -710,6 +712,7 @@ LIVE_VIEW = """<div class="asl-live" data-live="{name}">
     <div class="asl-live-frame"><video playsinline muted></video><canvas></canvas></div>
     <button class="asl-live-start lg primary" type="button" id="{name}-live-start">Start camera</button>
     <button class="asl-live-stop lg secondary" type="button">Stop</button>
+    <p class="asl-live-answer" id="{name}-live-answer" aria-live="polite"></p>
     <p class="asl-live-status" id="{name}-live-status">Hand landmarks are found in this page: no video leaves your device.</p>
   </div>
   <p class="asl-live-fallback-note" id="{name}-live-fallback">In-page hand landmarks are not available here
@@ -720,12 +723,15 @@ LIVE_CSS = """
 .asl-live-frame { position: relative; max-width: 480px; }
 .asl-live-frame video { width: 100%; display: block; background: #222; }
 .asl-live-frame canvas { position: absolute; inset: 0; width: 100%; height: 100%; pointer-events: none; }
+.asl-live-answer { font-size: 1.6em; font-weight: 600; min-height: 1.4em; margin: 0.3em 0; }
 .asl-live-fallback-note { display: none; }
 body.asl-live-server .asl-live-fallback-note { display: block; }
 body.asl-live-server .asl-live-view { display: none; }
 body.asl-live-browser .asl-server-camera { display: none !important; }
 """
 
+
+PROFILE_TO_PAGE_JS = "(profile) => { if (window.aslLive) window.aslLive.setProfile(profile); return []; }"
 
 # The profile's JSON becomes a file download in the browser itself (nothing is written on the server).
 DOWNLOAD_JS = """(profile) => {

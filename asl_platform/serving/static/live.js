@@ -1,18 +1,22 @@
 // The demo's live modes with the hand found in this page: MediaPipe Hands (the platform's own copy, from
-// /hands/) runs on each webcam frame here, and only the hand's 21 landmarks go to the demo (a hidden
-// textbox's input event, answered from the landmark model through POST /v1/landmarks' path). The video
-// never leaves the device. Where this cannot run (no WebAssembly, the files missing, ?live=server), the
-// page says so and shows the webcam component that sends frames to the server instead.
+// /hands/) runs on each webcam frame here, and only the hand's 21 landmarks leave it: to POST /v1/landmarks
+// for the answer shown over the video at once (the landmark model, this session's calibration profile, "not
+// sure"), and to the tab's demo event (a hidden button's click) that spells or scores, at the pace Gradio
+// answers. The video never leaves the device. Where this cannot run (no WebAssembly, the files missing,
+// ?live=server), the page says so and shows the webcam component that sends frames to the server instead.
 (() => {
   "use strict";
   const ROOT = location.pathname.replace(/\/demo(\/.*)?$/, "");
   const BASE = ROOT + "/hands/";
   const PADDINGS = [0.25, 0.0]; // as the Python detector (hands.detect.DetectionSettings.paddings), in order
+  const MAX_ASKING = 2; // POST /v1/landmarks requests in flight at a time
+  const ANSWER_WAIT_MS = 60; // the detector waits this long at most for a frame's answer
   const MAX_SIDE = 640; // hands.detect.DETECT_MAX_SIDE: larger frames are reduced before detection
   const CONNECTIONS = [[0, 1], [1, 2], [2, 3], [3, 4], [0, 5], [5, 6], [6, 7], [7, 8], [5, 9], [9, 10], [10, 11],
     [11, 12], [9, 13], [13, 14], [14, 15], [15, 16], [13, 17], [0, 17], [17, 18], [18, 19], [19, 20]];
   let loading = null;
   let pending = null;
+  let profile = null; // the session's calibration profile (the Calibrate tab's), sent with each hand
   let busy = Promise.resolve();
 
   function loadScript(src) {
@@ -33,7 +37,9 @@
       if (new URLSearchParams(location.search).get("live") === "server") throw new Error("the page asked for the server (?live=server)");
       if (!window.Hands) await loadScript(BASE + "hands.js");
       const hands = new window.Hands({locateFile: (file) => BASE + file});
-      hands.setOptions({maxNumHands: 1, modelComplexity: 1, minDetectionConfidence: 0.5, minTrackingConfidence: 0.5,
+      // Inference on the CPU (XNNPACK), as the Python detector the landmark model was trained with runs it,
+      // rather than WebGL: the same arithmetic, and where WebGL is software (no GPU) ~20x more frames a second.
+      hands.setOptions({useCpuInference: true, maxNumHands: 1, modelComplexity: 1, minDetectionConfidence: 0.5, minTrackingConfidence: 0.5,
         selfieMode: false});
       hands.onResults((results) => { const done = pending; pending = null; if (done) done(results); });
       await hands.initialize();
@@ -139,12 +145,25 @@
       this.video = root.querySelector("video");
       this.overlay = root.querySelector("canvas");
       this.status = root.querySelector(".asl-live-status");
+      this.answer = root.querySelector(".asl-live-answer");
       this.work = document.createElement("canvas");
       this.seq = 0;
-      this.sent = new Map();
-      this.latencies = [];
-      this.answered = [];
+      this.sent = new Map(); // hand number -> when its frame was taken, for the demo event's answer
+      this.latencies = []; // frame -> answer shown (ms), POST /v1/landmarks
+      this.answered = []; // when each answer was shown (the last ones)
+      this.answers = 0;
+      this.updateLatencies = []; // frame -> the demo event's update shown (ms)
+      this.updated = [];
+      this.detectTimes = []; // ms a frame's detection took, the last ones
+      this.requestTimes = []; // ms a POST /v1/landmarks took, sent -> answer read
+      this.waiting = null; // the latest hand not yet asked about
+      this.asking = 0; // requests in flight
+      this.shownSeq = 0; // the number of the hand whose answer is shown
+      this.waiter = null; // the detection loop, waiting for an answer (shownOrLate)
       this.running = false;
+      this.frames = 0; // shown by the camera (countFrames)
+      this.looked = 0; // the frame count when the last detection began
+      this.onFrame = null;
     }
 
     say(text) { this.status.textContent = text; }
@@ -161,6 +180,7 @@
       this.video.srcObject = stream;
       await this.video.play();
       this.running = true;
+      this.countFrames();
       this.watchAnswers();
       this.say("Hand landmarks are found in this page: no video leaves your device.");
       this.loop();
@@ -174,29 +194,112 @@
       this.say("Camera stopped.");
     }
 
+    // The camera's frames, counted as they are shown (started with the camera).
+    countFrames() {
+      if (!this.video.requestVideoFrameCallback) return;
+      const tick = () => {
+        if (!this.running) return;
+        this.frames += 1;
+        const resolve = this.onFrame;
+        this.onFrame = null;
+        if (resolve) resolve();
+        this.video.requestVideoFrameCallback(tick);
+      };
+      this.video.requestVideoFrameCallback(tick);
+    }
+
+    // A frame not looked at yet: at once when the camera has shown one since the last detection began (a
+    // detection and its answer take longer than a frame), else the next one it shows.
     nextFrame() {
-      return new Promise((resolve) => (this.video.requestVideoFrameCallback
-        ? this.video.requestVideoFrameCallback(() => resolve()) : requestAnimationFrame(() => resolve())));
+      if (!this.video.requestVideoFrameCallback) return new Promise((resolve) => requestAnimationFrame(() => resolve()));
+      if (this.frames > this.looked) return Promise.resolve();
+      return new Promise((resolve) => { this.onFrame = resolve; });
     }
 
     async loop() {
       while (this.running) {
         if (this.video.readyState >= 2 && this.video.videoWidth) {
           const started = performance.now();
+          this.looked = this.frames;
           const hand = await findHand(this.video, this.video.videoWidth, this.video.videoHeight, this.work, false);
+          this.detectTimes.push(performance.now() - started);
+          if (this.detectTimes.length > 200) this.detectTimes.splice(0, 100);
           drawHand(this.overlay, this.video, hand);
-          this.post(hand, started);
+          const seq = ++this.seq;
+          this.ask(hand, started, seq);
+          this.post(hand, started, seq);
+          await this.shownOrLate(seq);
         }
         await this.nextFrame();
       }
     }
 
+    // The answer to the hand, from POST /v1/landmarks, shown at once. At most two requests at a time (one
+    // travels while the other is answered); a hand that comes meanwhile waits, and a newer one replaces it.
+    // An answer older than the one shown is dropped: what is shown is always about the latest frame.
+    // Until the answer to hand ``seq`` is shown, at most ANSWER_WAIT_MS: the page's detector holds the page's
+    // one thread while it runs, so an answer that comes back during a detection waits for it to end; a
+    // nearby server answers within this pause, a far one overlaps with the next detections instead.
+    shownOrLate(seq) {
+      return new Promise((resolve) => {
+        const done = () => { clearTimeout(timer); this.waiter = null; resolve(); };
+        const timer = setTimeout(done, ANSWER_WAIT_MS);
+        this.waiter = {seq, done};
+      });
+    }
+
+    ask(hand, started, seq) {
+      this.waiting = {hand, started, seq};
+      if (this.asking < MAX_ASKING) this.askWaiting();
+    }
+
+    async askWaiting() {
+      this.asking += 1;
+      try {
+        while (this.waiting && this.running) {
+          const {hand, started, seq} = this.waiting;
+          this.waiting = null;
+          const body = {landmarks: hand ? hand.landmarks : null, handedness: hand ? hand.handedness : "Right"};
+          if (profile) body.profile = profile;
+          let answer;
+          const asked = performance.now();
+          try {
+            const response = await fetch(ROOT + "/v1/landmarks", {method: "POST", body: JSON.stringify(body),
+              headers: {"content-type": "application/json"}});
+            answer = await response.json();
+            if (!response.ok) throw new Error((answer.error && answer.error.message) || response.statusText);
+          } catch (error) {
+            this.showAnswer("No answer: " + error.message);
+            if (this.waiter) this.waiter.done();
+            await new Promise((resolve) => setTimeout(resolve, 1000)); // the server is down or refuses: no storm
+            continue;
+          }
+          this.requestTimes.push(performance.now() - asked);
+          if (this.requestTimes.length > 200) this.requestTimes.splice(0, 100);
+          if (seq <= this.shownSeq) continue;
+          this.shownSeq = seq;
+          this.showAnswer(!answer.hand || !answer.hand.found ? "No hand in view"
+            : `${answer.label} ${Math.round(answer.probability * 100)}%` + (answer.confident ? "" : " - not sure")
+              + (answer.calibrated ? " (your calibration)" : ""));
+          const now = performance.now();
+          this.latencies.push(now - started);
+          this.answered.push(now);
+          this.answers += 1;
+          if (this.waiter && this.waiter.seq <= seq) this.waiter.done();
+          if (this.answered.length > 1000) { this.latencies.splice(0, 500); this.answered.splice(0, 500); }
+        }
+      } finally {
+        this.asking -= 1;
+      }
+    }
+
+    showAnswer(text) { if (this.answer && this.answer.textContent !== text) this.answer.textContent = text; }
+
     // The hand to the demo: the hidden button's event takes it (``take``); while one is answered, Gradio
     // keeps only the latest click (trigger_mode "always_last").
-    post(hand, started) {
+    post(hand, started, seq) {
       const button = document.querySelector(`#${this.name}-live-tick`);
       if (!button) return;
-      const seq = ++this.seq;
       this.sent.set(seq, started);
       if (this.sent.size > 200) this.sent.delete(this.sent.keys().next().value);
       this.latest = JSON.stringify({seq, landmarks: hand ? hand.landmarks : null,
@@ -213,18 +316,21 @@
         if (started === undefined) return;
         this.sent.delete(seq);
         const now = performance.now();
-        this.latencies.push(now - started);
-        this.answered.push(now);
+        this.updateLatencies.push(now - started);
+        this.updated.push(now);
       });
       this.observer.observe(target, {subtree: true, childList: true, characterData: true});
     }
 
-    // answers shown per second over the last ``window_s``, and the median frame -> answer shown (ms)
+    // Answers shown (POST /v1/landmarks) and the demo event's updates (spelling, practice): how many, per
+    // second over the last ``window_s``, the median frame -> shown (ms) of the last 100; frames through the
+    // detector (``sent``), the median detection and request times (ms).
     stats(window_s = 5) {
       const now = performance.now();
-      const recent = this.answered.filter((t) => now - t <= window_s * 1000);
-      return {answers: this.answered.length, answers_per_s: recent.length / window_s,
-        p50_ms: median(this.latencies.slice(-100)), sent: this.seq};
+      const rate = (times) => times.filter((t) => now - t <= window_s * 1000).length / window_s;
+      return {answers: this.answers, answers_per_s: rate(this.answered), p50_ms: median(this.latencies.slice(-100)),
+        updates: this.updated.length, updates_per_s: rate(this.updated), updates_p50_ms: median(this.updateLatencies.slice(-100)),
+        sent: this.seq, detect_p50_ms: median(this.detectTimes), request_p50_ms: median(this.requestTimes)};
     }
   }
 
@@ -258,6 +364,7 @@
 
   window.aslLive = {
     findHand, landmarker, fallback: null,
+    setProfile: (document) => { profile = document && typeof document === "object" && document.shots ? document : null; },
     take: (name) => { for (const v of views.values()) if (v.name === name) return v.latest || ""; return ""; },
     stats: (name) => { for (const v of views.values()) if (v.name === name) return v.stats(); return null; },
   };

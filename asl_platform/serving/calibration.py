@@ -2,7 +2,8 @@
 backend: ``POST /v1/calibration`` and the demo's Calibrate tab both build it here.
 
 Each image is classified as usual; where a hand is found, its landmarks (the hand block) become a shot
-of its letter. How much the profile helps is measured on the spot: one shot of each letter that has
+of its letter. The demo's live Calibrate view sends hands found in the page instead of images: their
+landmarks are the shots. How much the profile helps is measured on the spot: one shot of each letter that has
 two or more is held out, and answered with and without a profile made from the other shots. The
 profile that is returned has every shot.
 """
@@ -10,6 +11,8 @@ profile that is returned has every shot.
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from asl_platform.hands.shapes import accepted_labels
 from asl_platform.model.calibration import (
@@ -39,16 +42,36 @@ def _right(prediction: Prediction, letter: str, classes: list[str]) -> bool:
     return label in accepted_labels(letter)
 
 
-async def build_profile(backend: Backend, labelled: list[tuple[str, bytes]],
+async def answered_again(backend: Backend, shots: list[tuple[bytes | None, Prediction]],
+                         calibration) -> list[Prediction | ApiError]:
+    """Held-out shots answered again with ``calibration``: from the image where there is one (the whole
+    model, as /predict answers), else from the hand (the landmark model, as the live modes are answered)."""
+    answers: list[Prediction | ApiError | None] = [None] * len(shots)
+    images = [i for i, (data, _) in enumerate(shots) if data is not None]
+    hands = [i for i, (data, _) in enumerate(shots) if data is None]
+    if images:
+        for i, answer in zip(images, await backend.classify([shots[i][0] for i in images], calibration=calibration)):
+            answers[i] = answer
+    if hands:
+        rows = [np.asarray(hand_row(shots[i][1].hand), np.float32) for i in hands]
+        for i, answer in zip(hands, await backend.classify_landmarks(rows, calibration)):
+            answers[i] = answer
+    return answers
+
+
+async def build_profile(backend: Backend, labelled: list[tuple[str, bytes | None]],
                         predictions: list[Prediction | ApiError | None] | None = None) -> dict:
-    """``labelled``: (letter, image bytes); ``predictions``: their answers where already known (the demo
-    classified its frames as they came). Returns the profile (None when no hand was found), what each
-    letter gave, and the held-out measurement (None when no letter had two shots)."""
+    """``labelled``: (letter, image bytes, or None for a hand found in the page: no image); ``predictions``:
+    their answers where already known (the demo answered its frames as they came; always known for a hand
+    without an image). Returns the profile (None when no hand was found), what each letter gave, and the
+    held-out measurement (None when no letter had two shots)."""
     info, classes = backend.info, backend.info["classes"]
     if info.get("kind") != "hand_aware":
         raise ApiError(422, "calibration_unsupported", "calibration needs a hand-aware model (model.kind=hand_aware)")
     predictions = list(predictions or [None] * len(labelled))
     todo = [i for i, p in enumerate(predictions) if p is None]
+    if any(labelled[i][1] is None for i in todo):
+        raise ValueError("a hand without its image needs its answer")
     for i, result in zip(todo, await backend.classify([labelled[i][1] for i in todo]) if todo else []):
         predictions[i] = result
     letters: dict[str, dict[str, int]] = {}
@@ -66,7 +89,8 @@ async def build_profile(backend: Backend, labelled: list[tuple[str, bytes]],
     held = {letter: positions[-1] for letter, positions in shots.items() if len(positions) >= HOLD_OUT_FROM}
     if held:
         rest = make_profile(info, {letter: rows[letter][:-1] if letter in held else rows[letter] for letter in rows})
-        after = await backend.classify([labelled[i][1] for i in held.values()], calibration=rest.calibration(classes))
+        after = await answered_again(backend, [(labelled[i][1], predictions[i]) for i in held.values()],
+                                     rest.calibration(classes))
         before = [_right(predictions[i], letter, classes) for letter, i in held.items()]
         after_right = [not isinstance(p, ApiError) and _right(p, letter, classes) for letter, p in zip(held, after)]
         held_out = {"images": len(held), "accuracy_before": round(sum(before) / len(held), 4),

@@ -212,7 +212,7 @@ class Calibrating:
     position: int = 0
     shown_at: float = 0.0
     last_shot: float = 0.0
-    frames: list[tuple[str, bytes, Prediction]] = field(default_factory=list)
+    frames: list[tuple[str, bytes | None, Prediction]] = field(default_factory=list)  # None: a hand from the page
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -222,7 +222,7 @@ class Calibrating:
     def shots(self, letter: str) -> int:
         return sum(1 for name, _, _ in self.frames if name == letter)
 
-    def offer(self, data: bytes, prediction: Prediction, now: float) -> bool:
+    def offer(self, data: bytes | None, prediction: Prediction, now: float) -> bool:
         """Keep the frame as a shot of the target if its hand was found and it is time for one; moves
         on to the next letter once the target has its shots. True when the frame was kept."""
         target = self.target
@@ -319,7 +319,7 @@ def session_chart(practice: Practice | None):
 def calibration_target(session: Calibrating | None) -> str:
     if session is None:
         return ("Calibrate the recogniser to **your** hands: sign each letter to the webcam for a few seconds "
-                "(press **Start**, then Record). Skip a letter you do not know yet. About a minute in all.")
+                "(press **Start**, then start the camera). Skip a letter you do not know yet. About a minute in all.")
     if session.target is None:
         return "All letters done: press **Finish**."
     target = session.target
@@ -446,6 +446,18 @@ def calibrate_tab(backend: Backend, profile: gr.State) -> None:
             return (*await finish(session, profile), shown)
         return (*calibration_view(session), gr.skip(), gr.skip(), gr.skip(), shown)
 
+    async def on_calibrate_hand(message: str, session: Calibrating | None, profile: Profile | None) -> tuple:
+        """A hand found in the page (the live view): its landmarks are the shot, no image."""
+        hand = LiveHand.read(message)
+        if hand is None or session is None or session.target is None:
+            return (*calibration_view(session), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        frame = await classify_live_hand(backend, hand, k=1)  # the model alone, as for a frame
+        if frame is not None:
+            session.offer(None, frame.prediction, time.monotonic())
+        if session.target is None:
+            return (*await finish(session, profile), f"{hand.seq}")
+        return (*calibration_view(session), gr.skip(), gr.skip(), gr.skip(), f"{hand.seq}")
+
     def on_profile_upload(path: str | None) -> tuple:
         if path is None:
             return None, "", None
@@ -475,10 +487,12 @@ def calibrate_tab(backend: Backend, profile: gr.State) -> None:
                 calibrate_reference = gr.Image(label="How it looks", interactive=False, height=200,
                                                elem_id="calibrate-reference", visible=bool(shapes))
                 calibrate_progress = gr.Markdown(elem_id="calibrate-progress")
+            live_hand = live_view("calibrate")
             calibrate_camera = gr.Image(sources=["webcam"], streaming=True, type="filepath", image_mode=None,
-                                        label="Webcam", elem_id="calibrate-camera")
+                                        label="Webcam (frames to the server)", elem_id="calibrate-camera",
+                                        elem_classes=["asl-server-camera"])
             calibrate_overlay = gr.Image(label="Your hand", interactive=False, height=240,
-                                         elem_id="calibrate-overlay")
+                                         elem_id="calibrate-overlay", elem_classes=["asl-server-camera"])
         calibrate_report = gr.Markdown(elem_id="calibrate-report")
         profile_json = gr.JSON(visible=False)
         with gr.Row():
@@ -494,6 +508,9 @@ def calibrate_tab(backend: Backend, profile: gr.State) -> None:
                                 outputs=[*view, profile, calibrate_report, profile_json, calibrate_overlay],
                                 stream_every=0.3, time_limit=600, show_progress="hidden",
                                 api_visibility="private")
+        live_hand.click(on_calibrate_hand, inputs=[live_hand.hand, calibration, profile],
+                        outputs=[*view, profile, calibrate_report, profile_json, live_hand.seq], js=live_hand.js,
+                        trigger_mode="always_last", show_progress="hidden", api_visibility="private")
         # Made in the browser from the page's copy: the server writes no file for a download.
         download.click(None, inputs=profile_json, js=DOWNLOAD_JS, api_visibility="private")
         # The live views send the page's copy with each hand to POST /v1/landmarks (static/live.js).

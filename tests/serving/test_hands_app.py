@@ -102,6 +102,44 @@ def test_the_demo_draws_the_skeleton_over_the_photo_and_the_frames(hand_model, p
     assert "no hand found" in status
 
 
+def test_the_calibrate_tab_takes_webcam_frames_or_hands_found_in_the_page(hand_model, photos, monkeypatch):
+    """The live view sends each frame's hand (no image): its landmarks are the shots, and the held-out
+    measurement answers held-out hands with the landmark model; the fallback sends frames. Both give a profile
+    of the same letters, each with its before/after figures."""
+    import gradio as gr
+
+    from asl_platform.serving import demo as demo_module
+
+    monkeypatch.setattr(demo_module, "CALIBRATION_READY_S", 0.0)  # no time to form a sign, no gap between shots
+    monkeypatch.setattr(demo_module, "CALIBRATION_GAP_S", 0.0)
+    handlers = {fn.name: fn.fn for fn in build_demo(LocalBackend(hand_model), ServeConfig()).fns.values()}
+    letters = ["A", "B"]
+    shots = [(letter, photos[letter][i % len(photos[letter])]) for letter in letters
+             for i in range(demo_module.CALIBRATION_SHOTS)]
+
+    session = demo_module.Calibrating(letters)
+    for seq, (letter, (_, hand)) in enumerate(shots, start=1):
+        message = json.dumps({"seq": seq, "landmarks": hand.landmarks.tolist(), "handedness": hand.handedness})
+        *view, profile, report, document, answered = asyncio.run(handlers["on_calibrate_hand"](message, session, None))
+        assert answered == f"{seq}"
+    assert session.target is None and all(data is None for _, data, _ in session.frames)  # hands only, no image
+    assert {letter: len(rows) for letter, rows in document["shots"].items()} == {"A": 4, "B": 4}
+    first = np.asarray(document["shots"]["A"][0][:63]).reshape(21, 3)
+    assert np.allclose(first, shots[0][1][1].landmarks, atol=0.01)  # the page's landmarks are the shot
+    assert "2 letter(s), 8 frames" in report and "On 2 of your frames kept out of it" in report
+    assert profile.document is document
+
+    session = demo_module.Calibrating(letters)  # the fallback: the frames themselves
+    for letter, (path, _) in shots:
+        *view, profile, report, document, drawn = asyncio.run(handlers["on_calibrate_frame"](str(path), session, None))
+    assert session.target is None and all(isinstance(data, bytes) for _, data, _ in session.frames)
+    assert {letter: len(rows) for letter, rows in document["shots"].items()} == {"A": 4, "B": 4}
+    assert "On 2 of your frames kept out of it" in report
+
+    skipped = asyncio.run(handlers["on_calibrate_hand"]("not json", demo_module.Calibrating(letters), None))
+    assert skipped[-1] == gr.skip()  # a malformed message changes nothing
+
+
 def test_fingerspelling_smooths_over_the_last_frames():
     speller = Speller(hold_s=1.0, min_probability=0.6, window=3)
     assert speller.smooth({"A": 0.9, "B": 0.1}) == ("A", pytest.approx(0.9))

@@ -2,7 +2,8 @@
 Y4M made from real asl-alphabet photos) signs A, then B; the learner spells "AB" and the round must go
 on by itself: target shown, sign recognised, score up, next target, with the hand landmarks found in the
 page (MediaPipe Hands served by the platform) and no frame uploaded. And a learner calibrates A at the
-webcam (frames to the server), downloads the profile, loads it again, and a practice round answers from it."""
+webcam (hands found in the page, no frame uploaded), downloads the profile, loads it again, and a practice
+round answers from it, in the live answer over the video too."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import re
 import numpy as np
 import pytest
 import requests
-from helpers.browser import ARTIFACTS, chromium_with_fake_webcam, open_demo_tab, start_webcam
+from helpers.browser import ARTIFACTS, chromium_with_fake_webcam, open_demo_tab
 from helpers.datasets import detected_photos
 from helpers.serving import hand_settings
 from PIL import Image
@@ -140,7 +141,9 @@ def test_calibrate_at_the_webcam_then_practise_with_the_profile(server, asl_alph
         page, external = open_demo_tab(browser, server, "Calibrate", height=1000)
         page.locator("#calibrate-start").click()
         page.locator("#calibrate-target").get_by_text("Sign A").wait_for(timeout=30_000)
-        start_webcam(page, "calibrate-camera")
+        posts = []
+        page.on("request", lambda request: posts.append(request) if request.method == "POST" else None)
+        start_live(page, "calibrate")  # the shots are hands found in the page: no frame is uploaded
         # Four frames of A with a hand, then the next letter is asked for: the learner finishes there.
         page.locator("#calibrate-target").get_by_text("Sign B").wait_for(timeout=60_000)
         assert "Letter 2 of" in page.locator("#calibrate-progress").inner_text()
@@ -148,6 +151,7 @@ def test_calibrate_at_the_webcam_then_practise_with_the_profile(server, asl_alph
         report = page.locator("#calibrate-report")
         report.get_by_text("Calibrated").wait_for(timeout=60_000)
         assert "1 letter(s), 4 frames" in report.inner_text() and "kept out of it" in report.inner_text()
+        assert_no_frame_uploaded(posts)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "calibration.png"), full_page=True)
 

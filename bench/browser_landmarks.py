@@ -136,7 +136,7 @@ def palm_size(points: np.ndarray) -> float:
 def compare(model_dir: str, name: str, paths: list[Path]) -> dict:
     from asl_platform.hands.rows import landmark_inputs
     from asl_platform.model import Predictor, resolve_model_dir
-    from asl_platform.serving.backends import ImageClassifier
+    from asl_platform.serving.backends import ImageClassifier, confidence_threshold
 
     directory = resolve_model_dir(model_dir)
     classifier = ImageClassifier(directory)
@@ -157,9 +157,14 @@ def compare(model_dir: str, name: str, paths: list[Path]) -> dict:
         rows_python.append(landmark_inputs(theirs, [1.0 if python[i].handedness == "Right" else 0.0])[0])
         rows_browser.append(landmark_inputs(mine, [1.0 if browser[i]["handedness"] == "Right" else 0.0])[0])
     if both:
-        top_python = predictor.predict_landmarks(np.stack(rows_python)).argmax(1)
-        top_browser = predictor.predict_landmarks(np.stack(rows_browser)).argmax(1)
+        probs_python = predictor.predict_landmarks(np.stack(rows_python))
+        probs_browser = predictor.predict_landmarks(np.stack(rows_browser))
+        top_python, top_browser = probs_python.argmax(1), probs_browser.argmax(1)
         agree = int((top_python == top_browser).sum())
+        # where the two differ, is either answer "not sure" (below the card's threshold, as /v1/landmarks says)?
+        threshold = confidence_threshold(classifier.info, 0.5)
+        sure = (probs_python.max(1) >= threshold) & (probs_browser.max(1) >= threshold)
+        differ_sure = int(((top_python != top_browser) & sure).sum())
         flipped = [browser[i]["handedness"] != python[i].handedness for i in both]
         differ_flipped = int(sum(f for f, t, b in zip(flipped, top_python, top_browser) if t != b))
         for i, t, b in zip(both, top_python, top_browser):
@@ -174,7 +179,7 @@ def compare(model_dir: str, name: str, paths: list[Path]) -> dict:
         right_predict = sum(predictor.classes[f] == label for f, label in zip(fused, labels))
         right_landmarks = sum(predictor.classes[t] == label for t, label in zip(top_browser, labels))
     else:
-        same_as_predict = right_predict = right_landmarks = differ_flipped = 0
+        same_as_predict = right_predict = right_landmarks = differ_flipped = differ_sure = 0
     found_python = sum(h is not None for h in python)
     found_browser = sum(h is not None for h in browser)
     return {
@@ -185,6 +190,7 @@ def compare(model_dir: str, name: str, paths: list[Path]) -> dict:
         "distance_palms_p90": float(np.percentile(distances, 90)) if distances else None,
         "top1_agreement": agree / len(both) if both else None,
         "differ_with_handedness_flipped": differ_flipped,
+        "differ_both_confident": differ_sure,
         "landmarks_route_same_as_predict": same_as_predict / len(both) if both else None,
         "accuracy_predict": right_predict / len(both) if both else None,
         "accuracy_landmarks_route": right_landmarks / len(both) if both else None,
@@ -202,7 +208,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     figures = [compare(args.model, name, sample(args.data / name, args.per_set)) for name in SETS]
     print("| set | photos | found (Python / page / both) | same hand | distance, palm sizes (mean / p50 / p90) | "
-          "top-1 agreement (differing with the hand flipped) | /v1/landmarks = /predict | accuracy /predict / landmarks | ms per photo (Python / page) |")
+          "top-1 agreement (differing: with the hand flipped, both confident) | /v1/landmarks = /predict | accuracy /predict / landmarks | ms per photo (Python / page) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for f in figures:
         both = f["found_both"]
@@ -210,7 +216,8 @@ def main() -> None:
         num = (lambda v: "-" if v is None else f"{v:.3f}")
         print(f"| {f['set']} | {f['photos']} | {f['found_python']} / {f['found_browser']} / {both} | "
               f"{f['same_handedness']}/{both} | {num(f['distance_palms_mean'])} / {num(f['distance_palms_p50'])} / "
-              f"{num(f['distance_palms_p90'])} | {pct(f['top1_agreement'])} ({f['differ_with_handedness_flipped']}) | {pct(f['landmarks_route_same_as_predict'])} | "
+              f"{num(f['distance_palms_p90'])} | {pct(f['top1_agreement'])} ({f['differ_with_handedness_flipped']}, "
+              f"{f['differ_both_confident']}) | {pct(f['landmarks_route_same_as_predict'])} | "
               f"{pct(f['accuracy_predict'])} / {pct(f['accuracy_landmarks_route'])} | "
               f"{f['ms_per_photo_python']:.0f} / {f['ms_per_photo_browser_p50']:.0f} |")
     both = sum(f["found_both"] for f in figures)

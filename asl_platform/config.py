@@ -295,6 +295,9 @@ class RunConfig(_Section):
     output_dir: str = Field(default="asl_runs", description="Runs, caches and models live here.")
     name: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]+$", description="The run's name: its folder under output_dir and the model's under models/.")
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs for a local Ray; None: all.")
+    reuse_unchanged: bool = Field(default=True, description="A pipeline re-run reuses the latest model of run.name "
+                                  "when it was made from the same inputs (config but serve and run, every file's path, "
+                                  "size and mtime, code, library versions) instead of training again; false: always train.")
     storage_path: str | None = Field(
         default=None, description="Ray Train/Tune storage (s3://... on a cluster); None: <run dir>/ray."
     )

@@ -18,8 +18,8 @@ from asl_platform.config import Config, ConfigError
 from asl_platform.data.listing import join_classes, list_images
 from asl_platform.model import ModelCard, mark_latest, write_readme
 from asl_platform.stages.evaluate import evaluate_folder, evaluate_held_out
-from asl_platform.stages.export import export_model, export_version
-from asl_platform.stages.ingest import StageProgress, prepare_data, start_run
+from asl_platform.stages.export import export_model, export_version, latest_made_from
+from asl_platform.stages.ingest import StageProgress, ingest, inputs_key, prepare_data, start_run
 from asl_platform.stages.onnx_export import export_onnx
 from asl_platform.stages.retrain import retrain
 from asl_platform.stages.tune import search
@@ -40,6 +40,7 @@ class PipelineResult:
     model_dir: Path
     metrics: dict
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    reused: bool = False  # nothing changed since the latest model was made: it is the result
 
 
 def run_tune(cfg: Config, resume: bool = False) -> tuple[Path, list[dict]]:
@@ -81,7 +82,15 @@ def run_pipeline(cfg: Config) -> PipelineResult:
             cfg.train.last_stage_feature_noise, cfg.train.early_stopping_patience,
         )
     progress = StageProgress(HAND_AWARE_STAGES if hand_aware else STAGES)
-    prepared = prepare_data(cfg, progress, run_dir, activations=kind == "activations", cross_index=cross_index)
+    prepared = ingest(cfg, progress)
+    prepared.inputs = inputs_key(cfg, prepared.index, cross_index)
+    if cfg.run.reuse_unchanged and (latest := latest_made_from(cfg, prepared.inputs)) is not None:
+        model_dir, card = latest
+        logger.info("nothing changed since %s was made (config, files, code, libraries): reusing it; "
+                    "--set run.reuse_unchanged=false trains again", model_dir)
+        return _write_summary(PipelineResult(run_dir, model_dir, dict(card.metrics), progress.seconds, reused=True))
+    prepared = prepare_data(cfg, progress, run_dir, activations=kind == "activations", cross_index=cross_index,
+                            prepared=prepared)
     best, _, _ = search(cfg, prepared, progress, run_dir)
     best_landmarks = search(cfg, prepared, progress, run_dir, kind="landmarks")[0] if hand_aware else None
     what = "last stage + head on the cached activations" if kind == "activations" else "head on the cached features"
@@ -95,9 +104,13 @@ def run_pipeline(cfg: Config) -> PipelineResult:
         model_dir, card = export_model(cfg, best, best_landmarks, prepared, retrained, metrics, answers, cross_index, kind)
         metrics = dict(card.metrics)
 
-    result = PipelineResult(run_dir, model_dir, metrics, progress.seconds)
-    (run_dir / "summary.json").write_text(json.dumps(
-        {"model_dir": str(model_dir), "metrics": metrics, "stage_seconds": progress.seconds}, indent=2
+    return _write_summary(PipelineResult(run_dir, model_dir, metrics, progress.seconds))
+
+
+def _write_summary(result: PipelineResult) -> PipelineResult:
+    (result.run_dir / "summary.json").write_text(json.dumps(
+        {"model_dir": str(result.model_dir), "metrics": result.metrics, "stage_seconds": result.stage_seconds,
+         "reused": result.reused}, indent=2
     ))
     return result
 
@@ -121,7 +134,7 @@ def format_summary(result: PipelineResult, smoke: bool) -> str:
     lines += [
         f"  val accuracy  : {m['val_accuracy']:.2%} (best epoch {m['best_epoch']})",
         f"  skipped files : {m['skipped_files']}",
-        f"  model         : {result.model_dir}",
+        f"  model         : {result.model_dir}" + ("  (reused: nothing changed since it was made)" if result.reused else ""),
         f"  run outputs   : {result.run_dir}",
         "  stage times   : " + ", ".join(f"{k} {v:.0f}s" for k, v in result.stage_seconds.items()),
         "=" * 60,

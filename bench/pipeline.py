@@ -11,7 +11,8 @@ runs share the cold run's caches. Run from the repository root::
     python bench/pipeline.py [--baseline ../baseline-checkout] [--max-per-class N] [--json out.json]
 
 Targets (issue 25): cold <= 6 min on this 2-core machine (>= 2.2x the code before); nothing changed
-<= 1 min; after adding a folder only its photos extracted; export <= 60 s.
+<= 1 min (the latest model is reused: ``run.reuse_unchanged``); after adding a folder only its photos
+extracted; export <= 60 s.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def run(name: str, data: list[Path], output: Path, max_per_class: int | None, co
     summary = json.loads((output / "bench" / "summary.json").read_text())
     computed = sum(int(n) for n in COMPUTED.findall(text))
     result = {"name": name, "seconds": round(seconds, 1), "stages": summary["stage_seconds"], "computed": computed,
+              "reused": bool(summary.get("reused")),
               "metrics": {k: summary["metrics"].get(k) for k in ("test_accuracy", "cross_domain_accuracy")}}
     logger.info("%s: %.0f s, stages %s, %d image(s) computed, %s", name, seconds, result["stages"], computed,
                 result["metrics"])
@@ -76,6 +78,7 @@ def table(runs: list[dict]) -> str:
     for stage in STAGES:
         lines.append(f"| {stage} | " + " | ".join(f"{r['stages'].get(stage, 0):.0f}" for r in runs) + " |")
     lines.append("| **total (wall)** | " + " | ".join(f"**{r['seconds']:.0f}**" for r in runs) + " |")
+    lines.append("| model | " + " | ".join("reused (nothing changed)" if r.get("reused") else "trained" for r in runs) + " |")
     lines.append("| images extracted or detected | " + " | ".join(
         str(r["computed"]) if r["computed"] else "-" for r in runs) + " |")
     for key in ("test_accuracy", "cross_domain_accuracy"):

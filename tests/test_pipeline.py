@@ -87,8 +87,17 @@ def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path):
     assert again.returncode == 0, again.stderr[-5000:]
     assert re.search(r"efficientnet_lite0 features: (\d+) of \1 image\(s\) cached in .*, 0 to extract", again.stderr)
     assert "extracting efficientnet_lite0" not in again.stderr
-    rerun = json.loads((run_dir / "summary.json").read_text())["metrics"]
-    assert rerun["best_epoch"] <= 2  # a fresh retrain, not the first run's checkpoints
+    second = json.loads((run_dir / "summary.json").read_text())
+    assert second["metrics"]["best_epoch"] <= 2  # a fresh retrain, not the first run's checkpoints
+    assert second["reused"] is False and second["model_dir"] != summary["model_dir"]  # settings changed: trained
+
+    # The same command again: nothing changed (config, files, code), so the latest model is the answer.
+    same = run_cli("pipeline", "--set", "tune.num_samples=2", "--set", "train.epochs=2", cwd=tmp_path)
+    assert same.returncode == 0, same.stderr[-5000:]
+    assert "nothing changed since" in same.stderr and "[2/6] features" not in same.stderr
+    third = json.loads((run_dir / "summary.json").read_text())
+    assert third["reused"] is True and third["model_dir"] == second["model_dir"]
+    assert third["metrics"] == second["metrics"] and "reused" in same.stdout
 
 
 @pytest.mark.e2e

@@ -175,6 +175,9 @@ class ModelCard(_Record):
     data: DataCard | None = None
     checkpoint: str | None = Field(default=None, description="the Ray Train checkpoint the weights come from")
     config: dict[str, Any] | None = Field(default=None, description="the resolved training config")
+    inputs_sha256: str | None = Field(default=None, description="what the pipeline made it from (its config but "
+                                      "serve and run, every listed file's path, size and mtime, the package's code, "
+                                      "library versions): a re-run on the same inputs reuses the model")
 
     @model_validator(mode="after")
     def _hand_aware_is_complete(self) -> ModelCard:

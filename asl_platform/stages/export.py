@@ -28,6 +28,7 @@ from asl_platform.model import (
     into_classifier,
     mark_latest,
     next_version_dir,
+    resolve_model_dir,
     save_model_dir,
     write_readme,
 )
@@ -208,6 +209,18 @@ def make_hand_aware(card: ModelCard, cfg: Config, landmark_cfg: Config, prepared
     })
 
 
+def latest_made_from(cfg: Config, inputs: str) -> tuple[Path, ModelCard] | None:
+    """The latest model of ``run.name`` when it was made from ``inputs`` (``stages.ingest.inputs_key``): what a
+    re-run of the same pipeline on the same files would train again."""
+    try:
+        directory = resolve_model_dir(cfg.models_dir.resolve())
+        card = ModelCard.load(directory)
+    except (FileNotFoundError, OSError, ValueError) as exc:  # no model yet, or one this code cannot read
+        logger.debug("no model to reuse: %s", exc)
+        return None
+    return (directory, card) if card.inputs_sha256 == inputs else None
+
+
 def export_version(cfg: Config, model: ASLClassifier, prepared: PreparedData, **card_fields) -> tuple[Path, ModelCard]:
     """Claim ``<models>/<run.name>/v<N>`` and write the model, its config and its exact held-out test
     files (so `evaluate --split test` never re-derives the split). ``latest`` is moved by the caller,
@@ -217,7 +230,8 @@ def export_version(cfg: Config, model: ASLClassifier, prepared: PreparedData, **
                     layout=prepared.index.layout, split=prepared.split_counts,
                     smoke_set=cfg.data.root is None, skipped_files=prepared.skipped)
     card = save_model_dir(model, version_dir, prepared.index.classes, version=version_dir.name,
-                          weights=cfg.model.weights, data=data, config=cfg.model_dump(mode="json"), **card_fields)
+                          weights=cfg.model.weights, data=data, config=cfg.model_dump(mode="json"),
+                          inputs_sha256=prepared.inputs, **card_fields)
     (version_dir / "config.yaml").write_text(cfg.to_yaml())
     (version_dir / TEST_SPLIT_FILE).write_text("\n".join(prepared.index.subset("test").paths) + "\n")
     return version_dir, card

@@ -72,6 +72,7 @@ class PreparedData:
     hands: HandTable | None = None  # model.kind hand_aware: MediaPipe hands of every listed file
     sources: list[dict] = field(default_factory=list)  # several data roots: each one's images and split
     balance_sources: bool = False  # data.balance_sources, with several folders
+    inputs: str | None = None  # pipeline: ``inputs_key`` of what the model is made from (recorded in its card)
 
     @property
     def skipped(self) -> int:
@@ -132,17 +133,8 @@ def start_run(cfg: Config) -> Path:
     return run_dir
 
 
-def prepare_data(
-    cfg: Config, progress: StageProgress, run_dir: Path, with_features: bool = True,
-    activations: bool = False, cross_index: ImageIndex | None = None,
-) -> PreparedData:
-    """Stages ingest, then features (extract or reuse backbone features) or, for training on images,
-    check (decode every file once); either way every unreadable file goes to skipped_files.csv.
-
-    ``activations``: cache the activations before the backbone's last stage instead (to train that
-    stage on them), and derive the pooled features from them by running the frozen last stage once.
-    ``cross_index``: the cross-domain folder's features and hands are computed in the same stages (into
-    the per-file caches, where the export reads them), so each stage's time is all of its work."""
+def ingest(cfg: Config, progress: StageProgress) -> PreparedData:
+    """Stage ingest: every image of the training folders listed (with its size and mtime) and split."""
     with progress.stage("ingest", "listing images and splitting train/val/test"):
         roots = cfg.data.roots
         if roots is None:
@@ -153,9 +145,52 @@ def prepare_data(
         split_counts = {s: index.splits.count(s) for s in ("train", "val", "test")}
         logger.info("%d classes; split %s%s", len(index.classes), split_counts,
                     "".join(f"; {s['root']}: {s['split']}" for s in sources) if len(sources) > 1 else "")
+    return PreparedData(roots[0] if len(roots) == 1 else index.root, index, split_counts,
+                        sources=sources if len(sources) > 1 else [], balance_sources=cfg.data.balance_sources)
+
+
+def inputs_key(cfg: Config, index: ImageIndex, cross_index: ImageIndex | None) -> str:
+    """A digest of everything a pipeline's model is made from: the config but ``serve`` and ``run`` (where
+    outputs go, how to serve), every training file (path, split, size, mtime) and cross-domain file, the
+    package's code and the libraries' versions. Equal digests: a re-run would train the same thing again."""
+    import hashlib
+    import importlib.metadata
+    import json
+
+    digest = hashlib.sha256()
+    config = cfg.model_dump(mode="json", exclude={"serve", "run"})
+    versions = {}
+    for name in ("torch", "torchvision", "ray", "mediapipe", "onnxruntime", "numpy", "pillow"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    digest.update(json.dumps({"config": config, "versions": versions}, sort_keys=True).encode())
+    for listing in (index, cross_index or ImageIndex.of_paths([])):
+        for path, stamp, split in zip(listing.paths, listing.stamps or [""] * len(listing), listing.splits or [""] * len(listing)):
+            digest.update(f"{path}\0{stamp}\0{split}\n".encode())
+        digest.update(b"--\n")
+    package = Path(__file__).resolve().parents[1]  # asl_platform/
+    for source in sorted(package.rglob("*.py")):
+        digest.update(str(source.relative_to(package)).encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
+
+
+def prepare_data(
+    cfg: Config, progress: StageProgress, run_dir: Path, with_features: bool = True,
+    activations: bool = False, cross_index: ImageIndex | None = None, prepared: PreparedData | None = None,
+) -> PreparedData:
+    """Stages ingest (unless ``prepared`` is its result already), then features (extract or reuse backbone
+    features) or, for training on images, check (decode every file once); either way every unreadable file
+    goes to skipped_files.csv.
+
+    ``activations``: cache the activations before the backbone's last stage instead (to train that
+    stage on them), and derive the pooled features from them by running the frozen last stage once.
+    ``cross_index``: the cross-domain folder's features and hands are computed in the same stages (into
+    the per-file caches, where the export reads them), so each stage's time is all of its work."""
+    prepared = prepared or ingest(cfg, progress)
+    index = prepared.index
     init_ray(cfg)  # after listing, so a wrong --data fails at once
-    prepared = PreparedData(roots[0] if len(roots) == 1 else index.root, index, split_counts,
-                            sources=sources if len(sources) > 1 else [], balance_sources=cfg.data.balance_sources)
     if with_features:
         what = "activations before its last stage" if activations else "features"
         also = " (and the cross-domain folder's)" if cross_index is not None else ""

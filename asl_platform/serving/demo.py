@@ -106,7 +106,7 @@ class Speller:
         return min(1.0, (now - self.since) / self.hold_s)
 
     def clear(self) -> None:
-        self.text, self.candidate, self.committed, self.recent = "", None, None, []
+        self.text, self.candidate, self.since, self.committed, self.recent = "", None, 0.0, None, []
 
 
 @dataclass
@@ -560,8 +560,12 @@ def spelling_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
             return speller.text, "(no hand found)", speller, f"{hand.seq}"
         return speller.text, spell_step(speller, frame, settings, info), speller, f"{hand.seq}"
 
-    def on_clear() -> tuple[str, str, Speller]:
-        return "", "", Speller.of(settings)
+    def on_clear(speller: Speller) -> tuple[str, str, Speller]:
+        # In place, not a new Speller: a frame answered meanwhile returns this same (now empty) speller as
+        # its state, where a new one would be overwritten by the older speller that frame was given.
+        speller.clear()
+        speller.follow(settings)
+        return "", "", speller
 
     hand_aware = info.get("kind") == "hand_aware"
     with gr.Tab("Fingerspelling"):
@@ -585,7 +589,7 @@ def spelling_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
             live_hand.click(on_hand, inputs=[live_hand.hand, speller, profile],
                             outputs=[spelled, status, speller, live_hand.seq], js=live_hand.js,
                             trigger_mode="always_last", show_progress="hidden", api_visibility="private")
-        clear.click(on_clear, outputs=[spelled, status, speller], api_visibility="private")
+        clear.click(on_clear, inputs=speller, outputs=[spelled, status, speller], api_visibility="private")
     return instructions
 
 

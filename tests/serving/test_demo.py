@@ -91,7 +91,8 @@ def test_the_demo_reads_the_spelling_thresholds_when_it_uses_them(colour_model, 
     settings.spell_min_probability = 0.99
     asyncio.run(handlers["on_frame"](str(image), speller, None))
     assert speller.min_probability == 0.99
-    assert handlers["on_clear"]()[2] == Speller(0.05, 0.99)
+    assert handlers["on_clear"](speller)[2] is speller == Speller(0.05, 0.99)  # emptied in place (a frame in flight
+    # returns this same speller as its state, not an older copy that would undo the clear)
 
 
 def test_an_unsure_frame_never_commits_a_letter():

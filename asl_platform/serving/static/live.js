@@ -11,6 +11,7 @@
   const PADDINGS = [0.25, 0.0]; // as the Python detector (hands.detect.DetectionSettings.paddings), in order
   const MAX_ASKING = 2; // POST /v1/landmarks requests in flight at a time
   const ANSWER_WAIT_MS = 60; // the detector waits this long at most for a frame's answer
+  const KEPT = 500; // timings kept per kind (record)
   const MAX_SIDE = 640; // hands.detect.DETECT_MAX_SIDE: larger frames are reduced before detection
   const CONNECTIONS = [[0, 1], [1, 2], [2, 3], [3, 4], [0, 5], [5, 6], [6, 7], [7, 8], [5, 9], [9, 10], [10, 11],
     [11, 12], [9, 13], [13, 14], [14, 15], [15, 16], [13, 17], [0, 17], [17, 18], [18, 19], [19, 20]];
@@ -129,6 +130,12 @@
     for (const [x, y] of hand.landmarks) context.fillRect(x - 2, y - 2, 4, 4);
   }
 
+  // ``value`` onto ``list``, which keeps its last KEPT values (the stats read the recent ones only).
+  function record(list, value) {
+    list.push(value);
+    if (list.length > 2 * KEPT) list.splice(0, KEPT);
+  }
+
   function median(values) {
     if (!values.length) return null;
     const sorted = [...values].sort((a, b) => a - b);
@@ -154,6 +161,7 @@
       this.answers = 0;
       this.updateLatencies = []; // frame -> the demo event's update shown (ms)
       this.updated = [];
+      this.updates = 0;
       this.detectTimes = []; // ms a frame's detection took, the last ones
       this.requestTimes = []; // ms a POST /v1/landmarks took, sent -> answer read
       this.waiting = null; // the latest hand not yet asked about
@@ -222,8 +230,7 @@
           const started = performance.now();
           this.looked = this.frames;
           const hand = await findHand(this.video, this.video.videoWidth, this.video.videoHeight, this.work, false);
-          this.detectTimes.push(performance.now() - started);
-          if (this.detectTimes.length > 200) this.detectTimes.splice(0, 100);
+          record(this.detectTimes, performance.now() - started);
           drawHand(this.overlay, this.video, hand);
           const seq = ++this.seq;
           this.ask(hand, started, seq);
@@ -234,9 +241,6 @@
       }
     }
 
-    // The answer to the hand, from POST /v1/landmarks, shown at once. At most two requests at a time (one
-    // travels while the other is answered); a hand that comes meanwhile waits, and a newer one replaces it.
-    // An answer older than the one shown is dropped: what is shown is always about the latest frame.
     // Until the answer to hand ``seq`` is shown, at most ANSWER_WAIT_MS: the page's detector holds the page's
     // one thread while it runs, so an answer that comes back during a detection waits for it to end; a
     // nearby server answers within this pause, a far one overlaps with the next detections instead.
@@ -248,6 +252,9 @@
       });
     }
 
+    // The answer to the hand, from POST /v1/landmarks, shown at once. At most two requests at a time (one
+    // travels while the other is answered); a hand that comes meanwhile waits, and a newer one replaces it.
+    // An answer older than the one shown is dropped: what is shown is always about the latest frame.
     ask(hand, started, seq) {
       this.waiting = {hand, started, seq};
       if (this.asking < MAX_ASKING) this.askWaiting();
@@ -274,19 +281,17 @@
             await new Promise((resolve) => setTimeout(resolve, 1000)); // the server is down or refuses: no storm
             continue;
           }
-          this.requestTimes.push(performance.now() - asked);
-          if (this.requestTimes.length > 200) this.requestTimes.splice(0, 100);
+          record(this.requestTimes, performance.now() - asked);
           if (seq <= this.shownSeq) continue;
           this.shownSeq = seq;
           this.showAnswer(!answer.hand || !answer.hand.found ? "No hand in view"
             : `${answer.label} ${Math.round(answer.probability * 100)}%` + (answer.confident ? "" : " - not sure")
               + (answer.calibrated ? " (your calibration)" : ""));
           const now = performance.now();
-          this.latencies.push(now - started);
-          this.answered.push(now);
+          record(this.latencies, now - started);
+          record(this.answered, now);
           this.answers += 1;
           if (this.waiter && this.waiter.seq <= seq) this.waiter.done();
-          if (this.answered.length > 1000) { this.latencies.splice(0, 500); this.answered.splice(0, 500); }
         }
       } finally {
         this.asking -= 1;
@@ -316,8 +321,9 @@
         if (started === undefined) return;
         this.sent.delete(seq);
         const now = performance.now();
-        this.updateLatencies.push(now - started);
-        this.updated.push(now);
+        record(this.updateLatencies, now - started);
+        record(this.updated, now);
+        this.updates += 1;
       });
       this.observer.observe(target, {subtree: true, childList: true, characterData: true});
     }
@@ -329,8 +335,9 @@
       const now = performance.now();
       const rate = (times) => times.filter((t) => now - t <= window_s * 1000).length / window_s;
       return {answers: this.answers, answers_per_s: rate(this.answered), p50_ms: median(this.latencies.slice(-100)),
-        updates: this.updated.length, updates_per_s: rate(this.updated), updates_p50_ms: median(this.updateLatencies.slice(-100)),
-        sent: this.seq, detect_p50_ms: median(this.detectTimes), request_p50_ms: median(this.requestTimes)};
+        updates: this.updates, updates_per_s: rate(this.updated), updates_p50_ms: median(this.updateLatencies.slice(-100)),
+        sent: this.seq, detect_p50_ms: median(this.detectTimes.slice(-100)),
+        request_p50_ms: median(this.requestTimes.slice(-100))};
     }
   }
 

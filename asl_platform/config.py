@@ -193,6 +193,12 @@ class TrainConfig(_Section):
     use_gpu: bool = Field(default=False, description="Train (and extract features, and evaluate) on GPUs.")
     augment: bool = Field(default=True, description="Random resized crop, colour jitter, small rotation.")
     early_stopping_patience: int = Field(default=3, ge=1, description="Epochs without a better val loss.")
+    precision: Literal["auto", "float32"] = Field(
+        default="auto",
+        description="'auto': bfloat16 autocast where the hardware computes it natively and it pays: on CUDA, and for "
+                    "the convolutional kinds (last stage, whole images) on CPUs with AMX or AVX-512 BF16 (weights "
+                    "stay float32); 'float32': float32 everywhere.",
+    )
     last_stage_lr_factor: float = Field(
         default=0.1, gt=0, le=10,
         description="Where the last stage is trained (model.unfreeze_last_stage): its lr = the head's lr x this.",
@@ -285,7 +291,13 @@ class InferenceConfig(_Section):
     int8_max_accuracy_drop: float = Field(
         default=0.005, ge=0, le=1,
         description="Export: int8 is used only where its accuracy is at most this far (0.005 = 0.5 points) below "
-                    "fp32's on the test split and on the cross-domain folder.",
+                    "the model's own (torch's) on the test split and on the cross-domain folder.",
+    )
+    fp32_check_images: int = Field(
+        default=300, ge=1,
+        description="Export: fp32 ONNX is checked against torch on a seeded sample of this many images per set "
+                    "(it computes what torch does, so its agreement is exact or the export is broken); int8, "
+                    "which rounds, is checked on every image.",
     )
 
 

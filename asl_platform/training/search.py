@@ -97,7 +97,7 @@ def search_trial(config: dict, data: dict) -> None:
     optimizer = recipe.make_optimizer(model, cfg)
     state = TrainingState(EarlyStopping(patience=None))  # ASHA decides which trials stop early
     for metrics in fit(model, optimizer, train, val, epochs=cfg.tune.max_epochs, state=state,
-                       label_smoothing=recipe.label_smoothing(cfg, kind)):
+                       label_smoothing=recipe.label_smoothing(cfg, kind), amp=recipe.mixed_precision(cfg, kind, device)):
         tune.report(metrics)
 
 

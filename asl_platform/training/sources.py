@@ -58,6 +58,8 @@ class ArrayBatches:
             if self.noise > 0:
                 shape = inputs.shape[:2] + (1,) * (inputs.dim() - 2)
                 inputs = inputs * (1 + self.noise * torch.randn(shape, generator=generator).to(self.device))
+            if inputs.dim() == 4:  # activations: the layout the last stage is trained in (recipe.build_model)
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             yield inputs, self.labels[rows]
 
 

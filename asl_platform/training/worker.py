@@ -98,13 +98,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if saved is not None:  # after the move to the device, so the optimizer state lands there too
         optimizer.load_state_dict(saved["optimizer"])
     train, val = _sources(loop_config, cfg, rank, world, device)
-    amp = device.type == "cuda"
+    amp = recipe.mixed_precision(cfg, kind, device)
     epochs = fit(model, optimizer, train, val, epochs=cfg.train.epochs, state=state,
                  label_smoothing=recipe.label_smoothing(cfg, kind), amp=amp,
                  reduce=lambda values: _all_reduce_sums(values, device))
     for metrics in epochs:
         metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        metrics["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20 if amp else 0.0
+        metrics["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:

@@ -118,3 +118,27 @@ def test_weighted_rows_are_drawn_in_proportion_to_their_weights_repeatably():
     assert first(batches) == first(ArrayBatches(x, y, 50, CPU, shuffle=True, seed=2, weights=weights))
     with pytest.raises(ValueError, match="one per row"):
         ArrayBatches(x, y, 50, CPU, weights=weights)  # unshuffled (evaluation) batches take no weights
+
+
+def test_the_last_stage_learns_under_bfloat16_autocast_and_keeps_float32_weights():
+    """``train.precision`` on a CPU: activations come channels-last (the layout the last stage is built
+    in), the loss falls, and what is trained, checkpointed and exported stays float32."""
+    from asl_platform.config import load_config
+    from asl_platform.training import recipe
+
+    cfg = load_config(None, ["model.backbone=tiny", "model.weights=none", "model.hidden_size=16", "model.dropout=0"])
+    torch.manual_seed(0)
+    model = recipe.build_model(cfg, "activations", 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 16)
+    x = (rng.normal(0, 1, (3, 32, 1, 1))[y] + rng.normal(0, 0.5, (len(y), 32, 16, 16))).astype(np.float16)
+    train, val = ArrayBatches(x, y, 16, CPU, shuffle=True), ArrayBatches(x, y, 48, CPU)
+    inputs = next(iter(train.batches(1)))[0]
+    assert inputs.is_contiguous(memory_format=torch.channels_last)
+    before = evaluate(model, val.batches(0), amp=True)
+    for epoch in range(1, 6):
+        train_one_epoch(model, optimizer, train.batches(epoch), amp=True)
+    after = evaluate(model, val.batches(0), amp=True)
+    assert after["loss"] < before["loss"] and after["accuracy"] > before["accuracy"]
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

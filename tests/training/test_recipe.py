@@ -19,7 +19,7 @@ CHANGED = {
     "lr": 0.02, "eps": 2e-8, "weight_decay": 0.05, "batch_size": 32, "epochs": 7, "num_workers": 2,
     "cpus_per_worker": 0.5, "torch_threads": 2, "use_gpu": True, "augment": False, "early_stopping_patience": 5,
     "last_stage_lr_factor": 0.3, "last_stage_label_smoothing": 0.05, "last_stage_feature_noise": 0.2,
-    "init_from": "/models/earlier", "checkpoints_to_keep": 4, "max_failures": 1, "seed": 9,
+    "init_from": "/models/earlier", "checkpoints_to_keep": 4, "max_failures": 1, "seed": 9, "precision": "float32",
 }
 # Where each kind of training gets its Ray Train settings from (checked on the real TorchTrainer).
 TRAINER = {
@@ -74,6 +74,21 @@ def test_every_train_key_reaches_the_trainer_or_is_refused(ray_local, command, k
         assert recipe.label_smoothing(cfg, kind) == CHANGED[key]
     if key == "last_stage_feature_noise":
         assert recipe.feature_noise(cfg, kind) == CHANGED[key]
+    if key == "precision":
+        assert not recipe.mixed_precision(cfg, kind, torch.device("cuda"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_where_the_hardware_computes_it_and_it_pays(monkeypatch, native):
+    """``auto``: CUDA always; a CPU only with native bfloat16 and only for the convolutional kinds (the small
+    heads gain nothing, bench/train_precision.py); ``float32``: never."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": native, "avx512_bf16": False})
+    auto, off = load_config(None, []), load_config(None, ["train.precision=float32"])
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for kind in recipe.KINDS:
+        assert recipe.mixed_precision(auto, kind, cuda)
+        assert recipe.mixed_precision(auto, kind, cpu) == (native and kind in ("activations", "images"))
+        assert not recipe.mixed_precision(off, kind, cpu) and not recipe.mixed_precision(off, kind, cuda)
 
 
 def _last_stage_model(cfg: Config, kind: str):

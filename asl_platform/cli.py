@@ -148,8 +148,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     onnx = add_onnx(args.model, args.cross_domain, InferenceConfig(calibration_images=args.calibration_images,
                                                                   int8_max_accuracy_drop=args.int8_max_drop / 100))
     for name, score in onnx.scores.items():
-        print(f"{name} ({score.images} images): accuracy torch {score.torch_accuracy:.2%}, fp32 {score.fp32_accuracy:.2%} "
-              f"(agrees {score.fp32_agreement:.2%}), int8 {score.int8_accuracy:.2%} (agrees {score.int8_agreement:.2%})")
+        print(f"{name}, {score.summary()}")
     print(f"int8 {'used' if onnx.int8_usable else 'not used'}: {onnx.int8_verdict}")
     return 0
 

@@ -136,10 +136,19 @@ class RuntimeScores(_Record):
 
     images: int = Field(ge=0)
     torch_accuracy: float
-    fp32_accuracy: float
-    fp32_agreement: float = Field(description="share of images where fp32 ONNX gives torch's top-1")
+    fp32_accuracy: float = Field(description="on the fp32_images it ran on")
+    fp32_agreement: float = Field(description="share of the fp32_images where fp32 ONNX gives torch's top-1")
     int8_accuracy: float
     int8_agreement: float
+    fp32_images: int | None = Field(default=None, ge=0, description="the seeded sample fp32 is checked on "
+                                    "(inference.fp32_check_images); None: every image (cards before it)")
+
+    def summary(self) -> str:
+        """One line for the model's README and ``export-onnx``'s output."""
+        sample = "" if self.fp32_images in (None, self.images) else f" of a sample of {self.fp32_images}"
+        return (f"{self.images} images: accuracy torch {self.torch_accuracy:.2%}, int8 {self.int8_accuracy:.2%} "
+                f"(top-1 as torch's on {self.int8_agreement:.2%}); fp32 top-1 as torch's on "
+                f"{self.fp32_agreement:.2%}{sample}")
 
 
 class OnnxCard(_Record):
@@ -279,10 +288,7 @@ def write_readme(directory: str | Path, card: ModelCard | None = None) -> Path:
         lines.append(f"- **ONNX**: `{onnx.fp32_file}` and `{onnx.int8_file}` (opset {onnx.opset}, ONNX Runtime "
                      f"{onnx.onnxruntime}; int8 calibrated on {onnx.calibration_images} training images). int8 "
                      f"{'is used' if onnx.int8_usable else 'is not used'}: {onnx.int8_verdict}")
-        for name, score in onnx.scores.items():
-            lines.append(f"  - {name} ({score.images} images): accuracy torch {score.torch_accuracy:.2%}, fp32 "
-                         f"{score.fp32_accuracy:.2%}, int8 {score.int8_accuracy:.2%}; top-1 agreement with torch: "
-                         f"fp32 {score.fp32_agreement:.2%}, int8 {score.int8_agreement:.2%}")
+        lines += [f"  - {name}, {score.summary()}" for name, score in onnx.scores.items()]
     headline = [f"{name} {card.metrics[key]:.1%}" for key, name in
                 (("test_accuracy", "in-domain test"), ("cross_domain_accuracy", "cross-domain (other people)"))
                 if isinstance(card.metrics.get(key), (int, float))]

@@ -64,8 +64,8 @@ def exported(request, photo_model, ray_local, tmp_path_factory) -> Path:
         model, card = load_model_dir(directory)
         # Any int8 loss accepted here, so that every test below has an int8 file to run (the rule itself is
         # tested on its own and with a wrecked calibration).
-        card.onnx = export_onnx(directory, model, card, train, sets, InferenceConfig(calibration_images=60,
-                                                                                     int8_max_accuracy_drop=1.0))
+        card.onnx = export_onnx(directory, model, card, train, sets, InferenceConfig(
+            calibration_images=60, int8_max_accuracy_drop=1.0, fp32_check_images=32))
         card.save(directory)
 
     return fixture_model(request, tmp_path_factory, "photos-onnx", build, folder="photos", code=[Path(__file__)],
@@ -76,11 +76,12 @@ def test_fp32_onnx_agrees_with_torch_on_real_photos_and_int8_is_checked(exported
     card = ModelCard.load(exported)
     assert (exported / FP32_FILE).is_file() and (exported / INT8_FILE).is_file()
     test = card.onnx.scores["test"]
-    assert test.images == len(photo_model[1]["test"][0]) == 80
-    assert test.fp32_agreement == 1.0 and test.fp32_accuracy == test.torch_accuracy
+    assert test.images == len(photo_model[1]["test"][0]) == 80  # torch and int8: every image
+    assert test.fp32_images == 32 and test.fp32_agreement == 1.0  # fp32: exact, on the seeded sample
     assert test.torch_accuracy >= 0.9  # a real model, so that agreement means something
     assert test.int8_agreement >= 0.9
-    assert card.onnx.int8_usable and "int8 is within 100.00 points of fp32 on test" in card.onnx.int8_verdict
+    assert card.onnx.int8_usable and "int8 is within 100.00 points of the model's accuracy on test" in card.onnx.int8_verdict
+    assert "fp32 top-1 as torch's on 100.00% of a sample of 32" in test.summary()  # the model README's line
     assert card.onnx.calibration_images == 60
 
 
@@ -132,16 +133,32 @@ def test_int8_is_refused_when_calibration_wrecks_it(photo_model, ray_local, tmp_
     card.onnx = export_onnx(directory, model, card, black, sets, InferenceConfig(calibration_images=8))
     card.save(directory)
     test = card.onnx.scores["test"]
-    assert test.fp32_accuracy - test.int8_accuracy > 0.005, test
+    assert test.torch_accuracy - test.int8_accuracy > 0.005, test
     assert not card.onnx.int8_usable and "fp32 is used" in card.onnx.int8_verdict
     assert Predictor(directory).runtime_name == "onnxruntime fp32"
     with pytest.raises(ConfigError, match="refused for this model: int8 loses"):
         Predictor(directory, inference=InferenceConfig(precision="int8"))
 
 
-def _scores(fp32: float, int8: float, images: int = 100) -> RuntimeScores:
-    return RuntimeScores(images=images, torch_accuracy=fp32, fp32_accuracy=fp32, fp32_agreement=1.0,
+def _scores(model: float, int8: float, images: int = 100) -> RuntimeScores:
+    return RuntimeScores(images=images, torch_accuracy=model, fp32_accuracy=model, fp32_agreement=1.0,
                          int8_accuracy=int8, int8_agreement=0.99)
+
+
+def test_fp32_is_scored_on_the_rows_it_ran_on_and_int8_against_the_model_on_every_row():
+    from asl_platform.stages.onnx_export import fp32_sample, runtime_scores
+
+    top1 = np.array([[0, 0, 0], [1, -1, 1], [2, 2, 0], [1, -1, 2]])  # columns torch, fp32 (-1: not run), int8
+    scores = runtime_scores(top1, np.array([0, 1, 2, 2]))
+    assert (scores.images, scores.fp32_images) == (4, 2)
+    assert scores.torch_accuracy == 0.75 and scores.fp32_accuracy == 1.0 and scores.fp32_agreement == 1.0
+    assert scores.int8_accuracy == 0.75 and scores.int8_agreement == 0.5
+    paths = [f"p{i}" for i in range(50)]
+    assert fp32_sample(paths, 10, seed=3) == fp32_sample(paths, 10, seed=3) != fp32_sample(paths, 10, seed=4)
+    assert len(set(fp32_sample(paths, 10, seed=3))) == 10 and fp32_sample(paths[:5], 10, seed=3) == paths[:5]
+    usable, why = int8_verdict({"test": RuntimeScores(images=100, torch_accuracy=0.9, fp32_accuracy=0.5, fp32_agreement=0.5,
+                                                      int8_accuracy=0.89, int8_agreement=0.95, fp32_images=10)}, 0.005)
+    assert not usable and "int8 loses 1.00 points" in why  # against the model's 90%, not the fp32 sample's 50%
 
 
 def test_int8_must_hold_on_every_set_scored():

@@ -45,9 +45,7 @@ from asl_platform.model.classifier import probabilities
 from asl_platform.model.fusion import choose_rule, fuse, score_rules
 from asl_platform.model.landmarks import landmark_probabilities, save_landmark_weights
 from asl_platform.stages.evaluate import SplitAnswers
-from asl_platform.stages.hands import detect_hands
-from asl_platform.stages.features import extract_features
-from asl_platform.stages.ingest import TEST_SPLIT_FILE, PreparedData, features_cache, hands_cache
+from asl_platform.stages.ingest import TEST_SPLIT_FILE, PreparedData
 from asl_platform.stages.onnx_export import export_onnx
 from asl_platform.training.search import searched_values
 
@@ -119,32 +117,30 @@ class CrossDomain:
         return metrics
 
 
-def score_cross_domain(cfg: Config, card: ModelCard, index: ImageIndex, image_model: nn.Module, kind: str,
+def score_cross_domain(card: ModelCard, prepared: PreparedData, index: ImageIndex, image_model: nn.Module,
                        landmark_model: nn.Module | None) -> CrossDomain:
-    """The trained image model on the folder's cached backbone features (or trunk activations: the
-    features stage's per-file cache, so a folder every run lists is extracted once) and, for a
-    hand-aware run, the hands stage and the landmark model; classes joined by name, unknown ones left out."""
+    """The trained image model on the folder's backbone features (or trunk activations) and, for a
+    hand-aware run, the landmark model on its hands: both computed by the features and hands stages
+    (``prepared.cross_table``, ``cross_hands``); classes joined by name, unknown ones left out."""
     paths, labels, unknown = join_classes(index, card.classes)
     if unknown:
         logger.warning("cross-domain: leaving out %d image(s) of classes the model does not know", sum(unknown.values()))
-    known = index.without(set(index.paths) - set(paths))
-    table = extract_features(known, cfg.model.backbone, cfg.model.weights, features_cache(cfg), cfg.data.batch_size,
-                             use_gpu=cfg.train.use_gpu, max_bytes=cfg.data.max_image_bytes,
-                             output="trunk" if kind == "activations" else "features", inference=cfg.inference)
-    good = table.valid
+    table = prepared.cross_table
+    position = {str(path): i for i, path in enumerate(table.paths)}
+    rows = np.asarray([position[path] for path in paths], dtype=np.int64)
+    good = table.valid[rows]
     image = np.zeros((len(labels), len(card.classes)), np.float32)
-    image[good] = probabilities(image_model, table.features[good], len(card.classes))
+    image[good] = probabilities(image_model, table.features[rows[good]], len(card.classes))
     found = np.zeros(len(labels), dtype=bool)
     landmarks = np.zeros_like(image)
     if landmark_model is not None:
-        hands = detect_hands(known, DetectionSettings.of(cfg.hands), hands_cache(cfg), cfg.data.batch_size,
-                             max_bytes=cfg.data.max_image_bytes)
+        hands = prepared.cross_hands.in_order(paths)
         good &= hands.valid
         found = hands.found & good
         landmarks = landmark_probabilities(landmark_model, hands.inputs(), found, len(card.classes))
     logger.info("cross-domain %s: %d readable image(s) of known classes%s", index.root, int(good.sum()),
                 f", hand found in {found[good].mean():.1%}" if landmark_model is not None and good.any() else "")
-    return CrossDomain(str(index.root), list(card.classes), [p for p, ok in zip(known.paths, good) if ok], labels[good],
+    return CrossDomain(str(index.root), list(card.classes), [p for p, ok in zip(paths, good) if ok], labels[good],
                        image[good], landmarks[good], found[good], hand_aware=landmark_model is not None)
 
 
@@ -268,7 +264,7 @@ def export_model(cfg: Config, best: Config, best_landmarks: Config | None, prepa
                                    trained.model)
     # Versioned like `train`'s exports, so serve/predict-batch/evaluate take <models>/<run.name> (its latest).
     model_dir, card = export_version(best, classifier, prepared, metrics=metrics, checkpoint=trained.checkpoint_path)
-    cross = score_cross_domain(cfg, card, cross_index, trained.model, kind, landmarks and landmarks.model) \
+    cross = score_cross_domain(card, prepared, cross_index, trained.model, landmarks and landmarks.model) \
         if cross_index else None
     if landmarks is not None:
         card = make_hand_aware(card, cfg, best_landmarks, prepared, answers, cross, landmarks.model)

@@ -73,6 +73,8 @@ class PreparedData:
     sources: list[dict] = field(default_factory=list)  # several data roots: each one's images and split
     balance_sources: bool = False  # data.balance_sources, with several folders
     inputs: str | None = None  # pipeline: ``inputs_key`` of what the model is made from (recorded in its card)
+    cross_table: FeatureTable | None = None  # pipeline: the cross-domain folder's, from the same stages (export scores it)
+    cross_hands: HandTable | None = None
 
     @property
     def skipped(self) -> int:
@@ -187,7 +189,7 @@ def prepare_data(
     ``activations``: cache the activations before the backbone's last stage instead (to train that
     stage on them), and derive the pooled features from them by running the frozen last stage once.
     ``cross_index``: the cross-domain folder's features and hands are computed in the same stages (into
-    the per-file caches, where the export reads them), so each stage's time is all of its work."""
+    the per-file caches, and kept for the export to score), so each stage's time is all of its work."""
     prepared = prepared or ingest(cfg, progress)
     index = prepared.index
     init_ray(cfg)  # after listing, so a wrong --data fails at once
@@ -202,10 +204,11 @@ def prepare_data(
                 output="trunk" if activations else "features", inference=cfg.inference,
             )
             if cross_index is not None:
-                extract_features(cross_index, cfg.model.backbone, cfg.model.weights, features_cache(cfg),
-                                 batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu,
-                                 max_bytes=cfg.data.max_image_bytes, output="trunk" if activations else "features",
-                                 inference=cfg.inference)
+                prepared.cross_table = extract_features(
+                    cross_index, cfg.model.backbone, cfg.model.weights, features_cache(cfg),
+                    batch_size=cfg.data.batch_size, use_gpu=cfg.train.use_gpu, max_bytes=cfg.data.max_image_bytes,
+                    output="trunk" if activations else "features", inference=cfg.inference,
+                )
             if activations:
                 started = time.perf_counter()
                 prepared.pooled = pool_activations(prepared.table.features, cfg.model.backbone, cfg.model.weights)
@@ -222,8 +225,8 @@ def prepare_data(
             prepared.hands = detect_hands(index, DetectionSettings.of(cfg.hands), hands_cache(cfg), cfg.data.batch_size,
                                           max_bytes=cfg.data.max_image_bytes)
             if cross_index is not None:
-                detect_hands(cross_index, DetectionSettings.of(cfg.hands), hands_cache(cfg), cfg.data.batch_size,
-                             max_bytes=cfg.data.max_image_bytes)
+                prepared.cross_hands = detect_hands(cross_index, DetectionSettings.of(cfg.hands), hands_cache(cfg),
+                                                    cfg.data.batch_size, max_bytes=cfg.data.max_image_bytes)
             for path, error in zip(prepared.hands.paths, prepared.hands.errors):  # e.g. changed since the features
                 if error and str(path) not in prepared.unreadable:
                     prepared.unreadable[str(path)] = f"hand detection: {error}"

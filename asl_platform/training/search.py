@@ -159,6 +159,9 @@ def run_search(data: dict, cfg: Config, name: str = "tune", resume: bool = False
                 search_alg=BasicVariantGenerator(random_state=bounds.seed, max_concurrent=bounds.max_concurrent_trials or 0),
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=bounds.max_epochs,
                                         grace_period=bounds.grace_period, reduction_factor=bounds.reduction_factor),
+                # A trial's process is handed to the next trial: most trials are a few seconds of arithmetic,
+                # and starting a process (Python, torch, this package) for each cost about as much again.
+                reuse_actors=True,
             ),
             # Tune's own status tables print each trial's whole config (kilobytes a line): one line per
             # finished trial instead, plain text, readable in a log as in a terminal.

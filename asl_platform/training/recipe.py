@@ -30,6 +30,8 @@ from asl_platform.model.landmarks import LandmarkClassifier
 Kind = Literal["features", "activations", "images", "landmarks"]
 KINDS: tuple[Kind, ...] = ("features", "activations", "images", "landmarks")
 ARRAY_KINDS = ("features", "activations", "landmarks")  # trained on cached arrays, not image files
+# What each kind trains, in log lines (the pipeline retrains two models in a row: their epoch lines differ).
+TRAINS = {"features": "head", "activations": "last stage + head", "images": "classifier", "landmarks": "landmark model"}
 # The keys an ASHA search samples, as dotted config paths, with how each is sampled from its bounds
 # ``tune.<key>`` (same name): they reach every trial (and the retrain that follows the search) from
 # the search, never from the config file.

@@ -150,7 +150,7 @@ def run_training(cfg: Config, kind: recipe.Kind, num_classes: int, name: str, *,
     model.eval()
     with result.checkpoint.as_directory() as directory:  # the last epoch's checkpoint holds the whole history
         history = read_checkpoint(directory)["history"]
-    logger.info("training done: best epoch %s of %d run, val loss %.4f, val accuracy %.2f%%",
+    logger.info("%s trained: best epoch %s of %d run, val loss %.4f, val accuracy %.2f%%", recipe.TRAINS[kind],
                 best_metrics["epoch"], len(history), best_metrics["val_loss"], 100 * best_metrics["val_accuracy"])
     return TrainingResult(model, dict(best_metrics), history, best.path)
 

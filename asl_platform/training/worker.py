@@ -25,10 +25,11 @@ from asl_platform.training.sources import ArrayBatches, ShardBatches, evaluation
 logger = logging.getLogger("asl_platform.training")
 
 
-def log_epoch(metrics: dict, epochs: int) -> None:
-    logger.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.2f%%, %.1f images/s%s",
-                metrics["epoch"], epochs, metrics["train_loss"], metrics["val_loss"], 100 * metrics["val_accuracy"],
-                metrics["images_per_second"], " (early stop)" if metrics.get("early_stop") else "")
+def log_epoch(metrics: dict, epochs: int, kind: recipe.Kind) -> None:
+    logger.info("%s, epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.2f%%, %.1f images/s%s",
+                recipe.TRAINS[kind], metrics["epoch"], epochs, metrics["train_loss"], metrics["val_loss"],
+                100 * metrics["val_accuracy"], metrics["images_per_second"],
+                " (early stop)" if metrics.get("early_stop") else "")
 
 
 def _quiet_ray_train_reports() -> None:
@@ -110,7 +111,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if rank == 0:
                 save_checkpoint(tmp, model, optimizer, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                log_epoch(metrics, cfg.train.epochs)
+                log_epoch(metrics, cfg.train.epochs, kind)
             ray.train.report(metrics, checkpoint=checkpoint)
 
 

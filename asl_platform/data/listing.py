@@ -15,6 +15,8 @@ from typing import Iterable
 import numpy as np
 import pyarrow.fs as pafs
 
+from asl_platform.config import PERSON_PATTERN
+from asl_platform.data.people import groups_of, validates_on_people
 from asl_platform.data.storage import is_hidden, list_children, split_uri, strip_file_scheme, to_uri
 from asl_platform.errors import DataError
 
@@ -41,6 +43,7 @@ class ImageIndex:
     stamps: list[str] = field(default_factory=list)  # "size:mtime_ns" from the listing (cache keys)
     splits: list[str] = field(default_factory=list)
     sources: list[int] = field(default_factory=list)  # which training folder each file is from (several folders)
+    groups: list[str] = field(default_factory=list)  # whose each file is: a person, or its folder (``data.people``)
 
     @classmethod
     def of_paths(cls, paths: list[str]) -> ImageIndex:
@@ -68,7 +71,7 @@ class ImageIndex:
             return [values[i] for i in keep] if values else []
 
         return ImageIndex(self.root, self.layout, self.classes, pick(self.paths), pick(self.labels),
-                          pick(self.stamps), pick(self.splits), pick(self.sources))
+                          pick(self.stamps), pick(self.splits), pick(self.sources), pick(self.groups))
 
     def records(self) -> list[dict]:
         splits = self.splits or ["train"] * len(self.paths)
@@ -254,6 +257,7 @@ def merge_sources(indexes: list[ImageIndex]) -> ImageIndex:
         merged.labels += [position[index.classes[y]] for y in index.labels]
         merged.stamps += index.stamps or [""] * len(index.paths)
         merged.splits += index.splits
+        merged.groups += index.groups
     seen: set[str] = set()
     twice = [path for path in merged.paths if path in seen or seen.add(path)]
     if twice:  # nested or repeated folders: one photo would count twice, maybe in two splits
@@ -264,11 +268,21 @@ def merge_sources(indexes: list[ImageIndex]) -> ImageIndex:
 
 
 def list_sources(roots: list[str], max_per_class: int | None, seed: int, val_fraction: float,
-                 test_fraction: float) -> tuple[ImageIndex, list[dict]]:
+                 test_fraction: float, validation: str = "split",
+                 person_pattern: str = PERSON_PATTERN) -> tuple[ImageIndex, list[dict]]:
     """List and split every folder (stratified per folder and class, so each source is in every
-    split in proportion), merged into one index; and per folder its image and split counts."""
-    indexes = [stratified_split(list_images(root, max_per_class, seed), val_fraction, test_fraction, seed)
-               for root in roots]
+    split in proportion), merged into one index with each file's group (``data.people.groups_of``); and per
+    folder its image and split counts. ``validation="people"`` with two groups or more: no validation split
+    is drawn (each group is held out in turn instead, ``data.people``), the rest of train/test as ever."""
+    indexes = [list_images(root, max_per_class, seed) for root in roots]
+    groups = groups_of([p for index in indexes for p in index.paths],
+                       [index.root for index in indexes for _ in index.paths], person_pattern)
+    if validates_on_people(validation, groups):
+        val_fraction = 0.0
+    start = 0
+    for index in indexes:
+        index.groups, start = groups[start:start + len(index)], start + len(index)
+        stratified_split(index, val_fraction, test_fraction, seed)
     sources = [{"root": index.root, "images": len(index),
                 "split": {s: index.splits.count(s) for s in ("train", "val", "test")}} for index in indexes]
     return merge_sources(indexes), sources

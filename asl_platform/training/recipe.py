@@ -105,11 +105,26 @@ def build_model(cfg: Config, kind: Kind, num_classes: int, feature_dim: int | No
     return model
 
 
+def build_members(cfg: Config, kind: Kind, num_classes: int, feature_dim: int | None, count: int,
+                  seed: int) -> nn.ModuleList:
+    """``count`` models of ``kind`` from the same initial weights (``seed``), trained in lockstep where the
+    run chooses on held-out people (``loop.fit``): the model of everyone and one per held-out group are the
+    same recipe on other rows."""
+    members = []
+    for _ in range(count):
+        torch.manual_seed(seed)
+        members.append(build_model(cfg, kind, num_classes, feature_dim))
+    return nn.ModuleList(members)
+
+
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; a trained last stage of a
-    pretrained backbone gets its own group at ``train.lr x train.last_stage_lr_factor``."""
+    pretrained backbone gets its own group at ``train.lr x train.last_stage_lr_factor``. For the members
+    of a people-validated run (an ``nn.ModuleList``) one AdamW serves them all: its state is per parameter,
+    and a step leaves the members without gradients (not trained on that batch) untouched."""
     train = cfg.train
-    last_stage = list(getattr(model, "last_stage_parameters", list)())
+    modules = list(model) if isinstance(model, nn.ModuleList) else [model]
+    last_stage = [p for module in modules for p in getattr(module, "last_stage_parameters", list)()]
     in_last_stage = {id(p) for p in last_stage}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_last_stage]
     groups = [{"params": rest, "lr": train.lr}]
@@ -137,7 +152,21 @@ def mixed_precision(cfg: Config, kind: Kind, device: torch.device) -> bool:
 
 
 def label_smoothing(cfg: Config, kind: Kind) -> float:
+    if kind == "landmarks":
+        return cfg.hands.label_smoothing
     return cfg.train.last_stage_label_smoothing if trains_last_stage(cfg, kind) else 0.0
+
+
+def landmark_config(cfg: Config) -> Config:
+    """The config the landmark model's search and retrain run with: its own length and patience
+    (``hands.epochs``, ``hands.early_stopping_patience``) in place of the image model's."""
+    hands = cfg.hands
+    return cfg.model_copy(update={
+        "tune": cfg.tune.model_copy(update={"max_epochs": hands.epochs,
+                                            "grace_period": min(cfg.tune.grace_period, hands.epochs)}),
+        "train": cfg.train.model_copy(update={"epochs": hands.epochs,
+                                              "early_stopping_patience": hands.early_stopping_patience}),
+    })
 
 
 def feature_noise(cfg: Config, kind: Kind) -> float:

@@ -23,7 +23,7 @@ from asl_platform.errors import UserError
 from asl_platform.model import get_backbone_spec
 from asl_platform.training import recipe
 from asl_platform.training.loop import EarlyStopping, TrainingState, fit
-from asl_platform.training.sources import ArrayBatches, FileBatches, evaluation_batch_size
+from asl_platform.training.sources import ArrayBatches, FileBatches, evaluation_batch_size, member_sources
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,12 @@ def search_trial(config: dict, data: dict) -> None:
     torch.manual_seed(cfg.tune.seed)
     device = torch.device("cuda" if cfg.tune.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
     kind, batch_size = data["kind"], cfg.train.batch_size
-    if kind in recipe.ARRAY_KINDS:
+    if data.get("folds") is not None:  # held-out people: one model per fold, scored on its group (loop.fit)
+        (x_train, y_train), folds = data["train"], data["folds"]
+        model = recipe.build_members(cfg, kind, data["num_classes"], x_train.shape[1], len(folds), cfg.tune.seed)
+        train, val = member_sources(x_train, y_train, folds, batch_size, device, seed=cfg.tune.seed,
+                                    weights=data.get("train_weights"), everyone=False)
+    elif kind in recipe.ARRAY_KINDS:
         (x_train, y_train), (x_val, y_val) = data["train"], data["val"]
         model = recipe.build_model(cfg, kind, data["num_classes"], x_train.shape[1])
         train = ArrayBatches(x_train, y_train, batch_size, device, shuffle=True, seed=cfg.tune.seed,
@@ -128,8 +133,9 @@ def run_search(data: dict, cfg: Config, name: str = "tune", resume: bool = False
     Tune's results.
 
     ``data`` holds what trials need besides the config: ``kind`` ("features", "landmarks":
-    ``train``/``val`` arrays and, optionally, ``train_weights``; "images": ``train_files``/``val_files``)
-    and ``num_classes``. A fresh search never
+    ``train``/``val`` arrays and, optionally, ``train_weights``, or instead of ``val`` the ``folds`` that
+    hold people out (``data.people``: a trial is then scored on people its models were not trained on);
+    "images": ``train_files``/``val_files``) and ``num_classes``. A fresh search never
     overwrites an earlier one: its folder is renamed aside first."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -151,7 +157,7 @@ def run_search(data: dict, cfg: Config, name: str = "tune", resume: bool = False
             _trainable(cfg, data),
             param_space=param_space(cfg),
             tune_config=tune.TuneConfig(
-                metric="val_loss",
+                metric="val_score",  # loop.fit: the validation loss, or the error on held-out people
                 mode="min",
                 num_samples=bounds.num_samples,
                 # The limit goes to the generator itself: Tune ignores TuneConfig.max_concurrent_trials
@@ -171,7 +177,7 @@ def run_search(data: dict, cfg: Config, name: str = "tune", resume: bool = False
         )
     results = tuner.fit()
     rows = trial_rows(results, bounds.max_epochs)
-    best = results.get_best_result(metric="val_loss", mode="min", scope="all")
+    best = results.get_best_result(metric="val_score", mode="min", scope="all")
     return Config.model_validate(best.config), rows, results
 
 
@@ -186,13 +192,13 @@ def trial_progress(total: int):
 
         def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
             result = trial.last_result or {}
-            loss = result.get("val_loss")
-            if loss is not None and (self.best is None or loss < self.best):
-                self.best = loss
+            loss, score = result.get("val_loss"), result.get("val_score")
+            if score is not None and (self.best is None or score < self.best):
+                self.best = score
             done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + (trial.status not in ("TERMINATED", "ERROR"))
             values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in searched_values(trial.config).items())
-            logger.info("search: trial %d of %d done after %s epoch(s): val_loss %s, val_accuracy %s (%s); best val_loss %s",
+            logger.info("search: trial %d of %d done after %s epoch(s): val_loss %s, val_accuracy %s (%s); best val_score %s",
                         done, total, result.get("training_iteration", "?"),
                         f"{loss:.4f}" if loss is not None else "-",
                         f"{result['val_accuracy']:.2%}" if "val_accuracy" in result else "-", values,
@@ -239,7 +245,8 @@ def plot_curves(results, path: Path) -> Path:
 
 
 def trial_rows(results, max_epochs: int) -> list[dict]:
-    """One row per trial: its config, epochs run, best val loss/accuracy, stopped early or not."""
+    """One row per trial: its config, epochs run, its best epoch's val score, loss and accuracy (best by
+    ``val_score``), stopped early or not; best first."""
     rows = []
     for result in results:
         history = result.metrics_dataframe
@@ -247,17 +254,18 @@ def trial_rows(results, max_epochs: int) -> list[dict]:
             rows.append({"trial": Path(result.path).name if result.path else "?", **searched_values(result.config),
                          "error": str(result.error)})
             continue
-        best = history.loc[history["val_loss"].idxmin()]
+        best = history.loc[history["val_score"].idxmin()]
         epochs = int(history["training_iteration"].max())
         rows.append({
             "trial": str(result.metrics.get("trial_id", Path(result.path).name)),
             **searched_values(result.config),
             "epochs": epochs,
+            "best_val_score": float(best["val_score"]),
             "best_val_loss": float(best["val_loss"]),
             "best_val_accuracy": float(best["val_accuracy"]),
             "stopped_early": epochs < max_epochs,
         })
-    return sorted(rows, key=lambda row: row.get("best_val_loss", float("inf")))
+    return sorted(rows, key=lambda row: row.get("best_val_score", float("inf")))
 
 
 def write_results(rows: list[dict], best: Config, directory: Path) -> Path:

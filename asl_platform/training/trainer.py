@@ -6,7 +6,7 @@ epoch's model rebuilt from its checkpoint.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +14,14 @@ from torch import nn
 
 from asl_platform.config import Config
 from asl_platform.data.listing import ImageIndex
+from asl_platform.data.people import Folds
 from asl_platform.data.reading import image_dataset
 from asl_platform.data.storage import storage_uri
 from asl_platform.errors import UserError
 from asl_platform.model import build_backbone, get_backbone_spec, load_trained_state
 from asl_platform.training import recipe
 from asl_platform.training.loop import read_checkpoint
-from asl_platform.training.worker import feature_dim_of, train_loop_per_worker
+from asl_platform.training.worker import build_trained, feature_dim_of, train_loop_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class TrainingResult:
     best_metrics: dict
     history: list[dict]  # every epoch run, once each, even across worker failures
     checkpoint_path: str
+    held_out: list[nn.Module] = field(default_factory=list)  # held-out people: each fold's model at that epoch
+    folds: Folds | None = None
 
 
 def drop_unreadable(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -73,10 +76,10 @@ def image_datasets(cfg: Config, train: ImageIndex, val: ImageIndex) -> dict:
 
 def build_trainer(cfg: Config, kind: recipe.Kind, num_classes: int, name: str, *,
                   arrays: dict[str, Arrays] | None = None, datasets: dict | None = None,
-                  train_weights: np.ndarray | None = None):
+                  train_weights: np.ndarray | None = None, folds: Folds | None = None):
     """The ``TorchTrainer``: the whole config travels to every worker (``train_loop_config``);
-    cached arrays (and their rows' sampling weights, if any) go once through the object store,
-    images as Ray Data shards (val unsplit)."""
+    cached arrays (and their rows' sampling weights, if any, and the folds that hold people out) go once
+    through the object store, images as Ray Data shards (val unsplit)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train import DataConfig as RayDataConfig
@@ -84,9 +87,10 @@ def build_trainer(cfg: Config, kind: recipe.Kind, num_classes: int, name: str, *
 
     loop_config = {"config": cfg.model_dump(mode="json"), "kind": kind, "num_classes": num_classes}
     if arrays is not None:
-        loop_config.update(train=ray.put(arrays["train"]), val=ray.put(arrays["val"]),
+        loop_config.update(train=ray.put(arrays["train"]), val=None if folds else ray.put(arrays["val"]),
                            feature_dim=feature_dim_of(arrays["train"][0], cfg),
-                           train_weights=None if train_weights is None else ray.put(train_weights))
+                           train_weights=None if train_weights is None else ray.put(train_weights),
+                           folds=ray.put(folds) if folds else None, fold_count=len(folds) if folds else 0)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -98,7 +102,7 @@ def build_trainer(cfg: Config, kind: recipe.Kind, num_classes: int, name: str, *
             name=name,
             storage_path=storage_uri(cfg.storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep,
-                                               checkpoint_score_attribute="val_loss", checkpoint_score_order="min"),
+                                               checkpoint_score_attribute="val_score", checkpoint_score_order="min"),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             # Ray Train's own INFO lines (every report, every checkpoint path) would bury the epoch
             # lines that rank 0 logs (Ray forwards them to the driver's terminal).
@@ -126,33 +130,48 @@ def checked_init_from(cfg: Config, classes: list[str]) -> Config:
 
 def run_training(cfg: Config, kind: recipe.Kind, num_classes: int, name: str, *,
                  arrays: dict[str, Arrays] | None = None, index: dict[str, ImageIndex] | None = None,
-                 train_weights: np.ndarray | None = None) -> TrainingResult:
-    """Train ``kind`` with Ray Train and return the best epoch's model (lowest validation loss).
+                 train_weights: np.ndarray | None = None, folds: Folds | None = None) -> TrainingResult:
+    """Train ``kind`` with Ray Train and return the best epoch's model (lowest ``val_score``: the validation
+    loss, or the error on held-out people).
 
     ``arrays``: {"train": (x, y), "val": (x, y)} cached features, activations or landmarks, with
     ``train_weights`` (one per training row) when rows are drawn by weight; ``index``:
-    {"train": ImageIndex, "val": ImageIndex} of readable image files. The commands check the
+    {"train": ImageIndex, "val": ImageIndex} of readable image files. ``folds`` (cached arrays only, no
+    "val"): choose on held-out people (``data.people``): the model of every row is trained in lockstep with
+    one model per fold, the epoch is the one at which the folds' models did best on their held-out groups,
+    and those models come back too (``held_out``), for what is chosen after training. The commands check the
     config's ``train`` keys first (``recipe.check_train_keys``), before any data work."""
     _check_resources(cfg, kind)
+    if folds is not None and cfg.train.num_workers != 1:
+        raise UserError(f"train.num_workers={cfg.train.num_workers}: choosing on held-out people trains one small model "
+                        "per held-out group in lockstep on one worker; set train.num_workers=1 (or data.validation=split "
+                        "for data-parallel training)")
     if kind == "images":
         cfg = checked_init_from(cfg, index["train"].classes)
     if kind in ("activations", "images"):
         build_backbone(cfg.model.backbone, cfg.model.weights)  # missing weights: fail here, clearly, once
     datasets = image_datasets(cfg, index["train"], index["val"]) if kind == "images" else None
-    trainer = build_trainer(cfg, kind, num_classes, name, arrays=arrays, datasets=datasets, train_weights=train_weights)
+    trainer = build_trainer(cfg, kind, num_classes, name, arrays=arrays, datasets=datasets, train_weights=train_weights,
+                            folds=folds)
     result = trainer.fit()
-    best = result.get_best_checkpoint(metric="val_loss", mode="min")
+    best = result.get_best_checkpoint(metric="val_score", mode="min")
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     feature_dim = feature_dim_of(arrays["train"][0], cfg) if arrays is not None else None
-    model = recipe.build_model(cfg, kind, num_classes, feature_dim)  # the frozen weights, as the workers started from
+    model = build_trained(cfg, {"kind": kind, "num_classes": num_classes, "feature_dim": feature_dim, "folds": folds,
+                                "fold_count": len(folds) if folds else 0})  # the frozen weights, as the workers started from
     with best.as_directory() as directory:
         load_trained_state(model, read_checkpoint(directory)["model"])
     model.eval()
+    held_out = []
+    if folds is not None:
+        model, *held_out = model
     with result.checkpoint.as_directory() as directory:  # the last epoch's checkpoint holds the whole history
         history = read_checkpoint(directory)["history"]
-    logger.info("%s trained: best epoch %s of %d run, val loss %.4f, val accuracy %.2f%%", recipe.TRAINS[kind],
-                best_metrics["epoch"], len(history), best_metrics["val_loss"], 100 * best_metrics["val_accuracy"])
-    return TrainingResult(model, dict(best_metrics), history, best.path)
+    logger.info("%s trained: best epoch %s of %d run, val loss %.4f, val accuracy %.2f%%%s", recipe.TRAINS[kind],
+                best_metrics["epoch"], len(history), best_metrics["val_loss"], 100 * best_metrics["val_accuracy"],
+                f" (mean over {len(folds)} held-out groups of people, each fold's model trained without its group)"
+                if folds else "")
+    return TrainingResult(model, dict(best_metrics), history, best.path, held_out, folds)
 
 
 def write_tensorboard(history: list[dict], directory: Path) -> Path:

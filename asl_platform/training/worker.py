@@ -20,7 +20,7 @@ from asl_platform.config import Config
 from asl_platform.model import get_backbone_spec
 from asl_platform.training import recipe
 from asl_platform.training.loop import EarlyStopping, TrainingState, fit, read_checkpoint, restore, save_checkpoint
-from asl_platform.training.sources import ArrayBatches, ShardBatches, evaluation_batch_size
+from asl_platform.training.sources import ArrayBatches, ShardBatches, evaluation_batch_size, member_sources
 
 logger = logging.getLogger("asl_platform.training")
 
@@ -52,12 +52,17 @@ def _sources(loop_config: dict, cfg: Config, rank: int, world: int, device: torc
     if kind == "images":
         train = ShardBatches(ray.train.get_dataset_shard("train"), batch_size, device, shuffle=True)
         return train, ShardBatches(ray.train.get_dataset_shard("val"), batch_size, device)
-    (x_train, y_train), (x_val, y_val) = ray.get(loop_config["train"]), ray.get(loop_config["val"])
-    usable = len(y_train) // world * world  # equal shards: DDP needs the same number of steps on every worker
+    x_train, y_train = ray.get(loop_config["train"])
     weights = loop_config.get("train_weights")
+    weights = None if weights is None else ray.get(weights)
+    if loop_config.get("folds") is not None:  # held-out people: the model of everyone and one per fold (one worker)
+        return member_sources(x_train, y_train, ray.get(loop_config["folds"]), batch_size, device, seed=cfg.train.seed,
+                              noise=recipe.feature_noise(cfg, kind), weights=weights)
+    x_val, y_val = ray.get(loop_config["val"])
+    usable = len(y_train) // world * world  # equal shards: DDP needs the same number of steps on every worker
     train = ArrayBatches(x_train[rank:usable:world], y_train[rank:usable:world], batch_size, device, shuffle=True,
                          seed=cfg.train.seed, noise=recipe.feature_noise(cfg, kind),
-                         weights=None if weights is None else ray.get(weights)[rank:usable:world])
+                         weights=None if weights is None else weights[rank:usable:world])
     return train, ArrayBatches(x_val, y_val, evaluation_batch_size(x_val), device)
 
 
@@ -83,8 +88,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # Ray limits a 1-CPU worker to 1 thread; decoding needs only a sliver of a core per batch, so the
     # worker's math uses its share of the node (bench/train.py: 0.63x -> 0.95x of a plain loop).
     torch.set_num_threads(cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // world))
-    torch.manual_seed(cfg.train.seed)
-    model = recipe.build_model(cfg, kind, loop_config["num_classes"], loop_config.get("feature_dim"))
+    model = build_trained(cfg, loop_config)
     optimizer = recipe.make_optimizer(model, cfg)
     state, saved = TrainingState(EarlyStopping(cfg.train.early_stopping_patience)), None
     checkpoint = ray.train.get_checkpoint()
@@ -113,6 +117,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 log_epoch(metrics, cfg.train.epochs, kind)
             ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def build_trained(cfg: Config, loop_config: dict) -> torch.nn.Module:
+    """What the run trains, freshly initialised (``train.seed``): the model, or where the run chooses on held-out
+    people (``folds`` given) the model of everyone followed by one per fold, as ``recipe.build_members``."""
+    kind, num_classes, feature_dim = loop_config["kind"], loop_config["num_classes"], loop_config.get("feature_dim")
+    folds = loop_config.get("folds")
+    if folds is not None:
+        return recipe.build_members(cfg, kind, num_classes, feature_dim, 1 + loop_config["fold_count"], cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    return recipe.build_model(cfg, kind, num_classes, feature_dim)
 
 
 def feature_dim_of(inputs: np.ndarray, cfg: Config) -> int:

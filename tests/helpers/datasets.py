@@ -47,3 +47,28 @@ def detected_photos(root: Path, labels: list[str], per_class: int, scan: int = 4
                 break
     detector.close()
     return found
+
+
+def hand_shapes(per_class: int, seed: int, jitter: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Landmark rows (``hands.landmark_inputs``) of three prototype hands, each moved, scaled, slightly
+    rotated, jittered (``jitter`` pixels) and shown as either hand (mirrored, with the matching handedness):
+    what a landmark model must see through."""
+    import numpy as np
+
+    from asl_platform.hands import landmark_inputs
+
+    rng = np.random.default_rng(seed)
+    prototypes = np.random.default_rng(99).normal(0, 40, (3, 21, 3)).astype(np.float32)
+    prototypes[:, 0] = 0
+    rows, labels = [], []
+    for label, prototype in enumerate(prototypes):
+        for _ in range(per_class):
+            angle = rng.uniform(-0.2, 0.2)
+            rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+            points = (prototype @ rotation.T) * rng.uniform(0.5, 2) + rng.normal(0, jitter, (21, 3))
+            right = float(rng.random() < 0.5)
+            if not right:
+                points[:, 0] *= -1
+            rows.append(landmark_inputs(points + [rng.uniform(0, 500), rng.uniform(0, 400), 0], [right])[0])
+            labels.append(label)
+    return np.stack(rows).astype(np.float32), np.asarray(labels, dtype=np.int64)

@@ -8,33 +8,13 @@ import pytest
 import torch
 
 from asl_platform.config import ConfigError, load_config
-from asl_platform.hands import landmark_inputs
 from asl_platform.model.landmarks import LandmarkClassifier
 from asl_platform.training import recipe
 from asl_platform.training.search import run_search
 from asl_platform.training.trainer import run_training
+from helpers.datasets import hand_shapes
 
 pytestmark = pytest.mark.e2e
-
-
-def hand_shapes(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Three prototype hands, each moved, scaled, slightly rotated, jittered and shown as either
-    hand (mirrored, with the matching handedness): what a landmark model must see through."""
-    rng = np.random.default_rng(seed)
-    prototypes = np.random.default_rng(99).normal(0, 40, (3, 21, 3)).astype(np.float32)
-    prototypes[:, 0] = 0
-    rows, labels = [], []
-    for label, prototype in enumerate(prototypes):
-        for _ in range(per_class):
-            angle = rng.uniform(-0.2, 0.2)
-            rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-            points = (prototype @ rotation.T) * rng.uniform(0.5, 2) + rng.normal(0, 3, (21, 3))
-            right = float(rng.random() < 0.5)
-            if not right:
-                points[:, 0] *= -1
-            rows.append(landmark_inputs(points + [rng.uniform(0, 500), rng.uniform(0, 400), 0], [right])[0])
-            labels.append(label)
-    return np.stack(rows).astype(np.float32), np.asarray(labels, dtype=np.int64)
 
 
 def test_the_landmark_model_is_searched_by_asha_and_retrained_by_ray_train(ray_local, tmp_path):

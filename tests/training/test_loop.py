@@ -142,3 +142,44 @@ def test_the_last_stage_learns_under_bfloat16_autocast_and_keeps_float32_weights
     after = evaluate(model, val.batches(0), amp=True)
     assert after["loss"] < before["loss"] and after["accuracy"] > before["accuracy"]
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_members_trained_in_lockstep_learn_as_if_each_were_trained_alone_and_are_scored_on_their_held_out_group():
+    """Choosing on held-out people: one AdamW over the members, each member trained on its own rows, is the
+    same as training each alone; the epoch's validation is the mean over the scored members (every held-out
+    group weighs the same however many images it has), and the model of everyone is not scored."""
+    from torch import nn
+
+    from asl_platform.data.people import leave_one_group_out
+    from asl_platform.training.sources import member_sources
+
+    x, y = _blobs(n=30)
+    groups = np.asarray(["a", "b", "c"] * 30)
+    groups[:10] = "a"  # groups of different sizes
+    folds = leave_one_group_out(groups, y)
+
+    def fresh(count):
+        members = []
+        for _ in range(count):
+            torch.manual_seed(0)
+            members.append(build_head(8, 3, 16, 0.0))
+        return nn.ModuleList(members)
+
+    members = fresh(1 + len(folds))
+    optimizer = torch.optim.AdamW(members.parameters(), lr=1e-2)
+    train, val = member_sources(x, y, folds, 16, CPU, seed=3)
+    assert val[0] is None and [len(v) for v in val[1:]] == [len(rows) for rows in folds.val]
+    history = list(fit(members, optimizer, train, val, epochs=3, state=TrainingState(EarlyStopping(None))))
+
+    for number, rows in enumerate([None, *folds.train]):
+        torch.manual_seed(0)
+        alone = build_head(8, 3, 16, 0.0)
+        source = ArrayBatches(x, y, 16, CPU, shuffle=True, seed=3, rows=rows)
+        list(fit(alone, torch.optim.AdamW(alone.parameters(), lr=1e-2), source, ArrayBatches(x, y, 64, CPU),
+                 epochs=3, state=TrainingState(EarlyStopping(None))))
+        for mine, its in zip(members[number].parameters(), alone.parameters()):
+            assert torch.allclose(mine, its, atol=1e-6), number
+    scored = [evaluate(member, source.batches(0)) for member, source in zip(members[1:], val[1:])]
+    assert history[-1]["val_loss"] == pytest.approx(np.mean([s["loss"] for s in scored]))
+    assert history[-1]["val_accuracy"] == pytest.approx(np.mean([s["accuracy"] for s in scored]))
+    assert history[-1]["train_images"] == len(y) + sum(len(rows) for rows in folds.train)

@@ -28,6 +28,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
+# A file named <person>-<n>.<ext> is that person's (asl-signers' and asl-people's webcam frames are so named).
+PERSON_PATTERN = r"^(?P<person>.+)-\d+\.[A-Za-z0-9]+$"
+
+
 class DataConfig(_Section):
     """Where the images are and how they are split and preprocessed."""
 
@@ -36,7 +40,9 @@ class DataConfig(_Section):
         description="Image folder (local path or s3://...), or a list of them (classes matched by name, each "
                     "split on its own). None uses the built-in synthetic smoke set.",
     )
-    val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0, description="Share of each class held out to choose epochs, hyperparameters, the fusion rule and the \"not sure\" threshold.")
+    val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0, description="Share of each class held out at random to "
+                                "choose on (data.validation=split, or people with a single group): epochs, trials, the "
+                                "fusion rule, the \"not sure\" threshold.")
     test_fraction: float = Field(default=0.15, ge=0.0, lt=1.0, description="Share of each class held out for the test accuracy (never chosen on).")
     seed: int = Field(default=42, description="Seed of the stratified split; same seed, same split.")
     max_images_per_class: int | None = Field(
@@ -57,6 +63,34 @@ class DataConfig(_Section):
                     "the confidence threshold on the validation split: one person's many photos do not drown a "
                     "smaller folder of many people. Nothing to balance with one folder.",
     )
+
+    validation: Literal["people", "split"] = Field(
+        default="people",
+        description="What the pipeline chooses on (when training stops, the search's best trial, the fusion rule, the "
+                    "\"not sure\" threshold, the calibration temperature). 'people': people the model being chosen "
+                    "was not trained on: each group (a person named by the file name, data.person_pattern, else a "
+                    "folder) held out in turn, the exported model trained on all of them; with a single group, the "
+                    "validation split (said in the log and the card). 'split': a random validation split of the same "
+                    "folders (data.val_fraction).",
+    )
+    person_pattern: str = Field(
+        default=PERSON_PATTERN,
+        description="A regular expression with a (?P<person>...) group, matched against each training file's name: the "
+                    "person it names; files it does not match are their folder's group.",
+    )
+
+    @field_validator("person_pattern")
+    @classmethod
+    def _pattern_names_a_person(cls, pattern: str) -> str:
+        import re
+
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        if "person" not in compiled.groupindex:
+            raise ValueError("needs a named group (?P<person>...) that matches the person's name")
+        return pattern
 
     @field_validator("root")
     @classmethod
@@ -131,6 +165,14 @@ class HandsConfig(_Section):
     augment_tilt_deg: float = Field(default=25, ge=0, le=90, description="Training: random 3-D yaw and pitch (+-).")
     augment_stretch: float = Field(default=0.1, ge=0, lt=1, description="Training: random per-axis stretch (+-).")
     augment_jitter: float = Field(default=0.02, ge=0, le=1, description="Training: landmark noise (x palm size).")
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="Training: cross-entropy label smoothing of the "
+                                   "landmark model (on held-out people it kept the loss falling for longer and gave "
+                                   "the best mean person; docs/training.md).")
+    epochs: int = Field(default=40, ge=1, description="The landmark model's most epochs, in its search (in place of "
+                        "tune.max_epochs) and retrain (of train.epochs); early stopping ends the retrain sooner.")
+    early_stopping_patience: int = Field(default=6, ge=1, description="The landmark model's retrain stops after this "
+                                         "many epochs without a lower validation loss (in place of "
+                                         "train.early_stopping_patience: held-out people's loss is noisy).")
 
 
 class TuneConfig(_Section):

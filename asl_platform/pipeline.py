@@ -52,7 +52,7 @@ def run_tune(cfg: Config, resume: bool = False) -> tuple[Path, list[dict]]:
     run_dir = start_run(cfg)
     stages = ("ingest", "features", "tune") if cfg.tune.mode == "features" else ("ingest", "check", "tune")
     progress = StageProgress(stages)
-    prepared = prepare_data(cfg, progress, run_dir, with_features=cfg.tune.mode == "features")
+    prepared = prepare_data(cfg, progress, run_dir, with_features=cfg.tune.mode == "features", command="tune")
     _, rows, best_config_path = search(cfg, prepared, progress, run_dir, resume)
     return best_config_path, rows
 
@@ -92,7 +92,8 @@ def run_pipeline(cfg: Config) -> PipelineResult:
     prepared = prepare_data(cfg, progress, run_dir, activations=kind == "activations", cross_index=cross_index,
                             prepared=prepared)
     best, _, _ = search(cfg, prepared, progress, run_dir)
-    best_landmarks = search(cfg, prepared, progress, run_dir, kind="landmarks")[0] if hand_aware else None
+    best_landmarks = search(recipe.landmark_config(cfg), prepared, progress, run_dir, kind="landmarks")[0] \
+        if hand_aware else None
     what = "last stage + head on the cached activations" if kind == "activations" else "head on the cached features"
     with progress.stage("retrain", f"Ray Train TorchTrainer, {what}" + (" and the landmark model" if hand_aware else "")
                         + ", best config"):
@@ -131,8 +132,12 @@ def format_summary(result: PipelineResult, smoke: bool) -> str:
                      " (other people; what a new user should expect)")
     if "cross_domain_accuracy_image" in m:
         lines.append(f"    image model : {m['cross_domain_accuracy_image']:.2%}; hand found in {m['cross_domain_hand_found']:.1%}")
+    if "val_people_groups" in m:  # chosen on held-out people
+        lines.append(f"  held-out people: {m['val_accuracy']:.2%} (mean of {m['val_people_groups']} groups, each answered "
+                     "by models trained without it: what every choice was made on)")
+    else:
+        lines.append(f"  val accuracy  : {m['val_accuracy']:.2%} (best epoch {m['best_epoch']})")
     lines += [
-        f"  val accuracy  : {m['val_accuracy']:.2%} (best epoch {m['best_epoch']})",
         f"  skipped files : {m['skipped_files']}",
         f"  model         : {result.model_dir}" + ("  (reused: nothing changed since it was made)" if result.reused else ""),
         f"  run outputs   : {result.run_dir}",
@@ -150,7 +155,7 @@ def run_train(cfg: Config) -> dict:
     started = time.perf_counter()
     run_dir = start_run(cfg)
     progress = StageProgress(TRAIN_STAGES)
-    prepared = prepare_data(cfg, progress, run_dir, with_features=False)
+    prepared = prepare_data(cfg, progress, run_dir, with_features=False, command="train")
     if cfg.data.cross_domain_root:  # check it now, not after an hour of training
         list_images(cfg.data.cross_domain_root)
     name = f"train-{datetime.now():%Y%m%d-%H%M%S-%f}"

@@ -192,11 +192,12 @@ def test_cli_reports_missing_data_root_clearly(tmp_path):
 @pytest.mark.real_data
 def test_hand_aware_pipeline_chooses_on_validation_measures_cross_domain_and_every_tool_uses_it(tmp_path, asl_alphabet):
     """model.kind=hand_aware on real photos of one signer and of many (a few per class of each, asl-signers
-    lacking del/nothing/space): the hands stage, two ASHA searches, two Ray Train retrains, every fusion
-    rule scored on the validation split with both folders weighing the same and the best one exported,
-    the "not sure" threshold chosen there too, the cross-domain folder measured (never chosen on) and
-    recorded; then evaluate (calibrated per folder and per person) and predict-batch answer as the card
-    says, with hand numbers."""
+    lacking del/nothing/space): the hands stage, two ASHA searches and two Ray Train retrains scored on
+    held-out people (the one signer, asl-signers' photos, each person its file names name), every fusion
+    rule scored there with each group weighing the same and the best one exported, the "not sure"
+    threshold chosen there too, the cross-domain folder measured (never chosen on) and recorded; then
+    evaluate (calibrated per folder and per person) and predict-batch answer as the card says, with hand
+    numbers."""
     from helpers.datasets import ASL_PEOPLE, ASL_SIGNERS, ASL_WEBCAM, require_dataset
 
     from asl_platform.model import ModelCard
@@ -210,7 +211,8 @@ def test_hand_aware_pipeline_chooses_on_validation_measures_cross_domain_and_eve
     args = ("pipeline", "--data", str(asl_alphabet), "--data", str(signers), "--backbone", "tiny", "--set", "model.weights=none",
             "--set", "model.kind=hand_aware", "--set", "data.max_images_per_class=8", "--set", "tune.num_samples=2",
             "--set", "tune.max_epochs=3", "--set", "tune.grace_period=1", "--set", "train.epochs=3",
-            "--set", f"data.cross_domain_root={cross}", "--set", "hands.augment_tilt_deg=20", "--set", "run.name=hands")
+            "--set", "hands.epochs=3", "--set", f"data.cross_domain_root={cross}", "--set", "hands.augment_tilt_deg=20",
+            "--set", "run.name=hands")
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     for stage in ("[3/7] hands", "[4/7] tune", "[5/7] retrain", "[7/7] export"):
@@ -229,14 +231,21 @@ def test_hand_aware_pipeline_chooses_on_validation_measures_cross_domain_and_eve
     assert card.fusion.scores[card.fusion.rule] == max(card.fusion.scores.values())
     assert {"lr", "batch_size", "hidden_size"} <= set(card.hands.searched)  # the landmark search's own choice
     assert card.hands.head.hidden_size == card.hands.searched["hidden_size"]
-    assert card.fusion.selected_on == "validation split, each of the 2 training folders weighing the same"
+    validation = card.validation
+    assert validation.mode == "people" and card.fusion.selected_on == validation.chosen_on
+    assert validation.chosen_on.startswith(f"held-out people: each of the {len(validation.groups)} groups")
+    assert {"asl-alphabet", "asl-signers"} <= set(validation.groups) and len(validation.groups) >= 4  # + people
+    assert sum(validation.groups.values()) == 8 * 29 + 8 * 26
+    assert set(validation.per_group) <= set(validation.groups) and "asl-alphabet" in validation.per_group
+    assert card.data.split["val"] == 0  # no validation split: the groups are held out instead
     assert [Path(source.root).name for source in card.data.sources] == ["asl-alphabet", "asl-signers"]
     assert "del" in card.classes and card.data.sources[1].images == 8 * 26  # the classes of both folders
     assert set(card.fusion.cross_domain_scores) == set(card.fusion.scores)  # measured, for the record
     metrics = card.metrics
     assert metrics["cross_domain_accuracy"] == pytest.approx(card.fusion.cross_domain_scores[card.fusion.rule])
     confidence = card.confidence
-    assert 0 <= confidence.threshold < 1 and confidence.target_precision == 0.98 and "validation" in confidence.chosen_on
+    assert 0 <= confidence.threshold < 1 and confidence.target_precision == 0.98
+    assert confidence.chosen_on == validation.chosen_on
     # The temperature of calibrated answers needs more than SIMULATED_SHOTS hands of a letter in a folder's
     # validation split (8 images per class leave one or two); without, serving uses its default.
     assert (confidence.temperature is None) == (confidence.calibrated_coverage is None)
@@ -329,9 +338,12 @@ def test_pipeline_trains_on_several_folders_and_lists_them_in_the_card(tmp_path)
     card = ModelCard.load(model_dir)
     assert card.classes == ["A", "B", "C"]
     assert [(Path(s.root).name, s.images) for s in card.data.sources] == [("kaggle", 60), ("mine", 20)]
-    # 15% of 10 images rounds to 2 per class and split, of 20 to 3: each folder split on its own.
-    assert card.data.sources[1].split == {"train": 12, "val": 4, "test": 4}
-    assert card.data.split == {"train": 54, "val": 13, "test": 13}
+    # 15% of 10 images rounds to 2 per class, of 20 to 3: each folder split on its own. The two folders
+    # name no person, so each is one group of people, held out in turn: no validation split is drawn.
+    assert card.data.sources[1].split == {"train": 16, "val": 0, "test": 4}
+    assert card.data.split == {"train": 67, "val": 0, "test": 13}
+    assert card.validation.mode == "people" and card.validation.groups == {"kaggle": 60, "mine": 20}
+    assert set(card.validation.per_group) == {"kaggle", "mine"} and card.confidence.chosen_on == card.validation.chosen_on
     test_files = (model_dir / "test_split.txt").read_text().split()
     assert sum("/mine/" in f for f in test_files) == 4 and len(test_files) == 13
     assert "2 folders" in (model_dir / "README.md").read_text()

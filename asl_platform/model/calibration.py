@@ -226,10 +226,13 @@ def fit_temperature(distances: np.ndarray, labels: np.ndarray) -> float:
     return float(min(TEMPERATURES, key=loss))
 
 
-def simulated_calibration(embed: Embed, rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, num_classes: int,
-                          shots: int = SIMULATED_SHOTS, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Calibrate on ``shots`` rows per letter of each group (e.g. each training folder's validation hands)
-    and measure on the rest: (distances of the rest, their labels, their positions in ``rows``)."""
+def simulated_calibration(embed: Embed | dict[Any, Embed], rows: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                          num_classes: int, shots: int = SIMULATED_SHOTS,
+                          seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calibrate on ``shots`` rows per letter of each group (each held-out person, or each training folder's
+    validation hands) and measure on the rest: (distances of the rest, their labels, their positions in
+    ``rows``). ``embed``: the model's hidden layer, or one per group (a held-out person's is the model of the
+    fold that was not trained on them)."""
     rng = np.random.default_rng(seed)
     out_distances, out_labels, out_positions = [], [], []
     for group in np.unique(groups):
@@ -245,7 +248,7 @@ def simulated_calibration(embed: Embed, rows: np.ndarray, labels: np.ndarray, gr
         if not len(rest):
             continue
         reference = Calibration(rows[chosen], labels[chosen])
-        distances = shot_distances(embed, reference, rows[rest], num_classes)
+        distances = shot_distances(embed[group] if isinstance(embed, dict) else embed, reference, rows[rest], num_classes)
         known = np.isin(labels[rest], reference.labels)  # a letter with no shot cannot be answered right here
         out_distances.append(distances[known])
         out_labels.append(labels[rest][known])

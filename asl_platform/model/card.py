@@ -20,9 +20,10 @@ from asl_platform.errors import UserError
 from asl_platform.hands.detect import DetectionSettings, mediapipe_version
 
 CARD_FILE = "model.json"
-# 4: confidence (the "not sure" thresholds), fusion.cross_domain_scores; 3: hand-aware models (kind, hands, fusion)
-# and ONNX files (onnx); 3, 2 and 1 are upgraded on load
-FORMAT_VERSION = 4
+# 5: validation (what was chosen on: held-out people); 4: confidence (the "not sure" thresholds),
+# fusion.cross_domain_scores; 3: hand-aware models (kind, hands, fusion) and ONNX files (onnx); 4, 3, 2 and 1 are
+# upgraded on load
+FORMAT_VERSION = 5
 
 
 class ModelCardError(UserError):
@@ -71,6 +72,22 @@ class DataCard(_Record):
     split: dict[str, int] = Field(default_factory=dict)
     smoke_set: bool = False
     skipped_files: int = 0
+
+
+class ValidationCard(_Record):
+    """What every choice was made on (``data.validation``, ``asl_platform.data.people``): when each model's
+    training stopped, the search's best trial, the fusion rule, the "not sure" threshold and the calibration
+    temperature."""
+
+    mode: Literal["people", "split"] = Field(description="'people': each group of the training folders held out in "
+                                             "turn; 'split': a random validation split of the same folders")
+    chosen_on: str = Field(description="the images every choice was made on, and how they were counted")
+    groups: dict[str, int] = Field(default_factory=dict, description="training images per group: a person named by "
+                                   "the file names (data.person_pattern), else a folder")
+    note: str = Field(default="", description="why the mode is what it is where it is not what was asked for")
+    accuracy: float | None = Field(default=None, description="the exported answer there (each group weighing the same)")
+    per_group: dict[str, float] = Field(default_factory=dict, description="people mode: the exported answer's "
+                                        "accuracy on each held-out group, by the models trained without it")
 
 
 class DetectionCard(_Record):
@@ -180,6 +197,8 @@ class ModelCard(_Record):
     confidence: ConfidenceCard | None = Field(default=None, description="None: exported before format 4 (serving "
                                               "then uses serve.spell_min_probability)")
     onnx: OnnxCard | None = Field(default=None, description="None: exported before ONNX export (converted on load)")
+    validation: ValidationCard | None = Field(default=None, description="None: exported before format 5 (chosen on "
+                                              "the validation split)")
     metrics: dict[str, float | int] = Field(default_factory=dict)
     data: DataCard | None = None
     checkpoint: str | None = Field(default=None, description="the Ray Train checkpoint the weights come from")
@@ -239,7 +258,10 @@ class ModelCard(_Record):
         if version < 4 and any(key in raw for key in ("confidence",)):
             raise ModelCardError(f"{source}: format_version {version} has no confidence field; "
                                  "the file was edited or written by another tool")
-        raw = {**raw, "format_version": FORMAT_VERSION}  # 2 -> 3 -> 4 only added optional fields
+        if version < 5 and "validation" in raw:
+            raise ModelCardError(f"{source}: format_version {version} has no validation field; "
+                                 "the file was edited or written by another tool")
+        raw = {**raw, "format_version": FORMAT_VERSION}  # 2 -> 3 -> 4 -> 5 only added optional fields
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
@@ -283,6 +305,13 @@ def write_readme(directory: str | Path, card: ModelCard | None = None) -> Path:
             f"{card.fusion.selected_on}: " + ", ".join(f"{rule} {score:.1%}" for rule, score in card.fusion.scores.items())
             + " (the exported rule's score there is the best of these, so slightly optimistic)",
         ]
+    if card.validation is not None and card.validation.mode == "people":
+        validation = card.validation
+        lines.append(f"- **Chosen on people it was not trained on**: {validation.chosen_on}; the exported answer "
+                     f"there {validation.accuracy:.1%} (" + ", ".join(f"{group} {score:.0%}" for group, score in
+                                                                      validation.per_group.items()) + ")")
+    elif card.validation is not None and card.validation.note:
+        lines.append(f"- **Chosen on**: the {card.validation.chosen_on} ({card.validation.note})")
     if card.onnx is not None:
         onnx = card.onnx
         lines.append(f"- **ONNX**: `{onnx.fp32_file}` and `{onnx.int8_file}` (opset {onnx.opset}, ONNX Runtime "

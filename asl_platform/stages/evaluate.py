@@ -21,9 +21,11 @@ from torch import nn
 
 from asl_platform.config import InferenceConfig
 from asl_platform.data.listing import join_classes, list_images, merge_sources
+from asl_platform.data.people import person_in_name
 from asl_platform.data.reading import summarize_errors
 from asl_platform.data.storage import is_remote, strip_file_scheme
 from asl_platform.errors import DataError, UserError
+from asl_platform.hands.rows import INPUT_DIM
 from asl_platform.inference import PathAnswers, predict_paths_with_hands
 from asl_platform.model import ModelCard
 from asl_platform.model.classifier import probabilities
@@ -33,6 +35,7 @@ from asl_platform.model.predictor import choose_runtime
 from asl_platform.stages.ingest import PreparedData, data_settings, training_split
 from asl_platform.training.loop import evaluate
 from asl_platform.training.sources import ArrayBatches, evaluation_batch_size
+from asl_platform.training.trainer import TrainingResult
 
 logger = logging.getLogger(__name__)
 
@@ -244,16 +247,14 @@ def confident_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: 
             "confident_accuracy": float(right[confident].mean()) if confident.any() else float("nan")}
 
 
-PERSON_FILE = re.compile(r"^(.+)-\d+\.[A-Za-z0-9]+$")  # asl-people's <person>-<n>.jpg
-
-
 def people_of(paths: list[str]) -> np.ndarray | None:
-    """Whose image each path is, where every file name says (``<person>-<n>.<ext>``, two people or more)."""
-    matches = [PERSON_FILE.match(Path(path).name) for path in paths]
-    if not all(matches):
+    """Whose image each path is, where every file name says (``data.people.person_in_name``: asl-people's
+    ``<person>-<n>.<ext>``), two people or more; else None."""
+    named = [person_in_name(path) for path in paths]
+    if any(person is None for person in named):
         return None
-    people = np.asarray([match.group(1) for match in matches])
-    return people if len(set(people)) > 1 else None
+    people = np.asarray(named)
+    return people if len(set(named)) > 1 else None
 
 
 def calibration_metrics(model_dir: Path, labels: np.ndarray, answers: PathAnswers, paths: list[str], shots: int,
@@ -478,8 +479,10 @@ def evaluate_folder(
 
 @dataclass
 class SplitAnswers:
-    """Both models' answers on a split's readable images, hand found or not, and what each image counts
-    for when scoring: every training folder the same (``data.balance_sources``), else every image."""
+    """Both models' answers on the readable images a choice is made on (or a split scored on), hand found
+    or not, and what each image counts for when scoring: every held-out person the same (``data.people``),
+    or every training folder the same (``data.balance_sources``), else every image. An image model alone
+    has no hand found anywhere."""
 
     image: np.ndarray
     landmarks: np.ndarray
@@ -488,6 +491,9 @@ class SplitAnswers:
     inputs: np.ndarray  # the landmark rows (zeros where no hand was found)
     sources: np.ndarray  # which training folder each image is from
     weights: np.ndarray | None
+    groups: np.ndarray  # whom a simulated calibration calibrates to: the row's held-out group, or its folder
+    group_names: list[str]  # what ``groups`` indexes
+    landmark_models: list  # the landmark model that answered each group's rows ([] without one)
 
     def scores(self, classes: list[str]) -> dict[str, float]:
         return score_rules(self.image, self.landmarks, self.found, self.labels, classes, self.weights)
@@ -501,22 +507,70 @@ class SplitAnswers:
         right = self.answers(rule, classes)[keep].argmax(axis=1) == self.labels[keep]
         return float(right.mean()) if len(right) else float("nan")
 
+    def weighted_accuracy(self, rule: str, classes: list[str]) -> float:
+        """Accuracy under ``rule`` with each image counting its weight (the mean person, held out)."""
+        right = self.answers(rule, classes).argmax(axis=1) == self.labels
+        return float(np.average(right, weights=self.weights)) if len(right) else float("nan")
 
-def split_answers(prepared: PreparedData, image_model: nn.Module, landmark_model: nn.Module, split: str) -> SplitAnswers:
-    rows = prepared.rows(split) & prepared.hands.valid
-    classes = prepared.index.classes
-    image = probabilities(image_model, prepared.table.features[rows], len(classes))  # features or activations
-    found = prepared.hands.found[rows]
+
+def _answers(prepared: PreparedData, rows: np.ndarray, image_model: nn.Module, landmark_model: nn.Module | None,
+             classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Both models on the listed files ``rows`` (positions): image probabilities (features or activations),
+    landmark probabilities (zeros without a hand or a landmark model), hand found, landmark rows."""
+    image = probabilities(image_model, prepared.table.features[rows], len(classes))
+    if prepared.hands is None:
+        return image, np.zeros_like(image), np.zeros(len(rows), bool), np.zeros((len(rows), INPUT_DIM), np.float32)
+    found = prepared.hands.found[rows] & (landmark_model is not None)
     inputs = prepared.hands.inputs(rows)
+    return image, landmark_probabilities(landmark_model, inputs, found, len(classes)), found, inputs
+
+
+def split_answers(prepared: PreparedData, image_model: nn.Module, landmark_model: nn.Module | None,
+                  split: str) -> SplitAnswers:
+    """The exported models on a split's readable images (the validation split: what is chosen on; the test split)."""
+    mask = prepared.rows(split) & (prepared.hands.valid if prepared.hands is not None else True)
+    rows = np.flatnonzero(mask)
+    image, landmarks, found, inputs = _answers(prepared, rows, image_model, landmark_model, prepared.index.classes)
     sources = np.asarray(prepared.index.sources or [0] * len(prepared.index), dtype=np.int64)[rows]
-    return SplitAnswers(image, landmark_probabilities(landmark_model, inputs, found, len(classes)), found,
-                        prepared.hands.labels[rows], inputs, sources, prepared.weights_of(rows))
+    folders = [Path(source["root"]).name for source in prepared.sources] or [Path(str(prepared.root)).name]
+    return SplitAnswers(image, landmarks, found, np.asarray(prepared.index.labels)[rows], inputs, sources,
+                        prepared.weights_of(mask), sources, folders,
+                        [landmark_model] * len(folders) if landmark_model is not None else [])
+
+
+def held_out_answers(prepared: PreparedData, image: TrainingResult, landmarks: TrainingResult | None) -> SplitAnswers:
+    """Choosing on held-out people (``data.people``): every training image a fold scores, answered by that
+    fold's models (trained without its group, at the epoch the retrain chose): what the fusion rule, the
+    "not sure" threshold and the calibration temperature are chosen on, each group weighing the same."""
+    classes = prepared.index.classes
+    feature_rows = np.flatnonzero(prepared.rows("train"))  # what the image model's folds index
+    parts = []
+    for number, name in enumerate(image.folds.names):
+        rows = feature_rows[image.folds.val[number]]
+        if prepared.hands is not None:
+            rows = rows[prepared.hands.valid[rows]]
+        landmark_model = None
+        if landmarks is not None and name in landmarks.folds.names:
+            landmark_model = landmarks.held_out[landmarks.folds.names.index(name)]
+        parts.append((rows, number, landmark_model, _answers(prepared, rows, image.held_out[number], landmark_model,
+                                                             classes)))
+    rows = np.concatenate([part[0] for part in parts])
+    mask = np.zeros(len(prepared.index), bool)
+    mask[rows] = True
+    order = np.argsort(rows)  # the rows in listing order, as ``people_weights`` counts them
+    column = [np.concatenate([part[3][i] for part in parts])[order] for i in range(4)]
+    groups = np.concatenate([np.full(len(part[0]), part[1]) for part in parts])[order]
+    rows = rows[order]
+    sources = np.asarray(prepared.index.sources or [0] * len(prepared.index), dtype=np.int64)[rows]
+    return SplitAnswers(column[0], column[1], column[2], np.asarray(prepared.index.labels)[rows], column[3], sources,
+                        prepared.people_weights(mask), groups, list(image.folds.names), [part[2] for part in parts])
 
 
 def evaluate_held_out(retrained, prepared: PreparedData, kind: str) -> tuple[dict, dict[str, SplitAnswers]]:
     """Stage evaluate of the pipeline: the image model on the held-out test split's cached arrays, and
-    for a hand-aware run both models' answers on the validation and test splits (what export chooses
-    the fusion rule and the "not sure" threshold on, and scores)."""
+    the models' answers that export chooses on (the fusion rule, the "not sure" threshold: each fold's
+    models on their held-out people, ``held_out_answers``, or the validation split) and scores (the test
+    split)."""
     trained, landmarks = retrained.image, retrained.landmarks
     test = (prepared.activations if kind == "activations" else prepared.features)("test")
     scored = evaluate(trained.model, ArrayBatches(*test, evaluation_batch_size(test[0]), torch.device("cpu")).batches(0))
@@ -526,6 +580,8 @@ def evaluate_held_out(retrained, prepared: PreparedData, kind: str) -> tuple[dic
         "best_epoch": trained.best_metrics["epoch"], "epochs_run": len(trained.history),
         "skipped_files": prepared.skipped,
     }
-    answers = {split: split_answers(prepared, trained.model, landmarks.model, split)
-               for split in ("val", "test")} if landmarks is not None else {}
+    landmark_model = landmarks.model if landmarks is not None else None
+    answers = {"val": held_out_answers(prepared, trained, landmarks) if prepared.people else
+               split_answers(prepared, trained.model, landmark_model, "val"),
+               "test": split_answers(prepared, trained.model, landmark_model, "test")}
     return metrics, answers

@@ -1,9 +1,11 @@
 """Stage export: the versioned model folder (weights, config, the held-out test files) and its card.
-What a model exports with it is chosen on the validation split: for a hand-aware model every fusion rule
-(``model.fusion``) is scored there (each training folder weighing the same) and the best one chosen, and
-the "not sure" thresholds (``model.calibration``) are chosen there too. The cross-domain folder is
-measured and recorded, never chosen on: a choice tuned to one folder of other people does not carry over
-to the next person. The card records why. Then the ONNX copies (``onnx_export``), and ``latest``.
+What a model exports with it is chosen on people the models were not trained on (``data.people``: each
+group's images answered by the models of the fold that held it out, each group weighing the same), or on
+the validation split (``data.validation=split``, or a single group): for a hand-aware model every fusion
+rule (``model.fusion``) is scored there and the best one chosen, and the "not sure" thresholds
+(``model.calibration``) are chosen there too; the card's ``validation`` records what and how. The
+cross-domain folder is measured and recorded, never chosen on: a choice tuned to one folder of other people
+does not carry over to the next person. Then the ONNX copies (``onnx_export``), and ``latest``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from asl_platform.config import Config
 from asl_platform.data.listing import ImageIndex, join_classes
+from asl_platform.data.people import group_counts
 from asl_platform.hands.detect import DetectionSettings
 from asl_platform.hands.shapes import save_shapes, shapes_of
 from asl_platform.model import (
@@ -40,7 +43,15 @@ from asl_platform.model.calibration import (
     fit_temperature,
     simulated_calibration,
 )
-from asl_platform.model.card import ConfidenceCard, DetectionCard, FusionCard, HandsCard, HeadCard, OnnxCard
+from asl_platform.model.card import (
+    ConfidenceCard,
+    DetectionCard,
+    FusionCard,
+    HandsCard,
+    HeadCard,
+    OnnxCard,
+    ValidationCard,
+)
 from asl_platform.model.classifier import probabilities
 from asl_platform.model.fusion import choose_rule, fuse, score_rules
 from asl_platform.model.landmarks import landmark_probabilities, save_landmark_weights
@@ -52,27 +63,32 @@ from asl_platform.training.search import searched_values
 logger = logging.getLogger(__name__)
 
 
-def confidence_card(answers: np.ndarray, labels: np.ndarray, weights: np.ndarray | None, chosen_on: str,
-                    landmark_model: nn.Module | None = None, hands: SplitAnswers | None = None) -> ConfidenceCard:
-    """The "not sure" threshold, chosen on the validation split for the model's own ``answers``
-    (``model.calibration``); for a hand-aware model also the temperature that puts calibrated answers on
-    the same scale, fitted on a simulated calibration (``SIMULATED_SHOTS`` shots per letter of each
-    folder), and how the threshold does there."""
-    threshold, precision, coverage = choose_threshold(answers, labels, weights)
+def _embedding(landmark_model: nn.Module):
+    def embed(rows: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return landmark_model.eval().embed(torch.from_numpy(np.asarray(rows, np.float32))).numpy()
+
+    return embed
+
+
+def confidence_card(answers: np.ndarray, chosen: SplitAnswers, chosen_on: str) -> ConfidenceCard:
+    """The "not sure" threshold for the model's own ``answers`` on the images it is chosen on (``chosen``:
+    held-out people, or the validation split; ``model.calibration``); for a hand-aware model also the
+    temperature that puts calibrated answers on the same scale, fitted on a simulated calibration
+    (``SIMULATED_SHOTS`` shots per letter of each held-out person, or folder, by the landmark model that
+    answered them), and how the threshold does there."""
+    threshold, precision, coverage = choose_threshold(answers, chosen.labels, chosen.weights)
     card = {"threshold": threshold, "target_precision": TARGET_PRECISION, "precision": precision, "coverage": coverage,
             "chosen_on": chosen_on}
-    if landmark_model is not None and hands is not None and hands.found.any():
-        found = np.flatnonzero(hands.found)
-
-        def embed(rows: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return landmark_model.eval().embed(torch.from_numpy(np.asarray(rows, np.float32))).numpy()
-
-        distances, labels_, positions = simulated_calibration(embed, hands.inputs[found], hands.labels[found],
-                                                              hands.sources[found], hands.image.shape[1])
+    if chosen.landmark_models and chosen.found.any():
+        found = np.flatnonzero(chosen.found)
+        embeds = {group: _embedding(model) for group, model in enumerate(chosen.landmark_models) if model is not None}
+        found = found[np.isin(chosen.groups[found], list(embeds))]
+        distances, labels_, positions = simulated_calibration(embeds, chosen.inputs[found], chosen.labels[found],
+                                                              chosen.groups[found], chosen.image.shape[1])
         if len(labels_):
             temperature = fit_temperature(distances, labels_)
-            simulated_weights = None if hands.weights is None else hands.weights[found][positions]
+            simulated_weights = None if chosen.weights is None else chosen.weights[found][positions]
             kept = confident_share(distance_probabilities(distances, temperature), labels_, simulated_weights, threshold)
             card.update(temperature=temperature, calibrated_precision=kept[0], calibrated_coverage=kept[1])
     result = ConfidenceCard(**card)
@@ -154,17 +170,37 @@ def export_shapes(prepared: PreparedData, model_dir: Path) -> dict[str, int]:
 
 
 def validation_set(prepared: PreparedData) -> str:
-    """How the validation split is counted when choosing: the words the card records."""
+    """What a choice is made on, and how it is counted: the words the card records."""
+    if prepared.people:
+        groups = len(set(prepared.index.groups))
+        return (f"held-out people: each of the {groups} groups of the training folders answered by models trained "
+                "without it, each group weighing the same")
     if prepared.balance_sources and len(prepared.sources) > 1:
         return f"validation split, each of the {len(prepared.sources)} training folders weighing the same"
     return "validation split"
 
 
+def validation_card(cfg: Config, prepared: PreparedData, chosen: SplitAnswers, rule: str) -> ValidationCard:
+    """What the choices were made on, the groups of people, and the exported answer there (per held-out group)."""
+    classes = prepared.index.classes
+    note = ""
+    if cfg.data.validation == "people" and not prepared.people:
+        note = "one group of people in the training folders (no file name names a person): nobody to hold out"
+    per_group = {}
+    if prepared.people:
+        right = chosen.answers(rule, classes).argmax(axis=1) == chosen.labels
+        per_group = {chosen.group_names[group]: float(right[chosen.groups == group].mean())
+                     for group in np.unique(chosen.groups)}
+    return ValidationCard(mode="people" if prepared.people else "split", chosen_on=validation_set(prepared),
+                          groups=group_counts(prepared.index.groups), note=note,
+                          accuracy=chosen.weighted_accuracy(rule, classes), per_group=per_group)
+
+
 def make_hand_aware(card: ModelCard, cfg: Config, landmark_cfg: Config, prepared: PreparedData,
-                    answers: dict[str, SplitAnswers], cross: CrossDomain | None, landmark_model: nn.Module) -> ModelCard:
-    """The card of the exported hand-aware model: the rule chosen on the validation split (never on the
-    cross-domain folder, which is only measured), every rule's score, the "not sure" thresholds, the
-    detection settings and rates; ``test_accuracy`` becomes the chosen rule's (the image model's own
+                    answers: dict[str, SplitAnswers], cross: CrossDomain | None) -> ModelCard:
+    """The card of the exported hand-aware model: the rule chosen on held-out people or the validation split
+    (never on the cross-domain folder, which is only measured), every rule's score, the "not sure"
+    thresholds, the detection settings and rates; ``test_accuracy`` becomes the chosen rule's (the image model's own
     numbers keep an ``_image`` suffix)."""
     classes = prepared.index.classes
     scores, selected_on = answers["val"].scores(classes), validation_set(prepared)
@@ -176,7 +212,7 @@ def make_hand_aware(card: ModelCard, cfg: Config, landmark_cfg: Config, prepared
         logger.info("fusion rules on the cross-domain folder %s (measured, not chosen on): %s", cross.root,
                     ", ".join(f"{r} {v:.2%}" for r, v in cross_scores.items()))
     val = answers["val"]
-    confidence = confidence_card(val.answers(rule, classes), val.labels, val.weights, selected_on, landmark_model, val)
+    confidence = confidence_card(val.answers(rule, classes), val, selected_on)
     test_rows = np.asarray(prepared.index.splits) == "test"
     hands_card = HandsCard(
         detection=DetectionCard.of(DetectionSettings.of(cfg.hands)),
@@ -194,7 +230,7 @@ def make_hand_aware(card: ModelCard, cfg: Config, landmark_cfg: Config, prepared
         metrics[f"test_accuracy_{Path(source['root']).name}"] = answers["test"].accuracy(rule, classes, number)
     metrics["val_accuracy_image"] = metrics.pop("val_accuracy")
     metrics["val_loss_image"] = metrics.pop("val_loss")
-    metrics["val_accuracy"] = answers["val"].accuracy(rule, classes)
+    metrics["val_accuracy"] = (answers["val"].weighted_accuracy if prepared.people else answers["val"].accuracy)(rule, classes)
     found = prepared.hands.found[test_rows & prepared.hands.valid]
     metrics["test_hand_found"] = float(found.mean()) if len(found) else float("nan")
     return ModelCard.model_validate({
@@ -267,16 +303,20 @@ def export_model(cfg: Config, best: Config, best_landmarks: Config | None, prepa
     cross = score_cross_domain(card, prepared, cross_index, trained.model, landmarks and landmarks.model) \
         if cross_index else None
     if landmarks is not None:
-        card = make_hand_aware(card, cfg, best_landmarks, prepared, answers, cross, landmarks.model)
+        card = make_hand_aware(card, cfg, best_landmarks, prepared, answers, cross)
         save_landmark_weights(landmarks.model, model_dir)
         card.hands.shapes = export_shapes(prepared, model_dir)
     else:
-        arrays = prepared.activations if kind == "activations" else prepared.features
-        inputs, labels = arrays("val")
-        card.confidence = confidence_card(probabilities(trained.model, inputs, len(prepared.index.classes)), labels,
-                                          prepared.source_weights("val"), validation_set(prepared))
+        card.confidence = confidence_card(answers["val"].image, answers["val"], validation_set(prepared))
+    rule = card.fusion.rule if card.fusion else "image"
+    card.validation = validation_card(cfg, prepared, answers["val"], rule)
+    if prepared.people:
+        card.metrics["val_people_groups"] = len(card.validation.per_group)
+    if prepared.people:
+        logger.info("the exported answer on held-out people (each by models trained without them): %.2f%% (%s)",
+                    100 * card.validation.accuracy, ", ".join(f"{g} {v:.1%}" for g, v in card.validation.per_group.items()))
     if cross is not None:
-        card.metrics.update(cross.metrics(card.fusion.rule if card.fusion else "image", card.confidence.threshold))
+        card.metrics.update(cross.metrics(rule, card.confidence.threshold))
     card.onnx = export_runtimes(cfg, model_dir, classifier, card, prepared, trained.model, kind, cross)
     card.save(model_dir)
     write_readme(model_dir, card)

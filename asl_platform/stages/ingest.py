@@ -16,6 +16,7 @@ import numpy as np
 
 from asl_platform.config import Config, ConfigError, DataConfig
 from asl_platform.data.listing import ImageIndex, list_sources
+from asl_platform.data.people import Folds, group_counts, leave_one_group_out, validates_on_people
 from asl_platform.data.reading import find_unreadable, summarize_errors
 from asl_platform.data.synthetic import make_smoke_dataset
 from asl_platform.errors import DataError
@@ -75,6 +76,7 @@ class PreparedData:
     inputs: str | None = None  # pipeline: ``inputs_key`` of what the model is made from (recorded in its card)
     cross_table: FeatureTable | None = None  # pipeline: the cross-domain folder's, from the same stages (export scores it)
     cross_hands: HandTable | None = None
+    people: bool = False  # choices are made on held-out groups of people (``data.people``), not a validation split
 
     @property
     def skipped(self) -> int:
@@ -117,6 +119,18 @@ class PreparedData:
         source = np.asarray(self.index.sources)[rows]
         return 1.0 / np.bincount(source, minlength=len(self.sources))[source]
 
+    def folds(self, kind: str = "features") -> Folds:
+        """Each group held out in turn (``data.people``), over the rows of the training arrays of ``kind``
+        (``features("train")``, ``landmarks("train")``): what a people-validated search and retrain train on."""
+        rows = self.rows("train", kind)
+        return leave_one_group_out(np.asarray(self.index.groups)[rows], np.asarray(self.index.labels)[rows])
+
+    def people_weights(self, rows: np.ndarray) -> np.ndarray:
+        """One weight per selected file: 1 / the selected files of its group, so that every person (or folder
+        of people) weighs the same in a score, as the cross-domain sets are reported (the mean person)."""
+        groups = np.unique(np.asarray(self.index.groups)[rows], return_inverse=True)[1]
+        return 1.0 / np.bincount(groups)[groups]
+
     def readable(self, split: str) -> ImageIndex:
         """The split's files less the unreadable ones (already reported: no need to decode them again)."""
         return self.index.subset(split).without(self.unreadable)
@@ -135,20 +149,50 @@ def start_run(cfg: Config) -> Path:
     return run_dir
 
 
-def ingest(cfg: Config, progress: StageProgress) -> PreparedData:
-    """Stage ingest: every image of the training folders listed (with its size and mtime) and split."""
-    with progress.stage("ingest", "listing images and splitting train/val/test"):
+def ingest(cfg: Config, progress: StageProgress, command: str = "pipeline") -> PreparedData:
+    """Stage ingest: every image of the training folders listed (with its size and mtime), each file's group
+    (``data.people``) and the split: train/test where the run chooses on held-out people, train/val/test
+    where it chooses on the validation split. ``command``: what runs; only the pipeline holds people out."""
+    with progress.stage("ingest", "listing images, finding whose they are, splitting"):
         roots = cfg.data.roots
         if roots is None:
             roots = [str(make_smoke_dataset(Path(cfg.run.output_dir).resolve() / "smoke-data"))]
             logger.warning("no data.root given: using the synthetic SMOKE set in %s (not real ASL images)", roots[0])
         index, sources = list_sources(roots, cfg.data.max_images_per_class, cfg.data.seed,
-                                      cfg.data.val_fraction, cfg.data.test_fraction)
+                                      cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.validation,
+                                      cfg.data.person_pattern)
+        people = validates_on_people(cfg.data.validation, index.groups)
+        _check_validation(cfg, command, people, index)
         split_counts = {s: index.splits.count(s) for s in ("train", "val", "test")}
         logger.info("%d classes; split %s%s", len(index.classes), split_counts,
                     "".join(f"; {s['root']}: {s['split']}" for s in sources) if len(sources) > 1 else "")
+        counts = group_counts(index.groups)
+        if people:
+            logger.info("choosing on people held out: %d groups, each held out in turn (%s)", len(counts),
+                        ", ".join(f"{name} {n}" for name, n in counts.items()))
+        elif cfg.data.validation == "people":
+            logger.warning("data.validation=people, but every training file is of one group (%s: no file name names "
+                           "a person, data.person_pattern, and one folder): choosing on the random validation split "
+                           "of the same people instead", next(iter(counts)))
     return PreparedData(roots[0] if len(roots) == 1 else index.root, index, split_counts,
-                        sources=sources if len(sources) > 1 else [], balance_sources=cfg.data.balance_sources)
+                        sources=sources if len(sources) > 1 else [], balance_sources=cfg.data.balance_sources,
+                        people=people)
+
+
+def _check_validation(cfg: Config, command: str, people: bool, index: ImageIndex) -> None:
+    """Refuse what would not do what it says: another command holding people out (only the pipeline does), or
+    a validation split asked for (``data.val_fraction`` changed) where none is drawn."""
+    if not people:
+        return
+    groups = len(set(index.groups))
+    if command != "pipeline":
+        raise ConfigError(f"data.validation=people: the training folders hold {groups} groups of people, and "
+                          f"asl-platform {command} chooses on one validation split of the same people; asl-platform "
+                          "pipeline holds each group out in turn, or set --set data.validation=split")
+    if cfg.data.val_fraction != DataConfig().val_fraction:
+        raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} has no effect: with data.validation=people and "
+                          f"{groups} groups of people no validation split is drawn (each group is held out in turn); "
+                          "drop the key, or set data.validation=split")
 
 
 def inputs_key(cfg: Config, index: ImageIndex, cross_index: ImageIndex | None) -> str:
@@ -181,6 +225,7 @@ def inputs_key(cfg: Config, index: ImageIndex, cross_index: ImageIndex | None) -
 def prepare_data(
     cfg: Config, progress: StageProgress, run_dir: Path, with_features: bool = True,
     activations: bool = False, cross_index: ImageIndex | None = None, prepared: PreparedData | None = None,
+    command: str = "pipeline",
 ) -> PreparedData:
     """Stages ingest (unless ``prepared`` is its result already), then features (extract or reuse backbone
     features) or, for training on images, check (decode every file once); either way every unreadable file
@@ -190,7 +235,7 @@ def prepare_data(
     stage on them), and derive the pooled features from them by running the frozen last stage once.
     ``cross_index``: the cross-domain folder's features and hands are computed in the same stages (into
     the per-file caches, and kept for the export to score), so each stage's time is all of its work."""
-    prepared = prepared or ingest(cfg, progress)
+    prepared = prepared or ingest(cfg, progress, command)
     index = prepared.index
     init_ray(cfg)  # after listing, so a wrong --data fails at once
     if with_features:
@@ -246,13 +291,19 @@ def hands_cache(cfg: Config) -> Path:
 
 def _require_hands(prepared: PreparedData) -> None:
     """A landmark model needs hands to learn from and to be selected on."""
-    found = {split: int(len(prepared.landmarks(split)[1])) for split in ("train", "val")}
+    splits = ("train",) if prepared.people else ("train", "val")  # held-out people: the groups are the validation
+    found = {split: int(len(prepared.landmarks(split)[1])) for split in splits}
     rates = prepared.hands.found[prepared.hands.valid]
-    logger.info("hands found in %.1f%% of readable images (train %d, val %d with a hand)",
-                100 * rates.mean() if len(rates) else 0.0, found["train"], found["val"])
-    if not found["train"] or not found["val"]:
-        raise DataError(f"model.kind=hand_aware: MediaPipe found no hand in the {'train' if not found['train'] else 'val'} "
-                        "split; it needs photos of hands (the synthetic smoke set has none): use model.kind=image")
+    logger.info("hands found in %.1f%% of readable images (%s with a hand)", 100 * rates.mean() if len(rates) else 0.0,
+                ", ".join(f"{split} {n}" for split, n in found.items()))
+    empty = [split for split, n in found.items() if not n]
+    if empty:
+        raise DataError(f"model.kind=hand_aware: MediaPipe found no hand in the {empty[0]} split; it needs photos of "
+                        "hands (the synthetic smoke set has none): use model.kind=image")
+    if prepared.people and len(prepared.folds("landmarks")) < 2:
+        raise DataError("model.kind=hand_aware with data.validation=people: fewer than two groups of people have a hand "
+                        "found in their training images, so none can be held out; add photos of hands, or set "
+                        "data.validation=split")
 
 
 def _require_trainable(prepared: PreparedData, run_dir: Path) -> None:
@@ -260,8 +311,11 @@ def _require_trainable(prepared: PreparedData, run_dir: Path) -> None:
     no readable training image: the model could not be selected or could never predict that class."""
     by_features = prepared.table is not None
     train = prepared.features("train")[1] if by_features else np.asarray(prepared.files("train")[1])
-    val = prepared.features("val")[1] if by_features else prepared.files("val")[1]
-    if len(val) == 0:
+    if prepared.people:  # the groups are the validation: two of them must have something to score
+        if len(prepared.folds()) < 2:
+            raise DataError("data.validation=people: fewer than two groups of people have readable training images of "
+                            "letters the others sign too, so none can be held out; set data.validation=split")
+    elif len(prepared.features("val")[1] if by_features else prepared.files("val")[1]) == 0:
         raise DataError(f"no readable validation images (split sizes {prepared.split_counts}); "
                         "add images or raise data.val_fraction")
     untrained = [name for i, name in enumerate(prepared.index.classes) if not np.any(train == i)]
@@ -272,9 +326,11 @@ def _require_trainable(prepared: PreparedData, run_dir: Path) -> None:
 def data_settings(card: ModelCard) -> dict:
     """The training run's data section as its card records it (for the identical split), with today's
     defaults for what an older card does not record."""
-    section = (card.config or {}).get("data") or {}
+    section = dict((card.config or {}).get("data") or {})
+    section.setdefault("validation", "split")  # cards before data.validation chose on the validation split
     defaults = DataConfig()
-    keys = ("val_fraction", "test_fraction", "seed", "max_images_per_class", "batch_size", "max_image_bytes")
+    keys = ("val_fraction", "test_fraction", "seed", "max_images_per_class", "batch_size", "max_image_bytes",
+            "validation", "person_pattern")
     return {key: section.get(key) if section.get(key) is not None else getattr(defaults, key) for key in keys}
 
 
@@ -285,7 +341,7 @@ def training_split(card: ModelCard, model_dir: Path, roots: list[str]) -> ImageI
     not in the saved list goes to train."""
     settings = data_settings(card)
     listing, _ = list_sources(roots, settings["max_images_per_class"], settings["seed"], settings["val_fraction"],
-                              settings["test_fraction"])
+                              settings["test_fraction"], settings["validation"], settings["person_pattern"])
     saved = Path(model_dir) / TEST_SPLIT_FILE
     if not saved.is_file():
         return listing

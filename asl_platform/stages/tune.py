@@ -21,15 +21,17 @@ def search(cfg: Config, prepared: PreparedData, progress: StageProgress, run_dir
     kind = kind or ("images" if cfg.tune.mode == "images" else "features")
     name = "tune-landmarks" if kind == "landmarks" else "tune"
     what = "the landmark model" if kind == "landmarks" else f"the image model ({cfg.tune.mode} mode)"
-    with progress.stage("tune", f"ASHA search, {cfg.tune.num_samples} trials, {what}"):
+    scored = "scored on held-out people" if prepared.people else "scored on the validation split"
+    with progress.stage("tune", f"ASHA search, {cfg.tune.num_samples} trials, {what}, {scored}"):
         if kind == "images":
             data = {"kind": "images", "train_files": prepared.files("train"), "val_files": prepared.files("val")}
-        elif kind == "landmarks":
-            data = {"kind": "landmarks", "train": prepared.landmarks("train"), "val": prepared.landmarks("val"),
-                    "train_weights": prepared.source_weights("train", "landmarks")}
         else:
-            data = {"kind": "features", "train": prepared.features("train"), "val": prepared.features("val"),
-                    "train_weights": prepared.source_weights("train")}
+            arrays = prepared.landmarks if kind == "landmarks" else prepared.features
+            data = {"kind": kind, "train": arrays("train"), "train_weights": prepared.source_weights("train", kind)}
+            if prepared.people:  # every trial scored on people its models were not trained on
+                data["folds"] = prepared.folds(kind)
+            else:
+                data["val"] = arrays("val")
         data["num_classes"] = len(prepared.index.classes)
         best, rows, results = run_search(data, cfg, name, resume=resume)
         best_config_path = write_results(rows, best, run_dir / name)

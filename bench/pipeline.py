@@ -3,7 +3,7 @@ and after adding a folder of photos (only those should be extracted), optionally
 of the code (``--baseline``: e.g. a ``git worktree`` of an older commit) run cold in the same session, so
 the figures compare as ratios on a noisy machine.
 
-The command is the README's hand-aware one (EfficientNet-Lite0, last stage trained, landmarks, the
+The command is the README's hand-aware one (EfficientNet-Lite0, landmarks, chosen on held-out people, the
 cross-domain folder measured), on ``--data`` (default asl-alphabet), then with ``--add`` as a second
 training folder (default asl-signers: then it is exactly the README's command), and last that command
 again from a cold cache. The warm and added runs share the cold run's caches; the last run has its own.
@@ -41,7 +41,7 @@ def command(data: list[Path], output: Path, max_per_class: int | None) -> list[s
     args = [sys.executable, "-m", "asl_platform.cli", "pipeline"]
     for folder in data:
         args += ["--data", str(folder)]
-    args += ["--backbone", "efficientnet_lite0", "--set", "model.kind=hand_aware", "--set", "model.unfreeze_last_stage=true",
+    args += ["--backbone", "efficientnet_lite0", "--set", "model.kind=hand_aware",
              "--set", f"data.cross_domain_root={DATA / 'asl-webcam'}", "--set", f"run.output_dir={output}",
              "--set", "run.name=bench"]
     if max_per_class:

@@ -1,28 +1,35 @@
 """Personal calibration and an honest "not sure".
 
 **Calibration.** A learner signs each letter a few times at the webcam; the landmark rows of those
-frames (``hands.landmark_inputs``: 21 points and handedness) are their *profile*. An image of that
-person with a hand found is then answered by the nearest of their own shots in the landmark model's
-hidden layer (``LandmarkClassifier.embed``): per letter, the squared distance to its closest shot.
-Letters the learner skipped are represented by the model's typical hand of that letter
-(``hand_shapes.json``), so a partial profile still answers every letter. Images without a hand keep
-the model's own answer. Measured on asl-webcam and asl-people (``bench/calibration.py``), the
-nearest shot beat the mean of the shots (a prototype) by 1-1.5 points, and mixing in the global
-model's answer, or the image model's, lost accuracy: a person's own shots decide.
+frames (``hands.landmark_inputs``: 21 points and handedness) are their *profile*. The profile adapts
+the model's answer, it never replaces it: in the landmark model's hidden layer
+(``LandmarkClassifier.embed``) each letter's nearest shot is at a squared distance ``d`` (divided by
+the profile's own scale), and the calibrated answer is the product of the two experts,
+``softmax(log p_model - d / T)`` (``calibrated_probabilities``). A hand near its own shot of a letter
+moves the answer to that letter, more the nearer it is; a hand near no shot keeps the model's answer;
+and a model that is sure (a look-alike shot that contradicts it) is not overturned by a shot that is
+only a little nearer. A letter the learner skipped is one the profile says nothing of: it counts as near as
+the nearest shot, so the profile neither pulls a hand towards it nor away. ``T`` is fitted by likelihood on a simulated calibration of people the model
+was not trained on (each held-out person's own rows, their fold's model): it says how far a person's
+own shots are worth trusting over the model. Measured on asl-webcam and asl-people under the demo's
+real conditions (a transition frame, a look-alike, one shot) in ``bench/calibration.py``: replacing the
+model's answer by the nearest shot, as before, lost up to 100 points on a letter with look-alike shots.
+
+**Which letters are used.** A letter's shots are kept only where they do not make answers worse on
+frames kept out of the profile (``letter_verdicts``): the demo's separate check hold of each letter, or
+for ``POST /v1/calibration`` each shot in turn held out. A letter loses its shots when its own frames
+come out worse with them, or when it takes more frames of other letters from the model than it puts
+right; a profile that is worse overall is not adopted.
 
 The profile holds landmark rows only (no image, no embedding), names the model it was made for (its
 weights' hash) and is refused by any other model; it is small, belongs to the user and is never
 stored by the server.
 
-**Not sure.** Every answer carries its probability; it is *confident* at or above a threshold chosen,
-at export, on the validation split (each training folder weighing the same): the lowest at which
-confident answers there are at least ``TARGET_PRECISION`` right. Calibrated answers are probabilities
-too, ``softmax(-d / (T * scale))`` over the distances, with ``scale`` the profile's own (the median
-distance from a shot to the nearest shot of another letter) and ``T`` fitted by likelihood on a
-simulated calibration of the validation split, which puts them on the scale the threshold was chosen
-on: one threshold for every answer. (A threshold of their own, chosen on that simulation, came out at
-0.94: the training data names almost no person, so the simulation calibrates on a crowd, which is far
-harder than calibrating to oneself, and it left 35-47% of a person's answers confident.)
+**Not sure.** Every answer carries its probability; it is *confident* at or above a threshold chosen, at
+export, for the answer actually given, on people the model was not trained on: the photo answer (the fusion
+rule), the live answer (the landmark model, what the webcam tabs show) and the calibrated answer (the
+simulated calibration), each the lowest at which confident answers there are at least ``TARGET_PRECISION``
+right (``choose_threshold``). ``serving.backends.confident`` applies it, in every route.
 """
 
 from __future__ import annotations
@@ -168,7 +175,26 @@ def shot_distances(embed: Embed, reference: Calibration, queries: np.ndarray, nu
 
 
 def distance_probabilities(distances: np.ndarray, temperature: float) -> np.ndarray:
+    """The shots alone, ``softmax(-d / T)``: what a profile that replaces the model would answer (kept for the
+    benchmark's comparison, ``bench/calibration.py``)."""
+    return calibrated_probabilities(None, distances, temperature)
+
+
+def calibrated_probabilities(model: np.ndarray | None, distances: np.ndarray, temperature: float,
+                             missing: str = "nearest") -> np.ndarray:
+    """The calibrated answer: the model's probabilities ``model`` (N, C) adapted by the nearest shots,
+    ``softmax(log p_model - d / T)``. A letter with no shot (infinite ``d``) is one the profile says nothing
+    of: as near as the nearest shot (``missing`` 'nearest'; 'neutral': at the profile's scale, d = 1), so the
+    profile neither pulls a hand towards it nor away. ``model`` None: the shots alone."""
+    if model is not None:
+        finite = np.isfinite(distances)
+        fill = (np.where(finite, distances, np.inf).min(axis=1, keepdims=True) if missing == "nearest"
+                else np.ones((len(distances), 1)))
+        fill = np.where(np.isfinite(fill), fill, 1.0)  # no shot at all: the model alone
+        distances = np.where(finite, distances, fill)
     logits = -distances / temperature
+    if model is not None:
+        logits = logits + np.log(np.maximum(np.asarray(model, np.float64), 1e-9))
     logits = logits - logits.max(axis=1, keepdims=True)
     weights = np.exp(logits)
     return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -217,13 +243,81 @@ def confident_share(probabilities: np.ndarray, labels: np.ndarray, weights: np.n
             covered / float(weights.sum()))
 
 
-def fit_temperature(distances: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature whose ``distance_probabilities`` give the labels the highest likelihood."""
+def fit_temperature(distances: np.ndarray, labels: np.ndarray, model: np.ndarray | None = None,
+                    weights: np.ndarray | None = None) -> float:
+    """The temperature whose ``calibrated_probabilities`` (of the model's answers ``model``, or the shots
+    alone) give the labels the highest likelihood, each row counting its weight (each held-out person the same)."""
+    weights = np.ones(len(labels)) if weights is None else np.asarray(weights, np.float64)
+
     def loss(temperature: float) -> float:
-        p = distance_probabilities(distances, temperature)[np.arange(len(labels)), labels]
-        return float(-np.log(np.maximum(p, 1e-12)).mean())
+        p = calibrated_probabilities(model, distances, temperature)[np.arange(len(labels)), labels]
+        return float(-(weights * np.log(np.maximum(p, 1e-12))).sum() / weights.sum())
 
     return float(min(TEMPERATURES, key=loss))
+
+
+# --------------------------------------------------------------------------- which letters a profile keeps
+
+
+class LetterVerdict(NamedTuple):
+    """What a letter's shots did to the frames kept out of the profile."""
+
+    used: bool
+    frames: int  # of this letter, kept out
+    right_before: int  # of those, right by the model alone
+    right_after: int  # right with the profile
+    lost: int  # of its frames the model had right, now wrong but not taken by another letter's shots: its own doing
+    taken: int  # other letters' frames the model had right and the profile now answers as this letter
+
+    @property
+    def why(self) -> str:
+        if self.used:
+            return "helps" if self.right_after > self.right_before else "no worse than the model"
+        if self.lost and self.lost >= self.taken:
+            return f"its own frames came out worse with it ({self.right_after} of {self.frames} right, the model alone " \
+                   f"{self.right_before})"
+        if self.taken:
+            return f"it took {self.taken} frame(s) of other letters that the model had right"
+        return "its shots did not help on its frames kept out"
+
+
+def judge_letters(model: np.ndarray, calibrated: np.ndarray, labels: np.ndarray, kept: set[int],
+                  letters: set[int]) -> dict[int, LetterVerdict]:
+    """One look at frames kept out of the profile: ``model`` and ``calibrated`` (N, C) answers on them (the
+    latter made with the shots of ``kept`` only), ``labels`` what each frame is. A letter of ``letters`` (the
+    profile's, class indices) is used where it does no worse than the model: what it puts right of its own
+    frames, less what it loses of them (to no other letter's shots) and less the other letters' frames it takes
+    (answered as it, where the model had them right), is not below zero."""
+    model_answer, answer = model.argmax(axis=1), calibrated.argmax(axis=1)
+    model_right, right = model_answer == labels, answer == labels
+    verdicts = {}
+    for letter in sorted(letters):
+        own = labels == letter
+        before = int(model_right[own].sum())
+        if letter not in kept:
+            verdicts[letter] = LetterVerdict(False, int(own.sum()), before, before, 0, 0)
+            continue
+        gained = int(np.sum(own & ~model_right & right))
+        lost = int(np.sum(own & model_right & ~right & ~np.isin(answer, list(kept - {letter}))))
+        taken = int(np.sum(~own & model_right & ~right & (answer == letter)))
+        used = gained - lost - taken > 0 or (gained - lost >= 0 and taken == 0)  # a letter that takes must give more
+        verdicts[letter] = LetterVerdict(used, int(own.sum()), before, int(right[own].sum()), lost, taken)
+    return verdicts
+
+
+def letter_verdicts(answer: Callable[[set[int]], np.ndarray], model: np.ndarray, labels: np.ndarray,
+                    letters: set[int], rounds: int = 3) -> dict[int, LetterVerdict]:
+    """``judge_letters`` until the letters used stop changing (dropping one changes what the others do):
+    ``answer(kept)`` gives the calibrated answers made with the shots of ``kept`` only."""
+    kept = set(letters)
+    verdicts = judge_letters(model, answer(kept), labels, kept, letters)
+    for _ in range(rounds - 1):
+        now = {letter for letter, verdict in verdicts.items() if verdict.used}
+        if now == kept:
+            break
+        kept = now
+        verdicts = judge_letters(model, answer(kept) if kept else model, labels, kept, letters)
+    return verdicts
 
 
 def simulated_calibration(embed: Embed | dict[Any, Embed], rows: np.ndarray, labels: np.ndarray, groups: np.ndarray,

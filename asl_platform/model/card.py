@@ -23,7 +23,7 @@ CARD_FILE = "model.json"
 # 5: validation (what was chosen on: held-out people); 4: confidence (the "not sure" thresholds),
 # fusion.cross_domain_scores; 3: hand-aware models (kind, hands, fusion) and ONNX files (onnx); 4, 3, 2 and 1 are
 # upgraded on load
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 
 class ModelCardError(UserError):
@@ -131,20 +131,28 @@ class FusionCard(_Record):
 
 
 class ConfidenceCard(_Record):
-    """When an answer counts as confident ("not sure" below): thresholds chosen on data the model was
-    not trained on (``asl_platform.model.calibration``)."""
+    """When an answer counts as confident ("not sure" below): a threshold for each answer the model gives,
+    chosen on data the model was not trained on (``asl_platform.model.calibration``)."""
 
-    threshold: float = Field(ge=0, le=1, description="the model's own answers: confident at or above this probability")
+    threshold: float = Field(ge=0, le=1, description="the photo answer (the fusion rule's): confident at or above this "
+                                                     "probability")
     target_precision: float = Field(gt=0, le=1, description="what the threshold was chosen for: the share of confident "
                                                             "answers that are right")
     chosen_on: str = Field(description="the data the thresholds were chosen on, and how")
     precision: float = Field(description="the share of confident answers right there")
     coverage: float = Field(description="the share of answers confident there")
-    temperature: float | None = Field(default=None, gt=0, description="of calibrated answers' probabilities (a "
-                                      "hand-aware model), fitted on a simulated calibration of the validation split, "
-                                      "which puts them on the scale the one threshold was chosen on")
+    live_threshold: float | None = Field(default=None, ge=0, le=1, description="the live answer (the landmark model "
+                                         "alone, on a hand found: the webcam tabs, POST /v1/landmarks); None: format < 6 "
+                                         "or an image-only model, the photo threshold applies")
+    live_precision: float | None = None
+    live_coverage: float | None = None
+    temperature: float | None = Field(default=None, gt=0, description="how far a person's shots are trusted over the "
+                                      "model in a calibrated answer (softmax(log p - d / T)), fitted by likelihood on a "
+                                      "simulated calibration of people the model was not trained on")
+    calibrated_threshold: float | None = Field(default=None, ge=0, le=1, description="the calibrated answer (with a "
+                                               "profile), chosen on that simulated calibration")
     calibrated_precision: float | None = Field(default=None, description="the simulated calibration's confident "
-                                               "answers right, at the threshold")
+                                               "answers right, at calibrated_threshold")
     calibrated_coverage: float | None = None
 
 
@@ -195,7 +203,7 @@ class ModelCard(_Record):
     hands: HandsCard | None = None
     fusion: FusionCard | None = None
     confidence: ConfidenceCard | None = Field(default=None, description="None: exported before format 4 (serving "
-                                              "then uses serve.spell_min_probability)")
+                                              "then uses a threshold not chosen on data: serving.backends.UNCHOSEN_THRESHOLD)")
     onnx: OnnxCard | None = Field(default=None, description="None: exported before ONNX export (converted on load)")
     validation: ValidationCard | None = Field(default=None, description="None: exported before format 5 (chosen on "
                                               "the validation split)")
@@ -261,7 +269,10 @@ class ModelCard(_Record):
         if version < 5 and "validation" in raw:
             raise ModelCardError(f"{source}: format_version {version} has no validation field; "
                                  "the file was edited or written by another tool")
-        raw = {**raw, "format_version": FORMAT_VERSION}  # 2 -> 3 -> 4 -> 5 only added optional fields
+        if version < 6 and isinstance(raw.get("confidence"), dict):  # its temperature was of the shots alone
+            raw = {**raw, "confidence": {key: value for key, value in raw["confidence"].items()
+                                         if key not in ("temperature", "calibrated_precision", "calibrated_coverage")}}
+        raw = {**raw, "format_version": FORMAT_VERSION}  # 2 -> 3 -> 4 -> 5 -> 6 only added optional fields
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:

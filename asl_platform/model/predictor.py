@@ -7,7 +7,7 @@ existed is converted on load.
 
 A hand-aware folder also detects the hand (MediaPipe, with the settings it was trained with), runs
 the landmark model on it and combines both models by the card's fusion rule. Given a person's
-calibration (``model.calibration``), an image with a hand found is answered from their own shots.
+calibration (``model.calibration``), the answer to an image with a hand found is adapted by their own shots.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from PIL import Image
 from asl_platform.config import ConfigError, InferenceConfig
 from asl_platform.data.decode import normalize_batch, resize_for_model
 from asl_platform.hands.rows import hand_rows
-from asl_platform.model.calibration import Calibration, distance_probabilities, shot_distances, with_typical_hands
+from asl_platform.model.calibration import Calibration, calibrated_probabilities, shot_distances, with_typical_hands
 from asl_platform.model.card import ModelCard
 from asl_platform.model.fusion import fuse
 from asl_platform.model.onnx import FP32_FILE, OnnxImageModel, to_onnx
@@ -126,23 +126,34 @@ class Predictor:
         """(N, 64) landmark rows -> the landmark model's hidden layer, where calibration compares hands."""
         return self.landmark_model.embed(torch.from_numpy(np.asarray(inputs, np.float32))).numpy()
 
-    def predict_calibrated(self, inputs: np.ndarray, calibration: Calibration) -> np.ndarray:
-        """(N, 64) landmark rows of one person -> probabilities from the nearest of their shots per letter
-        (the typical hand for a letter they did not calibrate), at the card's fitted temperature."""
+    def predict_calibrated(self, inputs: np.ndarray, calibration: Calibration,
+                           model_probs: np.ndarray | None = None) -> np.ndarray:
+        """(N, 64) landmark rows of one person -> the model's answer (``model_probs``, else the landmark
+        model's) adapted by their shots (``model.calibration.calibrated_probabilities``: a letter they did not
+        calibrate is one the profile says nothing of), at the card's fitted temperature. The distances are on the
+        scale of the shots and the model's typical hands (``hand_shapes.json``) together, so that a profile of
+        one letter has a scale too."""
         if not self.hand_aware:
             raise ValueError("calibration needs a hand-aware model (model.kind=hand_aware)")
         if not len(inputs):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        reference = with_typical_hands(calibration, self.typical_hands)
-        distances = shot_distances(self.embed_landmarks, reference, np.asarray(inputs, np.float32), len(self.classes))
+        inputs = np.asarray(inputs, np.float32)
+        reference = with_typical_hands(calibration, self.typical_hands)  # the typical hands: the scale's only
+        distances = shot_distances(self.embed_landmarks, reference, inputs, len(self.classes))
+        distances[:, ~np.isin(np.arange(len(self.classes)), calibration.labels)] = np.inf  # the profile says nothing
+        model_probs = self.predict_landmarks(inputs) if model_probs is None else model_probs
+        return calibrated_probabilities(model_probs, distances, self.calibration_temperature)
+
+    @property
+    def calibration_temperature(self) -> float:
+        """How far a person's shots are trusted over the model (fitted at export on held-out people)."""
         confidence = self.card.confidence
-        return distance_probabilities(distances, confidence.temperature if confidence and confidence.temperature
-                                      else DEFAULT_TEMPERATURE)
+        return confidence.temperature if confidence and confidence.temperature else DEFAULT_TEMPERATURE
 
     def combine(self, image_probs: np.ndarray, landmark_inputs: np.ndarray, found: np.ndarray,
                 calibrations: list[Calibration | None] | None = None) -> np.ndarray:
         """The answer of a hand-aware model from the image model's probabilities and the hands; where an
-        image comes with its person's calibration and a hand was found, the calibrated answer."""
+        image comes with its person's calibration and a hand was found, that answer adapted by the calibration."""
         if not self.hand_aware:
             return image_probs
         found = np.asarray(found, dtype=bool)
@@ -150,7 +161,7 @@ class Predictor:
         landmark_probs[found] = self.predict_landmarks(landmark_inputs[found])
         answers = fuse(self.card.fusion.rule, image_probs, landmark_probs, found, self.classes)
         for calibration, rows in _by_calibration(calibrations, found):
-            answers[rows] = self.predict_calibrated(landmark_inputs[rows], calibration)
+            answers[rows] = self.predict_calibrated(landmark_inputs[rows], calibration, answers[rows])
         return answers
 
     def predict_with_hands(self, images: list[Image.Image]) -> tuple[np.ndarray, list]:
@@ -184,7 +195,7 @@ class Predictor:
         return self.predict_arrays(normalize_batch(batch, self.preprocessing))
 
 
-DEFAULT_TEMPERATURE = 0.25  # of calibrated answers, for a card from before their temperature was fitted (format 4)
+DEFAULT_TEMPERATURE = 0.25  # of calibrated answers, for a card from before it was fitted for them (format < 6)
 
 
 def _typical_hands(directory: Path, classes: list[str]) -> Calibration:

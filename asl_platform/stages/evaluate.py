@@ -300,7 +300,8 @@ def calibration_metrics(model_dir: Path, labels: np.ndarray, answers: PathAnswer
         base = answers.probabilities[queried].argmax(1) == labels[queried]
         run = {"accuracy": float(right.mean()), "accuracy_uncalibrated": float(base.mean()), "per_person": per_person}
         if confidence is not None:
-            confident = calibrated[queried].max(1) >= confidence.threshold
+            threshold = confidence.threshold if confidence.calibrated_threshold is None else confidence.calibrated_threshold
+            confident = calibrated[queried].max(1) >= threshold  # a calibrated answer's own threshold
             run["coverage"] = float(confident.mean())
             run["confident_accuracy"] = float(right[confident].mean()) if confident.any() else float("nan")
         runs.append(run)

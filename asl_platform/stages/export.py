@@ -39,7 +39,7 @@ from asl_platform.model.calibration import (
     TARGET_PRECISION,
     choose_threshold,
     confident_share,
-    distance_probabilities,
+    calibrated_probabilities,
     fit_temperature,
     simulated_calibration,
 )
@@ -72,31 +72,39 @@ def _embedding(landmark_model: nn.Module):
 
 
 def confidence_card(answers: np.ndarray, chosen: SplitAnswers, chosen_on: str) -> ConfidenceCard:
-    """The "not sure" threshold for the model's own ``answers`` on the images it is chosen on (``chosen``:
-    held-out people, or the validation split; ``model.calibration``); for a hand-aware model also the
-    temperature that puts calibrated answers on the same scale, fitted on a simulated calibration
-    (``SIMULATED_SHOTS`` shots per letter of each held-out person, or folder, by the landmark model that
-    answered them), and how the threshold does there."""
+    """The "not sure" threshold of each answer the model gives, on the images it is chosen on (``chosen``:
+    held-out people, or the validation split; ``model.calibration``): the photo answer (``answers``, the
+    fusion rule's), and for a hand-aware model the live answer (the landmark model on a hand found) and the
+    calibrated answer, in a simulated calibration (``SIMULATED_SHOTS`` shots per letter of each held-out
+    person, or folder, by the landmark model that answered them) that also fits the calibration's temperature."""
     threshold, precision, coverage = choose_threshold(answers, chosen.labels, chosen.weights)
     card = {"threshold": threshold, "target_precision": TARGET_PRECISION, "precision": precision, "coverage": coverage,
             "chosen_on": chosen_on}
     if chosen.landmark_models and chosen.found.any():
         found = np.flatnonzero(chosen.found)
+        weights = None if chosen.weights is None else chosen.weights[found]
+        live = choose_threshold(chosen.landmarks[found], chosen.labels[found], weights)
+        card.update(live_threshold=live[0], live_precision=live[1], live_coverage=live[2])
         embeds = {group: _embedding(model) for group, model in enumerate(chosen.landmark_models) if model is not None}
         found = found[np.isin(chosen.groups[found], list(embeds))]
         distances, labels_, positions = simulated_calibration(embeds, chosen.inputs[found], chosen.labels[found],
                                                               chosen.groups[found], chosen.image.shape[1])
         if len(labels_):
-            temperature = fit_temperature(distances, labels_)
+            model_answers = chosen.landmarks[found][positions]
             simulated_weights = None if chosen.weights is None else chosen.weights[found][positions]
-            kept = confident_share(distance_probabilities(distances, temperature), labels_, simulated_weights, threshold)
-            card.update(temperature=temperature, calibrated_precision=kept[0], calibrated_coverage=kept[1])
+            temperature = fit_temperature(distances, labels_, model_answers, simulated_weights)
+            calibrated = choose_threshold(calibrated_probabilities(model_answers, distances, temperature), labels_,
+                                          simulated_weights)
+            card.update(temperature=temperature, calibrated_threshold=calibrated[0], calibrated_precision=calibrated[1],
+                        calibrated_coverage=calibrated[2])
     result = ConfidenceCard(**card)
-    logger.info("confident at probability >= %.2f (%.1f%% right, %.1f%% of answers on the %s)%s", result.threshold,
+    logger.info("confident at probability >= %.2f (%.1f%% right, %.1f%% of answers on the %s)%s%s", result.threshold,
                 100 * result.precision, 100 * result.coverage, chosen_on,
-                f"; calibrated answers (temperature {result.temperature:.3g}) in a simulated calibration: "
-                f"{100 * result.calibrated_precision:.1f}% right, {100 * result.calibrated_coverage:.1f}%"
-                if result.temperature is not None else "")
+                f"; live answers at >= {result.live_threshold:.2f} ({100 * result.live_precision:.1f}% right, "
+                f"{100 * result.live_coverage:.1f}%)" if result.live_threshold is not None else "",
+                f"; calibrated answers (temperature {result.temperature:.3g}) in a simulated calibration at >= "
+                f"{result.calibrated_threshold:.2f}: {100 * result.calibrated_precision:.1f}% right, "
+                f"{100 * result.calibrated_coverage:.1f}%" if result.temperature is not None else "")
     return result
 
 
@@ -130,6 +138,9 @@ class CrossDomain:
         if self.hand_aware:  # whichever rule won: the image model's share and MediaPipe's, for the record
             metrics["cross_domain_accuracy_image"] = float(np.mean(self.image.argmax(axis=1) == self.labels))
             metrics["cross_domain_hand_found"] = float(self.found.mean())
+            if self.found.any():  # what the live tabs answer: the landmark model, on a hand found
+                metrics["cross_domain_accuracy_live"] = float(np.mean(self.landmarks[self.found].argmax(axis=1)
+                                                                      == self.labels[self.found]))
         return metrics
 
 

@@ -1,5 +1,5 @@
-"""Personal calibration and the "not sure" thresholds: the profile's checks, the nearest-shot answer on
-real hands, and how thresholds and the temperature are chosen."""
+"""Personal calibration and the "not sure" thresholds: the profile's checks, the calibrated answer (the model
+adapted by the nearest shots), which letters a profile keeps, and how thresholds and the temperature are chosen."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ import pytest
 from asl_platform.model.calibration import (
     MAX_SHOTS_PER_LETTER,
     Calibration,
+    LetterVerdict,
     ProfileError,
+    calibrated_probabilities,
     check_profile,
     choose_threshold,
     distance_probabilities,
     fit_temperature,
     hand_row,
+    judge_letters,
+    letter_verdicts,
     make_profile,
     shot_distances,
     simulated_calibration,
@@ -104,3 +108,51 @@ def test_a_simulated_calibration_keeps_its_shots_out_of_what_it_measures():
     distances, measured, positions = simulated_calibration(lambda r: r[:, :3], rows, labels, groups, 2, shots=1)
     assert len(set(positions)) == len(positions) == 12 - 4  # one shot per letter and group left out
     assert (labels[positions] == measured).all() and distances.shape == (8, 2)
+
+
+def test_the_calibrated_answer_adapts_the_models_and_falls_back_to_it_far_from_every_shot():
+    model = np.asarray([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0.98, 0.01, 0.01]])
+    distances = np.asarray([[2.0, 2.0, 2.0],  # near no shot: every letter as far -> the model's answer
+                            [1.0, 0.05, 1.0],  # near its own shot of B: B, though the model said A
+                            [1.0, 0.8, 1.0]])  # a sure model, a shot of B only a little nearer: still A
+    answers = calibrated_probabilities(model, distances, 0.25)
+    assert np.allclose(answers[0], model[0], atol=1e-6)
+    assert answers[1].argmax() == 1 and answers[2].argmax() == 0
+    # letters with no shot are ones the profile says nothing of: as near as the nearest shot, whatever that is
+    partial = calibrated_probabilities(model[:1], np.asarray([[np.inf, 0.1, 3.0]]), 0.25)
+    assert partial[0, 0] / partial[0, 1] == pytest.approx(model[0, 0] / model[0, 1], rel=1e-4)  # A vs B: the model's
+    assert partial[0, 2] < model[0, 2] / 100  # C's shot is far: C is all but ruled out
+    assert np.allclose(calibrated_probabilities(model[:1], np.full((1, 3), np.inf), 0.25), model[:1])  # no shot
+    replaced = distance_probabilities(distances[2:], 0.25)  # the shots alone (the old rule) would answer B
+    assert replaced.argmax() == 1
+
+
+def test_the_temperature_of_the_product_is_fitted_too():
+    rng = np.random.default_rng(1)
+    model = rng.dirichlet(np.ones(4), 3000)
+    distances = rng.exponential(1.0, (3000, 4))
+    truth = calibrated_probabilities(model, distances, 0.4)
+    labels = np.asarray([rng.choice(4, p=p / p.sum()) for p in truth])
+    assert fit_temperature(distances, labels, model) == pytest.approx(0.4, rel=0.25)
+
+
+def test_a_letter_is_used_only_where_it_does_no_worse_than_the_model_on_frames_kept_out():
+    # frames kept out: two of A (the model right on one), two of B (the model right on both), one of C
+    labels = np.asarray([0, 0, 1, 1, 2])
+    model = np.eye(3)[[0, 1, 1, 1, 0]]
+    calibrated = np.eye(3)[[0, 0, 0, 1, 2]]  # A's shots fix A's frame but take one of B's; C's fix C's frame
+    verdicts = judge_letters(model, calibrated, labels, {0, 1, 2}, {0, 1, 2})
+    assert verdicts[0] == LetterVerdict(False, 2, 1, 2, 0, 1)  # gained one, took one: a letter that takes must
+    assert "took 1 frame(s)" in verdicts[0].why  # give more than it takes (a swap proves nothing, and risks more)
+    assert verdicts[1].used and verdicts[1].lost == 0  # the B frame A took is A's doing, not B's
+    taking = np.eye(3)[[0, 1, 0, 0, 2]]  # now A's shots fix nothing and take both of B's
+    verdicts = judge_letters(model, taking, labels, {0, 1, 2}, {0, 1, 2})
+    assert not verdicts[0].used and "took 2 frame(s)" in verdicts[0].why and verdicts[2].used
+    worse = np.eye(3)[[1, 1, 1, 1, 0]]  # A's own frames come out worse
+    assert "own frames came out worse" in judge_letters(model, worse, labels, {0}, {0})[0].why
+
+    def answer(kept: set[int]) -> np.ndarray:  # without A's shots the profile is the model plus C's fix
+        return taking if 0 in kept else np.eye(3)[[0, 1, 1, 1, 2]]
+
+    settled = letter_verdicts(answer, model, labels, {0, 1, 2})
+    assert [settled[letter].used for letter in (0, 1, 2)] == [False, True, True]

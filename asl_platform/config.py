@@ -262,9 +262,13 @@ class TrainConfig(_Section):
     seed: int = Field(default=0, description="Seed of the weights' initialisation and the batch order.")
 
 
-# The ServeConfig keys a running app reads at use time (the fingerspelling thresholds): the ingress
+# The ServeConfig keys a running app reads at use time (the fingerspelling hold): the ingress
 # deployment's user_config, applied in reconfigure without a restart; the demo and the API read them.
-SPELLING_KEYS = ("spell_hold_s", "spell_min_probability")
+SPELLING_KEYS = ("spell_hold_s",)
+REMOVED_SERVE_KEYS = {
+    "spell_min_probability": "removed: one \"not sure\" rule answers every route, the model card's threshold for the "
+                             "answer given (photo, live or calibrated; GET /v1/model 'confidence'): delete the key",
+}
 
 
 class ServeConfig(_Section):
@@ -305,7 +309,15 @@ class ServeConfig(_Section):
     )
     demo: bool = Field(default=True, description="Mount the Gradio demo at /demo.")
     spell_hold_s: float = Field(default=1.0, gt=0, description="Fingerspelling: how long a letter must stay.")
-    spell_min_probability: float = Field(default=0.6, ge=0, le=1, description="Fingerspelling: confidence needed.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_removed_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            for key, why in REMOVED_SERVE_KEYS.items():
+                if key in values:
+                    raise ValueError(f"serve.{key}: {why}")
+        return values
 
     @model_validator(mode="after")
     def _replicas_are_ordered(self) -> ServeConfig:

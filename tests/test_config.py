@@ -402,3 +402,10 @@ def test_the_config_command_prints_the_reference(capsys):
     assert main(["config", "--reference"]) == 0
     out = capsys.readouterr().out
     assert "### `train`" in out and "| `lr` | `0.001` |" in out
+
+
+def test_a_removed_serve_key_is_refused_with_what_replaced_it():
+    from asl_platform.config import ServeConfig
+
+    with pytest.raises(ValueError, match="spell_min_probability: removed: one \"not sure\" rule"):
+        ServeConfig.model_validate({"spell_min_probability": 0.6})

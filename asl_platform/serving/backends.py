@@ -75,11 +75,18 @@ def describe_model(model_dir: Path, card: ModelCard) -> dict:
 class Prediction(NamedTuple):
     """One classified image: class probabilities and, for a hand-aware model, the hand block
     (``found``, box, landmarks, handedness; None for an image-only model, which looks for no hand);
-    ``calibrated`` when the answer came from the person's calibration profile."""
+    ``calibrated`` when the person's calibration profile adapted the answer; ``source``: what answered, the
+    whole model on a photo (``photo``) or the landmark model on a hand found elsewhere (``live``)."""
 
     probabilities: np.ndarray
     hand: dict | None = None
     calibrated: bool = False
+    source: str = "photo"
+
+    @property
+    def answer(self) -> str:
+        """Which of the card's thresholds applies (``confidence_threshold``): photo, live or calibrated."""
+        return "calibrated" if self.calibrated else self.source
 
 
 ImageInput = bytes | np.ndarray  # an encoded image, or uint8 pixels at the model's input size
@@ -89,12 +96,27 @@ Item = ImageInput | tuple[ImageInput, Calibration]  # with the calibration of th
 LandmarkItem = np.ndarray | tuple[np.ndarray, Calibration]
 
 
-def confidence_threshold(info: dict, fallback: float) -> float:
-    """The probability at or above which an answer is confident (calibrated or not: calibrated answers
-    are put on the same scale): the model card's threshold, chosen on validation data at export;
-    ``fallback`` for a model exported before it had one (``serve.spell_min_probability``)."""
-    threshold = (info.get("confidence") or {}).get("threshold")
-    return fallback if threshold is None else float(threshold)
+UNCHOSEN_THRESHOLD = 0.6  # a model exported before its card had thresholds (format < 4): not chosen on data
+ANSWER_THRESHOLDS = {"photo": "threshold", "live": "live_threshold", "calibrated": "calibrated_threshold"}
+
+
+def confidence_threshold(info: dict, answer: str = "photo") -> float:
+    """The probability at or above which ``answer`` (photo, live or calibrated: ``Prediction.answer``) is
+    confident: the card's threshold for that answer, chosen at export on people the model was not trained on.
+    A card from before thresholds per answer (format < 6) has the photo one only, used for all."""
+    if answer not in ANSWER_THRESHOLDS:
+        raise ValueError(f"no threshold for answer {answer!r}: one of {', '.join(ANSWER_THRESHOLDS)}")
+    confidence = info.get("confidence") or {}
+    threshold = confidence.get(ANSWER_THRESHOLDS[answer])
+    threshold = confidence.get("threshold") if threshold is None else threshold
+    return UNCHOSEN_THRESHOLD if threshold is None else float(threshold)
+
+
+def confident(info: dict, prediction: Prediction, probability: float | None = None) -> bool:
+    """The one "not sure" rule of every route: ``prediction``'s top probability (or ``probability``, e.g. a
+    mean over frames of the same answer) at or above its answer's threshold (``confidence_threshold``)."""
+    top = float(np.max(prediction.probabilities)) if probability is None else probability
+    return top >= confidence_threshold(info, prediction.answer)
 
 
 class ImageClassifier:
@@ -168,8 +190,9 @@ class ImageClassifier:
                 if calibration is not None:
                     groups.setdefault(id(calibration), (calibration, []))[1].append(row)
             for calibration, positions in groups.values():
-                probabilities[positions] = self.predictor.predict_calibrated(rows[positions], calibration)
-        return [Prediction(p, None, calibration is not None) for p, calibration in zip(probabilities, calibrations)]
+                probabilities[positions] = self.predictor.predict_calibrated(rows[positions], calibration,
+                                                                             probabilities[positions])
+        return [Prediction(p, None, calibration is not None, "live") for p, calibration in zip(probabilities, calibrations)]
 
     def _classify(self, batch: np.ndarray, detection: list[np.ndarray],
                   calibrations: list[Calibration | None]) -> tuple[np.ndarray, list]:

@@ -65,10 +65,11 @@ class HandBlock(BaseModel):
 class Classification(BaseModel):
     label: str
     probability: float = Field(ge=0, le=1)
-    confident: bool = Field(description="the probability is at or above the model's confidence threshold (chosen "
-                                        "on validation data, recorded in its card: /v1/model 'confidence'); below "
-                                        "it, treat the answer as 'not sure'")
-    calibrated: bool = Field(description="answered from the calibration profile sent along (a hand was found)")
+    confident: bool = Field(description="the probability is at or above the model's threshold for this answer (photo, "
+                                        "live or calibrated: chosen at export on people the model was not trained on, "
+                                        "recorded in its card: /v1/model 'confidence'); below it, treat the answer as "
+                                        "'not sure'")
+    calibrated: bool = Field(description="adapted by the calibration profile sent along (a hand was found)")
     top_k: list[LabelProbability]
     hand: HandBlock | None = Field(description="null for an image-only model, which looks for no hand")
 
@@ -127,7 +128,8 @@ class PracticeLetter(BaseModel):
 class PracticeCatalogue(BaseModel):
     letters: list[PracticeLetter]
     hold_s: float
-    min_probability: float
+    thresholds: dict[str, float] = Field(description="the probability at or above which an answer is confident, per "
+                                         "answer: photo (POST /predict), live (POST /v1/landmarks), calibrated (with a profile)")
 
 
 class PracticeVerdict(BaseModel):
@@ -148,22 +150,27 @@ class PracticeVerdict(BaseModel):
 
 class LetterShots(BaseModel):
     images: int = Field(ge=0, description="images of this letter sent")
-    shots: int = Field(ge=0, description="those with a hand found: the letter's shots in the profile")
+    shots: int = Field(ge=0, description="those with a hand found (at most the profile's limit per letter)")
     unusable: int = Field(ge=0, description="not an image, or no hand found")
+    used: bool = Field(description="its shots are in the profile: they made no answer worse on the frames kept out")
+    why: str = Field(description="why it is used or not, e.g. 'it took 2 frame(s) of other letters that the model had right'")
 
 
 class HeldOut(BaseModel):
-    images: int = Field(ge=1, description="one shot of each letter with two or more, kept out of the profile")
-    accuracy_before: float = Field(ge=0, le=1, description="the model alone on them")
-    accuracy_after: float = Field(ge=0, le=1, description="with a profile of the other shots")
+    images: int = Field(ge=1, description="frames kept out of the profile: each shot in turn (or the demo's check hold)")
+    accuracy_before: float = Field(ge=0, le=1, description="the landmark model alone on them")
+    accuracy_after: float = Field(ge=0, le=1, description="with the profile of the other shots, the letters used")
+    on: str = Field(description="'shots' (each in turn) or 'check' (a separate hold)")
 
 
 class CalibrationAnswer(BaseModel):
     profile: dict[str, Any] | None = Field(description="send it with /predict, /predict/batch and /v1/practice/check "
                                                        "(JSON 'profile', or a multipart 'profile' field); null when "
-                                                       "no hand was found in any image")
+                                                       "not adopted (why says why)")
     letters: dict[str, LetterShots]
-    held_out: HeldOut | None = Field(description="how much the profile helped; null when no letter had two shots")
+    held_out: HeldOut | None = Field(description="what the profile did; null when there was nothing to measure on")
+    adopted: bool = Field(description="false: no hand found, or the profile made answers worse than the model alone")
+    why: str = Field(description="why it was not adopted ('' when it was)")
     model: ModelRef
 
 

@@ -22,11 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from asl_platform.config import ServeConfig
-from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, draw_shape
+from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, accepted_labels, draw_shape
 from asl_platform.model.calibration import Calibration
-from asl_platform.serving.backends import Prediction, confidence_threshold
+from asl_platform.serving.backends import Prediction, confidence_threshold, confident
 from asl_platform.serving.calibration import build_profile, checked_calibration
+from asl_platform.serving.hold import Hold, pose, same_pose
 from asl_platform.serving.landmarks import hand_block, landmark_row, read_hand
 from asl_platform.serving.practice import NOT_SURE, Practice, check, model_shapes, practice_letters
 from asl_platform.serving.protocol import ApiError, top_predictions
@@ -47,7 +50,7 @@ MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Consolas", "Liberation Mono", "
 class Speller:
     """Turns a stream of per-frame predictions into text.
 
-    A sign is committed once it has been the confident top prediction for ``hold_s`` seconds.
+    A sign is committed once it has been the confident top prediction for ``hold_s`` seconds (``Hold``).
     The same letter is not committed twice in a row until the hand shows something else (drop the
     hand for a moment, ``nothing``, to spell a double letter); ``del`` repeats while held, like a
     backspace key. ``space`` adds a space, ``nothing`` adds nothing. Each frame's answer is the
@@ -55,13 +58,19 @@ class Speller:
     """
 
     hold_s: float = 1.0
-    min_probability: float = 0.6
     text: str = ""
-    candidate: str | None = None
-    since: float = 0.0
     committed: str | None = None
     window: int = 3
     recent: list[dict[str, float]] = field(default_factory=list)
+    hold: Hold = field(default_factory=lambda: Hold(1.0))
+
+    def __post_init__(self) -> None:
+        self.hold.hold_s = self.hold_s
+
+    @property
+    def candidate(self) -> str | None:
+        """The label being held."""
+        return self.hold.key
 
     def smooth(self, top: dict[str, float]) -> tuple[str, float]:
         """Add one frame's ``{label: probability}`` and return the best label over the last frames."""
@@ -73,24 +82,21 @@ class Speller:
 
     @classmethod
     def of(cls, settings: ServeConfig) -> Speller:
-        return cls(settings.spell_hold_s, settings.spell_min_probability)
+        return cls(settings.spell_hold_s)
 
     def follow(self, settings: ServeConfig) -> None:
-        """Take the thresholds ``settings`` hold now (a session's Speller outlives a reconfigure)."""
-        self.hold_s, self.min_probability = settings.spell_hold_s, settings.spell_min_probability
+        """Take the hold time ``settings`` holds now (a session's Speller outlives a reconfigure)."""
+        self.hold_s = self.hold.hold_s = settings.spell_hold_s
 
-    def update(self, label: str, probability: float, now: float, confident: bool = True) -> str | None:
-        """Feed one frame's top prediction; returns the sign committed on this frame, if any. An unsure
-        frame (below ``min_probability``, or not ``confident``: the hand moving, too far) restarts the hold."""
-        if probability < self.min_probability or not confident:
-            self.candidate = None
+    def update(self, label: str, now: float, confident: bool) -> str | None:
+        """Feed one frame's top answer; returns the sign committed on this frame, if any. An unsure
+        frame (not ``confident``: ``serving.backends.confident``; the hand moving, too far) restarts the hold."""
+        if not self.hold.feed(label if confident else None, now):
             return None
-        if label != self.candidate:
-            self.candidate, self.since = label, now
+        if label == self.committed and label != "del":
             return None
-        if now - self.since < self.hold_s or (label == self.committed and label != "del"):
-            return None
-        self.committed, self.since = label, now
+        self.committed = label
+        self.hold.restart(now)
         if label == "space":
             self.text += " "
         elif label == "del":
@@ -103,10 +109,11 @@ class Speller:
         """How far (0..1) the current candidate is towards being committed."""
         if self.candidate is None or (self.candidate == self.committed and self.candidate != "del"):
             return 0.0
-        return min(1.0, (now - self.since) / self.hold_s)
+        return self.hold.progress(now)
 
     def clear(self) -> None:
-        self.text, self.candidate, self.since, self.committed, self.recent = "", None, 0.0, None, []
+        self.text, self.committed, self.recent = "", None, []
+        self.hold.clear()
 
 
 @dataclass
@@ -167,7 +174,6 @@ async def classify_live_hand(backend: Backend, hand: LiveHand, k: int, profile: 
     """A hand found in the page through the landmark model (the path of POST /v1/landmarks, batched on the model
     replicas); no hand is ``nothing`` (None for a model without that class: nothing to answer)."""
     import gradio as gr
-    import numpy as np
 
     classes = backend.info["classes"]
     if hand.landmarks is None:
@@ -175,7 +181,7 @@ async def classify_live_hand(backend: Backend, hand: LiveHand, k: int, profile: 
             return None
         probabilities = np.zeros(len(classes), np.float32)
         probabilities[classes.index("nothing")] = 1.0
-        result = Prediction(probabilities)
+        result = Prediction(probabilities, source="live")
     else:
         (result,) = await backend.classify_landmarks([landmark_row(hand.landmarks, hand.handedness)],
                                                      profile.calibration if profile else None)
@@ -199,48 +205,134 @@ class Profile:
         return cls(document, checked_calibration(document, info), report)
 
 
-CALIBRATION_SHOTS = 4  # per letter: frames with a hand found (one of them measures the profile)
-CALIBRATION_READY_S = 1.0  # after a letter appears, before its frames count: time to form the sign
-CALIBRATION_GAP_S = 0.4  # between two shots of a letter, so that they are not the same frame twice
+CALIBRATION_SHOTS = 3  # per letter, from one steady hold
+CALIBRATION_READY_S = 1.5  # after a letter appears nothing is taken: the hand is still changing from the last one
+CALIBRATION_HOLD_S = 0.6  # the hand held still this long (``Hold`` over its pose) before a frame is a shot
+CALIBRATION_GAP_S = 0.3  # between two shots, so that they are not the same frame twice
+
+
+@dataclass
+class LetterTake:
+    """One letter's calibration: its shots (frame bytes or None for a hand from the page, and the model's
+    answer), the frame of its separate check hold, and a frame the model read as another letter, waiting
+    for the learner to keep it or sign again."""
+
+    shots: list[tuple[bytes | None, Prediction]] = field(default_factory=list)
+    check: tuple[bytes | None, Prediction] | None = None
+    flagged: tuple[bytes | None, Prediction, str] | None = None
+    keep_anyway: bool = False  # the learner kept a hand the model reads as another letter: this is how they sign it
+    skipped: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.skipped or self.check is not None
 
 
 @dataclass
 class Calibrating:
-    """A calibration in progress: each letter in turn, a few frames with a hand found, letters skippable."""
+    """A calibration in progress: each letter in turn, shots from a steady hold, then a check from a second
+    hold (the hand lowered or moved in between) that measures the profile. ``offer`` takes each frame and
+    says what happened; a frame the model confidently reads as another letter is not stored but flagged
+    (``keep`` stores it). Letters can be skipped, redone, gone back to; a finished session can go on."""
 
     letters: list[str]
+    info: dict  # the model's description: its thresholds decide "confidently another letter"
     position: int = 0
     shown_at: float = 0.0
     last_shot: float = 0.0
-    frames: list[tuple[str, bytes | None, Prediction]] = field(default_factory=list)  # None: a hand from the page
-    skipped: list[str] = field(default_factory=list)
+    phase: str = "shots"  # shots -> lower (the hand must drop or move) -> check -> the next letter
+    hold: Hold = field(default_factory=lambda: Hold(CALIBRATION_HOLD_S))
+    held_pose: object = None  # the shots' pose: the check needs the hand to have left it
+    takes: dict[str, LetterTake] = field(default_factory=dict)
+    last: str = ""  # what the last frame did, for the page
 
     @property
     def target(self) -> str | None:
         return self.letters[self.position] if self.position < len(self.letters) else None
 
-    def shots(self, letter: str) -> int:
-        return sum(1 for name, _, _ in self.frames if name == letter)
+    def take(self, letter: str) -> LetterTake:
+        return self.takes.setdefault(letter, LetterTake())
 
-    def offer(self, data: bytes | None, prediction: Prediction, now: float) -> bool:
-        """Keep the frame as a shot of the target if its hand was found and it is time for one; moves
-        on to the next letter once the target has its shots. True when the frame was kept."""
+    def shots(self, letter: str) -> int:
+        return len(self.takes[letter].shots) if letter in self.takes else 0
+
+    def _go(self, position: int, now: float) -> None:
+        self.position, self.shown_at, self.phase, self.held_pose = position, now, "shots", None
+        self.hold.clear()
+
+    def offer(self, data: bytes | None, prediction: Prediction, now: float) -> str:
+        """One frame: returns what it did (``ready``, ``hold``, ``lower``, ``shot``, ``flagged``, ``check``)."""
         target = self.target
-        if target is None or now - self.shown_at < CALIBRATION_READY_S or now - self.last_shot < CALIBRATION_GAP_S:
-            return False
-        if not (prediction.hand and prediction.hand.get("found")):
-            return False
-        self.frames.append((target, data, prediction))
+        if target is None:
+            return ""
+        take, hand = self.take(target), pose(prediction.hand)
+        if now - self.shown_at < CALIBRATION_READY_S:
+            self.hold.clear()
+            self.last = "ready"
+        elif self.phase == "lower":  # the check is a new hold: the hand must leave the shots' pose first
+            if hand is None or not same_pose(hand, self.held_pose):
+                self.phase = "check"
+                self.hold.clear()
+            self.last = "lower"
+        elif not self.hold.feed(hand, now, same_pose) or now - self.last_shot < CALIBRATION_GAP_S:
+            self.last = "hold"
+        elif self.phase == "check":
+            take.check = (data, prediction)
+            self.last = "check"
+            self._go(self._next_position(), now)
+        else:
+            self.last = self._shot(take, target, data, prediction, now, hand)
+        return self.last
+
+    def _shot(self, take: LetterTake, target: str, data: bytes | None, prediction: Prediction, now: float,
+              hand) -> str:
+        label = top_predictions(prediction.probabilities, self.info["classes"], 1)[0]["label"]
+        if label not in accepted_labels(target) and confident(self.info, prediction) and not take.keep_anyway:
+            take.flagged = (data, prediction, label)
+            return "flagged"
+        take.flagged = None
+        take.shots.append((data, prediction))
         self.last_shot = now
-        if self.shots(target) >= CALIBRATION_SHOTS:
-            self.position, self.shown_at = self.position + 1, now
-        return True
+        if len(take.shots) >= CALIBRATION_SHOTS:
+            self.phase, self.held_pose = "lower", hand
+        return "shot"
+
+    def keep(self, now: float) -> None:
+        """Keep the flagged frame: the learner signs the letter this way (what calibration is for)."""
+        target = self.target
+        take = self.takes.get(target) if target else None
+        if take is None or take.flagged is None:
+            return
+        data, prediction, _ = take.flagged
+        take.flagged, take.keep_anyway = None, True
+        take.shots.append((data, prediction))
+        self.last_shot = now
+        if len(take.shots) >= CALIBRATION_SHOTS:
+            self.phase, self.held_pose = "lower", pose(prediction.hand)
+
+    def _next_position(self) -> int:
+        """The next letter not done yet, after the current one (then from the start); past the end when all are."""
+        order = list(range(self.position + 1, len(self.letters))) + list(range(0, self.position))
+        return next((i for i in order if not self.take(self.letters[i]).done), len(self.letters))
 
     def skip(self, now: float) -> None:
+        """Drop the current letter: none of its frames are used."""
         if self.target is not None:
-            self.skipped.append(self.target)
-            self.frames = [frame for frame in self.frames if frame[0] != self.target]
-            self.position, self.shown_at = self.position + 1, now
+            self.takes[self.target] = LetterTake(skipped=True)
+            self._go(self._next_position(), now)
+
+    def redo(self, now: float, letter: str | None = None) -> None:
+        """Forget ``letter``'s frames (the current one by default) and sign it again now."""
+        letter = letter or self.target
+        if letter in self.letters:
+            self.takes[letter] = LetterTake()
+            self._go(self.letters.index(letter), now)
+
+    def labelled(self) -> tuple[list[tuple[str, bytes | None]], list[Prediction], list[tuple[str, Prediction]]]:
+        """What ``build_profile`` takes: the shots, their answers, and the check frames."""
+        shots = [(letter, data, prediction) for letter, take in self.takes.items() for data, prediction in take.shots]
+        checks = [(letter, take.check[1]) for letter, take in self.takes.items() if take.check and take.shots]
+        return [(letter, data) for letter, data, _ in shots], [prediction for _, _, prediction in shots], checks
 
 
 def overlay(path: str, hand: dict | None):
@@ -256,10 +348,19 @@ def overlay(path: str, hand: dict | None):
 
 
 def _model_line(info: dict) -> str:
+    """The model and the accuracy of what answers each tab: the whole model on photos, the landmark model on a hand
+    found in the live tabs (fingerspelling, practice, calibration)."""
     metrics = info.get("metrics", {})
-    names = {"test_accuracy": "in-domain test accuracy", "cross_domain_accuracy": "cross-domain accuracy (other people)"}
-    scores = [f"{shown} {metrics[name]:.1%}" for name, shown in names.items() if isinstance(metrics.get(name), (int, float))]
-    if "cross_domain_accuracy" not in metrics:
+    def share(name: str) -> str | None:
+        value = metrics.get(name)
+        return f"{value:.1%}" if isinstance(value, (int, float)) and value == value else None
+
+    scores = [f"in-domain test accuracy {share('test_accuracy')}"] if share("test_accuracy") else []
+    if share("cross_domain_accuracy"):
+        scores.append(f"on other people's photos {share('cross_domain_accuracy')}")
+        if share("cross_domain_accuracy_live"):
+            scores.append(f"live tabs (the landmark model, on a hand found) {share('cross_domain_accuracy_live')}")
+    else:
         scores.append("no cross-domain measurement: expect less on your own photos")
     return f"Model **{info['name']}/{info['version']}** ({info['backbone']})" + (f": {', '.join(scores)}" if scores else "")
 
@@ -318,36 +419,66 @@ def session_chart(practice: Practice | None):
 
 def calibration_target(session: Calibrating | None) -> str:
     if session is None:
-        return ("Calibrate the recogniser to **your** hands: sign each letter to the webcam for a few seconds "
-                "(press **Start**, then start the camera). Skip a letter you do not know yet. About a minute in all.")
+        return ("Calibrate the recogniser to **your** hands: press **Start**, start the camera, and sign each letter "
+                "as shown. Hold it still: three frames are taken, then lower your hand and sign it once more (a check "
+                "that measures the calibration). Skip a letter you do not know yet. About two minutes in all.")
     if session.target is None:
         return "All letters done: press **Finish**."
-    target = session.target
-    return f"## Sign **{target}**\n\n{DESCRIPTIONS.get(target, '')}"
+    target, take = session.target, session.take(session.target)
+    lines = [f"## Sign **{target}**", DESCRIPTIONS.get(target, "")]
+    if take.flagged is not None:
+        lines.append(f"**This looks like {take.flagged[2]}** to the model, not {target}. Sign {target} again, or press "
+                     f"**Keep it** if this is how you sign {target}.")
+    return "\n\n".join(line for line in lines if line)
+
+
+CALIBRATION_STEPS = {
+    "ready": "get ready…", "hold": "hold it still…", "shot": "frame taken, keep holding…",
+    "flagged": "not taken: see above", "lower": "now lower your hand, then sign it once more for the check",
+    "check": "checked",
+}
 
 
 def calibration_progress(session: Calibrating | None) -> str:
     if session is None:
         return ""
-    done = session.position
     target = session.target
-    holding = f" · {target}: {session.shots(target)}/{CALIBRATION_SHOTS}" if target else ""
-    return (f"Letter {min(done + 1, len(session.letters))} of {len(session.letters)}{holding}"
-            + (f" · skipped {', '.join(session.skipped)}" if session.skipped else ""))
+    lines = []
+    if target:
+        phase = ("check: sign it once more" if session.phase == "check" else
+                 CALIBRATION_STEPS["lower"] if session.phase == "lower" else
+                 f"{session.shots(target)}/{CALIBRATION_SHOTS} frames")
+        step = CALIBRATION_STEPS.get(session.last, "") if session.last not in ("lower", "check") else ""
+        lines.append(f"Letter {session.position + 1} of {len(session.letters)} · **{target}**: {phase}"
+                     + (f" · {step}" if step else ""))
+    done = [f"{letter} {len(take.shots)}" + (" ✓" if take.check else "") for letter, take in session.takes.items()
+            if take.shots and letter != target]
+    skipped = [letter for letter, take in session.takes.items() if take.skipped]
+    if done:
+        lines.append("Done: " + ", ".join(done) + " (frames; ✓ checked)")
+    if skipped:
+        lines.append("Skipped: " + ", ".join(skipped))
+    return "\n\n".join(lines)
 
 
 def calibration_report(result: dict) -> str:
-    """What the calibration gave, and how much it helped on frames held out of the profile."""
+    """What the calibration gave: adopted or not and why, the before/after on the check holds, and which
+    letters are used (and why not)."""
+    letters = result["letters"]
     if result["profile"] is None:
-        return "No hand was found in the frames: nothing to calibrate with. Try again in better light."
-    letters = [letter for letter, record in result["letters"].items() if record["shots"]]
-    shots = sum(record["shots"] for record in result["letters"].values())
-    lines = [f"**Calibrated** to your hands: {len(letters)} letter(s), {shots} frames. It stays in this page's "
-             "session (never stored on the server); download it to use it again."]
+        lines = [f"**Not calibrated**: {result['why']}. The model alone answers, as before."]
+    else:
+        used = [letter for letter, record in letters.items() if record["used"]]
+        lines = [f"**Calibrated** to your hands: {len(used)} letter(s) ({', '.join(used)}). It stays in this page's "
+                 "session (never stored on the server); download it to use it again."]
     held = result["held_out"]
     if held:
-        lines.append(f"On {held['images']} of your frames kept out of it: **{held['accuracy_before']:.0%}** right "
-                     f"without calibration, **{held['accuracy_after']:.0%}** with it.")
+        where = "your check of each letter" if held["on"] == "check" else "your frames, each kept out in turn"
+        lines.append(f"On {where} ({held['images']} frames): **{held['accuracy_before']:.0%}** right by the model "
+                     f"alone, **{held['accuracy_after']:.0%}** with your calibration.")
+    dropped = [f"{letter}: {record['why']}" for letter, record in letters.items() if not record["used"] and record["shots"]]
+    if dropped:
+        lines.append("Not used (the model alone answers them):\n" + "\n".join(f"- {line}" for line in dropped))
     return "\n\n".join(lines)
 
 
@@ -371,11 +502,6 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
         # Each page load shows the hold time in force now (it changes with the ingress's user_config).
         demo.load(on_load, outputs=instructions, show_progress="hidden", api_visibility="private")
     return demo
-
-
-def _sure(info: dict, settings: ServeConfig, probability: float) -> bool:
-    """Confident by the model card's threshold (read at use time: ``settings`` change with reconfigure)."""
-    return probability >= confidence_threshold(info, settings.spell_min_probability)
 
 
 def _drawing(shapes: dict, target: str | None):
@@ -417,22 +543,33 @@ def calibrate_tab(backend: Backend, profile: gr.State) -> None:
                 calibration_progress(session), session)
 
     def on_calibrate_start() -> tuple:
-        return calibration_view(Calibrating(pool, shown_at=time.monotonic()))
+        return calibration_view(Calibrating(pool, info, shown_at=time.monotonic()))
 
     def on_calibrate_skip(session: Calibrating | None) -> tuple:
         if session is not None:
             session.skip(time.monotonic())
         return calibration_view(session)
 
+    def on_calibrate_redo(session: Calibrating | None, letter: str | None) -> tuple:
+        if session is not None:
+            session.redo(time.monotonic(), letter or None)
+        return calibration_view(session)
+
+    def on_calibrate_keep(session: Calibrating | None) -> tuple:
+        if session is not None:
+            session.keep(time.monotonic())
+        return calibration_view(session)
+
     async def finish(session: Calibrating | None, profile: Profile | None) -> tuple:
-        if session is None or not session.frames:
-            return (*calibration_view(None), profile, "No frames with a hand yet: press **Start**, then Record.",
-                    profile.document if profile else None)
-        result = await build_profile(backend, [(letter, data) for letter, data, _ in session.frames],
-                                     [prediction for _, _, prediction in session.frames])
+        """The profile from the session so far (the session stays: the learner can go on, or redo letters)."""
+        labelled, predictions, checks = session.labelled() if session is not None else ([], [], [])
+        if not labelled:
+            return (*calibration_view(session), profile, "No frames of a held hand yet: press **Start**, then start "
+                    "the camera and hold each letter still.", profile.document if profile else None)
+        result = await build_profile(backend, labelled, predictions, checks)
         report = calibration_report(result)
         new = Profile.of(result["profile"], info, report) if result["profile"] else profile
-        return (*calibration_view(None), new, report, new.document if new else None)
+        return (*calibration_view(session), new, report, new.document if new else None)
 
     async def on_calibrate_frame(image: str | None, session: Calibrating | None, profile: Profile | None) -> tuple:
         if image is None or session is None or session.target is None:
@@ -442,7 +579,7 @@ def calibrate_tab(backend: Backend, profile: gr.State) -> None:
         frame = await classify_frame(backend, data, k=1)  # the model alone: a shot records the hand as it is
         session.offer(data, frame.prediction, time.monotonic())
         shown = await asyncio.to_thread(overlay, image, frame.hand)
-        if session.target is None:  # the last letter has its shots
+        if session.target is None:  # the last letter is done
             return (*await finish(session, profile), shown)
         return (*calibration_view(session), gr.skip(), gr.skip(), gr.skip(), shown)
 
@@ -452,8 +589,8 @@ def calibrate_tab(backend: Backend, profile: gr.State) -> None:
         if hand is None or session is None or session.target is None:
             return (*calibration_view(session), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         frame = await classify_live_hand(backend, hand, k=1)  # the model alone, as for a frame
-        if frame is not None:
-            session.offer(None, frame.prediction, time.monotonic())
+        session.offer(None, frame.prediction if frame is not None else Prediction(np.zeros(len(info["classes"])),
+                                                                                 {"found": False}), time.monotonic())
         if session.target is None:
             return (*await finish(session, profile), f"{hand.seq}")
         return (*calibration_view(session), gr.skip(), gr.skip(), gr.skip(), f"{hand.seq}")
@@ -479,7 +616,11 @@ def calibrate_tab(backend: Backend, profile: gr.State) -> None:
         calibration = gr.State(None)
         with gr.Row():
             calibrate_start = gr.Button("Start", variant="primary", elem_id="calibrate-start")
+            calibrate_keep = gr.Button("Keep it", elem_id="calibrate-keep")
             calibrate_skip = gr.Button("Skip letter", elem_id="calibrate-skip")
+            calibrate_letter = gr.Dropdown(pool, value=None, label="Letter to redo (none: this one)",
+                                           elem_id="calibrate-letter")
+            calibrate_redo = gr.Button("Redo letter", elem_id="calibrate-redo")
             calibrate_finish = gr.Button("Finish", elem_id="calibrate-finish")
         with gr.Row():
             with gr.Column():
@@ -502,6 +643,9 @@ def calibrate_tab(backend: Backend, profile: gr.State) -> None:
         view = [calibrate_target, calibrate_reference, calibrate_progress, calibration]
         calibrate_start.click(on_calibrate_start, outputs=view, api_visibility="private")
         calibrate_skip.click(on_calibrate_skip, inputs=calibration, outputs=view, api_visibility="private")
+        calibrate_keep.click(on_calibrate_keep, inputs=calibration, outputs=view, api_visibility="private")
+        calibrate_redo.click(on_calibrate_redo, inputs=[calibration, calibrate_letter], outputs=view,
+                             api_visibility="private")
         calibrate_finish.click(finish, inputs=[calibration, profile],
                                outputs=[*view, profile, calibrate_report, profile_json], api_visibility="private")
         calibrate_camera.stream(on_calibrate_frame, inputs=[calibrate_camera, calibration, profile],
@@ -527,10 +671,10 @@ def spell_step(speller: Speller, frame: Frame, settings: ServeConfig, info: dict
     label, probability = speller.smooth(frame.top)
     now = time.monotonic()
     speller.follow(settings)
-    confident = _sure(info, settings, probability)
-    committed = speller.update(label, probability, now, confident)
+    sure = confident(info, frame.prediction, probability)
+    committed = speller.update(label, now, sure)
     status = f"**{label}** {probability:.0%}" + (" (your calibration)" if frame.calibrated else "")
-    status += (f" - added {committed}" if committed else f" - hold {speller.progress(now):.0%}" if confident
+    status += (f" - added {committed}" if committed else f" - hold {speller.progress(now):.0%}" if sure
                else f" - {NOT_SURE}")
     if frame.hand is not None and not frame.hand["found"]:
         status += " (no hand found)"
@@ -597,11 +741,11 @@ def practice_step(practice: Practice, frame: Frame, settings: ServeConfig, info:
     """One answer against the practice target: whether the target was held long enough (a new one comes),
     and what to tell the learner (right, not sure, or what to change in the hand)."""
     label, probability = next(iter(frame.top.items()))
-    practice.hold_s, practice.min_probability = settings.spell_hold_s, settings.spell_min_probability
-    confident = _sure(info, settings, probability)
-    result = check(label, probability, confident, frame.hand, practice.target, shapes, practice.min_probability)
+    practice.hold_s = settings.spell_hold_s
+    sure = confident(info, frame.prediction)
+    result = check(label, probability, sure, frame.hand, practice.target, shapes)
     now = time.monotonic()
-    done = practice.update(label, probability, now, confident)
+    done = practice.update(label, now, sure)
     return done, feedback_markdown(result, done, practice.hold_progress(now), frame.calibrated)
 
 
@@ -623,7 +767,7 @@ def practice_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
                 practice)
 
     def on_practice_start(mode: str, word: str) -> tuple:
-        practice = Practice(pool, settings.spell_hold_s, settings.spell_min_probability)
+        practice = Practice(pool, settings.spell_hold_s)
         try:
             practice.start(PRACTICE_MODES[mode], time.monotonic(), word)
         except ValueError as exc:

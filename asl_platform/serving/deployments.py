@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from ray import serve
 
-from asl_platform.config import SPELLING_KEYS, Config, ConfigError, InferenceConfig, ServeConfig
+from asl_platform.config import REMOVED_SERVE_KEYS, SPELLING_KEYS, Config, ConfigError, InferenceConfig, ServeConfig
 from asl_platform.limits import MAX_IMAGE_PIXELS
 from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import HandleBackend, ImageClassifier, Item, LandmarkItem, Prediction
@@ -52,6 +52,8 @@ def checked_user_config(config: dict | None, deployment: str) -> dict:
     ``serve`` config section; a key left out takes its default (the config alone decides the state)."""
     keys = USER_CONFIG_KEYS[deployment]
     config = dict(config or {})
+    for key in set(config) & set(REMOVED_SERVE_KEYS):
+        raise ConfigError(f"{deployment} user_config: {key}: {REMOVED_SERVE_KEYS[key]}")
     unknown = sorted(set(config) - set(keys))
     if unknown:
         raise ConfigError(f"{deployment} user_config: unknown key(s) {', '.join(unknown)}; it takes {', '.join(keys)}")

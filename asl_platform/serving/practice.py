@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, HandShape, accepted_labels, canonical, hints
+from asl_platform.serving.hold import Hold
 
 Mode = Literal["letters", "word", "weakest"]
 NOT_PRACTISED = ("nothing",)  # no handshape to learn
@@ -33,12 +34,12 @@ NOT_SURE = "Not sure what this is: hold still, and move closer to the camera."
 
 
 def check(label: str, probability: float, confident: bool, hand: dict | None, target: str,
-          shapes: dict[str, HandShape], min_probability: float) -> dict:
+          shapes: dict[str, HandShape]) -> dict:
     """One frame against ``target``: right or not, what it looks like instead, and what to change
     (from the landmarks, when the model found a hand and the target has a typical shape). An answer
-    that is not confident (``confident``, and at least ``min_probability``) is never right: a model
+    that is not confident (``confident``: ``serving.backends.confident``) is never right: a model
     that is unsure must not teach a sign."""
-    sure = confident and probability >= min_probability
+    sure = confident
     correct = label in accepted_labels(target) and sure
     advice: list[str] = []
     if not correct and hand and hand.get("found") and target in shapes:
@@ -73,13 +74,12 @@ class Practice:
 
     letters: list[str]
     hold_s: float = 1.0
-    min_probability: float = 0.5
     mode: Mode = "letters"
     word: str = ""
     position: int = 0
     target: str | None = None
     shown_at: float = 0.0
-    held_since: float | None = None
+    hold: Hold = field(default_factory=lambda: Hold(1.0))
     score: int = 0
     streak: int = 0
     best_streak: int = 0
@@ -91,6 +91,7 @@ class Practice:
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)
+        self.hold.hold_s = self.hold_s
 
     def start(self, mode: Mode, now: float, word: str = "") -> str:
         """Begin a round; returns the first target. ``word`` mode needs letters the model knows."""
@@ -118,20 +119,17 @@ class Practice:
         return self._random.choice(choices)
 
     def _show(self, target: str, now: float) -> None:
-        self.target, self.shown_at, self.held_since = target, now, None
+        self.target, self.shown_at = target, now
+        self.hold.clear()
         self.records.setdefault(target, LetterRecord()).shown += 1
 
-    def update(self, label: str, probability: float, now: float, confident: bool = True) -> bool:
+    def update(self, label: str, now: float, confident: bool) -> bool:
         """Feed one frame; True when it completes the target (the next one is then shown). A frame that
         is not confident breaks the hold like a wrong one."""
         if self.target is None:
             return False
-        if label not in accepted_labels(self.target) or probability < self.min_probability or not confident:
-            self.held_since = None
-            return False
-        if self.held_since is None:
-            self.held_since = now
-        if now - self.held_since < self.hold_s:
+        self.hold.hold_s = self.hold_s
+        if not self.hold.feed(self.target if label in accepted_labels(self.target) and confident else None, now):
             return False
         record = self.records[self.target]
         record.done += 1
@@ -160,7 +158,7 @@ class Practice:
         self._show(self._pick(), now)
 
     def hold_progress(self, now: float) -> float:
-        return 0.0 if self.held_since is None else min(1.0, (now - self.held_since) / self.hold_s)
+        return self.hold.progress(now)
 
     def table(self) -> list[list]:
         """Per letter practised: shown, done, skipped, mean seconds to success."""

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from asl_platform.config import SPELLING_KEYS, ServeConfig
 from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, accepted_labels, draw_shape
 from asl_platform.model.calibration import MAX_SHOTS_PER_LETTER
-from asl_platform.serving.backends import Backend, Prediction, confidence_threshold
+from asl_platform.serving.backends import ANSWER_THRESHOLDS, Backend, Prediction, confidence_threshold, confident
 from asl_platform.serving.calibration import build_profile, checked_calibration
 from asl_platform.serving.contract import (
     BatchAnswer, CalibrationAnswer, HealthAnswer, ModelInfo, PracticeCatalogue, PracticeVerdict, PredictAnswer, answers,
@@ -61,9 +61,8 @@ class Serving:
         """One prediction as the API answers it: top-k, confident or not, calibrated or not, the hand."""
         top = top_predictions(prediction.probabilities, self.classes, k)
         self.metrics.prediction(top[0]["label"], prediction.hand)
-        threshold = confidence_threshold(self.info, self.settings.spell_min_probability)
         return {"label": top[0]["label"], "probability": top[0]["probability"],
-                "confident": top[0]["probability"] >= threshold, "calibrated": prediction.calibrated,
+                "confident": confident(self.info, prediction), "calibrated": prediction.calibrated,
                 "top_k": top, "hand": prediction.hand}
 
     async def classify_one(self, request: Request) -> Prediction:
@@ -152,7 +151,8 @@ def practice_router(serving: Serving) -> APIRouter:
                              "motion": letter in MOTION_LETTERS, "accepts": sorted(accepted_labels(letter)),
                              "landmarks": shapes[letter].points.tolist() if letter in shapes else None}
                             for letter in letters],
-                "hold_s": settings.spell_hold_s, "min_probability": settings.spell_min_probability}
+                "hold_s": settings.spell_hold_s,
+                "thresholds": {answer: confidence_threshold(serving.info, answer) for answer in ANSWER_THRESHOLDS}}
 
     # A query parameter, not a path one: no route of this API takes a path (tests/serving/test_security.py).
     drawn = [letter for letter in letters if letter in shapes] or letters  # none: each letter is a 404
@@ -180,8 +180,7 @@ def practice_router(serving: Serving) -> APIRouter:
                            f"({', '.join(letters)})")
         result = await serving.classify_one(request)
         top = serving.answer(result, 3)
-        return {**check(top["label"], top["probability"], top["confident"], result.hand, target, shapes,
-                        settings.spell_min_probability),
+        return {**check(top["label"], top["probability"], top["confident"], result.hand, target, shapes),
                 "calibrated": top["calibrated"], "top_k": top["top_k"], "hand": result.hand, "model": serving.model_ref}
 
     return router
@@ -210,7 +209,7 @@ def landmarks_router(serving: Serving) -> APIRouter:
                                "hand: send a hand's landmarks")
             probabilities = np.zeros(len(serving.classes), np.float32)
             probabilities[serving.classes.index("nothing")] = 1.0
-            result = Prediction(probabilities)
+            result = Prediction(probabilities, source="live")
         else:
             (result,) = await serving.backend.classify_landmarks([landmark_row(points, handedness)], calibration)
             if isinstance(result, ApiError):

@@ -55,16 +55,15 @@ class SharedServe:
 
 
 def colour_settings(model: Path) -> ServeConfig:
-    """The colour model's shared application: the demo's spelling thresholds low enough for its fake
+    """The colour model's shared application: the demo's spelling hold short enough for its fake
     webcam, and a small body limit the error tests reach."""
-    return ServeConfig(model=str(model), max_request_bytes=256 * 1024, max_replicas=1, spell_hold_s=0.6,
-                       spell_min_probability=0.5)
+    return ServeConfig(model=str(model), max_request_bytes=256 * 1024, max_replicas=1, spell_hold_s=0.6)
 
 
 def hand_settings(model: Path) -> ServeConfig:
     """The hand-aware model's shared application (the contract test's batch limit is small, so that
     the fuzzer reaches it)."""
-    return ServeConfig(model=str(model), max_replicas=1, max_batch_images=4, spell_hold_s=0.6, spell_min_probability=0.5)
+    return ServeConfig(model=str(model), max_replicas=1, max_batch_images=4, spell_hold_s=0.6)
 
 
 @contextlib.contextmanager

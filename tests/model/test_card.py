@@ -75,3 +75,20 @@ def test_format1_train_exports_keep_their_checkpoint():
     raw.pop("hyperparameters"), raw.pop("last_stage")
     card = ModelCard.from_json_dict({**raw, "training": {"checkpoint": "/ray/train-1/checkpoint_0"}})
     assert card.checkpoint == "/ray/train-1/checkpoint_0"
+
+
+def test_a_format5_cards_temperature_of_the_shots_alone_is_not_read_as_the_calibrations(tmp_path):
+    """Format 6 thresholds each answer and fits the temperature of the product of model and shots; a format 5
+    card's temperature was of the shots alone: dropped on load (serving then uses the default), the rest kept."""
+    torch.manual_seed(0)
+    save_model_dir(build_classifier("tiny", "none", 2, 4, 0.0), tmp_path, ["A", "B"])
+    card = json.loads((tmp_path / "model.json").read_text())
+    old = {"threshold": 0.48, "target_precision": 0.98, "chosen_on": "the validation split", "precision": 0.98,
+           "coverage": 0.7, "temperature": 0.05, "calibrated_precision": 0.9, "calibrated_coverage": 0.4}
+    loaded = ModelCard.from_json_dict({**card, "format_version": 5, "confidence": old})
+    assert loaded.confidence.threshold == 0.48 and loaded.confidence.temperature is None
+    assert loaded.confidence.live_threshold is None and loaded.confidence.calibrated_precision is None
+    from asl_platform.serving.backends import confidence_threshold
+
+    info = {"confidence": loaded.confidence.model_dump()}
+    assert confidence_threshold(info, "live") == confidence_threshold(info, "calibrated") == 0.48  # the one it has

@@ -48,8 +48,8 @@ def test_every_input_format_over_http(server):
     assert info["runtime"] == "onnxruntime fp32"  # the replica's own: converted on load, no ONNX file in the fixture
     health = requests.get(f"{server}/healthz").json()
     assert health["status"] == "ok"
-    assert health["settings"] == {"max_batch_size": 8, "batch_wait_timeout_s": 0.0, "spell_hold_s": 0.6,
-                                  "spell_min_probability": 0.5}  # the model replica's batching, the demo's thresholds
+    assert health["settings"] == {"max_batch_size": 8, "batch_wait_timeout_s": 0.0,
+                                  "spell_hold_s": 0.6}  # the model replica's batching, the demo's hold
     assert requests.get(f"{server}/docs").status_code == 200
 
 
@@ -129,7 +129,7 @@ def test_serve_config_yaml_matches_the_serve_defaults_and_builds():
     # of the application's code version: changing one restarts every replica), and every serve key is somewhere.
     deployments = {d["name"]: d for d in document["applications"][0]["deployments"]}
     live = {**deployments["ASLModel"]["user_config"], **deployments["ASLIngress"]["user_config"]}
-    assert set(live) == {"max_batch_size", "batch_wait_timeout_s", "spell_hold_s", "spell_min_probability"}
+    assert set(live) == {"max_batch_size", "batch_wait_timeout_s", "spell_hold_s"}
     assert not set(live) & set(args)
     for name, deployment in deployments.items():
         assert checked_user_config(deployment["user_config"], name) == deployment["user_config"]
@@ -137,15 +137,17 @@ def test_serve_config_yaml_matches_the_serve_defaults_and_builds():
 
 def test_user_config_is_checked_like_the_serve_section():
     assert checked_user_config({"max_batch_size": 4}, "ASLModel") == {"max_batch_size": 4, "batch_wait_timeout_s": 0.0}
-    assert checked_user_config(None, "ASLIngress") == {"spell_hold_s": 1.0, "spell_min_probability": 0.6}
+    assert checked_user_config(None, "ASLIngress") == {"spell_hold_s": 1.0}
     with pytest.raises(ConfigError, match="max_batch_sise"):
         checked_user_config({"max_batch_sise": 4}, "ASLModel")
     with pytest.raises(ConfigError, match="spell_hold_s"):  # a key of the other deployment
         checked_user_config({"spell_hold_s": 2.0}, "ASLModel")
     with pytest.raises(ConfigError, match="max_batch_size"):
         checked_user_config({"max_batch_size": 0}, "ASLModel")
-    with pytest.raises(ConfigError, match="spell_min_probability"):
-        checked_user_config({"spell_min_probability": 1.5}, "ASLIngress")
+    with pytest.raises(ConfigError, match="spell_hold_s"):
+        checked_user_config({"spell_hold_s": -1}, "ASLIngress")
+    with pytest.raises(ConfigError, match="spell_min_probability: removed: one \"not sure\" rule"):
+        checked_user_config({"spell_min_probability": 0.6}, "ASLIngress")  # a serve config from before: says why
 
 
 # --------------------------------------------------------------------------- the browser

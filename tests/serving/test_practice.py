@@ -20,15 +20,15 @@ LETTERS = practice_letters(["A", "B", "C", "J", "I", "nothing", "space"])
 
 
 def test_a_target_held_long_enough_scores_and_the_next_one_comes():
-    practice = Practice(LETTERS, hold_s=1.0, min_probability=0.5, seed=3)
+    practice = Practice(LETTERS, hold_s=1.0, seed=3)
     first = practice.start("letters", now=0.0)
     assert first in LETTERS and "nothing" not in LETTERS
     other = next(letter for letter in LETTERS if letter != first)
-    assert not practice.update(other, 0.99, 0.1)  # the wrong letter
-    assert not practice.update(first, 0.3, 0.2)  # right, but unsure
-    assert not practice.update(first, 0.9, 0.3) and not practice.update(first, 0.9, 1.0)
+    assert not practice.update(other, 0.1, True)  # the wrong letter
+    assert not practice.update(first, 0.2, False)  # right, but unsure
+    assert not practice.update(first, 0.3, True) and not practice.update(first, 1.0, True)
     assert practice.hold_progress(1.0) == pytest.approx(0.7)
-    assert practice.update(first, 0.9, 1.31)
+    assert practice.update(first, 1.31, True)
     assert (practice.score, practice.streak) == (1, 1) and practice.target != first
     assert practice.table()[0][:3] == [first, 1, 1]
     practice.skip(2.0)
@@ -39,12 +39,12 @@ def test_spelling_a_word_goes_letter_by_letter_and_refuses_unknown_letters():
     practice = Practice(LETTERS, hold_s=0.5)
     assert practice.start("word", now=0.0, word="cab") == "C"
     for now, letter in ((0.0, "C"), (0.6, "C")):
-        practice.update(letter, 0.9, now)
+        practice.update(letter, now, True)
     assert practice.target == "A" and "C[**A**]B" in target_markdown(practice)
     for now in (1.0, 1.6):
-        practice.update("A", 0.9, now)
+        practice.update("A", now, True)
     for now in (2.0, 2.6):
-        practice.update("B", 0.9, now)
+        practice.update("B", now, True)
     assert practice.words_done == 1 and practice.score == 4 and practice.target == "C"  # 3 letters + the word
     with pytest.raises(ValueError, match="not X"):
         practice.start("word", now=0.0, word="AX")
@@ -55,11 +55,11 @@ def test_weakest_letters_come_back_and_motion_letters_accept_their_final_handsha
     practice.start("weakest", now=0.0)
     missed = practice.target
     practice.skip(1.0)
-    practice.update(practice.target, 0.9, 1.1)  # done at once (hold 0): the next target is chosen
+    practice.update(practice.target, 1.1, True)  # done at once (hold 0): the next target is chosen
     assert practice.target == missed  # the only letter with a miss
     practice.start("word", now=2.0, word="J")
     assert "motion letter" in target_markdown(practice)
-    assert practice.update("I", 0.9, 2.0)  # J's final handshape is I's
+    assert practice.update("I", 2.0, True)  # J's final handshape is I's
     assert practice.words_done == 1
 
 

@@ -1,19 +1,21 @@
 """Practice mode and calibration in a real headless Chromium against real Ray Serve: a fake webcam (a
 Y4M made from real asl-alphabet photos) signs A, then B; the learner spells "AB" and the round must go
 on by itself: target shown, sign recognised, score up, next target, with the hand landmarks found in the
-page (MediaPipe Hands served by the platform) and no frame uploaded. And a learner calibrates A at the
-webcam (hands found in the page, no frame uploaded), downloads the profile, loads it again, and a practice
-round answers from it, in the live answer over the video too."""
+page (MediaPipe Hands served by the platform) and no frame uploaded. And a learner calibrates A and B at a
+webcam the test drives (the last letter's hand still there as a letter appears, B first signed wrong; hands
+found in the page, no frame uploaded), downloads the profile, loads it again, and a practice round answers
+from it, in the live answer over the video too."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 
 import numpy as np
 import pytest
 import requests
-from helpers.browser import ARTIFACTS, chromium_with_fake_webcam, open_demo_tab
+from helpers.browser import ARTIFACTS, block_external, chromium_with_fake_webcam, launch_chromium, open_demo_tab
 from helpers.datasets import detected_photos
 from helpers.serving import hand_settings
 from PIL import Image
@@ -124,35 +126,97 @@ def assert_no_frame_uploaded(posts: list) -> None:
         assert any(r.url.split("?")[0].endswith(route) and "landmarks" in (r.post_data or "") for r in posts), route
 
 
-def well_read_photo(server: str, asl_alphabet, letter: str):
-    """A photo of ``letter`` (not trained on) that the model reads right, as a learner who signs well."""
-    for path, _ in detected_photos(asl_alphabet, [letter], per_class=3, scan=60, skip=12)[letter]:
+def well_read_photos(server: str, asl_alphabet, letter: str, count: int = 1, confident: bool = False) -> list:
+    """Photos of ``letter`` (not trained on) that the model reads right (and confidently), as a learner who signs well."""
+    chosen = []
+    for path, _ in detected_photos(asl_alphabet, [letter], per_class=6, scan=80, skip=12)[letter]:
         answer = requests.post(f"{server}/predict", data=path.read_bytes(), headers={"content-type": "image/jpeg"},
                                timeout=60).json()
-        if answer["label"] == letter:
-            return path
-    pytest.fail(f"no photo of {letter} that the model reads right")
+        if answer["label"] == letter and (answer["confident"] or not confident):
+            chosen.append(path)
+        if len(chosen) == count:
+            return chosen
+    pytest.fail(f"not {count} photo(s) of {letter} that the model reads right{' and confidently' if confident else ''}")
+
+
+# A webcam the test drives: getUserMedia answers a canvas's stream, and ``window.showPhoto(url)`` puts a photo (or
+# nothing: null) in front of it, so that what the camera shows changes exactly when the test says.
+FAKE_CAMERA_JS = """
+(() => {
+  const canvas = document.createElement('canvas');
+  canvas.width = 200; canvas.height = 200;
+  const context = canvas.getContext('2d');
+  let photo = null;
+  setInterval(() => {
+    if (photo) context.drawImage(photo, 0, 0, 200, 200); else { context.fillStyle = '#777'; context.fillRect(0, 0, 200, 200); }
+  }, 25);
+  window.showPhoto = (url) => new Promise((resolve) => {
+    if (!url) { photo = null; resolve(); return; }
+    const image = new Image();
+    image.onload = () => { photo = image; resolve(); };
+    image.src = url;
+  });
+  navigator.mediaDevices.getUserMedia = async () => canvas.captureStream(20);
+})();
+"""
+
+
+def data_url(path) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def test_calibrate_at_the_webcam_then_practise_with_the_profile(server, asl_alphabet, playwright_or_skip, tmp_path):
-    video = photo_video(tmp_path / "a.y4m", [well_read_photo(server, asl_alphabet, "A")])
-    browser = chromium_with_fake_webcam(playwright_or_skip, video)
+    """The learner's real conditions: right after each letter appears the camera still shows the last letter's
+    hand; B is first signed wrong (a C). Those frames are not stored, the wrong one is flagged and B redone,
+    the before/after comes from a separate check hold, and practice then answers from the profile."""
+    a, a_check = well_read_photos(server, asl_alphabet, "A", 2)
+    b, b_check = well_read_photos(server, asl_alphabet, "B", 2)
+    (c,) = well_read_photos(server, asl_alphabet, "C", 1, confident=True)
+    browser = launch_chromium(playwright_or_skip)
     try:
-        page, external = open_demo_tab(browser, server, "Calibrate", height=1000)
-        page.locator("#calibrate-start").click()
-        page.locator("#calibrate-target").get_by_text("Sign A").wait_for(timeout=30_000)
+        context = browser.new_context(permissions=["camera"], viewport={"width": 1280, "height": 1100})
+        context.add_init_script(FAKE_CAMERA_JS)
+        page = context.new_page()
+        external = block_external(page)
+        page.goto(f"{server}/demo/", wait_until="load")
+        page.get_by_role("tab", name="Calibrate").click()
         posts = []
         page.on("request", lambda request: posts.append(request) if request.method == "POST" else None)
         start_live(page, "calibrate")  # the shots are hands found in the page: no frame is uploaded
-        # Four frames of A with a hand, then the next letter is asked for: the learner finishes there.
-        page.locator("#calibrate-target").get_by_text("Sign B").wait_for(timeout=60_000)
-        assert "Letter 2 of" in page.locator("#calibrate-progress").inner_text()
+        target, progress = page.locator("#calibrate-target"), page.locator("#calibrate-progress")
+
+        def sign(letter: str, photo, check) -> None:
+            """Hold ``photo`` still for the shots, lower the hand, then sign ``check`` for the check hold."""
+            page.evaluate("url => window.showPhoto(url)", data_url(photo))
+            page.wait_for_function("document.querySelector('#calibrate-progress').innerText.includes('lower your hand')",
+                                   timeout=120_000)
+            page.evaluate("window.showPhoto(null)")
+            page.wait_for_function("document.querySelector('#calibrate-progress').innerText.includes('check: sign')",
+                                   timeout=60_000)
+            page.evaluate("url => window.showPhoto(url)", data_url(check))
+
+        page.evaluate("url => window.showPhoto(url)", data_url(c))  # the hand of before, there as the letter appears
+        page.locator("#calibrate-start").click()
+        target.get_by_text("Sign A").wait_for(timeout=30_000)
+        page.wait_for_timeout(700)  # within the countdown: nothing may be taken of it
+        sign("A", a, a_check)
+        target.get_by_text("Sign B").wait_for(timeout=120_000)  # A's check hold came: the next letter
+        page.evaluate("url => window.showPhoto(url)", data_url(c))  # B signed wrong: a confident C
+        target.get_by_text("This looks like C").wait_for(timeout=120_000)
+        assert "Keep it" in target.inner_text() and "0/3 frames" in progress.inner_text()  # not stored
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "calibration_looks_like.png"), full_page=True)
+        page.locator("#calibrate-redo").click()  # and B again, signed right this time
+        page.wait_for_timeout(300)
+        sign("B", b, b_check)
+        target.get_by_text("Sign C").wait_for(timeout=120_000)
+        assert "Done: A 3 ✓, B 3 ✓" in progress.inner_text()
         page.locator("#calibrate-finish").click()
         report = page.locator("#calibrate-report")
         report.get_by_text("Calibrated").wait_for(timeout=60_000)
-        assert "1 letter(s), 4 frames" in report.inner_text() and "kept out of it" in report.inner_text()
+        assert "2 letter(s) (A, B)" in report.inner_text(), report.inner_text()
+        assert "On your check of each letter (2 frames)" in report.inner_text()  # the separate holds measured it
         assert_no_frame_uploaded(posts)
-        ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "calibration.png"), full_page=True)
 
         with page.expect_download(timeout=30_000) as download:  # made in the page: no file on the server
@@ -160,7 +224,13 @@ def test_calibrate_at_the_webcam_then_practise_with_the_profile(server, asl_alph
         saved = tmp_path / "profile.json"
         download.value.save_as(saved)
         profile = json.loads(saved.read_text())
-        assert list(profile["shots"]) == ["A"] and len(profile["shots"]["A"]) == 4
+        assert {letter: len(rows) for letter, rows in profile["shots"].items()} == {"A": 3, "B": 3}
+        for letter, rows in profile["shots"].items():  # every shot is a hand of its letter: no C, no transition
+            for row in rows:
+                points = np.asarray(row[:63]).reshape(21, 3).tolist()
+                answer = requests.post(f"{server}/v1/landmarks", json={
+                    "landmarks": points, "handedness": "Right" if row[63] else "Left"}, timeout=30).json()
+                assert answer["label"] == letter, (letter, answer["top_k"])
         assert profile["model"]["sha256"] == requests.get(f"{server}/v1/model", timeout=30).json()["sha256"]
 
         page.locator("#profile-forget").click()
@@ -170,6 +240,7 @@ def test_calibrate_at_the_webcam_then_practise_with_the_profile(server, asl_alph
         chooser.value.set_files(str(saved))
         report.get_by_text("Profile loaded from your file").wait_for(timeout=30_000)
 
+        page.evaluate("url => window.showPhoto(url)", data_url(a))
         page.get_by_role("tab", name="Practice").click()
         page.locator("#practice-mode").get_by_text("Spell a word").click()
         page.locator("#practice-word textarea").fill("A")

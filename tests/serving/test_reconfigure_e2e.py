@@ -78,8 +78,7 @@ def test_a_changed_user_config_is_applied_without_restarting_replicas(shared_ser
     changes = {"max_batch_size": 3, "batch_wait_timeout_s": 0.05, "spell_hold_s": 0.4}
     first, changed = (serve_config_document(s) for s in (settings, settings.model_copy(update=changes)))
     assert first["applications"][0]["args"] == changed["applications"][0]["args"]  # only user_config differs
-    defaults = {key: getattr(settings, key) for key in ("max_batch_size", "batch_wait_timeout_s", "spell_hold_s",
-                                                        "spell_min_probability")}
+    defaults = {key: getattr(settings, key) for key in ("max_batch_size", "batch_wait_timeout_s", "spell_hold_s")}
     try:
         serve_deploy(first, tmp_path / "first.yaml")
         wait_for_settings(url, defaults)

@@ -410,11 +410,19 @@ def feedback_markdown(result: dict, done: bool, progress: float, calibrated: boo
     return "\n".join(lines)
 
 
-def session_chart(practice: Practice | None):
+NO_ATTEMPTS = "No attempts yet: the score over the round shows here."
+SCORED = "The score over the round."
+
+
+def session_chart(practice: Practice | None) -> dict:
+    """The round's score over time, as the chart's update: empty, and saying so, before the first letter is done."""
+    import gradio as gr
     import pandas as pd
 
     rows = practice.history if practice is not None else []
-    return pd.DataFrame(rows or [(0.0, 0)], columns=["seconds", "score"])
+    attempted = len(rows) > 1  # the round begins with (0 s, score 0)
+    frame = pd.DataFrame(rows if attempted else [], columns=["seconds", "score"]).astype({"seconds": float, "score": int})
+    return gr.update(value=frame, caption=SCORED if attempted else NO_ATTEMPTS)  # numbers, even empty: a numeric axis
 
 
 def calibration_target(session: Calibrating | None) -> str:
@@ -772,7 +780,8 @@ def practice_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
             practice.start(PRACTICE_MODES[mode], time.monotonic(), word)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        return practice_view(practice, "Sign into the webcam (press Record).")
+        return practice_view(practice, "Sign into the webcam: press **Start camera** (or **Record**, where the page "
+                                       "sends frames to the server).")
 
     def on_practice_skip(practice: Practice | None) -> tuple:
         if practice is not None:
@@ -830,8 +839,9 @@ def practice_tab(backend: Backend, settings: ServeConfig, profile: gr.State) -> 
         with gr.Row():
             table = gr.Dataframe(headers=["letter", "shown", "done", "skipped", "mean seconds"],
                                  label="Per letter", interactive=False, elem_id="practice-table")
-            chart = gr.LinePlot(session_chart(None), x="seconds", y="score", label="This session",
-                                elem_id="practice-chart")
+            chart = gr.LinePlot(session_chart(None)["value"], x="seconds", y="score", label="This session",
+                                x_title="seconds into the round", y_title="score", x_axis_format="d",
+                                y_axis_format="d", caption=NO_ATTEMPTS, elem_id="practice-chart")
         outputs = [target_view, reference, feedback, score, table, chart, practice]
         start.click(on_practice_start, inputs=[mode, word], outputs=outputs, api_visibility="private")
         skip.click(on_practice_skip, inputs=practice, outputs=outputs, api_visibility="private")

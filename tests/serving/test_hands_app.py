@@ -341,3 +341,18 @@ def hand_row_of(hand) -> list[float]:
     from asl_platform.model.calibration import hand_row
 
     return hand_row({"landmarks": hand.landmarks.tolist(), "handedness": hand.handedness})
+
+
+def test_the_demo_of_a_hand_aware_model_has_every_tab_and_their_live_views(hand_model):
+    """Photo, Calibrate, Fingerspelling and Practice, each live tab with its in-page view (start button, status,
+    the answer over the video) wired to its handler; an image-only model has no Calibrate tab (test_demo.py)."""
+    demo = build_demo(LocalBackend(hand_model), ServeConfig())
+    config = demo.get_config_file()
+    tabs = [c["props"].get("label") for c in config["components"] if c["type"] == "tabitem"]
+    assert tabs == ["Photo", "Calibrate", "Fingerspelling", "Practice"]
+    html = " ".join(str(c["props"].get("value", "")) for c in config["components"] if c["type"] == "html")
+    for name in ("calibrate", "spell", "practice"):
+        for part in ("live-start", "live-status", "live-answer"):
+            assert f'id="{name}-{part}"' in html, (name, part)
+    handlers = {fn.name for fn in demo.fns.values()}
+    assert {"on_calibrate_hand", "on_hand", "on_practice_hand", "on_calibrate_keep", "on_calibrate_redo"} <= handlers

@@ -64,6 +64,7 @@ def test_a_practice_round_in_the_browser(server, asl_alphabet, playwright_or_ski
         target = page.locator("#practice-target")
         target.get_by_text("Sign A").wait_for(timeout=30_000)
         assert "Fist" in target.inner_text()  # how to form it
+        assert "No attempts yet" in page.locator("#practice-chart").inner_text()  # an empty chart says so
         page.locator("#practice-reference img").wait_for(state="visible", timeout=30_000)  # the typical hand
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "practice_target.png"), full_page=True)
@@ -83,6 +84,7 @@ def test_a_practice_round_in_the_browser(server, asl_alphabet, playwright_or_ski
             "#practice-feedback").inner_text()
         table = page.locator("#practice-table").inner_text()
         assert "A" in table and "B" in table
+        assert "No attempts yet" not in page.locator("#practice-chart").inner_text()  # the chart has the round now
         page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / "practice_round.png"), full_page=True)
         assert_no_frame_uploaded(posts)
@@ -252,5 +254,18 @@ def test_calibrate_at_the_webcam_then_practise_with_the_profile(server, asl_alph
         assert "your calibration" in page.locator("#practice-feedback").inner_text()  # the profile answered,
         page.locator("#practice-live-answer").get_by_text("your calibration").wait_for(timeout=30_000)  # here too
         assert external == [], f"the demo tried to reach the internet: {external}"
+
+        # No camera for the page (not allowed, none there): it says so and what to do, and can be tried again.
+        denied = browser.new_context().new_page()
+        denied.goto(f"{server}/demo/", wait_until="load")
+        denied.get_by_role("tab", name="Calibrate").click()
+        denied.wait_for_function("window.aslLive && document.body.classList.contains('asl-live-browser')",
+                                 timeout=30_000)
+        denied.locator("#calibrate-live-start").click()
+        denied.wait_for_function("document.querySelector('#calibrate-live-status').innerText"
+                                 ".includes('press Start camera again')", timeout=60_000)
+        status = denied.locator("#calibrate-live-status").inner_text()
+        assert "blocked" in status or "No camera" in status or "busy" in status, status
+        denied.screenshot(path=str(ARTIFACTS / "camera_denied.png"), full_page=True)
     finally:
         browser.close()

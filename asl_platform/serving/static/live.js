@@ -112,6 +112,23 @@
     return null;
   }
 
+  // What to tell the learner when the camera does not start, and what to do about it.
+  function cameraProblem(error) {
+    const again = " Then press Start camera again.";
+    switch (error && error.name) {
+      case "NotAllowedError": case "SecurityError":
+        return "The camera is blocked for this page: allow it (the camera icon in the address bar)." + again;
+      case "NotReadableError": case "TrackStartError": case "AbortError":
+        return "The camera is busy: another program or tab is using it. Close that." + again;
+      case "NotFoundError": case "OverconstrainedError": case "DevicesNotFoundError":
+        return "No camera was found: connect one." + again;
+      case "NoCameraApi":
+        return "This browser gives the page no camera (it needs https, or localhost)." + again;
+      default:
+        return `The camera did not start (${error && error.name}: ${error && error.message}).` + again;
+    }
+  }
+
   function drawHand(canvas, video, hand) {
     canvas.width = video.videoWidth;
     canvas.height = video.videoHeight;
@@ -177,21 +194,36 @@
     say(text) { this.status.textContent = text; }
 
     async start() {
-      if (this.running) return;
+      if (this.running || this.starting) return;
+      this.starting = true; // a second press while the camera opens starts nothing more
       try {
-        await landmarker();
-      } catch (error) {
-        fallBack(error);
-        return;
+        try {
+          await landmarker();
+        } catch (error) {
+          fallBack(error);
+          return;
+        }
+        let stream;
+        try {
+          if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+            throw Object.assign(new Error("no camera API"), {name: "NoCameraApi"});
+          }
+          stream = await navigator.mediaDevices.getUserMedia({video: true, audio: false});
+        } catch (error) {
+          this.say(cameraProblem(error));
+          return;
+        }
+        this.video.srcObject = stream;
+        await this.video.play();
+        this.running = true;
+        this.generation = (this.generation || 0) + 1;
+        this.countFrames();
+        this.watchAnswers();
+        this.say("Hand landmarks are found in this page: no video leaves your device.");
+        this.loop(this.generation);
+      } finally {
+        this.starting = false;
       }
-      const stream = await navigator.mediaDevices.getUserMedia({video: true, audio: false});
-      this.video.srcObject = stream;
-      await this.video.play();
-      this.running = true;
-      this.countFrames();
-      this.watchAnswers();
-      this.say("Hand landmarks are found in this page: no video leaves your device.");
-      this.loop();
     }
 
     stop() {
@@ -199,6 +231,11 @@
       const stream = this.video.srcObject;
       if (stream) stream.getTracks().forEach((track) => track.stop());
       this.video.srcObject = null;
+      // the loop may wait on a frame or an answer that will not come now: let it go, so that it ends here
+      const frame = this.onFrame;
+      this.onFrame = null;
+      if (frame) frame();
+      if (this.waiter) this.waiter.done();
       this.say("Camera stopped.");
     }
 
@@ -224,8 +261,8 @@
       return new Promise((resolve) => { this.onFrame = resolve; });
     }
 
-    async loop() {
-      while (this.running) {
+    async loop(generation) {
+      while (this.running && this.generation === generation) { // a Stop then Start begins another: this one ends
         if (this.video.readyState >= 2 && this.video.videoWidth) {
           const started = performance.now();
           this.looked = this.frames;

@@ -15,7 +15,8 @@ from PIL import Image
 
 from asl_platform.config import ServeConfig
 from asl_platform.serving.backends import LocalBackend
-from asl_platform.serving.demo import Speller, build_demo, classify_with_hand
+from asl_platform.serving.demo import build_demo, classify_with_hand
+from asl_platform.serving.sessions import Speller
 
 
 def feed(speller: Speller, frames: list[tuple[str, float]], step: float = 0.25, threshold: float = 0.6) -> list[str | None]:
@@ -131,7 +132,7 @@ def run(session, frames, start: float, step: float = 0.2) -> list[str]:
 
 
 def test_calibration_takes_shots_only_from_a_steady_hold_after_the_countdown_then_a_separate_check():
-    from asl_platform.serving.demo import CALIBRATION_READY_S, CALIBRATION_SHOTS, Calibrating
+    from asl_platform.serving.sessions import CALIBRATION_READY_S, CALIBRATION_SHOTS, Calibrating
 
     session = Calibrating(["A", "B"], INFO, shown_at=0.0)
     early = run(session, [live("L", 0.9, 1)] * 5, start=0.0)  # the last letter's hand, still there
@@ -148,7 +149,8 @@ def test_calibration_takes_shots_only_from_a_steady_hold_after_the_countdown_the
 
 
 def test_a_hand_the_model_confidently_reads_as_another_letter_is_flagged_not_stored_and_can_be_kept():
-    from asl_platform.serving.demo import CALIBRATION_READY_S, Calibrating, calibration_target
+    from asl_platform.serving.demo import calibration_target
+    from asl_platform.serving.sessions import CALIBRATION_READY_S, Calibrating
 
     session = Calibrating(["A", "B"], INFO, shown_at=0.0)
     steps = run(session, [live("L", 0.9, 4)] * 6, start=CALIBRATION_READY_S)  # confidently L, asked for A
@@ -162,7 +164,8 @@ def test_a_hand_the_model_confidently_reads_as_another_letter_is_flagged_not_sto
 
 
 def test_a_letter_can_be_redone_skipped_and_gone_back_to():
-    from asl_platform.serving.demo import CALIBRATION_READY_S, Calibrating, calibration_progress
+    from asl_platform.serving.demo import calibration_progress
+    from asl_platform.serving.sessions import CALIBRATION_READY_S, Calibrating
 
     session = Calibrating(["A", "B", "L"], INFO, shown_at=0.0)
     run(session, [live("A", 0.9, 5)] * 8, start=CALIBRATION_READY_S)

@@ -21,7 +21,8 @@ from PIL import Image
 from asl_platform.config import ServeConfig
 from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import LocalBackend
-from asl_platform.serving.demo import Speller, build_demo
+from asl_platform.serving.demo import build_demo
+from asl_platform.serving.sessions import Speller
 from asl_platform.serving.practice import NOT_SURE, check
 
 pytestmark = pytest.mark.real_data
@@ -109,10 +110,11 @@ def test_the_calibrate_tab_takes_webcam_frames_or_hands_found_in_the_page(hand_m
     and follows the same rules. Both give a profile of the same letters, with the before/after on the checks."""
     import gradio as gr
 
-    from asl_platform.serving import demo as demo_module
+    from asl_platform.serving import sessions
+    from asl_platform.serving.backends import Prediction
 
     for name in ("CALIBRATION_READY_S", "CALIBRATION_GAP_S", "CALIBRATION_HOLD_S"):  # no waiting in a unit test
-        monkeypatch.setattr(demo_module, name, 0.0)
+        monkeypatch.setattr(sessions, name, 0.0)
     info = LocalBackend(hand_model).info
     handlers = {fn.name: fn.fn for fn in build_demo(LocalBackend(hand_model), ServeConfig()).fns.values()}
     letters = ["A", "B"]
@@ -121,7 +123,7 @@ def test_the_calibrate_tab_takes_webcam_frames_or_hands_found_in_the_page(hand_m
     frames = [item for letter in letters for item in
               ([f for f in frames if f[0] == letter] + [(letter, None, None), (letter, photos[letter][2][0], photos[letter][2][1])])]
 
-    session = demo_module.Calibrating(letters, info)
+    session = sessions.Calibrating(letters, info)
     for seq, (letter, _, hand) in enumerate(frames, start=1):
         points = {"landmarks": hand.landmarks.tolist(), "handedness": hand.handedness} if hand else {"landmarks": None, "handedness": "Right"}
         *view, profile, report, document, answered = asyncio.run(handlers["on_calibrate_hand"](
@@ -135,11 +137,11 @@ def test_the_calibrate_tab_takes_webcam_frames_or_hands_found_in_the_page(hand_m
     assert "2 letter(s) (A, B)" in report and "On your check of each letter (2 frames)" in report
     assert profile.document is document
 
-    session = demo_module.Calibrating(letters, info)  # the fallback: the frames themselves
+    session = sessions.Calibrating(letters, info)  # the fallback: the frames themselves
     for letter, path, _ in frames:
         if path is None:  # the hand lowered: a frame without a hand
-            session.offer(b"", demo_module.Prediction(np.full(len(info["classes"]), 1 / len(info["classes"])),
-                                                      {"found": False}), demo_module.time.monotonic())
+            session.offer(b"", Prediction(np.full(len(info["classes"]), 1 / len(info["classes"])), {"found": False}),
+                          time.monotonic())
             continue
         *view, profile, report, document, drawn = asyncio.run(handlers["on_calibrate_frame"](str(path), session, None))
     assert session.target is None and all(isinstance(data, bytes) for take in session.takes.values()
@@ -147,7 +149,7 @@ def test_the_calibrate_tab_takes_webcam_frames_or_hands_found_in_the_page(hand_m
     assert {letter: len(rows) for letter, rows in document["shots"].items()} == {"A": 3, "B": 3}
     assert "On your check of each letter (2 frames)" in report
 
-    skipped = asyncio.run(handlers["on_calibrate_hand"]("not json", demo_module.Calibrating(letters, info), None))
+    skipped = asyncio.run(handlers["on_calibrate_hand"]("not json", sessions.Calibrating(letters, info), None))
     assert skipped[-1] == gr.skip()  # a malformed message changes nothing
 
 

@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from asl_platform.hands.shapes import accepted_labels
 from asl_platform.model.calibration import (
     MAX_SHOTS_PER_LETTER, CalibrationProfile, LetterVerdict, ProfileError, check_profile, hand_row, judge_letters,
     make_profile,
 )
 from asl_platform.serving.backends import Backend, Prediction
-from asl_platform.serving.protocol import ApiError, top_predictions
+from asl_platform.serving.protocol import ApiError
 
 ROUNDS = 3  # of judging the letters: dropping one changes what the others do
+
 
 def checked_calibration(profile: Any, info: dict):
     """A client's profile as the model uses it (``Calibration``), or the ApiError that says why not."""
@@ -37,11 +37,6 @@ def checked_calibration(profile: Any, info: dict):
         return check_profile(profile, info).calibration(info["classes"])
     except ProfileError as exc:
         raise ApiError(413 if exc.code == "profile_too_large" else 422, exc.code, str(exc)) from None
-
-
-def _right(prediction: Prediction, letter: str, classes: list[str]) -> bool:
-    label = top_predictions(prediction.probabilities, classes, 1)[0]["label"]
-    return label in accepted_labels(letter)
 
 
 def _found(prediction: Prediction | ApiError | None) -> bool:

@@ -135,9 +135,9 @@ def answer_session(data: dict, shots: dict, checks: dict, tests: dict, temperatu
 
     def product(kept: set[int], rows: np.ndarray, shots: dict) -> np.ndarray:
         distances = shot_distances(identity, profile(kept, shots), hidden[rows], len(classes))
-        if missing != "typical":  # the typical hands set the scale only; a letter with no shot of its own is unknown
+        if missing == "nearest":  # the typical hands set the scale only; a letter with no shot of its own is unknown
             distances[:, [c for c in range(len(classes)) if c not in kept or c not in shots]] = np.inf
-        return calibrated_probabilities(data["landmarks"][rows], distances, temperature, missing)
+        return calibrated_probabilities(data["landmarks"][rows], distances, temperature)
 
     def judged(shots: dict, checks: dict) -> tuple[set[int], np.ndarray]:
         check = np.asarray([i for frames in checks.values() for i in frames], int)
@@ -244,9 +244,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="keep each set's answers here (a rerun skips the models)")
     parser.add_argument("--sets", nargs="+", default=["asl-people", "asl-webcam"])
     parser.add_argument("--temperature", type=float, help="instead of the card's (to see how much it matters)")
-    parser.add_argument("--missing", choices=("typical", "neutral", "nearest"), default="nearest",
-                        help="a letter with no shot: the model's typical hand, at the profile's scale (neutral), or as "
-                             "near as the nearest shot (nearest: the profile says nothing of it; what serving does)")
+    parser.add_argument("--missing", choices=("typical", "nearest"), default="nearest",
+                        help="a letter with no shot: as far as the model's typical hand of it, or as near as the "
+                             "nearest shot (nearest: the profile says nothing of it; what serving does)")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")

@@ -183,16 +183,14 @@ def distance_probabilities(distances: np.ndarray, temperature: float) -> np.ndar
     return calibrated_probabilities(None, distances, temperature)
 
 
-def calibrated_probabilities(model: np.ndarray | None, distances: np.ndarray, temperature: float,
-                             missing: str = "nearest") -> np.ndarray:
+def calibrated_probabilities(model: np.ndarray | None, distances: np.ndarray, temperature: float) -> np.ndarray:
     """The calibrated answer: the model's probabilities ``model`` (N, C) adapted by the nearest shots,
     ``softmax(log p_model - d / T)``. A letter with no shot (infinite ``d``) is one the profile says nothing
-    of: as near as the nearest shot (``missing`` 'nearest'; 'neutral': at the profile's scale, d = 1), so the
-    profile neither pulls a hand towards it nor away. ``model`` None: the shots alone."""
+    of: as near as the nearest shot, so the profile neither pulls a hand towards it nor away. ``model`` None:
+    the shots alone."""
     if model is not None:
         finite = np.isfinite(distances)
-        fill = (np.where(finite, distances, np.inf).min(axis=1, keepdims=True) if missing == "nearest"
-                else np.ones((len(distances), 1)))
+        fill = np.where(finite, distances, np.inf).min(axis=1, keepdims=True)
         fill = np.where(np.isfinite(fill), fill, 1.0)  # no shot at all: the model alone
         distances = np.where(finite, distances, fill)
     logits = -distances / temperature
@@ -211,6 +209,22 @@ def with_typical_hands(calibration: Calibration, typical: Calibration) -> Calibr
 
 
 # --------------------------------------------------------------------------- choosing on validation data
+
+
+UNCHOSEN_THRESHOLD = 0.6  # a model exported before its card had thresholds (format < 4): not chosen on data
+ANSWER_THRESHOLDS = {"photo": "threshold", "live": "live_threshold", "calibrated": "calibrated_threshold"}
+
+
+def answer_threshold(confidence: dict | None, answer: str) -> float:
+    """The threshold ``answer`` (photo, live or calibrated) is confident at, from a card's ``confidence``
+    (as a dict): its own, else the photo one (a card from before thresholds per answer, format < 6), else
+    ``UNCHOSEN_THRESHOLD`` (no thresholds at all)."""
+    if answer not in ANSWER_THRESHOLDS:
+        raise ValueError(f"no threshold for answer {answer!r}: one of {', '.join(ANSWER_THRESHOLDS)}")
+    confidence = confidence or {}
+    threshold = confidence.get(ANSWER_THRESHOLDS[answer])
+    threshold = confidence.get("threshold") if threshold is None else threshold
+    return UNCHOSEN_THRESHOLD if threshold is None else float(threshold)
 
 
 def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None,
@@ -285,12 +299,13 @@ class LetterVerdict(NamedTuple):
 
 
 def judge_letters(model: np.ndarray, calibrated: np.ndarray, labels: np.ndarray, kept: set[int],
-                  letters: set[int]) -> dict[int, LetterVerdict]:
+                  letters: set[int], previous: dict[int, LetterVerdict] | None = None) -> dict[int, LetterVerdict]:
     """One look at frames kept out of the profile: ``model`` and ``calibrated`` (N, C) answers on them (the
     latter made with the shots of ``kept`` only), ``labels`` what each frame is. A letter of ``letters`` (the
     profile's, class indices) is used where it does no worse than the model: what it puts right of its own
     frames, less what it loses of them (to no other letter's shots) and less the other letters' frames it takes
-    (answered as it, where the model had them right), is not below zero."""
+    (answered as it, where the model had them right), is not below zero. A letter already dropped keeps the
+    verdict it was dropped with (``previous``: the last round's), so that its ``why`` stays true."""
     model_answer, answer = model.argmax(axis=1), calibrated.argmax(axis=1)
     model_right, right = model_answer == labels, answer == labels
     verdicts = {}
@@ -298,7 +313,7 @@ def judge_letters(model: np.ndarray, calibrated: np.ndarray, labels: np.ndarray,
         own = labels == letter
         before = int(model_right[own].sum())
         if letter not in kept:
-            verdicts[letter] = LetterVerdict(False, int(own.sum()), before, before, 0, 0)
+            verdicts[letter] = (previous or {}).get(letter) or LetterVerdict(False, int(own.sum()), before, before, 0, 0)
             continue
         gained = int(np.sum(own & ~model_right & right))
         lost = int(np.sum(own & model_right & ~right & ~np.isin(answer, list(kept - {letter}))))
@@ -319,7 +334,7 @@ def letter_verdicts(answer: Callable[[set[int]], np.ndarray], model: np.ndarray,
         if now == kept:
             break
         kept = now
-        verdicts = judge_letters(model, answer(kept) if kept else model, labels, kept, letters)
+        verdicts = judge_letters(model, answer(kept) if kept else model, labels, kept, letters, verdicts)
     return verdicts
 
 

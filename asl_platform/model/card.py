@@ -203,7 +203,7 @@ class ModelCard(_Record):
     hands: HandsCard | None = None
     fusion: FusionCard | None = None
     confidence: ConfidenceCard | None = Field(default=None, description="None: exported before format 4 (serving "
-                                              "then uses a threshold not chosen on data: serving.backends.UNCHOSEN_THRESHOLD)")
+                                              "then uses a threshold not chosen on data: model.calibration.UNCHOSEN_THRESHOLD)")
     onnx: OnnxCard | None = Field(default=None, description="None: exported before ONNX export (converted on load)")
     validation: ValidationCard | None = Field(default=None, description="None: exported before format 5 (chosen on "
                                               "the validation split)")

@@ -21,7 +21,7 @@ from asl_platform.data.decode import oriented_size
 from asl_platform.hands.detect import no_hand_json
 from asl_platform.hands.shapes import load_shapes
 from asl_platform.limits import MAX_IMAGE_PIXELS
-from asl_platform.model.calibration import Calibration
+from asl_platform.model.calibration import Calibration, answer_threshold
 from asl_platform.serving.metrics import ServingMetrics
 from asl_platform.serving.protocol import ApiError, decode_upload, prepare_image
 
@@ -96,20 +96,11 @@ Item = ImageInput | tuple[ImageInput, Calibration]  # with the calibration of th
 LandmarkItem = np.ndarray | tuple[np.ndarray, Calibration]
 
 
-UNCHOSEN_THRESHOLD = 0.6  # a model exported before its card had thresholds (format < 4): not chosen on data
-ANSWER_THRESHOLDS = {"photo": "threshold", "live": "live_threshold", "calibrated": "calibrated_threshold"}
-
-
 def confidence_threshold(info: dict, answer: str = "photo") -> float:
     """The probability at or above which ``answer`` (photo, live or calibrated: ``Prediction.answer``) is
-    confident: the card's threshold for that answer, chosen at export on people the model was not trained on.
-    A card from before thresholds per answer (format < 6) has the photo one only, used for all."""
-    if answer not in ANSWER_THRESHOLDS:
-        raise ValueError(f"no threshold for answer {answer!r}: one of {', '.join(ANSWER_THRESHOLDS)}")
-    confidence = info.get("confidence") or {}
-    threshold = confidence.get(ANSWER_THRESHOLDS[answer])
-    threshold = confidence.get("threshold") if threshold is None else threshold
-    return UNCHOSEN_THRESHOLD if threshold is None else float(threshold)
+    confident: the card's threshold for that answer, chosen at export on people the model was not trained on
+    (``model.calibration.answer_threshold``)."""
+    return answer_threshold(info.get("confidence"), answer)
 
 
 def confident(info: dict, prediction: Prediction, probability: float | None = None) -> bool:

@@ -79,7 +79,7 @@ async def measure(backend: Backend, shots: dict[str, list[list[float]]],
                               if used else model[start:start + len(held)])
             start += len(held)
         calibrated = np.concatenate(calibrated)
-        verdicts = judge_letters(model, calibrated, labels, kept, letters)
+        verdicts = judge_letters(model, calibrated, labels, kept, letters, verdicts)
         now = {letter for letter, verdict in verdicts.items() if verdict.used}
         if now == kept:
             break

@@ -264,7 +264,7 @@ def calibration_metrics(model_dir: Path, labels: np.ndarray, answers: PathAnswer
     of their images are answered with it. Repeated over ``draws`` draws; the mean is reported beside the
     model alone on the same images, with the confident answers' accuracy and coverage, per person too."""
     from asl_platform.model import Predictor
-    from asl_platform.model.calibration import Calibration
+    from asl_platform.model.calibration import Calibration, answer_threshold
 
     predictor = Predictor(model_dir)
     if not predictor.hand_aware:
@@ -300,8 +300,7 @@ def calibration_metrics(model_dir: Path, labels: np.ndarray, answers: PathAnswer
         base = answers.probabilities[queried].argmax(1) == labels[queried]
         run = {"accuracy": float(right.mean()), "accuracy_uncalibrated": float(base.mean()), "per_person": per_person}
         if confidence is not None:
-            threshold = confidence.threshold if confidence.calibrated_threshold is None else confidence.calibrated_threshold
-            confident = calibrated[queried].max(1) >= threshold  # a calibrated answer's own threshold
+            confident = calibrated[queried].max(1) >= answer_threshold(confidence.model_dump(), "calibrated")
             run["coverage"] = float(confident.mean())
             run["confident_accuracy"] = float(right[confident].mean()) if confident.any() else float("nan")
         runs.append(run)

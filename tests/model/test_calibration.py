@@ -156,3 +156,4 @@ def test_a_letter_is_used_only_where_it_does_no_worse_than_the_model_on_frames_k
 
     settled = letter_verdicts(answer, model, labels, {0, 1, 2})
     assert [settled[letter].used for letter in (0, 1, 2)] == [False, True, True]
+    assert "took 2 frame(s)" in settled[0].why  # dropped in the first round: the reason it was dropped for

@@ -302,7 +302,8 @@ def test_every_route_says_confident_by_the_one_rule_for_the_answer_it_gives(hand
     """Thresholds set apart (the photo one just under this photo's answer, the live and calibrated ones above
     it): /predict, /predict/batch and practice check (photos) are confident, /v1/landmarks and the live tabs are
     not, nor a calibrated answer; the practice catalogue and every route agree with ``confidence_threshold``."""
-    from asl_platform.serving.backends import ANSWER_THRESHOLDS, confidence_threshold
+    from asl_platform.model.calibration import ANSWER_THRESHOLDS
+    from asl_platform.serving.backends import confidence_threshold
     from asl_platform.serving.demo import Frame, practice_step, spell_step
     from asl_platform.serving.practice import Practice
 

@@ -1,5 +1,5 @@
 """Hand shapes for teaching: the typical shape of each letter in the training data, how a learner's
-hand differs from it, in plain words, and a drawing of it.
+hand differs from it, in plain words, and a drawing of each (``hands.figure``).
 
 A shape is read from the 21 landmarks in the canonical frame of ``hands.features`` (right hand,
 wrist at the origin, palm size 1), by measures that do not depend on how the hand is turned:
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from asl_platform.hands.features import FINGERS, canonical_points
+from asl_platform.hands.features import FINGERS, PALM, canonical_points
+from asl_platform.hands.figure import Arrow, draw_figure
 from asl_platform.hands.rows import landmark_inputs
 
 SHAPES_FILE = "hand_shapes.json"
@@ -149,19 +150,43 @@ def load_shapes(directory: str | Path) -> dict[str, HandShape]:
     return {name: HandShape.from_json(data) for name, data in json.loads(path.read_text()).items()}
 
 
-def hints(learner: np.ndarray, target: HandShape) -> list[str]:
-    """What to change, in plain words, so that ``learner`` (canonical points) takes ``target``'s shape:
-    the largest differences first, at most ``MAX_HINTS``; empty when every measure is within tolerance."""
-    found: list[tuple[float, str]] = []
-    for name, mine, theirs in zip(FINGER_NAMES, curls(learner), target.curl):
+@dataclass(frozen=True)
+class Hint:
+    """One thing to change: in words, and which finger (0 thumb .. 4 little finger) it is about."""
+
+    text: str
+    finger: int
+    weight: float  # how far outside the tolerance, in tolerances (the largest first)
+
+
+def differences(learner: np.ndarray, target: HandShape) -> list[Hint]:
+    """What to change so that ``learner`` (canonical points) takes ``target``'s shape: the largest
+    differences first, at most ``MAX_HINTS``; empty when every measure is within tolerance."""
+    found: list[Hint] = []
+    for finger, (name, mine, theirs) in enumerate(zip(FINGER_NAMES, curls(learner), target.curl)):
         gap = float(mine - theirs)
         if abs(gap) > CURL_TOLERANCE:
-            found.append((abs(gap) / CURL_TOLERANCE, f"{'Straighten' if gap > 0 else 'Bend'} your {name}."))
+            found.append(Hint(f"{'Straighten' if gap > 0 else 'Bend'} your {name}.", finger, abs(gap) / CURL_TOLERANCE))
     gap = thumb_reach(learner) - target.reach
     if abs(gap) > REACH_TOLERANCE:
-        found.append((abs(gap) / REACH_TOLERANCE, "Bring your thumb in, against your hand." if gap > 0
-                      else "Move your thumb out, away from your hand."))
-    return [text for _, text in sorted(found, key=lambda item: -item[0])[:MAX_HINTS]]
+        found.append(Hint("Bring your thumb in, against your hand." if gap > 0
+                          else "Move your thumb out, away from your hand.", 0, abs(gap) / REACH_TOLERANCE))
+    return sorted(found, key=lambda hint: -hint.weight)[:MAX_HINTS]
+
+
+def hints(learner: np.ndarray, target: HandShape) -> list[str]:
+    """``differences`` in words."""
+    return [hint.text for hint in differences(learner, target)]
+
+
+def aligned_target(learner: np.ndarray, target: HandShape) -> np.ndarray:
+    """``target``'s points turned to the learner's palm (the rotation that best maps its wrist and knuckles onto
+    the learner's: Kabsch), so that where a fingertip should go can be drawn on the learner's hand."""
+    palm = [0, *PALM]
+    source, destination = target.points[palm], learner[palm]
+    u, _, vt = np.linalg.svd(source.T @ destination)
+    flip = np.diag([1.0, 1.0, float(np.sign(np.linalg.det(u @ vt)) or 1.0)])
+    return target.points @ (u @ flip @ vt)
 
 
 def accepted_labels(target: str) -> set[str]:
@@ -169,20 +194,18 @@ def accepted_labels(target: str) -> set[str]:
     return {target, *MOTION_LETTERS.get(target, ())}
 
 
-def draw_shape(shape: HandShape, size: int = 240):
-    """A drawing of ``shape``'s skeleton on a plain background (PIL image), upright as the camera sees it."""
-    from PIL import Image, ImageDraw
+def draw_shape(shape: HandShape, size: int = 240, *, letter: str | None = None, mirror: bool = False):
+    """A drawing of ``shape``'s hand (``hands.figure``), upright as the camera sees it, with the motion of
+    ``letter`` if it is J or Z; ``mirror`` for a left hand."""
+    return draw_figure(shape.points, size, mirror=mirror, motion=letter if letter in MOTION_LETTERS else None)
 
-    from asl_platform.hands.draw import BONE, HAND_CONNECTIONS
 
-    xy = shape.points[:, :2].copy()
-    xy -= (xy.min(axis=0) + xy.max(axis=0)) / 2
-    scale = 0.8 * size / max(float(np.abs(xy).max()) * 2, 1e-6)
-    pixels = [(size / 2 + float(x) * scale, size / 2 + float(y) * scale) for x, y in xy]
-    image = Image.new("RGB", (size, size), (250, 250, 250))
-    draw = ImageDraw.Draw(image)
-    for a, b in HAND_CONNECTIONS:
-        draw.line((pixels[a], pixels[b]), fill=BONE, width=4)
-    for x, y in pixels:
-        draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=(60, 60, 60))
-    return image
+def draw_learner(learner: np.ndarray, target: HandShape | None, size: int = 240, *, mirror: bool = False):
+    """The learner's hand (canonical points) drawn as ``draw_shape`` draws the target, beside it: each finger a
+    hint names highlighted, with an arrow from its tip to where the target's tip is."""
+    arrows: tuple[Arrow, ...] = ()
+    if target is not None:
+        goal = aligned_target(learner, target)
+        tips = {finger: FINGERS[finger][-1] for finger in range(len(FINGERS))}
+        arrows = tuple(Arrow(hint.finger, tuple(goal[tips[hint.finger], :2])) for hint in differences(learner, target))
+    return draw_figure(learner, size, mirror=mirror, arrows=arrows)

@@ -88,6 +88,7 @@ class Practice:
     history: list[tuple[float, int]] = field(default_factory=list)  # (seconds into the round, score)
     started_at: float = 0.0
     seed: int = 0
+    hand_drawn_at: float = float("-inf")  # when the page last drew the learner's hand (a few times a second, not 20)
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import time
+from typing import Literal
 
 import numpy as np
 from dataclasses import dataclass, field
@@ -162,13 +163,15 @@ def practice_router(serving: Serving) -> APIRouter:
     @router.get("/v1/practice/drawing", summary="Practice mode: a PNG drawing of the letter's typical hand",
                 response_class=Response,
                 responses=answers(None, 404, 422, ok_content={"image/png": {"schema": {"type": "string", "format": "binary"}}}))
-    async def practice_drawing(letter: str = Query(..., description=letter_help, json_schema_extra={"enum": drawn})) -> Response:
+    async def practice_drawing(letter: str = Query(..., description=letter_help, json_schema_extra={"enum": drawn}),
+                               hand: Literal["right", "left"] = Query(
+                                   "right", description="the signing hand: left draws the mirror image")) -> Response:
         if letter not in letters:
             raise ApiError(422, "invalid_parameter", f"letter: {letter!r} is not a letter of this model")
         if letter not in shapes:
             raise ApiError(404, "not_found", f"no typical hand shape for {letter!r} in this model")
         buffer = io.BytesIO()
-        draw_shape(shapes[letter]).save(buffer, format="PNG")
+        draw_shape(shapes[letter], letter=letter, mirror=hand == "left").save(buffer, format="PNG")
         return Response(buffer.getvalue(), media_type="image/png")
 
     @router.post("/v1/practice/check", summary="Practice mode: one image against a target letter, with what to change",

@@ -82,3 +82,69 @@ def test_shapes_round_trip_draw_and_cover_every_class(shapes, tmp_path):
     assert set(DESCRIPTIONS) == set(classes)
     assert accepted_labels("J") == {"J", "I"} and accepted_labels("Z") == {"Z", "D"} and accepted_labels("B") == {"B"}
     assert set(MOTION_LETTERS) == {"J", "Z"}
+
+
+# --------------------------------------------------------------------------- the pictures (hands.figure)
+
+
+def colour_share(image, colour: tuple[int, int, int], tolerance: int = 40) -> float:
+    pixels = np.asarray(image, np.int32)
+    return float((np.abs(pixels - np.asarray(colour)).sum(axis=-1) < tolerance).mean())
+
+
+def test_the_picture_is_a_filled_hand_nearer_parts_lighter_mirrored_for_the_left_hand(shapes):
+    from asl_platform.hands.figure import BACKGROUND, draw_figure
+
+    points = shapes["B"].points
+    image = np.asarray(draw_figure(points, 240))
+    assert (np.abs(image.astype(int) - BACKGROUND).sum(axis=-1) > 30).mean() > 0.12  # filled: a palm, not lines
+    near, far = points.copy(), points.copy()
+    near[:, 2], far[:, 2] = 0.0, 0.0
+    near[8, 2] = far[20, 2] = -1.0  # the index tip nearest (first), then the little finger's (second)
+    def tip(image, index):
+        scale_xy = np.asarray(image, np.int32)
+        x, y = _pixel(points, index, 240)
+        return scale_xy[y, x].sum()
+    assert tip(draw_figure(near, 240), 8) > tip(draw_figure(far, 240), 8)  # lighter when nearer
+    left = np.asarray(draw_figure(points, 240, mirror=True))
+    assert np.array_equal(left, image[:, ::-1])
+
+
+def _pixel(points: np.ndarray, index: int, size: int) -> tuple[int, int]:
+    """Where ``draw_figure`` puts point ``index`` (no motion, no arrows): the same fit as the drawing's."""
+    from asl_platform.hands.figure import SUPERSAMPLE
+
+    xy = points[:, :2]
+    centre = (xy.min(axis=0) + xy.max(axis=0)) / 2
+    big = size * SUPERSAMPLE
+    scale = 0.74 * big / (float(np.ptp(xy, axis=0).max()) + 0.5)
+    x, y = (big / 2 + (xy[index] - centre) * scale) / SUPERSAMPLE
+    return int(x), int(y)
+
+
+def test_the_palm_direction_is_said_and_j_and_z_show_their_motion(shapes):
+    from asl_platform.hands.figure import MOTION, palm_facing
+
+    points = shapes["B"].points
+    assert palm_facing(points) == "palm towards the camera"
+    down = points @ np.asarray([[1, 0, 0], [0, 0, -1], [0, 1, 0]], np.float32)  # tipped forward: fingers away
+    assert palm_facing(down) in ("palm down", "palm up") and palm_facing(down) != palm_facing(points)
+    turned = points * np.asarray([-1, 1, -1], np.float32)  # turned round (half a turn about the vertical)
+    assert palm_facing(turned) == "back of the hand towards the camera"
+    assert colour_share(draw_shape(shapes["L"], letter="Z"), MOTION) > 0.002  # the Z's blue arrow
+    assert colour_share(draw_shape(shapes["L"]), MOTION) == 0.0
+
+
+def test_the_learners_hand_has_the_finger_to_move_highlighted_with_an_arrow(hands, shapes):
+    from asl_platform.hands.figure import HIGHLIGHT
+    from asl_platform.hands.shapes import aligned_target, differences, draw_learner
+
+    flat, fist = hands["B"][8], hands["A"][8]
+    bent_index = _with_finger(flat, fist, (6, 7, 8))
+    (hint,) = differences(bent_index, shapes["B"])
+    assert hint.finger == 1 and hint.text == "Straighten your index finger."
+    turned = shapes["B"].points @ np.asarray([[0, -1, 0], [1, 0, 0], [0, 0, 1]], np.float32)  # a quarter turn
+    np.testing.assert_allclose(aligned_target(turned, shapes["B"])[[0, 5, 9, 13, 17]], turned[[0, 5, 9, 13, 17]],
+                               atol=0.15)  # the target turned onto the learner's palm
+    assert colour_share(draw_learner(bent_index, shapes["B"]), HIGHLIGHT) > 0.002
+    assert colour_share(draw_learner(flat, shapes["B"]), HIGHLIGHT) == 0.0  # nothing to move: nothing highlighted

@@ -117,3 +117,32 @@ def run_demo_event(client, session: str, data: list, *, inputs: str | None = Non
                 completed = json.loads(line[len("data:"):])
     assert completed is not None, "no process_completed message"
     return completed
+
+
+def shown(update: dict) -> dict:
+    """A demo handler's answer (``{component: value}``) by each component's elem_id; a state, which has none, by
+    its value's type (``Speller``, ``Practice``, ``Calibrating``)."""
+    return {getattr(component, "elem_id", None) or type(value).__name__: value for component, value in update.items()}
+
+
+@contextlib.contextmanager
+def in_process_server(app) -> Iterator[str]:
+    """``app`` on uvicorn in a thread of this process (no Ray: for a page that needs the app, not Serve)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the in-process server did not start")
+        time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -10,12 +10,13 @@ import time
 import numpy as np
 
 from helpers.models import colour_image
-from helpers.serving import png_header_only
+from helpers.serving import png_header_only, shown
 from PIL import Image
 
 from asl_platform.config import ServeConfig
 from asl_platform.serving.backends import LocalBackend
-from asl_platform.serving.demo import build_demo, classify_with_hand
+from asl_platform.serving.demo import build_demo
+from asl_platform.serving.tabs.frames import classify_with_hand
 from asl_platform.serving.sessions import Speller
 
 
@@ -89,12 +90,12 @@ def test_the_demo_reads_the_spelling_thresholds_when_it_uses_them(colour_model, 
     settings.spell_hold_s = 0.05
     asyncio.run(handlers["on_frame"](str(image), speller, None))
     time.sleep(0.1)
-    text, status, speller, overlay = asyncio.run(handlers["on_frame"](str(image), speller, None))
-    assert overlay is None  # an image model finds no hand to draw
-    assert text == "A" and "added A" in status and speller.hold_s == 0.05
+    answer = shown(asyncio.run(handlers["on_frame"](str(image), speller, None)))
+    assert answer["frame-overlay"] is None  # an image model finds no hand to draw
+    assert answer["spelled"] == "A" and "added A" in answer["spell-status"] and answer["Speller"].hold_s == 0.05
     assert "held for 0.05 s" in handlers["on_load"]()
-    assert handlers["on_clear"](speller)[2] is speller == Speller(0.05)  # emptied in place (a frame in flight
-    # returns this same speller as its state, not an older copy that would undo the clear)
+    assert shown(handlers["on_clear"](speller))["Speller"] is speller == Speller(0.05)  # emptied in place (a frame
+    # in flight returns this same speller as its state, not an older copy that would undo the clear)
 
 
 def test_an_unsure_frame_never_commits_a_letter():
@@ -149,7 +150,7 @@ def test_calibration_takes_shots_only_from_a_steady_hold_after_the_countdown_the
 
 
 def test_a_hand_the_model_confidently_reads_as_another_letter_is_flagged_not_stored_and_can_be_kept():
-    from asl_platform.serving.demo import calibration_target
+    from asl_platform.serving.tabs.calibrate import calibration_target
     from asl_platform.serving.sessions import CALIBRATION_READY_S, Calibrating
 
     session = Calibrating(["A", "B"], INFO, shown_at=0.0)
@@ -164,7 +165,7 @@ def test_a_hand_the_model_confidently_reads_as_another_letter_is_flagged_not_sto
 
 
 def test_a_letter_can_be_redone_skipped_and_gone_back_to():
-    from asl_platform.serving.demo import calibration_progress
+    from asl_platform.serving.tabs.calibrate import calibration_progress
     from asl_platform.serving.sessions import CALIBRATION_READY_S, Calibrating
 
     session = Calibrating(["A", "B", "L"], INFO, shown_at=0.0)

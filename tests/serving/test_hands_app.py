@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers.datasets import detected_photos
 from helpers.models import colour_image
+from helpers.serving import shown
 from PIL import Image
 
 from asl_platform.config import ServeConfig
@@ -88,7 +89,8 @@ def test_the_demo_draws_the_skeleton_over_the_photo_and_the_frames(hand_model, p
     demo = build_demo(LocalBackend(hand_model), ServeConfig(spell_hold_s=30))
     handlers = {fn.name: fn.fn for fn in demo.fns.values()}
     path, hand = photos["C"][0]
-    letters, drawn = asyncio.run(handlers["on_photo"](str(path), None))
+    answer = shown(asyncio.run(handlers["on_photo"](str(path), None)))
+    letters, drawn = answer["letters"], answer["hand-overlay"]
     assert next(iter(letters)) == "C"
     original = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
     changed = np.any(np.asarray(drawn, dtype=np.int16) != original, axis=2)
@@ -96,19 +98,18 @@ def test_the_demo_draws_the_skeleton_over_the_photo_and_the_frames(hand_model, p
     assert changed.mean() > 0.01 and changed[y0:y1 + 1, x0:x1 + 1].any()
     blank = tmp_path / "blank.png"
     Image.new("RGB", (200, 200), (128, 128, 128)).save(blank)
-    letters, drawn = asyncio.run(handlers["on_photo"](str(blank), None))
+    drawn = shown(asyncio.run(handlers["on_photo"](str(blank), None)))["hand-overlay"]
     assert np.array_equal(np.asarray(drawn), np.full((200, 200, 3), 128, np.uint8))  # nothing drawn, nothing found
-    text, status, speller, frame = asyncio.run(handlers["on_frame"](str(path), Speller.of(ServeConfig()), None))
-    assert status.startswith("**C**") and frame is not None
-    text, status, speller, frame = asyncio.run(handlers["on_frame"](str(blank), speller, None))
-    assert "no hand found" in status
+    answer = shown(asyncio.run(handlers["on_frame"](str(path), Speller.of(ServeConfig()), None)))
+    assert answer["spell-status"].startswith("**C**") and answer["frame-overlay"] is not None
+    answer = shown(asyncio.run(handlers["on_frame"](str(blank), answer["Speller"], None)))
+    assert "no hand found" in answer["spell-status"]
 
 
 def test_the_calibrate_tab_takes_webcam_frames_or_hands_found_in_the_page(hand_model, photos, monkeypatch):
     """The live view sends each frame's hand (no image): its landmarks are the shots, then the hand is lowered
     and a check hold of each letter measures the profile through the landmark model; the fallback sends frames
     and follows the same rules. Both give a profile of the same letters, with the before/after on the checks."""
-    import gradio as gr
 
     from asl_platform.serving import sessions
     from asl_platform.serving.backends import Prediction
@@ -126,9 +127,10 @@ def test_the_calibrate_tab_takes_webcam_frames_or_hands_found_in_the_page(hand_m
     session = sessions.Calibrating(letters, info)
     for seq, (letter, _, hand) in enumerate(frames, start=1):
         points = {"landmarks": hand.landmarks.tolist(), "handedness": hand.handedness} if hand else {"landmarks": None, "handedness": "Right"}
-        *view, profile, report, document, answered = asyncio.run(handlers["on_calibrate_hand"](
-            json.dumps({"seq": seq, **points}), session, None))
-        assert answered == f"{seq}"
+        answer = shown(asyncio.run(handlers["on_calibrate_hand"](json.dumps({"seq": seq, **points}), session, None,
+                                                                  False)))
+        assert answer["calibrate-live-seq"] == f"{seq}"
+    profile, report, document = answer["Profile"], answer["calibrate-report"], answer["profile-json"]  # the last
     assert session.target is None  # both letters done: the profile was made
     assert all(data is None for take in session.takes.values() for data, _ in take.shots)  # hands only, no image
     assert {letter: len(rows) for letter, rows in document["shots"].items()} == {"A": 3, "B": 3}
@@ -143,14 +145,16 @@ def test_the_calibrate_tab_takes_webcam_frames_or_hands_found_in_the_page(hand_m
             session.offer(b"", Prediction(np.full(len(info["classes"]), 1 / len(info["classes"])), {"found": False}),
                           time.monotonic())
             continue
-        *view, profile, report, document, drawn = asyncio.run(handlers["on_calibrate_frame"](str(path), session, None))
+        answer = shown(asyncio.run(handlers["on_calibrate_frame"](str(path), session, None, False)))
+        assert answer["calibrate-overlay"] is not None  # the hand drawn over the frame
+    report, document = answer["calibrate-report"], answer["profile-json"]
     assert session.target is None and all(isinstance(data, bytes) for take in session.takes.values()
                                           for data, _ in take.shots)
     assert {letter: len(rows) for letter, rows in document["shots"].items()} == {"A": 3, "B": 3}
     assert "On your check of each letter (2 frames)" in report
 
-    skipped = asyncio.run(handlers["on_calibrate_hand"]("not json", sessions.Calibrating(letters, info), None))
-    assert skipped[-1] == gr.skip()  # a malformed message changes nothing
+    skipped = asyncio.run(handlers["on_calibrate_hand"]("not json", sessions.Calibrating(letters, info), None, False))
+    assert skipped == {}  # a malformed message changes nothing
 
 
 def test_fingerspelling_smooths_over_the_last_frames():
@@ -304,7 +308,9 @@ def test_every_route_says_confident_by_the_one_rule_for_the_answer_it_gives(hand
     not, nor a calibrated answer; the practice catalogue and every route agree with ``confidence_threshold``."""
     from asl_platform.model.calibration import ANSWER_THRESHOLDS
     from asl_platform.serving.backends import confidence_threshold
-    from asl_platform.serving.demo import Frame, practice_step, spell_step
+    from asl_platform.serving.tabs.frames import Frame
+    from asl_platform.serving.tabs.practice import practice_step
+    from asl_platform.serving.tabs.spelling import spell_step
     from asl_platform.serving.practice import Practice
 
     backend = LocalBackend(hand_model)
@@ -359,3 +365,30 @@ def test_the_demo_of_a_hand_aware_model_has_every_tab_and_their_live_views(hand_
             assert f'id="{name}-{part}"' in html, (name, part)
     handlers = {fn.name for fn in demo.fns.values()}
     assert {"on_calibrate_hand", "on_hand", "on_practice_hand", "on_calibrate_keep", "on_calibrate_redo"} <= handlers
+
+
+def test_practice_draws_the_target_and_the_learners_own_hand_with_the_finger_to_move(hand_model, photos):
+    """A B hand found in the page while the target is A: the feedback names what to change, the learner's hand is
+    drawn beside A's picture with the finger to move highlighted; the left-handed setting mirrors the picture."""
+    from asl_platform.hands.figure import HIGHLIGHT
+    from asl_platform.serving.practice import Practice
+
+    demo = build_demo(LocalBackend(hand_model), ServeConfig())
+    handlers = {fn.name: fn.fn for fn in demo.fns.values()}
+    started = shown(handlers["on_practice_start"]("Spell a word", "A", False))
+    practice, picture = started["Practice"], np.asarray(started["practice-reference"])
+    assert isinstance(practice, Practice) and practice.target == "A" and picture.shape == (240, 240, 3)
+    assert "Start camera" in started["practice-feedback"] and "Palm" in started["practice-target"]
+    mirrored = shown(handlers["on_left_handed"](practice, True))["practice-reference"]
+    assert np.array_equal(np.asarray(mirrored), picture[:, ::-1])
+
+    _, hand = photos["B"][0]
+    message = json.dumps({"seq": 7, "landmarks": hand.landmarks.tolist(), "handedness": hand.handedness})
+    answer = shown(asyncio.run(handlers["on_practice_hand"](message, practice, None, False)))
+    assert answer["practice-live-seq"] == "7" and "not A yet" in answer["practice-feedback"]
+    assert "- " in answer["practice-feedback"]  # what to change, in words
+    yours = np.asarray(answer["practice-yours"], np.int32)
+    assert (np.abs(yours - HIGHLIGHT).sum(axis=-1) < 40).mean() > 0.002  # the finger to move, highlighted
+    again = shown(asyncio.run(handlers["on_practice_hand"](message.replace('"seq": 7', '"seq": 8'), practice, None,
+                                                           False)))
+    assert "practice-yours" not in again  # drawn again a few times a second, not at every hand

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from helpers.datasets import detected_photos
@@ -13,7 +14,7 @@ from PIL import Image
 from asl_platform.config import ServeConfig
 from asl_platform.serving.app import create_app
 from asl_platform.serving.backends import LocalBackend
-from asl_platform.serving.demo import feedback_markdown, target_markdown
+from asl_platform.serving.tabs.practice import feedback_markdown, target_markdown
 from asl_platform.serving.practice import Practice, practice_letters
 
 LETTERS = practice_letters(["A", "B", "C", "J", "I", "nothing", "space"])
@@ -80,6 +81,9 @@ def test_the_practice_api_teaches_with_the_models_typical_hands(client, photos):
     assert letters["A"]["description"].startswith("Fist") and catalogue["hold_s"] == 1.0
     drawing = client.get("/v1/practice/drawing?letter=B")
     assert drawing.status_code == 200 and Image.open(io.BytesIO(drawing.content)).size == (240, 240)
+    left = Image.open(io.BytesIO(client.get("/v1/practice/drawing?letter=B&hand=left").content))
+    assert np.array_equal(np.asarray(left), np.asarray(Image.open(io.BytesIO(drawing.content)))[:, ::-1])  # mirrored
+    assert client.get("/v1/practice/drawing?letter=B&hand=both").status_code == 422
     assert client.get("/v1/practice/drawing?letter=space").status_code == 404  # no hand in the fixture's space photos
     assert "hand_shapes" not in client.get("/v1/model").json()
 

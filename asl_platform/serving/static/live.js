@@ -36,6 +36,7 @@
     loading = (async () => {
       if (typeof WebAssembly !== "object") throw new Error("this browser has no WebAssembly");
       if (new URLSearchParams(location.search).get("live") === "server") throw new Error("the page asked for the server (?live=server)");
+      if (window.aslLiveMissing) throw new Error(window.aslLiveMissing); // the server said it has no hand models
       if (!window.Hands) await loadScript(BASE + "hands.js");
       const hands = new window.Hands({locateFile: (file) => BASE + file});
       // Inference on the CPU (XNNPACK), as the Python detector the landmark model was trained with runs it,

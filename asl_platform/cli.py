@@ -145,7 +145,7 @@ def _inference(args: argparse.Namespace) -> InferenceConfig:
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
     from asl_platform.stages.onnx_export import add_onnx
 
-    onnx = add_onnx(args.model, args.cross_domain, InferenceConfig(calibration_images=args.calibration_images,
+    onnx = add_onnx(args.model, args.cross_domain, InferenceConfig(quantization_images=args.quantization_images,
                                                                   int8_max_accuracy_drop=args.int8_max_drop / 100))
     for name, score in onnx.scores.items():
         print(f"{name}, {score.summary()}")
@@ -159,6 +159,17 @@ def _cmd_config(args: argparse.Namespace) -> int:
         return 0
     print(resolve_config(args).to_yaml(), end="")
     return 0
+
+
+class _Renamed(argparse.Action):
+    """A flag that was renamed: refused with the new name, not silently ignored or guessed."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is now {self.new} (\"calibration\" names a learner's profile only)")
 
 
 def _positive_int(text: str) -> int:
@@ -236,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "model folder exported before they existed")
     onnx.add_argument("--model", required=True, help="a local model directory, or a models folder (its 'latest')")
     onnx.add_argument("--cross-domain", help="also check int8 on every image of this folder (e.g. ../shared/data/asl-webcam)")
-    onnx.add_argument("--calibration-images", type=_positive_int, default=300, help="training images int8 is calibrated on")
+    onnx.add_argument("--quantization-images", type=_positive_int, default=300,
+                      help="training images int8's activation ranges are measured on (default 300)")
+    onnx.add_argument("--calibration-images", action=_Renamed, new="--quantization-images", help=argparse.SUPPRESS)
     onnx.add_argument("--int8-max-drop", type=_non_negative_float, default=0.5,
                       help="accuracy points int8 may lose against fp32 on each set and still be used (default 0.5)")
     onnx.set_defaults(handler=_cmd_export_onnx)

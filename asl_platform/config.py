@@ -326,9 +326,24 @@ class ServeConfig(_Section):
         return self
 
 
+# "Calibration" means one thing in this project, a learner's personal profile (model.calibration); the int8
+# quantisation's images were called that too until they were renamed.
+RENAMED_INFERENCE_KEYS = {"calibration_images": "quantization_images"}
+
+
 class InferenceConfig(_Section):
     """How the image model runs wherever a model runs: Serve replicas, predict-batch and evaluate
     actors, the frozen-backbone extraction of pipeline and tune; and what export checks."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_renamed_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            for old, new in RENAMED_INFERENCE_KEYS.items():
+                if old in values:
+                    raise ValueError(f"inference.{old} is now inference.{new} (\"calibration\" names a learner's "
+                                     f"profile only): rename the key")
+        return values
 
     runtime: Literal["auto", "onnxruntime", "torch"] = Field(
         default="auto", description="'auto': ONNX Runtime on CPU (about 3x faster), torch on GPU (the onnxruntime "
@@ -341,7 +356,8 @@ class InferenceConfig(_Section):
     threads: int | None = Field(
         default=None, ge=1, description="Intra-op threads per actor or replica; None: the CPUs it reserved.",
     )
-    calibration_images: int = Field(default=300, ge=1, le=10000, description="Export: training images int8 is calibrated on.")
+    quantization_images: int = Field(default=300, ge=1, le=10000,
+                                     description="Export: training images int8's ranges are measured on.")
     int8_max_accuracy_drop: float = Field(
         default=0.005, ge=0, le=1,
         description="Export: int8 is used only where its accuracy is at most this far (0.005 = 0.5 points) below "

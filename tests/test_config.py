@@ -409,3 +409,23 @@ def test_a_removed_serve_key_is_refused_with_what_replaced_it():
 
     with pytest.raises(ValueError, match="spell_min_probability: removed: one \"not sure\" rule"):
         ServeConfig.model_validate({"spell_min_probability": 0.6})
+
+
+def test_the_int8_quantization_images_key_and_flag_are_refused_under_their_old_calibration_names(tmp_path, capsys):
+    """"Calibration" names a learner's profile only: the old names of int8's quantization images are refused with
+    the new ones in the message, in a config file, in --set and on export-onnx's command line."""
+    from asl_platform.cli import main
+    from asl_platform.config import InferenceConfig
+
+    assert InferenceConfig(quantization_images=40).quantization_images == 40
+    with pytest.raises(ValueError, match="inference.calibration_images is now inference.quantization_images"):
+        InferenceConfig.model_validate({"calibration_images": 40})
+    config = tmp_path / "old.yaml"
+    config.write_text("inference:\n  calibration_images: 40\n")
+    with pytest.raises(ConfigError, match="quantization_images"):
+        load_config(str(config), [])
+    with pytest.raises(ConfigError, match="quantization_images"):
+        load_config(None, ["inference.calibration_images=40"])
+    with pytest.raises(SystemExit) as refused:
+        main(["export-onnx", "--model", str(tmp_path), "--calibration-images", "40"])
+    assert refused.value.code == 2 and "--calibration-images is now --quantization-images" in capsys.readouterr().err

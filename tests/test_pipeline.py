@@ -164,10 +164,10 @@ def test_pipeline_with_unfreeze_last_stage_trains_and_exports_the_last_stage(tmp
         (model_dir / name).unlink()
     (model_dir / "model.json").write_text(json.dumps({k: v for k, v in json.loads((model_dir / "model.json").read_text()).items()
                                                       if k != "onnx"}))
-    again = run_cli("export-onnx", "--model", str(model_dir), "--calibration-images", "40", cwd=tmp_path)
+    again = run_cli("export-onnx", "--model", str(model_dir), "--quantization-images", "40", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     rebuilt = load_model_dir(model_dir)[1].onnx
-    assert (model_dir / "model.int8.onnx").is_file() and rebuilt.calibration_images == 40
+    assert (model_dir / "model.int8.onnx").is_file() and rebuilt.quantization_images == 40
     assert rebuilt.scores["test"].images == first.scores["test"].images == metrics["test_images"]
     assert rebuilt.scores["test"].torch_accuracy == first.scores["test"].torch_accuracy
     assert "int8" in again.stdout and "test (" in again.stdout

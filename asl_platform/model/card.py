@@ -20,10 +20,11 @@ from asl_platform.errors import UserError
 from asl_platform.hands.detect import DetectionSettings, mediapipe_version
 
 CARD_FILE = "model.json"
-# 5: validation (what was chosen on: held-out people); 4: confidence (the "not sure" thresholds),
-# fusion.cross_domain_scores; 3: hand-aware models (kind, hands, fusion) and ONNX files (onnx); 4, 3, 2 and 1 are
+# 7: onnx.quantization_images (was calibration_images); 6: the live and calibrated thresholds and the product rule's
+# temperature; 5: validation (what was chosen on: held-out people); 4: confidence (the "not sure" thresholds),
+# fusion.cross_domain_scores; 3: hand-aware models (kind, hands, fusion) and ONNX files (onnx); every older format is
 # upgraded on load
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7  # 7: onnx.calibration_images renamed quantization_images
 
 
 class ModelCardError(UserError):
@@ -183,7 +184,7 @@ class OnnxCard(_Record):
     onnxruntime: str
     fp32_file: str
     int8_file: str
-    calibration_images: int = Field(ge=1, description="training images the int8 ranges come from")
+    quantization_images: int = Field(ge=1, description="training images the int8 ranges come from")
     scores: dict[str, RuntimeScores] = Field(default_factory=dict, description="'test' split, 'cross_domain' folder")
     int8_usable: bool
     int8_verdict: str = Field(description="why int8 is (or is not) used")
@@ -203,7 +204,7 @@ class ModelCard(_Record):
     hands: HandsCard | None = None
     fusion: FusionCard | None = None
     confidence: ConfidenceCard | None = Field(default=None, description="None: exported before format 4 (serving "
-                                              "then uses a threshold not chosen on data: model.calibration.UNCHOSEN_THRESHOLD)")
+                                              "then uses a threshold not chosen on data: model.confidence.UNCHOSEN_THRESHOLD)")
     onnx: OnnxCard | None = Field(default=None, description="None: exported before ONNX export (converted on load)")
     validation: ValidationCard | None = Field(default=None, description="None: exported before format 5 (chosen on "
                                               "the validation split)")
@@ -272,7 +273,11 @@ class ModelCard(_Record):
         if version < 6 and isinstance(raw.get("confidence"), dict):  # its temperature was of the shots alone
             raw = {**raw, "confidence": {key: value for key, value in raw["confidence"].items()
                                          if key not in ("temperature", "calibrated_precision", "calibrated_coverage")}}
-        raw = {**raw, "format_version": FORMAT_VERSION}  # 2 -> 3 -> 4 -> 5 -> 6 only added optional fields
+        if version < 7 and isinstance(raw.get("onnx"), dict) and "calibration_images" in raw["onnx"]:
+            onnx = dict(raw["onnx"])  # renamed: "calibration" names a learner's profile only
+            onnx["quantization_images"] = onnx.pop("calibration_images")
+            raw = {**raw, "onnx": onnx}
+        raw = {**raw, "format_version": FORMAT_VERSION}  # 2 -> 3 -> ... -> 7 only added (or renamed) fields
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
@@ -326,7 +331,7 @@ def write_readme(directory: str | Path, card: ModelCard | None = None) -> Path:
     if card.onnx is not None:
         onnx = card.onnx
         lines.append(f"- **ONNX**: `{onnx.fp32_file}` and `{onnx.int8_file}` (opset {onnx.opset}, ONNX Runtime "
-                     f"{onnx.onnxruntime}; int8 calibrated on {onnx.calibration_images} training images). int8 "
+                     f"{onnx.onnxruntime}; int8's ranges from {onnx.quantization_images} training images). int8 "
                      f"{'is used' if onnx.int8_usable else 'is not used'}: {onnx.int8_verdict}")
         lines += [f"  - {name}, {score.summary()}" for name, score in onnx.scores.items()]
     headline = [f"{name} {card.metrics[key]:.1%}" for key, name in

@@ -45,8 +45,9 @@ def to_onnx(module: nn.Module, image_size: int, path: str | Path | None = None) 
     return data
 
 
-class _Calibration:
-    """``onnxruntime.quantization.CalibrationDataReader`` over preprocessed images, a batch at a time."""
+class _RangeImages:
+    """ONNX Runtime's ``CalibrationDataReader`` (its name for the images static quantisation measures ranges on)
+    over preprocessed images, a batch at a time."""
 
     def __init__(self, images: np.ndarray, batch_size: int = 16):
         self._batches = iter([{INPUT: np.ascontiguousarray(images[i:i + batch_size], np.float32)}
@@ -56,9 +57,9 @@ class _Calibration:
         return next(self._batches, None)
 
 
-def quantize_int8(fp32: str | Path, calibration: np.ndarray, output: str | Path) -> None:
+def quantize_int8(fp32: str | Path, images: np.ndarray, output: str | Path) -> None:
     """Static int8 quantisation of ``fp32`` (QDQ; uint8 activations with MinMax ranges from
-    ``calibration``, N x 3 x H x W preprocessed images; per-channel int8 weights in 7 bits), which
+    ``images``, N x 3 x H x W preprocessed images; per-channel int8 weights in 7 bits), which
     ONNX Runtime fuses into QLinearConv. Why these: static, because dynamic quantisation leaves
     convolutions in float; uint8 x int8 is x86's fast integer path (int8 x int8 measured 1.4x slower
     here); and 7-bit weights (``reduce_range``) avoid that path's overflow on CPUs without VNNI, which
@@ -66,8 +67,8 @@ def quantize_int8(fp32: str | Path, calibration: np.ndarray, output: str | Path)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if not len(calibration):
-        raise ValueError("int8 calibration needs at least one image")
+    if not len(images):
+        raise ValueError("int8 quantisation needs at least one image to measure its ranges on")
     root = logging.getLogger()
     level = root.level
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,7 +77,7 @@ def quantize_int8(fp32: str | Path, calibration: np.ndarray, output: str | Path)
         # The quantiser logs a line per adjusted bias scale on the root logger (hundreds): keep its warnings only.
         root.setLevel(max(level, logging.WARNING))
         try:
-            quantize_static(str(prepared), str(output), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+            quantize_static(str(prepared), str(output), _RangeImages(images), quant_format=QuantFormat.QDQ,
                             per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
         finally:

@@ -21,7 +21,8 @@ from asl_platform.data.decode import oriented_size
 from asl_platform.hands.detect import no_hand_json
 from asl_platform.hands.shapes import load_shapes
 from asl_platform.limits import MAX_IMAGE_PIXELS
-from asl_platform.model.calibration import Calibration, answer_threshold
+from asl_platform.model.calibration import Calibration
+from asl_platform.model.confidence import answer_threshold
 from asl_platform.serving.metrics import ServingMetrics
 from asl_platform.serving.protocol import ApiError, decode_upload, prepare_image
 
@@ -99,7 +100,7 @@ LandmarkItem = np.ndarray | tuple[np.ndarray, Calibration]
 def confidence_threshold(info: dict, answer: str = "photo") -> float:
     """The probability at or above which ``answer`` (photo, live or calibrated: ``Prediction.answer``) is
     confident: the card's threshold for that answer, chosen at export on people the model was not trained on
-    (``model.calibration.answer_threshold``)."""
+    (``model.confidence.answer_threshold``)."""
     return answer_threshold(info.get("confidence"), answer)
 
 

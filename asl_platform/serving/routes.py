@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse, Response
 
 from asl_platform.config import SPELLING_KEYS, ServeConfig
 from asl_platform.hands.shapes import DESCRIPTIONS, MOTION_LETTERS, accepted_labels, draw_shape
-from asl_platform.model.calibration import ANSWER_THRESHOLDS, MAX_SHOTS_PER_LETTER
+from asl_platform.model.calibration import MAX_SHOTS_PER_LETTER
+from asl_platform.model.confidence import ANSWER_THRESHOLDS
 from asl_platform.serving.backends import Backend, Prediction, confidence_threshold, confident
 from asl_platform.serving.calibration import build_profile, checked_calibration
 from asl_platform.serving.contract import (

@@ -264,7 +264,8 @@ def calibration_metrics(model_dir: Path, labels: np.ndarray, answers: PathAnswer
     of their images are answered with it. Repeated over ``draws`` draws; the mean is reported beside the
     model alone on the same images, with the confident answers' accuracy and coverage, per person too."""
     from asl_platform.model import Predictor
-    from asl_platform.model.calibration import Calibration, answer_threshold
+    from asl_platform.model.calibration import Calibration
+    from asl_platform.model.confidence import answer_threshold
 
     predictor = Predictor(model_dir)
     if not predictor.hand_aware:

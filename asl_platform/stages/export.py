@@ -35,14 +35,8 @@ from asl_platform.model import (
     save_model_dir,
     write_readme,
 )
-from asl_platform.model.calibration import (
-    TARGET_PRECISION,
-    choose_threshold,
-    confident_share,
-    calibrated_probabilities,
-    fit_temperature,
-    simulated_calibration,
-)
+from asl_platform.model.calibration import calibrated_probabilities, fit_temperature, simulated_calibration
+from asl_platform.model.confidence import TARGET_PRECISION, choose_threshold, confident_share
 from asl_platform.model.card import (
     ConfidenceCard,
     DetectionCard,

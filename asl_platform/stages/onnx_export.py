@@ -1,6 +1,6 @@
 """The ONNX files of an exported model version, and the check that decides which may be used.
 
-Every export writes ``model.onnx`` and ``model.int8.onnx`` (calibrated on training images) and runs them
+Every export writes ``model.onnx`` and ``model.int8.onnx`` (its ranges measured on training images) and runs them
 on the same decoded images of the held-out test split and of the cross-domain folder, against torch's
 answers (which the pipeline already has from the cached features; other commands run torch beside
 them). int8, which rounds, runs on every image; fp32, which computes what torch does (its agreement is
@@ -33,9 +33,9 @@ logger = logging.getLogger(__name__)
 RUNTIMES = ("torch", "fp32", "int8")
 
 
-def calibration_batch(paths: list[str], prep: Preprocessing, count: int, seed: int, max_bytes: int) -> np.ndarray:
+def quantization_batch(paths: list[str], prep: Preprocessing, count: int, seed: int, max_bytes: int) -> np.ndarray:
     """Up to ``count`` training images (a seeded sample, unreadable ones left out), preprocessed
-    exactly as the model sees them."""
+    exactly as the model sees them: what int8's activation ranges are measured on."""
     chosen = random.Random(seed).sample(list(paths), min(count, len(paths)))
     images = []
     for path in chosen:
@@ -44,7 +44,7 @@ def calibration_batch(paths: list[str], prep: Preprocessing, count: int, seed: i
         except (OSError, ValueError):
             continue
     if not images:
-        raise ValueError("no readable training image to calibrate int8 on")
+        raise ValueError("no readable training image to measure int8's ranges on")
     return normalize_batch(np.stack(images), prep)
 
 
@@ -136,7 +136,7 @@ def int8_verdict(scores: dict[str, RuntimeScores], max_drop: float) -> tuple[boo
     return True, f"int8 is within {100 * max_drop:.2f} points of the model's accuracy on {', '.join(scored)} ({described})"
 
 
-def export_onnx(model_dir: Path, model, card: ModelCard, calibration_paths: list[str],
+def export_onnx(model_dir: Path, model, card: ModelCard, quantization_paths: list[str],
                 sets: dict[str, tuple[list[str], np.ndarray, np.ndarray | None]], inference: InferenceConfig,
                 batch_size: int = 64, max_bytes: int = MAX_IMAGE_BYTES, seed: int = 0) -> OnnxCard:
     """Write both ONNX files into ``model_dir``, score them on ``sets`` (name -> paths, labels, and torch's
@@ -144,9 +144,9 @@ def export_onnx(model_dir: Path, model, card: ModelCard, calibration_paths: list
     (the caller saves the card)."""
     prep = card.prep
     to_onnx(model, prep.image_size, model_dir / FP32_FILE)
-    calibration = calibration_batch(calibration_paths, prep, inference.calibration_images, seed, max_bytes)
-    logger.info("int8: calibrating on %d training images", len(calibration))
-    quantize_int8(model_dir / FP32_FILE, calibration, model_dir / INT8_FILE)
+    ranges = quantization_batch(quantization_paths, prep, inference.quantization_images, seed, max_bytes)
+    logger.info("int8: measuring its ranges on %d training images", len(ranges))
+    quantize_int8(model_dir / FP32_FILE, ranges, model_dir / INT8_FILE)
     sets = {name: value for name, value in sets.items() if value[0]}
     scores: dict[str, RuntimeScores] = {}
     if sets:  # every set in one pass over its images: one pool of actors, each file decoded once
@@ -173,13 +173,13 @@ def export_onnx(model_dir: Path, model, card: ModelCard, calibration_paths: list
                            100 * (1 - s.fp32_agreement), s.fp32_images, name)
     logger.info("int8 %s: %s", "used" if usable else "not used", verdict)
     return OnnxCard(opset=OPSET, onnxruntime=onnxruntime_version(), fp32_file=FP32_FILE, int8_file=INT8_FILE,
-                    calibration_images=len(calibration), scores=scores, int8_usable=usable, int8_verdict=verdict)
+                    quantization_images=len(ranges), scores=scores, int8_usable=usable, int8_verdict=verdict)
 
 
 def add_onnx(model_dir: str | Path, cross_domain_root: str | None = None,
              inference: InferenceConfig | None = None) -> OnnxCard:
     """``asl-platform export-onnx``: the ONNX files and their check for a local model folder exported
-    before ONNX export existed (or again, e.g. with another calibration size). Calibrated on the
+    before ONNX export existed (or again, e.g. with another number of quantization images). int8's ranges come from the
     training split and scored on the held-out test split, both as training made them (the seeded
     split of the card's data; the saved test file list where there is one), and on
     ``cross_domain_root`` when given."""
@@ -196,7 +196,7 @@ def add_onnx(model_dir: str | Path, cross_domain_root: str | None = None,
     data = card.data
     roots = [s.root for s in data.sources] if data and data.sources else [data.root] if data and data.root else []
     if not roots or (data and data.smoke_set):
-        raise UserError(f"{directory}: its card names no training folder to calibrate int8 on")
+        raise UserError(f"{directory}: its card names no training folder to measure int8's ranges on")
     settings = data_settings(card)
     listing = training_split(card, directory, roots)
     sets = {"test": (*join_classes(listing.subset("test"), card.classes)[:2], None)}

@@ -13,7 +13,6 @@ from asl_platform.model.calibration import (
     ProfileError,
     calibrated_probabilities,
     check_profile,
-    choose_threshold,
     distance_probabilities,
     fit_temperature,
     hand_row,
@@ -24,6 +23,7 @@ from asl_platform.model.calibration import (
     simulated_calibration,
     with_typical_hands,
 )
+from asl_platform.model.confidence import choose_threshold
 
 MODEL = {"name": "hands", "version": "v1", "sha256": "abc123", "classes": ["A", "B", "C", "space"]}
 ROW = [0.5] * 63 + [1.0]

@@ -92,3 +92,13 @@ def test_a_format5_cards_temperature_of_the_shots_alone_is_not_read_as_the_calib
 
     info = {"confidence": loaded.confidence.model_dump()}
     assert confidence_threshold(info, "live") == confidence_threshold(info, "calibrated") == 0.48  # the one it has
+
+
+def test_a_format6_cards_calibration_images_are_read_as_its_quantization_images(tmp_path):
+    torch.manual_seed(0)
+    save_model_dir(build_classifier("tiny", "none", 2, 4, 0.0), tmp_path, ["A", "B"])
+    card = json.loads((tmp_path / "model.json").read_text())
+    onnx = {"opset": 17, "onnxruntime": "1.22", "fp32_file": "model.onnx", "int8_file": "model.int8.onnx",
+            "calibration_images": 300, "int8_usable": True, "int8_verdict": "kept its accuracy"}
+    loaded = ModelCard.from_json_dict({**card, "format_version": 6, "onnx": onnx})
+    assert loaded.onnx.quantization_images == 300 and "calibration_images" not in loaded.onnx.model_dump()

@@ -65,7 +65,7 @@ def exported(request, photo_model, ray_local, tmp_path_factory) -> Path:
         # Any int8 loss accepted here, so that every test below has an int8 file to run (the rule itself is
         # tested on its own and with a wrecked calibration).
         card.onnx = export_onnx(directory, model, card, train, sets, InferenceConfig(
-            calibration_images=60, int8_max_accuracy_drop=1.0, fp32_check_images=32))
+            quantization_images=60, int8_max_accuracy_drop=1.0, fp32_check_images=32))
         card.save(directory)
 
     return fixture_model(request, tmp_path_factory, "photos-onnx", build, folder="photos", code=[Path(__file__)],
@@ -82,7 +82,7 @@ def test_fp32_onnx_agrees_with_torch_on_real_photos_and_int8_is_checked(exported
     assert test.int8_agreement >= 0.9
     assert card.onnx.int8_usable and "int8 is within 100.00 points of the model's accuracy on test" in card.onnx.int8_verdict
     assert "fp32 top-1 as torch's on 100.00% of a sample of 32" in test.summary()  # the model README's line
-    assert card.onnx.calibration_images == 60
+    assert card.onnx.quantization_images == 60
 
 
 def test_the_predictor_runs_what_inference_says(exported, photo_model):
@@ -119,8 +119,8 @@ def test_a_model_exported_before_onnx_is_converted_on_load(photo_model):
         Predictor(directory, inference=InferenceConfig(precision="int8"))
 
 
-def test_int8_is_refused_when_calibration_wrecks_it(photo_model, ray_local, tmp_path):
-    """Calibrated on black frames, int8 clips every real activation: export must see the loss and
+def test_int8_is_refused_when_its_quantization_images_wreck_it(photo_model, ray_local, tmp_path):
+    """Its ranges measured on black frames, int8 clips every real activation: export must see the loss and
     refuse it, and the Predictor must then run fp32 (auto) and refuse an explicit int8."""
     source, sets, _ = photo_model
     directory = tmp_path / "photos" / "v1"
@@ -130,7 +130,7 @@ def test_int8_is_refused_when_calibration_wrecks_it(photo_model, ray_local, tmp_
         black.append(str(tmp_path / f"black{i}.png"))
         Image.new("RGB", (224, 224)).save(black[-1])
     model, card = load_model_dir(directory)
-    card.onnx = export_onnx(directory, model, card, black, sets, InferenceConfig(calibration_images=8))
+    card.onnx = export_onnx(directory, model, card, black, sets, InferenceConfig(quantization_images=8))
     card.save(directory)
     test = card.onnx.scores["test"]
     assert test.torch_accuracy - test.int8_accuracy > 0.005, test

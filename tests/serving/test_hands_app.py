@@ -306,7 +306,7 @@ def test_every_route_says_confident_by_the_one_rule_for_the_answer_it_gives(hand
     """Thresholds set apart (the photo one just under this photo's answer, the live and calibrated ones above
     it): /predict, /predict/batch and practice check (photos) are confident, /v1/landmarks and the live tabs are
     not, nor a calibrated answer; the practice catalogue and every route agree with ``confidence_threshold``."""
-    from asl_platform.model.calibration import ANSWER_THRESHOLDS
+    from asl_platform.model.confidence import ANSWER_THRESHOLDS
     from asl_platform.serving.backends import confidence_threshold
     from asl_platform.serving.tabs.frames import Frame
     from asl_platform.serving.tabs.practice import practice_step

@@ -19,13 +19,15 @@ import io
 import json
 import logging
 import random
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from asl_platform.serving.probe import serve_in_thread
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test and bench tooling, not shipped
+from helpers.probe import serve_in_thread  # noqa: E402
 
 logger = logging.getLogger("bench.browser_landmarks")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

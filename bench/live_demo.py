@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from asl_platform.serving.probe import serve_in_thread
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test and bench tooling, not shipped
+from helpers.probe import serve_in_thread  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "asl-alphabet"
 CHROMIUM = "/usr/bin/chromium"

@@ -17,11 +17,13 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
-from asl_platform.serving import probe
-from asl_platform.serving.probe import Load, free_port, kill_replica_and_wait, model_replica_pids, resident_mb
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test and bench tooling, not shipped
+from helpers import probe  # noqa: E402
+from helpers.probe import Load, free_port, kill_replica_and_wait, model_replica_pids, resident_mb  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

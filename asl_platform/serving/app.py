@@ -24,10 +24,12 @@ from asl_platform.serving.routes import (
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
-def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
+def create_app(backend: Backend, settings: ServeConfig, browser_assets: bool | None = None) -> FastAPI:
     """The app for ``backend``: the routers of ``serving.routes``, /docs, and the demo. ``settings`` is read
     when the app is built, except ``SPELLING_KEYS``, which the demo (and /healthz) read at use time: the
-    ingress's ``reconfigure`` changes them. The ``Serving`` the routes share is ``app.state.serving``."""
+    ingress's ``reconfigure`` changes them. The ``Serving`` the routes share is ``app.state.serving``.
+    ``browser_assets``: whether the page's MediaPipe files are here (the ingress fetched them in a thread); None:
+    make sure of them now (blocking; in-process use)."""
     serving = Serving(backend, settings)
     info = serving.info
     app = FastAPI(
@@ -47,7 +49,7 @@ def create_app(backend: Backend, settings: ServeConfig) -> FastAPI:
     add_docs(app)
     app.add_api_route("/", _index_route("/demo/" if settings.demo else "/docs"), include_in_schema=False)
     if settings.demo:
-        app = mount_demo(app, backend, settings)
+        app = mount_demo(app, backend, settings, browser_assets)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes + MULTIPART_OVERHEAD_BYTES)
     app.add_middleware(RequestMetrics, metrics=serving.metrics)  # added last: outermost, so it sees every answer
     return app

@@ -85,8 +85,9 @@ def build_demo(backend: Backend, settings: ServeConfig) -> gr.Blocks:
     return demo
 
 
-def mount_demo(app: FastAPI, backend: Backend, settings: ServeConfig) -> FastAPI:
-    """Mount the demo at /demo with a theme that needs no web fonts."""
+def mount_demo(app: FastAPI, backend: Backend, settings: ServeConfig, browser_assets: bool | None = None) -> FastAPI:
+    """Mount the demo at /demo with a theme that needs no web fonts. ``browser_assets``: whether the page's
+    MediaPipe files are here (None: make sure of them now, blocking)."""
     import gradio as gr
 
     from asl_platform.serving.browser_hands import add_browser_routes, ensure_assets
@@ -96,7 +97,7 @@ def mount_demo(app: FastAPI, backend: Backend, settings: ServeConfig) -> FastAPI
     live = backend.info.get("kind") == "hand_aware"  # the live modes answer from landmarks: a landmark model's
     assets = True
     if live:
-        assets = ensure_assets()  # fetched once; without them the page says so and uses the server's frame path
+        assets = ensure_assets() if browser_assets is None else browser_assets  # without them the page says so
         add_browser_routes(app)
     head = '<script src="../hands/live.js"></script>' + ("" if assets else assets_missing_script())
     app = gr.mount_gradio_app(app, demo, path="/demo", theme=theme,

@@ -13,15 +13,13 @@ and is applied by its ``reconfigure``: ``serve deploy`` of a config that changes
 updates the replicas in place, without restarting them. Everything else is an application arg.
 """
 
-from __future__ import annotations
-
 import asyncio
 import logging
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, model_validator
 from ray import serve
 
 from asl_platform.config import REMOVED_SERVE_KEYS, SPELLING_KEYS, Config, ConfigError, InferenceConfig, ServeConfig
@@ -37,6 +35,7 @@ BATCHING_KEYS = ("max_batch_size", "batch_wait_timeout_s")
 USER_CONFIG_KEYS = {"ASLModel": BATCHING_KEYS, "ASLIngress": SPELLING_KEYS}
 # Read by `asl-platform serve` when it starts Ray; a serve config runs on a Ray that is already up.
 LOCAL_RAY_KEYS = ("metrics_port",)
+RUNTIME_KEYS = ("runtime", "precision", "threads")  # of the inference section: what a replica reads
 DEPLOYMENT_KEYS = ("host", "port", "min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
                    "downscale_delay_s", "cpus_per_replica", "gpus_per_replica")
 _DEFAULTS = ServeConfig()
@@ -143,7 +142,12 @@ class ASLIngress:
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         info = await self.model.describe.remote()
-        return create_app(HandleBackend(self.model, info), self.settings)
+        assets = None
+        if self.settings.demo and info.get("kind") == "hand_aware":  # the page's hand models, on this replica's node
+            from asl_platform.serving.browser_hands import ensure_assets
+
+            assets = await asyncio.to_thread(ensure_assets)  # a download, at most: never on the event loop
+        return create_app(HandleBackend(self.model, info), self.settings, browser_assets=assets)
 
     def reconfigure(self, config: dict) -> None:
         """Serve calls this with the user_config, at start and whenever a deploy changes only it."""
@@ -208,28 +212,76 @@ def serve_config_document(settings: ServeConfig, inference: InferenceConfig | No
     }
 
 
-def build_app(args: dict):
+class InferenceArgs(InferenceConfig):
+    """What a replica reads of the ``inference`` section (the rest is for export)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _runtime_keys_only(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            export = sorted(set(values) - set(RUNTIME_KEYS))
+            if export:
+                raise ValueError(f"inference: {', '.join(export)} apply to export, not to serving; it takes "
+                                 f"{', '.join(RUNTIME_KEYS)}")
+        return values
+
+
+class ServeAppArgs(ServeConfig):
+    """The application args of ``serve_config.yaml`` (``serve run`` / ``serve deploy``), typed: the ``serve``
+    section's keys, checked as in a config file, and ``inference``'s runtime keys. Serve validates a config's
+    ``args`` into this before it calls ``build_app`` (a builder whose one parameter is a pydantic model)."""
+
+    inference: InferenceArgs = Field(default_factory=InferenceArgs, description="How the replicas run the image model.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_local_ray_keys(cls, values: Any) -> Any:
+        for key in LOCAL_RAY_KEYS:
+            if isinstance(values, dict) and key in values:
+                raise ValueError(f"{key} applies to `asl-platform serve` (which starts Ray); for serve run/deploy, "
+                                 "set it where Ray starts (ray start --metrics-export-port)")
+        return values
+
+    def settings(self) -> ServeConfig:
+        return ServeConfig.model_validate(self.model_dump(exclude={"inference"}))
+
+
+def build_app(args: ServeAppArgs):
     """Application builder for ``serve_config.yaml`` (``import_path:
-    asl_platform.serving.deployments:build_app``): ``args`` are the ``serve`` section's keys, checked
-    like any config, and ``inference`` (the runtime keys of the ``inference`` section). (A user_config
-    key given here becomes the code's user_config; the config file's ``deployments`` entry, where
-    ``serve_config_document`` puts them, overrides it.)"""
-    args = dict(args)
-    for key in LOCAL_RAY_KEYS:
-        if key in args:
-            raise ConfigError(f"serve application args: {key} applies to `asl-platform serve` (which starts Ray); "
-                              "for serve run/deploy, set it where Ray starts (ray start --metrics-export-port)")
-    try:
-        inference = InferenceConfig.model_validate(args.pop("inference", None) or {})
-        settings = ServeConfig.model_validate(args)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid serve application args: {exc}") from None
-    return build_application(settings, inference)
+    asl_platform.serving.deployments:build_app``). (A user_config key given in ``args`` becomes the code's
+    user_config; the config file's ``deployments`` entry, where ``serve_config_document`` puts them, overrides
+    it.) Called directly, a dict is checked the same way."""
+    if not isinstance(args, ServeAppArgs):
+        try:
+            args = ServeAppArgs.model_validate(args)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid serve application args: {exc}") from None
+    return build_application(args.settings(), args.inference)
 
 
 def _runtime_keys(inference: InferenceConfig) -> dict:
     """What a replica reads of the inference section (the rest is for export)."""
-    return {key: getattr(inference, key) for key in ("runtime", "precision", "threads")}
+    return {key: getattr(inference, key) for key in RUNTIME_KEYS}
+
+
+def prefetch_browser_assets(settings: ServeConfig) -> None:
+    """``asl-platform serve`` of a hand-aware model with the demo: the page's MediaPipe files fetched here, before
+    Ray starts, and said (where they are, or that the live tabs will use the server's frames); a model elsewhere
+    (s3://) is left to the ingress replica, which fetches them itself."""
+    from asl_platform.data.storage import is_remote
+    from asl_platform.model.card import ModelCard
+    from asl_platform.model.store import resolve_model_dir
+    from asl_platform.serving.browser_hands import asset_dir, ensure_assets
+
+    if not settings.demo or is_remote(settings.model):
+        return
+    if ModelCard.load(resolve_model_dir(settings.model)).kind != "hand_aware":
+        return
+    if ensure_assets():
+        logger.info("the demo's live tabs find hands in the page: MediaPipe Hands from %s", asset_dir())
+    else:
+        logger.warning("the demo's live tabs will send frames to the server (no MediaPipe Hands for the page; the "
+                       "page says so): start once with access to registry.npmjs.org to fetch them")
 
 
 def start(cfg: Config, blocking: bool = True) -> str:
@@ -239,6 +291,7 @@ def start(cfg: Config, blocking: bool = True) -> str:
 
     settings = cfg.serve
     application = build_application(settings, cfg.inference)
+    prefetch_browser_assets(settings)
     init_ray(cfg, worker_logs=False, metrics_port=settings.metrics_port)  # replicas log every request, into Ray's logs
     serve.start(http_options={"host": settings.host, "port": settings.port})
     url = f"http://{settings.host}:{settings.port}"

@@ -1,6 +1,6 @@
 """The serving tests' helpers: a real Serve app on a free port, shared by the modules of the serving
 package, the fixture models' settings and samples, the demo's events as its page runs them. What probes a
-running server from outside (load, bad requests, replicas) is ``asl_platform.serving.probe``."""
+running server from outside (load, bad requests, replicas) is ``helpers.probe``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from asl_platform.config import ServeConfig
 from asl_platform.serving.deployments import APP_NAME, build_application
-from asl_platform.serving.probe import free_port
-from asl_platform.serving.probe import png_with_size as png_header_only  # a tiny PNG that declares huge dimensions
+from helpers.probe import free_port
+from helpers.probe import png_with_size as png_header_only  # a tiny PNG that declares huge dimensions
 from helpers.models import colour_image
 
 __all__ = ["SharedServe", "colour_samples", "colour_settings", "free_port", "hand_settings", "png_header_only",
@@ -117,6 +117,13 @@ def run_demo_event(client, session: str, data: list, *, inputs: str | None = Non
                 completed = json.loads(line[len("data:"):])
     assert completed is not None, "no process_completed message"
     return completed
+
+
+def shown(update: dict) -> dict:
+    """A demo handler's answer (``{component: value}``) by each component's elem_id; a state, which has none, by
+    its value's type (``Speller``, ``Practice``, ``Calibrating``)."""
+    return {getattr(component, "elem_id", None) or type(value).__name__: value for component, value in update.items()}
+
 
 
 def shown(update: dict) -> dict:

@@ -1,12 +1,14 @@
-"""The browser's copy of MediaPipe Hands (``serving.browser_hands``): the pinned tarball is checked against
-npm's sha512 before anything is unpacked, only the page's files are unpacked, all or none; offline, the demo
-still builds (the live modes fall back to the server) and the fixed routes answer 404 until the files exist."""
+"""The browser's copy of MediaPipe Hands (``serving.browser_hands``): fetched once into the user's cache folder (never
+the installed package), checked against npm's sha512 before anything is unpacked, only the page's files, all or none;
+offline, the fixed routes answer 404 until the files exist (the page's message: test_demo_offline.py); the Serve
+ingress makes sure of them in a thread, off its event loop."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import io
+import logging
 import tarfile
 
 import pytest
@@ -69,3 +71,55 @@ def test_offline_no_files_and_the_routes_say_404(tmp_path, monkeypatch):
     browser_hands.unpack(_tarball(browser_hands.FILES), target)
     assert client.get("/hands/hands_solution_simd_wasm_bin.wasm").headers["content-type"] == "application/wasm"
     assert [r.path for r in app.routes if "{" in r.path] == []  # fixed routes: none takes a path
+
+
+def test_the_files_are_fetched_once_into_the_cache_folder_not_the_package(tmp_path, monkeypatch, caplog):
+    data = _tarball(browser_hands.FILES)
+    fetched = []
+
+    def registry(url, timeout):
+        fetched.append(url)
+        return io.BytesIO(data)
+
+    monkeypatch.setenv("ASL_PLATFORM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(browser_hands.urllib.request, "urlopen", registry)
+    monkeypatch.setattr(browser_hands, "INTEGRITY", _integrity(data))
+    monkeypatch.setattr(browser_hands, "_failed", False)
+    package = sorted(browser_hands.STATIC.rglob("*"))
+    with caplog.at_level(logging.INFO, logger="asl_platform"):
+        assert browser_hands.ensure_assets() is True and browser_hands.ensure_assets() is True
+    assert fetched == [browser_hands.TARBALL]  # once
+    directory = tmp_path / "cache" / f"mediapipe-hands-{browser_hands.VERSION}"
+    assert browser_hands.asset_dir() == directory and browser_hands.assets_present(directory)
+    assert sorted(browser_hands.STATIC.rglob("*")) == package  # nothing written into the package
+    assert f"unpacked into {directory}" in caplog.text and "fetching MediaPipe Hands" in caplog.text
+
+
+def test_the_serve_ingress_makes_sure_of_the_files_in_a_thread_not_on_its_event_loop(monkeypatch):
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    from asl_platform.config import ServeConfig
+    from asl_platform.serving import deployments
+
+    calls = []
+    monkeypatch.setattr(browser_hands, "ensure_assets", lambda: calls.append(threading.current_thread()) or False)
+    monkeypatch.setattr(deployments, "create_app", lambda backend, settings, browser_assets: browser_assets)
+
+    class Model:  # the model deployment's handle: describe.remote() is awaited
+        class describe:
+            @staticmethod
+            async def remote():
+                return {"kind": "hand_aware", "classes": ["A"]}
+
+    ingress = SimpleNamespace(model=Model(), settings=ServeConfig())  # the replica's state, as __init__ sets it
+    build_app = deployments.ASLIngress.func_or_class.__serve_build_asgi_app__
+    loop_thread = []
+
+    async def build():
+        loop_thread.append(threading.current_thread())
+        return await build_app(ingress)
+
+    assert asyncio.run(build()) is False  # what it found is what the demo is told
+    assert len(calls) == 1 and calls[0] is not loop_thread[0]

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 from helpers.browser import ARTIFACTS, block_external, launch_chromium
-from helpers.serving import hand_settings, in_process_server
+from helpers.probe import serve_in_thread
+from helpers.serving import hand_settings
 
 from asl_platform.serving import browser_hands
 from asl_platform.serving.app import create_app
@@ -18,21 +19,22 @@ pytestmark = [pytest.mark.real_data]
 
 def test_without_the_hand_models_the_page_says_so_and_what_to_do(hand_model, playwright_or_skip, monkeypatch):
     monkeypatch.setattr(browser_hands, "ensure_assets", lambda *args, **kwargs: False)  # offline at first start
-    with in_process_server(create_app(LocalBackend(hand_model), hand_settings(hand_model))) as url:
-        browser = launch_chromium(playwright_or_skip)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            external = block_external(page)
-            page.goto(f"{url}/demo/", wait_until="load")
-            for tab, camera in (("Practice", "practice-camera"), ("Fingerspelling", "camera")):
-                page.get_by_role("tab", name=tab).click()
-                note = page.locator(f"#{'practice' if tab == 'Practice' else 'spell'}-live-fallback")
-                note.wait_for(state="visible", timeout=30_000)
-                text = note.inner_text()
-                assert ASSETS_MISSING in text and "registry.npmjs.org" in text and "record button" in text, text
-                assert page.locator(f"#{camera}").is_visible()  # the server's webcam path instead
-                assert not page.locator(f"#{'practice' if tab == 'Practice' else 'spell'}-live-start").is_visible()
-            page.screenshot(path=str(ARTIFACTS / "demo_offline.png"), full_page=True)
-            assert external == []
-        finally:
-            browser.close()
+    url, server = serve_in_thread(create_app(LocalBackend(hand_model), hand_settings(hand_model)))
+    browser = launch_chromium(playwright_or_skip)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        external = block_external(page)
+        page.goto(f"{url}/demo/", wait_until="load")
+        for tab, camera in (("Practice", "practice-camera"), ("Fingerspelling", "camera")):
+            page.get_by_role("tab", name=tab).click()
+            note = page.locator(f"#{'practice' if tab == 'Practice' else 'spell'}-live-fallback")
+            note.wait_for(state="visible", timeout=30_000)
+            text = note.inner_text()
+            assert ASSETS_MISSING in text and "registry.npmjs.org" in text and "record button" in text, text
+            assert page.locator(f"#{camera}").is_visible()  # the server's webcam path instead
+            assert not page.locator(f"#{'practice' if tab == 'Practice' else 'spell'}-live-start").is_visible()
+        page.screenshot(path=str(ARTIFACTS / "demo_offline.png"), full_page=True)
+        assert external == []
+    finally:
+        browser.close()
+        server.should_exit = True

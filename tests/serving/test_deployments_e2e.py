@@ -125,6 +125,15 @@ def test_serve_config_yaml_matches_the_serve_defaults_and_builds():
         build_app({**args, "max_batch_sise": 8})
     with pytest.raises(FileNotFoundError):
         build_app({**args, "model": "/nonexistent/model"})
+    # Serve itself types the args (the builder's one parameter is a pydantic model): refused before build_app runs.
+    from pydantic import ValidationError
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary as serve_builds
+
+    for bad, why in (({"max_batch_sise": 8}, "max_batch_sise"), ({"metrics_port": 9000}, "ray start"),
+                     ({"inference": {"quantization_images": 8}}, "apply to export"),
+                     ({"spell_min_probability": 0.5}, "removed")):
+        with pytest.raises(ValidationError, match=why):
+            serve_builds(build_app, {**args, **bad})
     # The settings that may change while serving are each deployment's user_config, not args (args are part
     # of the application's code version: changing one restarts every replica), and every serve key is somewhere.
     deployments = {d["name"]: d for d in document["applications"][0]["deployments"]}

@@ -1,4 +1,4 @@
-"""asl_platform.serving.probe's pieces that need no Serve: a local server in a thread, and the bad requests."""
+"""helpers.probe's pieces that need no Serve: a local server in a thread, and the bad requests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 import requests
 from fastapi import FastAPI
 
-from asl_platform.serving import probe
+from helpers import probe
 
 
 def test_serve_in_thread_answers_on_its_own_port_and_stops():

@@ -24,7 +24,7 @@ from helpers.serving import free_port, run_demo_event
 
 from asl_platform.config import ServeConfig
 from asl_platform.serving.deployments import serve_config_document
-from asl_platform.serving.probe import model_replica_pids
+from helpers.probe import model_replica_pids
 
 pytestmark = pytest.mark.e2e
 SHARED_SERVE = "fresh"  # deployed by the Serve CLI, as `serve deploy` would: a Serve of its own

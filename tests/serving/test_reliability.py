@@ -12,8 +12,8 @@ from helpers.models import colour_image
 from helpers.serving import colour_samples
 
 from asl_platform.config import ServeConfig
-from asl_platform.serving import probe
-from asl_platform.serving.probe import Load, kill_replica_and_wait, model_replica_pids, resident_mb
+from helpers import probe
+from helpers.probe import Load, kill_replica_and_wait, model_replica_pids, resident_mb
 
 pytestmark = pytest.mark.e2e
 SHARED_SERVE = "own"  # two replicas, one of them killed: an application of its own on the shared Serve

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -153,6 +154,15 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_redis(args: argparse.Namespace) -> int:
+    from asl_platform.gcs_store import check_redis
+
+    password = os.environ.get(args.password_env) if args.password_env else None
+    check_redis(args.address, password, timeout_s=args.timeout)
+    print(f"Redis at {args.address} answers{' with the password' if password else ''}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     if args.reference:
         print(config_reference(), end="")
@@ -253,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--int8-max-drop", type=_non_negative_float, default=0.5,
                       help="accuracy points int8 may lose against fp32 on each set and still be used (default 0.5)")
     onnx.set_defaults(handler=_cmd_export_onnx)
+    redis = commands.add_parser("check-redis", help="check the Redis a fault-tolerant head keeps the GCS in, before "
+                                "`ray start --head` (docs/cluster.md, Head node loss)")
+    redis.add_argument("--address", required=True, help="host:port, as RAY_REDIS_ADDRESS")
+    redis.add_argument("--password-env", default="RAY_REDIS_PASSWORD", help="the environment variable holding the "
+                       "password (default RAY_REDIS_PASSWORD; empty: none)")
+    redis.add_argument("--timeout", type=_non_negative_float, default=3.0, help="seconds to wait (default 3)")
+    redis.set_defaults(handler=_cmd_check_redis)
     config = commands.add_parser("config", help="print the resolved config as YAML")
     _add_config_arguments(config)
     config.add_argument("--reference", action="store_true", help="print every key with its default and meaning instead")

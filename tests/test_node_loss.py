@@ -4,8 +4,10 @@ head only coordinates), so the work is on worker nodes and a worker node's loss 
 
 A node is lost by SIGKILLing its process group (raylet, agents, workers: nothing shuts down cleanly),
 while (a) an ASHA search, (b) a Ray Train run checkpointing to S3 and (c) a model replica under load run
-on it; then another node joins, as the autoscaler would add one. What each saw is written to
-test-artifacts/node_loss.json. Every wait is bounded; the fixture stops the whole cluster whatever happens.
+on it; then another node joins, as the autoscaler would add one. The cluster's GCS keeps its state in a Redis of
+the test's own (GCS fault tolerance), so that (d) the head itself can be lost under a load and restarted. What each
+saw is written to test-artifacts/node_loss.json. Every wait is bounded; the fixture stops the whole cluster whatever
+happens.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import pytest
 import requests
 import yaml
 from helpers import paced
-from helpers.cluster import REPO_ROOT, LocalCluster, free_ports, running_cluster
+from helpers.cluster import REPO_ROOT, LocalCluster, free_ports, running_cluster, submit_job
+from helpers.redis import running_redis
 from helpers.s3 import s3_client, upload_folder
 from helpers.serving import colour_samples
 
 from asl_platform.data.synthetic import make_smoke_dataset
-from asl_platform.serving.probe import Load
+from helpers.probe import Load
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.own_ray]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -34,8 +37,15 @@ WORKER_CPUS = 2  # a Ray Train worker (1 CPU) and the Ray Data tasks that feed i
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_server):
-    with running_cluster(s3_server, "asln-", head_cpus=0, worker_cpus=WORKER_CPUS) as cluster:
+def redis(tmp_path_factory):
+    with running_redis(tmp_path_factory.mktemp("redis"), free_ports(1)[0]) as redis:
+        yield redis
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server, redis):
+    """GCS fault tolerance on: its state in Redis, so that the last test can lose the head and restart it."""
+    with running_cluster(s3_server, "asln-", redis=redis, head_cpus=0, worker_cpus=WORKER_CPUS) as cluster:
         yield cluster
 
 
@@ -339,3 +349,114 @@ def test_serving_keeps_answering_when_a_model_replicas_node_is_lost(cluster, col
     assert failed == [], record["serving"]
     assert requests.post(f"{url}/predict", data=colour_samples()[0][0], headers={"content-type": "image/jpeg"},
                          timeout=60).status_code == 200
+
+
+# ------------------------------------------------------------------------------ (d) the head
+
+
+def _ask(url: str, body: tuple[str, dict]) -> tuple[float, str, bool]:
+    """One request: (when, its status or what went wrong, answered); a hang is a timeout, counted as such."""
+    path, kwargs = body
+    sent = time.monotonic()
+    try:
+        response = requests.post(f"{url}{path}", timeout=10, **kwargs)
+        return sent, str(response.status_code), response.status_code == 200
+    except requests.Timeout:
+        return sent, "timeout", False
+    except requests.RequestException as exc:
+        return sent, type(exc).__name__, False
+
+
+@pytest.mark.real_data
+@pytest.mark.timeout(900)
+def test_serving_answers_while_the_head_is_lost_and_the_cluster_recovers(cluster, hand_model, asl_alphabet, tmp_path,
+                                                                          record):
+    """The hand-aware model served from a worker node (its replicas and ingress there, its proxy's own port); a load
+    of /predict and /v1/landmarks through that proxy; the head's processes killed (GCS, Serve controller); the load
+    goes on; the head restarted on its Redis namespace, as a supervisor would; the same replicas serve on, and a
+    redeploy and a new job are accepted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helpers.datasets import detected_photos
+
+    ensure_workers(cluster, 1)
+    worker = worker_names(cluster)[0]
+    pinned = {"resources": {f"node-{worker}": 0.01}}  # both deployments on this worker node: the head only coordinates
+    config = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
+    config.update(proxy_location="EveryNode", http_options={"host": "127.0.0.1", "port": free_ports(1)[0]})
+    app = config["applications"][0]
+    app["args"].update(model=str(hand_model), demo=False)
+    for deployment in app["deployments"]:
+        deployment.setdefault("ray_actor_options", {}).update(pinned)
+        if deployment["name"] == "ASLModel":
+            deployment["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+    (tmp_path / "serve_config.yaml").write_text(yaml.safe_dump(config))
+    deployed = cluster.cli("serve", "deploy", str(tmp_path / "serve_config.yaml"))
+    assert deployed.returncode == 0, f"{deployed.stdout}\n{deployed.stderr}"
+    url = f"http://127.0.0.1:{cluster.proxy_port(worker)}"  # the worker node's proxy
+    (photo, hand), = detected_photos(asl_alphabet, ["B"], per_class=1, scan=30)["B"]
+    bodies = [("/predict", {"data": photo.read_bytes(), "headers": {"content-type": "image/jpeg"}}),
+              ("/v1/landmarks", {"json": {"landmarks": hand.landmarks.tolist(), "handedness": hand.handedness}})]
+
+    def serving() -> bool:
+        return all(_ask(url, body)[2] for body in bodies)
+
+    wait_until("the app answering through the worker node's proxy", serving, 300, cluster, every=2)
+    replicas = {a["actor_id"] for a in _serve_actors(cluster, "ASLModel") + _serve_actors(cluster, "ASLIngress")}
+    results: list[tuple[float, str, bool]] = []
+    stop = False
+
+    def client(index: int) -> None:
+        while not stop:
+            results.append(_ask(url, bodies[index % 2]))
+            time.sleep(0.05)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        clients = [pool.submit(client, i) for i in range(4)]
+        time.sleep(3)
+        killed_at = cluster.kill_head()
+        time.sleep(15)  # the outage: no GCS, no Serve controller
+        restarted_at = time.monotonic()
+        cluster.restart_head()
+        up_at = time.monotonic()
+        wait_until("the worker node back in the restarted cluster",
+                   lambda: worker in {n for n in worker_names(cluster)} and len(cluster.alive_nodes()) >= 2, 180, cluster)
+        status = wait_until("Serve's controller back, the app running", lambda: (
+            (out := cluster.cli("serve", "status")).returncode == 0 and "RUNNING" in out.stdout and out.stdout), 180,
+            cluster, every=2)
+        recovered_at = time.monotonic()
+        time.sleep(3)
+        stop = True
+        for future in clients:
+            future.result()
+    during = [r for r in results if killed_at <= r[0] < restarted_at]
+    failures = [r for r in results if not r[2]]
+    settled = [r for r in during if r[0] > killed_at + 5]  # after the first seconds
+    record["head_loss"] = {
+        "requests": len(results), "during_outage": len(during), "answered_during_outage": sum(r[2] for r in during),
+        "failed": len(failures), "failed_after_first_5_s_of_outage": sum(not r[2] for r in settled),
+        "failures_by_kind": {kind: sum(r[1] == kind for r in failures) for kind in sorted({r[1] for r in failures})},
+        "outage_s": round(restarted_at - killed_at, 1), "head_up_after_restart_s": round(up_at - restarted_at, 1),
+        "recovered_after_restart_s": round(recovered_at - restarted_at, 1)}
+    print("head loss:", json.dumps(record["head_loss"]))
+    assert during and sum(r[2] for r in during) >= 0.9 * len(during), record["head_loss"]
+    assert "timeout" not in record["head_loss"]["failures_by_kind"], record["head_loss"]  # a failure is quick, never a hang
+    assert all(kind.startswith("5") or kind == "ConnectionError" for kind in record["head_loss"]["failures_by_kind"])
+    same = {a["actor_id"] for a in _serve_actors(cluster, "ASLModel") + _serve_actors(cluster, "ASLIngress")}
+    assert same == replicas, (replicas, same, status)  # the same replicas, not new ones
+
+    next(d for d in app["deployments"] if d["name"] == "ASLIngress")["user_config"]["spell_hold_s"] = 0.8
+    (tmp_path / "serve_config.yaml").write_text(yaml.safe_dump(config))  # a redeploy (a user_config change)
+    redeployed = cluster.cli("serve", "deploy", str(tmp_path / "serve_config.yaml"))
+    assert redeployed.returncode == 0, f"{redeployed.stdout}\n{redeployed.stderr}"
+
+    def applied() -> bool:
+        with contextlib.suppress(requests.RequestException, ValueError):
+            return requests.get(f"{url}/healthz", timeout=10).json()["settings"]["spell_hold_s"] == 0.8
+        return False
+
+    wait_until("the redeploy applied", applied, 120, cluster, every=2)
+    out = submit_job(cluster, "after-head-loss", ["python", "-c", "import ray; ray.init(); print('nodes', len(ray.nodes()))"])
+    assert "nodes" in out
+    cluster.cli("serve", "shutdown", "-y")
+

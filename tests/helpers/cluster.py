@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from helpers.datasets import REPO_ROOT
+from helpers.redis import Redis
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never via a proxy
 BIN = Path(sys.executable).parent  # the test's interpreter's scripts: `ray`, `serve`, `python`
@@ -78,9 +79,12 @@ class LocalCluster:
     env: dict[str, str]  # the nodes' environment: token auth on
     gcs_port: int = 0
     dashboard_port: int = 0
+    redis: Redis | None = None  # the GCS's external store (fault tolerance: the head can be lost and restarted)
+    head_args: list[str] = field(default_factory=list)  # what the head was started with (restarted with the same)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)  # name -> its `ray start --block`
     sessions: set[int] = field(default_factory=set)  # every session a `ray start` ran in (teardown kills them)
-    lost: list[str] = field(default_factory=list)  # nodes killed by kill_node
+    lost: list[str] = field(default_factory=list)  # nodes killed by kill_node or kill_head
+    worker_proxy_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def gcs_address(self) -> str:
@@ -135,11 +139,11 @@ class LocalCluster:
         30 s to register, the raylet gives its agents 20 s): then everything is stopped and started again."""
         for attempt in range(1, attempts + 1):
             self.gcs_port, self.dashboard_port, client, *ports = free_ports(9)
-            head = ["--head", f"--port={self.gcs_port}", f"--ray-client-server-port={client}",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", *_node_ports(ports),
-                    f"--num-cpus={head_cpus}", "--object-store-memory=100000000"]
+            self.head_args = ["--head", f"--port={self.gcs_port}", f"--ray-client-server-port={client}",
+                              "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", *_node_ports(ports),
+                              f"--num-cpus={head_cpus}", "--object-store-memory=100000000"]
             problem = (
-                self._start_node(f"head-{attempt}", head, "the head's Jobs API", lambda: self.api("/api/jobs/")[0] == 200)
+                self._start_head(f"head-{attempt}")
                 or self._start_worker(f"worker-{attempt}", cpus=worker_cpus)
             )
             if problem is None:
@@ -149,11 +153,53 @@ class LocalCluster:
             self.processes.clear()
         pytest.fail(f"could not start the local cluster: {problem}\n{self.logs()}")
 
+    def _start_head(self, name: str) -> str | None:
+        """The head, with its GCS on ``redis`` where there is one (docs/cluster.md, "Head node loss"): the address
+        and password, and a storage namespace that stays the same across restarts (the state to come back to)."""
+        args, env = list(self.head_args), None
+        if self.redis is not None:
+            args.append(f"--redis-password={self.redis.password}")
+            env = {**self.env, "RAY_REDIS_ADDRESS": self.redis.address,
+                   "RAY_external_storage_namespace": self.root.name}
+        return self._start_node(name, args, "the head's Jobs API", lambda: self.api("/api/jobs/")[0] == 200, env=env)
+
+    def kill_head(self) -> float:
+        """SIGKILL the head's whole process group (GCS, Serve controller, dashboard: a head machine lost at once);
+        returns the time.monotonic() of the kill. Nothing is waited for: there is no GCS to ask."""
+        name = next(n for n in self.processes if n.startswith("head"))
+        process = self.processes.pop(name)
+        killed_at = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        for pid in _processes_of([], {process.pid}):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        self.lost.append(name)
+        return killed_at
+
+    def restart_head(self, timeout: float = 120) -> None:
+        """Start the head again on the same ports and Redis namespace, as a supervisor would (systemd, KubeRay)."""
+        problem = self._start_head(f"head-r{len(self.lost)}")
+        if problem is not None:
+            pytest.fail(f"the head did not come back: {problem}\n{self.logs()}")
+
     def _start_worker(self, name: str, cpus: int) -> str | None:
         expected = len(self.alive_nodes()) + 1
         worker = [f"--address={self.gcs_address}", *_node_ports(free_ports(6)), f"--num-cpus={cpus}",
                   "--object-store-memory=100000000", f"--resources={json.dumps({f'node-{name}': 1})}"]
-        return self._start_node(name, worker, f"{expected} alive nodes", lambda: len(self.alive_nodes()) == expected)
+        # A worker node waits this long for a lost GCS to come back before it gives up (default 60 s); its Serve
+        # proxy takes a port of its own (two proxies on one machine cannot share one; a node per machine can).
+        env = {**self.env, "RAY_gcs_rpc_server_reconnect_timeout_s": "300",
+               "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(self.proxy_port(name))}
+        return self._start_node(name, worker, f"{expected} alive nodes", lambda: len(self.alive_nodes()) == expected,
+                                env=env)
+
+    def proxy_port(self, name: str) -> int:
+        """The HTTP port of worker node ``name``'s Serve proxy (proxy_location EveryNode)."""
+        if name not in self.worker_proxy_ports:
+            self.worker_proxy_ports[name] = free_ports(1)[0]
+        return self.worker_proxy_ports[name]
 
     def add_worker(self, cpus: int = 1) -> str:
         """Another worker node joins (what the autoscaler does after a node is lost); returns its name.
@@ -192,7 +238,8 @@ class LocalCluster:
             pytest.fail(f"{problem}\n{self.logs()}")
         return killed_at
 
-    def _start_node(self, name: str, args: list[str], what: str, ready, timeout: float = 120) -> str | None:
+    def _start_node(self, name: str, args: list[str], what: str, ready, timeout: float = 120,
+                    env: dict[str, str] | None = None) -> str | None:
         """`ray start --block ...` for one node; None once it says it started and ``ready()``, else why not."""
         node_dir = self.root / name
         # Ray puts its sockets at <temp-dir>/session_<date>_<time>_<pid>/sockets/plasma_store: 107 bytes at most.
@@ -204,7 +251,7 @@ class LocalCluster:
         with open(log_path, "w") as log:
             process = subprocess.Popen(
                 [str(_ray_cli()), "start", "--block", "--disable-usage-stats", f"--temp-dir={node_dir}", *args],
-                env=self.env, cwd=node_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env or self.env, cwd=node_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.processes[name], self.sessions = process, self.sessions | {process.pid}
         # `ray start` prints this once its own checks pass (its raylet registered with the GCS).
@@ -254,9 +301,11 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def running_cluster(s3_server: dict[str, str], prefix: str, **start: int) -> Iterator[LocalCluster]:
+def running_cluster(s3_server: dict[str, str], prefix: str, redis: Redis | None = None,
+                    **start: int) -> Iterator[LocalCluster]:
     """A LocalCluster (``start``: LocalCluster.start's CPU counts), token auth on, torn down even on failure.
-    The nodes reach a local S3 (``s3_server``) through the standard AWS variables, as EC2 nodes reach AWS."""
+    The nodes reach a local S3 (``s3_server``) through the standard AWS variables, as EC2 nodes reach AWS;
+    with ``redis``, the GCS keeps its state there (the head can be lost and restarted)."""
     # Ray's socket paths must stay under 107 characters: a short root, not pytest's tmp_path.
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     token_path = root / "auth_token"
@@ -272,7 +321,7 @@ def running_cluster(s3_server: dict[str, str], prefix: str, **start: int) -> Ite
         **s3_server,
         "ASL_PLATFORM_MODEL_CACHE": str(root / "model-cache"),  # where nodes keep models fetched from s3://
     })
-    cluster = LocalCluster(root, env)
+    cluster = LocalCluster(root, env, redis=redis)
     try:
         cluster.start(**start)
         yield cluster

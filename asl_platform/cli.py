@@ -15,7 +15,8 @@ logger = logging.getLogger("asl_platform")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (sections: data, model, hands, tune, train, serve, inference, run)")
+    parser.add_argument("--config", help="YAML config file (sections: data, model, hands, tune, train, serve, inference, "
+                        "run, tracking)")
     parser.add_argument("--data", action="append", help="image folder or s3:// prefix (sets data.root); repeat it to "
                         "train on several folders (classes matched by name, each split on its own)")
     parser.add_argument("--backbone", help="sets model.backbone (resnet50, efficientnet_lite0, tiny)")
@@ -70,7 +71,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-MODEL_HELP = "model directory, or a models folder (its 'latest'); local, or s3:// / gs:// (fetched once per node)"
+MODEL_HELP = ("model directory, or a models folder (its 'latest'); local, or s3:// / gs:// (fetched once per node), or "
+              "a registered version: models:/<name>/<version> or models:/<name>@<alias>")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -107,7 +109,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from asl_platform.serving.deployments import start
 
-    start(resolve_config(args, {"serve.model": args.model}))
+    cfg = resolve_config(args, {"serve.model": args.model})
+    if cfg.serve.model and cfg.serve.model.startswith("models:/"):  # the registry this config's tracking names
+        from asl_platform.tracking import resolve_registered
+
+        cfg.serve.model = resolve_registered(cfg.serve.model, cfg.tracking, cfg.run.output_dir)
+    start(cfg)
     return 0
 
 
@@ -160,6 +167,34 @@ def _cmd_check_redis(args: argparse.Namespace) -> int:
     password = os.environ.get(args.password_env) if args.password_env else None
     check_redis(args.address, password, timeout_s=args.timeout)
     print(f"Redis at {args.address} answers{' with the password' if password else ''}")
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    """The registry's versions with the figures their cards record (in-domain test, other people)."""
+    from asl_platform.model.card import ModelCard
+    from asl_platform.tracking import registered_versions, tracking_uri
+
+    cfg = resolve_config(args)
+    versions = registered_versions(cfg.tracking, cfg.run.output_dir)
+    if not versions:
+        print(f"no registered model in {tracking_uri(cfg.tracking, cfg.run.output_dir)}")
+        return 0
+
+    def share(metrics: dict, key: str) -> str:
+        value = metrics.get(key)
+        return f"{value:.1%}" if isinstance(value, (int, float)) else "-"
+
+    print(f"{'model':32} {'card':6} {'test':>7} {'other people':>13}  folder")
+    for version in versions:
+        try:
+            metrics = ModelCard.load(Path(version.source)).metrics
+        except (OSError, ValueError):
+            metrics = {}
+        aliases = f" @{','.join(version.aliases)}" if getattr(version, "aliases", None) else ""
+        print(f"{f'models:/{version.name}/{version.version}{aliases}':32} "
+              f"{(version.tags or {}).get('card_version', '-'):6} {share(metrics, 'test_accuracy'):>7} "
+              f"{share(metrics, 'cross_domain_accuracy'):>13}  {version.source}")
     return 0
 
 
@@ -270,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "password (default RAY_REDIS_PASSWORD; empty: none)")
     redis.add_argument("--timeout", type=_non_negative_float, default=3.0, help="seconds to wait (default 3)")
     redis.set_defaults(handler=_cmd_check_redis)
+    models = commands.add_parser("models", help="the model registry (MLflow; the tracking section says where)")
+    listing = models.add_subparsers(dest="models_command", required=True).add_parser(
+        "list", help="every registered version, with its in-domain and cross-domain accuracy")
+    _add_config_arguments(listing)
+    listing.set_defaults(handler=_cmd_models_list)
     config = commands.add_parser("config", help="print the resolved config as YAML")
     _add_config_arguments(config)
     config.add_argument("--reference", action="store_true", help="print every key with its default and meaning instead")

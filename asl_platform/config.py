@@ -378,11 +378,23 @@ class RunConfig(_Section):
     name: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]+$", description="The run's name: its folder under output_dir and the model's under models/.")
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs for a local Ray; None: all.")
     reuse_unchanged: bool = Field(default=True, description="A pipeline re-run reuses the latest model of run.name "
-                                  "when it was made from the same inputs (config but serve and run, every file's path, "
+                                  "when it was made from the same inputs (config but serve, run and tracking, every file's path, "
                                   "size and mtime, code, library versions) instead of training again; false: always train.")
     storage_path: str | None = Field(
         default=None, description="Ray Train/Tune storage (s3://... on a cluster); None: <run dir>/ray."
     )
+
+
+class TrackingConfig(_Section):
+    """Experiment tracking and the model registry (MLflow): every run's settings and figures, and each exported
+    model as a registered version, logged from the driver. The run folder keeps everything too: a tracking store
+    that cannot be reached is a warning, never a failed run."""
+
+    enabled: bool = Field(default=True, description="Log runs to MLflow; false: the run folder only.")
+    uri: str | None = Field(
+        default=None, description="MLflow tracking URI: http(s)://server, databricks, sqlite:///... (needs the "
+                                  "full mlflow package); None: a file store at <run.output_dir>/mlruns.")
+    experiment: str | None = Field(default=None, description="The MLflow experiment; None: run.name.")
 
 
 class Config(_Section):
@@ -396,6 +408,7 @@ class Config(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _hands_only_where_used(self) -> Config:

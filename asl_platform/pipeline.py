@@ -23,6 +23,7 @@ from asl_platform.stages.ingest import StageProgress, ingest, inputs_key, prepar
 from asl_platform.stages.onnx_export import export_onnx
 from asl_platform.stages.retrain import retrain
 from asl_platform.stages.tune import search
+from asl_platform.tracking import Tracker
 from asl_platform.training import recipe
 from asl_platform.training.search import check_bounds, check_resumable
 from asl_platform.training.trainer import run_training, write_tensorboard
@@ -45,6 +46,12 @@ class PipelineResult:
 
 def run_tune(cfg: Config, resume: bool = False) -> tuple[Path, list[dict]]:
     """`asl-platform tune`: ingest, features (when used), and the search; returns best_config.yaml."""
+    tracker = Tracker(cfg)
+    with tracker.pipeline_run("tune"):
+        return _tune(cfg, resume, tracker)
+
+
+def _tune(cfg: Config, resume: bool, tracker: Tracker) -> tuple[Path, list[dict]]:
     _image_model_only(cfg, "tune")
     check_bounds(cfg)  # before any work
     if resume:
@@ -53,8 +60,9 @@ def run_tune(cfg: Config, resume: bool = False) -> tuple[Path, list[dict]]:
     stages = ("ingest", "features", "tune") if cfg.tune.mode == "features" else ("ingest", "check", "tune")
     progress = StageProgress(stages)
     prepared = prepare_data(cfg, progress, run_dir, with_features=cfg.tune.mode == "features", command="tune")
-    _, rows, best_config_path = search(cfg, prepared, progress, run_dir, resume)
-    return best_config_path, rows
+    outcome = search(cfg, prepared, progress, run_dir, resume)
+    tracker.search("image", outcome.rows, outcome.histories)
+    return outcome.best_config_path, outcome.rows
 
 
 def _image_model_only(cfg: Config, command: str) -> None:
@@ -64,7 +72,14 @@ def _image_model_only(cfg: Config, command: str) -> None:
 
 
 def run_pipeline(cfg: Config) -> PipelineResult:
-    """Run every stage on ``cfg``; with no data root, on the built-in synthetic smoke set."""
+    """Run every stage on ``cfg``; with no data root, on the built-in synthetic smoke set. Tracked (``tracking``)
+    as one MLflow run with a nested run per trial, retrain, evaluation and export."""
+    tracker = Tracker(cfg)
+    with tracker.pipeline_run("pipeline"):
+        return _pipeline(cfg, tracker)
+
+
+def _pipeline(cfg: Config, tracker: Tracker) -> PipelineResult:
     kind: recipe.Kind = "activations" if cfg.model.unfreeze_last_stage else "features"
     hand_aware = cfg.model.kind == "hand_aware"
     recipe.check_train_keys(cfg, kind, searched=True)  # before any work: no setting may silently do nothing
@@ -88,22 +103,32 @@ def run_pipeline(cfg: Config) -> PipelineResult:
         model_dir, card = latest
         logger.info("nothing changed since %s was made (config, files, code, libraries): reusing it; "
                     "--set run.reuse_unchanged=false trains again", model_dir)
+        tracker.reused(model_dir)
         return _write_summary(PipelineResult(run_dir, model_dir, dict(card.metrics), progress.seconds, reused=True))
     prepared = prepare_data(cfg, progress, run_dir, activations=kind == "activations", cross_index=cross_index,
                             prepared=prepared)
-    best, _, _ = search(cfg, prepared, progress, run_dir)
-    best_landmarks = search(recipe.landmark_config(cfg), prepared, progress, run_dir, kind="landmarks")[0] \
-        if hand_aware else None
+    outcome = search(cfg, prepared, progress, run_dir)
+    tracker.search("image", outcome.rows, outcome.histories)
+    best, best_landmarks = outcome.best, None
+    if hand_aware:
+        landmark_outcome = search(recipe.landmark_config(cfg), prepared, progress, run_dir, kind="landmarks")
+        tracker.search("landmarks", landmark_outcome.rows, landmark_outcome.histories)
+        best_landmarks = landmark_outcome.best
     what = "last stage + head on the cached activations" if kind == "activations" else "head on the cached features"
     with progress.stage("retrain", f"Ray Train TorchTrainer, {what}" + (" and the landmark model" if hand_aware else "")
                         + ", best config"):
         retrained = retrain(best, best_landmarks, prepared, kind)
+    tracker.retrain("image", best, retrained.image.history, retrained.image.best_metrics)
+    if retrained.landmarks is not None:
+        tracker.retrain("landmarks", best_landmarks, retrained.landmarks.history, retrained.landmarks.best_metrics)
     with progress.stage("evaluate", "held-out test split" + (", every fusion rule" if hand_aware else "")):
         metrics, answers = evaluate_held_out(retrained, prepared, kind)
     with progress.stage("export", "writing the model directory" + (", cross-domain scoring" if cross_index else "")
                         + ", ONNX fp32 + int8 checked against torch"):
         model_dir, card = export_model(cfg, best, best_landmarks, prepared, retrained, metrics, answers, cross_index, kind)
         metrics = dict(card.metrics)
+    tracker.evaluation(metrics, model_dir)
+    tracker.export(model_dir, card)
 
     return _write_summary(PipelineResult(run_dir, model_dir, metrics, progress.seconds))
 
@@ -150,6 +175,12 @@ def format_summary(result: PipelineResult, smoke: bool) -> str:
 def run_train(cfg: Config) -> dict:
     """`asl-platform train`: Ray Train on the image folders, then an honest evaluation (held-out test
     split, and a cross-domain folder when configured), a versioned export and a job summary."""
+    tracker = Tracker(cfg)
+    with tracker.pipeline_run("train"):
+        return _train(cfg, tracker)
+
+
+def _train(cfg: Config, tracker: Tracker) -> dict:
     _image_model_only(cfg, "train")
     recipe.check_train_keys(cfg, "images")
     started = time.perf_counter()
@@ -202,6 +233,9 @@ def run_train(cfg: Config) -> dict:
         path.write_text(json.dumps(summary, indent=2))
     (run_dir / "job_summary.md").write_text(_job_summary_markdown(summary))
     mark_latest(version_dir)  # last: `latest` only ever names a complete model
+    tracker.retrain("image", cfg, trained.history, trained.best_metrics)
+    tracker.evaluation(card.metrics, version_dir)
+    tracker.export(version_dir, card)
     return summary
 
 

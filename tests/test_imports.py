@@ -13,7 +13,8 @@ TRAINING_STACK = ("asl_platform.training", "asl_platform.stages", "asl_platform.
                   "asl_platform.batch_predict", "asl_platform.data.reading", "asl_platform.data.synthetic")
 # The layers, bottom first: a module imports from its own layer or the ones below, never above.
 LAYERS = (
-    ("asl_platform.errors", "asl_platform.limits", "asl_platform.config", "asl_platform.runtime", "asl_platform.gcs_store"),
+    ("asl_platform.errors", "asl_platform.limits", "asl_platform.config", "asl_platform.runtime", "asl_platform.gcs_store",
+     "asl_platform.tracking"),
     ("asl_platform.data",),
     ("asl_platform.hands",),
     ("asl_platform.model",),

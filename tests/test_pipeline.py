@@ -33,7 +33,7 @@ def tracebacks_through_our_code(stderr: str) -> list[str]:
 
 @pytest.mark.e2e
 @pytest.mark.own_ray
-def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path):
+def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path, monkeypatch):
     """No arguments: synthetic data, EfficientNet-Lite0, tune, Ray Train retrain, evaluate, export."""
     result = run_cli("pipeline", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -59,6 +59,26 @@ def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path):
     assert (run_dir / "tune" / "trials.csv").is_file()
     trials = json.loads((run_dir / "tune" / "trials.json").read_text())
     assert len(trials) == 6 and any(t["stopped_early"] for t in trials)
+
+    # Tracked in the default store (asl_runs/mlruns): the pipeline's run, a nested run per trial (its epochs),
+    # the retrain, the evaluation and the export; the model folder registered as version 1 of run.name.
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    store = (tmp_path / "asl_runs" / "mlruns").as_uri()
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == "pipeline"]
+    nested = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert sum(name.startswith("image trial") for name in nested) == 6, sorted(nested)
+    assert {"image retrain", "evaluate", "export"} <= set(nested) and parent.info.status == "FINISHED"
+    assert parent.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    stopped = [r for name, r in nested.items() if name.startswith("image trial") and r.data.tags["stopped_early"] == "True"]
+    assert len(stopped) == sum(t["stopped_early"] for t in trials)
+    retrain = nested["image retrain"]
+    assert len(client.get_metric_history(retrain.info.run_id, "val_loss")) == metrics["epochs_run"]
+    (version,) = client.search_model_versions("name='smoke'")
+    assert version.source == str(Path(summary["model_dir"]).resolve()) and version.version in (1, "1")
 
     # The exported directory alone reproduces the reported test accuracy from raw image files.
     model_dir = Path(summary["model_dir"])

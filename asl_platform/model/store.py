@@ -110,9 +110,20 @@ def mark_latest(version_dir: str | Path) -> Path:
 MODEL_CACHE_ENV = "ASL_PLATFORM_MODEL_CACHE"
 
 
+def registered_folder(path: str | Path) -> str | Path:
+    """``models:/...`` (the MLflow registry: ``tracking.resolve_registered``) -> its folder; anything else as it is."""
+    if isinstance(path, str) and path.startswith("models:/"):
+        from asl_platform.tracking import resolve_registered
+
+        return resolve_registered(path)
+    return path
+
+
 def resolve_model_dir(path: str | Path) -> Path:
     """A local model directory: ``path`` itself, or a models folder's ``latest``; a model on
-    ``s3://``/``gs://`` is first copied into the local cache (see ``fetch_model_dir``)."""
+    ``s3://``/``gs://`` is first copied into the local cache (see ``fetch_model_dir``); a registered version
+    (``models:/<name>/<version>``, ``models:/<name>@<alias>``) is the folder it registered."""
+    path = registered_folder(path)
     if is_remote(path):
         return fetch_model_dir(str(path))
     path = Path(strip_file_scheme(path)).expanduser()
@@ -133,7 +144,8 @@ def model_location(path: str | Path) -> str:
     """Where other processes (Serve replicas, Ray Data actors, maybe on other nodes) should load the
     model from: the absolute local version folder, or for a remote model the version folder's URI.
     A models folder's ``latest`` is read once, here, so every process loads the same version even if
-    ``latest`` moves while they start."""
+    ``latest`` moves while they start. A registered version is resolved here too, once."""
+    path = registered_folder(path)
     if not is_remote(path):
         return str(resolve_model_dir(path).resolve())
     fs, base = split_uri(str(path).rstrip("/"))

@@ -204,7 +204,7 @@ def inputs_key(cfg: Config, index: ImageIndex, cross_index: ImageIndex | None) -
     import json
 
     digest = hashlib.sha256()
-    config = cfg.model_dump(mode="json", exclude={"serve", "run"})
+    config = cfg.model_dump(mode="json", exclude={"serve", "run", "tracking"})
     versions = {}
     for name in ("torch", "torchvision", "ray", "mediapipe", "onnxruntime", "numpy", "pillow"):
         try:

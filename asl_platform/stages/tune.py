@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 from asl_platform.config import Config
 from asl_platform.stages.ingest import PreparedData, StageProgress
 from asl_platform.training import recipe
-from asl_platform.training.search import format_table, plot_curves, run_search, searched_values, write_results
+from asl_platform.training.search import (
+    format_table, plot_curves, run_search, searched_values, trial_histories, write_results,
+)
 
 logger = logging.getLogger(__name__)
 
 
+class SearchOutcome(NamedTuple):
+    best: Config
+    rows: list[dict]  # a trial each, best first (trials.json)
+    best_config_path: Path
+    histories: dict[str, list[dict]]  # each trial's reported metrics per epoch, by trial id
+
+
 def search(cfg: Config, prepared: PreparedData, progress: StageProgress, run_dir: Path,
-           resume: bool = False, kind: recipe.Kind | None = None) -> tuple[Config, list[dict], Path]:
+           resume: bool = False, kind: recipe.Kind | None = None) -> SearchOutcome:
     """Stage tune: the ASHA search; writes trials.csv/json, best_config.yaml and curves.png (under
     ``tune/``, or ``tune-landmarks/`` for the landmark model)."""
     kind = kind or ("images" if cfg.tune.mode == "images" else "features")
@@ -38,4 +48,4 @@ def search(cfg: Config, prepared: PreparedData, progress: StageProgress, run_dir
         plot_curves(results, run_dir / name / "curves.png")
         logger.info("trials (best first):\n%s", format_table(rows))
         logger.info("best hyperparameters: %s -> %s", searched_values(best.model_dump()), best_config_path)
-    return best, rows, best_config_path
+    return SearchOutcome(best, rows, best_config_path, trial_histories(results))

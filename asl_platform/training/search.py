@@ -268,6 +268,19 @@ def trial_rows(results, max_epochs: int) -> list[dict]:
     return sorted(rows, key=lambda row: row.get("best_val_score", float("inf")))
 
 
+def trial_histories(results) -> dict[str, list[dict]]:
+    """Every trial's reported metrics, epoch by epoch (what experiment tracking logs), by the trial id of ``trial_rows``."""
+    histories = {}
+    for result in results:
+        history = result.metrics_dataframe
+        if history is None or history.empty:
+            continue
+        trial = str(result.metrics.get("trial_id", Path(result.path).name))
+        numeric = history.select_dtypes("number")
+        histories[trial] = numeric.to_dict("records")
+    return histories
+
+
 def write_results(rows: list[dict], best: Config, directory: Path) -> Path:
     """Save the trial table (CSV + JSON) and the best trial's config as a YAML usable as ``--config``."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -381,6 +381,8 @@ def test_serving_answers_while_the_head_is_lost_and_the_cluster_recovers(cluster
 
     ensure_workers(cluster, 1)
     worker = worker_names(cluster)[0]
+    # Serve's proxies are placed when Serve starts (an earlier test's app runs HeadOnly): start it afresh.
+    cluster.cli("serve", "shutdown", "-y")
     pinned = {"resources": {f"node-{worker}": 0.01}}  # both deployments on this worker node: the head only coordinates
     config = yaml.safe_load((REPO_ROOT / "serve_config.yaml").read_text())
     config.update(proxy_location="EveryNode", http_options={"host": "127.0.0.1", "port": free_ports(1)[0]})

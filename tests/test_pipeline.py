@@ -120,79 +120,6 @@ def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path, monkeypatch
     assert third["metrics"] == second["metrics"] and "reused" in same.stdout
 
 
-@pytest.mark.e2e
-@pytest.mark.own_ray
-def test_pipeline_with_unfreeze_last_stage_trains_and_exports_the_last_stage(tmp_path):
-    """model.unfreeze_last_stage: activations before the last stage are cached once, the head is tuned
-    on pooled features from them, the last stage + head are retrained on them, and the exported model
-    (unfreeze_last_stage, trained last stage in its backbone) reproduces the test metrics from images."""
-    import torch
-    from PIL import Image
-
-    from asl_platform.data.reading import load_image
-    from asl_platform.model import build_backbone, get_backbone_spec, load_model_dir, split_backbone
-
-    # Noisy colour patches (one colour per class): learnable from the tiny random backbone's activations.
-    rng, root = np.random.default_rng(0), tmp_path / "data"
-    for label, colour in {"A": (200, 40, 40), "B": (40, 180, 40), "C": (40, 40, 200), "space": (128, 128, 128)}.items():
-        (root / label).mkdir(parents=True)
-        for i in range(30):
-            pixels = np.clip(rng.normal(colour, 60, (48, 48, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / label / f"{i}.png")
-    args = ("pipeline", "--data", str(root), "--backbone", "tiny", "--set", "model.weights=none",
-            "--set", "model.unfreeze_last_stage=true", "--set", "model.hidden_size=32", "--set", "tune.num_samples=2",
-            "--set", "tune.max_epochs=4", "--set", "tune.lr=[0.003, 0.01]", "--set", "tune.hidden_size=[32]",
-            "--set", "train.epochs=8", "--set", "train.last_stage_lr_factor=0.3", "--set", "run.name=last")
-    result = run_cli(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert not tracebacks_through_our_code(result.stderr)
-    assert "activations before its last stage" in result.stderr and "last stage + head" in result.stderr
-    cache = list((tmp_path / "asl_runs" / "cache" / "features").glob("tiny-trunk-*"))
-    assert len(cache) == 1 and json.loads((cache[0] / "meta.json").read_text())["shapes"]["features"] == [32, 16, 16]
-
-    summary = json.loads((tmp_path / "asl_runs" / "last" / "summary.json").read_text())
-    metrics = summary["metrics"]
-    assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 8
-    model_dir = Path(summary["model_dir"])
-    model, card = load_model_dir(model_dir)
-    assert card.unfreeze_last_stage is True and card.config["train"]["last_stage_lr_factor"] == 0.3
-
-    # The trunk is the pretrained one the activations came from; the last stage was trained.
-    trunk, tail = split_backbone("tiny", build_backbone("tiny", "none"))
-    exported_trunk, exported_tail = split_backbone("tiny", model.backbone)
-    for mine, pretrained in zip(exported_trunk.state_dict().values(), trunk.state_dict().values()):
-        assert torch.equal(mine, pretrained)
-    assert any(not torch.equal(m, p) for m, p in zip(exported_tail.parameters(), tail.parameters()))
-
-    # The exported directory alone reproduces the reported test accuracy and loss from the image files
-    # (activations are cached as float16: predictions from images may differ by a rounding hair).
-    index = stratified_split(list_images(str(root)), 0.15, 0.15, 42)
-    test = [(p, y) for p, y, s in zip(index.paths, index.labels, index.splits) if s == "test"]
-    labels = np.asarray([y for _, y in test])
-    size = get_backbone_spec("tiny").preprocessing.image_size
-    probabilities = Predictor(model_dir, inference=InferenceConfig(runtime="torch")).predict_with_hands(
-        [load_image(p, draft_size=size) for p, _ in test])[0]
-    assert len(test) == metrics["test_images"]
-    assert abs((probabilities.argmax(1) == labels).mean() - metrics["test_accuracy"]) <= 1.5 / len(test)
-    loss = float(np.mean(-np.log(probabilities[np.arange(len(test)), labels])))
-    assert loss == pytest.approx(metrics["test_loss"], rel=1e-2)
-    assert metrics["test_accuracy"] >= 0.6, metrics  # 4 classes: chance is 25%
-
-    # export-onnx rebuilds the ONNX files and their check for a folder without them (an older export).
-    first = card.onnx
-    for name in ("model.onnx", "model.int8.onnx"):
-        (model_dir / name).unlink()
-    (model_dir / "model.json").write_text(json.dumps({k: v for k, v in json.loads((model_dir / "model.json").read_text()).items()
-                                                      if k != "onnx"}))
-    again = run_cli("export-onnx", "--model", str(model_dir), "--quantization-images", "40", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    rebuilt = load_model_dir(model_dir)[1].onnx
-    assert (model_dir / "model.int8.onnx").is_file() and rebuilt.quantization_images == 40
-    assert rebuilt.scores["test"].images == first.scores["test"].images == metrics["test_images"]
-    assert rebuilt.scores["test"].torch_accuracy == first.scores["test"].torch_accuracy
-    assert "int8" in again.stdout and "test (" in again.stdout
-
-
 def test_cli_reports_bad_config_clearly(tmp_path):
     result = run_cli("pipeline", "--set", "train.lr=-1", "--set", "data.colour=red", cwd=tmp_path)
     assert result.returncode == 2
@@ -334,13 +261,19 @@ def test_hand_aware_pipeline_chooses_on_validation_measures_cross_domain_and_eve
 
 @pytest.mark.e2e
 @pytest.mark.own_ray
-def test_pipeline_trains_on_several_folders_and_lists_them_in_the_card(tmp_path):
-    """--data twice: classes matched by name (the second folder lacks one class and orders them
-    otherwise), each folder split on its own, both listed with their counts in the model card."""
+def test_pipeline_on_several_folders_with_the_last_stage_unfrozen_lists_them_and_exports_the_last_stage(tmp_path):
+    """--data twice: classes matched by name (the second folder lacks one class and orders them otherwise),
+    each folder split on its own, both listed with their counts in the model card. model.unfreeze_last_stage:
+    activations before the last stage are cached once, the head is tuned on pooled features from them, the
+    last stage + head are retrained on them, and the exported model (its trained last stage in its backbone)
+    reproduces the test metrics from the image files. (One pipeline run checks both: each costs a minute.)"""
+    import torch
     from PIL import Image
 
-    from asl_platform.model import ModelCard
+    from asl_platform.data.reading import load_image
+    from asl_platform.model import ModelCard, build_backbone, get_backbone_spec, load_model_dir, split_backbone
 
+    # Noisy colour patches (one colour per class): learnable from the tiny random backbone's activations.
     rng = np.random.default_rng(0)
     colours = {"A": (200, 40, 40), "B": (40, 180, 40), "C": (40, 40, 200)}
     for folder, labels, count in (("kaggle", ("A", "B", "C"), 20), ("mine", ("C", "A"), 10)):
@@ -350,10 +283,17 @@ def test_pipeline_trains_on_several_folders_and_lists_them_in_the_card(tmp_path)
                 pixels = np.clip(rng.normal(colours[label], 50, (32, 32, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(tmp_path / folder / label / f"{folder}{i}.png")
     result = run_cli("pipeline", "--data", str(tmp_path / "kaggle"), "--data", str(tmp_path / "mine"),
-                     "--backbone", "tiny", "--set", "model.weights=none", "--set", "tune.num_samples=2",
-                     "--set", "tune.max_epochs=3", "--set", "tune.grace_period=1", "--set", "train.epochs=3",
-                     "--set", "run.name=two", cwd=tmp_path)
+                     "--backbone", "tiny", "--set", "model.weights=none", "--set", "model.unfreeze_last_stage=true",
+                     "--set", "model.hidden_size=32", "--set", "tune.num_samples=2", "--set", "tune.max_epochs=4",
+                     "--set", "tune.grace_period=1", "--set", "tune.lr=[0.003, 0.01]", "--set", "tune.hidden_size=[32]",
+                     "--set", "train.epochs=8", "--set", "train.last_stage_lr_factor=0.3", "--set", "run.name=two",
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert not tracebacks_through_our_code(result.stderr)
+    assert "activations before its last stage" in result.stderr and "last stage + head" in result.stderr
+    cache = list((tmp_path / "asl_runs" / "cache" / "features").glob("tiny-trunk-*"))
+    assert len(cache) == 1 and json.loads((cache[0] / "meta.json").read_text())["shapes"]["features"] == [32, 16, 16]
+
     model_dir = resolve_model_dir(tmp_path / "asl_runs" / "models" / "two")
     card = ModelCard.load(model_dir)
     assert card.classes == ["A", "B", "C"]
@@ -367,6 +307,30 @@ def test_pipeline_trains_on_several_folders_and_lists_them_in_the_card(tmp_path)
     test_files = (model_dir / "test_split.txt").read_text().split()
     assert sum("/mine/" in f for f in test_files) == 4 and len(test_files) == 13
     assert "2 folders" in (model_dir / "README.md").read_text()
+
+    # The last stage: the trunk is the pretrained one the activations came from; the last stage was trained.
+    metrics = card.metrics
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 8
+    model, loaded = load_model_dir(model_dir)
+    assert loaded.unfreeze_last_stage is True and loaded.config["train"]["last_stage_lr_factor"] == 0.3
+    trunk, tail = split_backbone("tiny", build_backbone("tiny", "none"))
+    exported_trunk, exported_tail = split_backbone("tiny", model.backbone)
+    for mine, pretrained in zip(exported_trunk.state_dict().values(), trunk.state_dict().values()):
+        assert torch.equal(mine, pretrained)
+    assert any(not torch.equal(m, p) for m, p in zip(exported_tail.parameters(), tail.parameters()))
+
+    # The exported directory alone reproduces the reported test accuracy and loss from the image files
+    # (activations are cached as float16: predictions from images may differ by a rounding hair).
+    labels = np.asarray([card.classes.index(Path(f).parent.name) for f in test_files])
+    size = get_backbone_spec("tiny").preprocessing.image_size
+    probabilities = Predictor(model_dir, inference=InferenceConfig(runtime="torch")).predict_with_hands(
+        [load_image(f, draft_size=size) for f in test_files])[0]
+    assert len(test_files) == metrics["test_images"]
+    assert abs((probabilities.argmax(1) == labels).mean() - metrics["test_accuracy"]) <= 1.5 / len(test_files)
+    loss = float(np.mean(-np.log(probabilities[np.arange(len(test_files)), labels])))
+    assert loss == pytest.approx(metrics["test_loss"], rel=1e-2)
+    assert metrics["test_accuracy"] >= 0.6, metrics  # 3 classes: chance is 33%
+
     # evaluate --split test takes both folders back and finds exactly the held-out images.
     evaluated = run_cli("evaluate", "--model", str(model_dir), "--data", str(tmp_path / "kaggle"),
                         "--data", str(tmp_path / "mine"), "--split", "test", "--output", str(tmp_path / "eval"),
@@ -374,3 +338,17 @@ def test_pipeline_trains_on_several_folders_and_lists_them_in_the_card(tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-4000:]
     report = json.loads(next((tmp_path / "eval").glob("*.json")).read_text())
     assert report["images"] == 13 and report["accuracy"] == pytest.approx(card.metrics["test_accuracy"], abs=1e-6)
+
+    # export-onnx rebuilds the ONNX files and their check for a folder without them (an older export).
+    first = loaded.onnx
+    for name in ("model.onnx", "model.int8.onnx"):
+        (model_dir / name).unlink()
+    (model_dir / "model.json").write_text(json.dumps({k: v for k, v in json.loads((model_dir / "model.json").read_text()).items()
+                                                      if k != "onnx"}))
+    again = run_cli("export-onnx", "--model", str(model_dir), "--quantization-images", "40", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rebuilt = load_model_dir(model_dir)[1].onnx
+    assert (model_dir / "model.int8.onnx").is_file() and rebuilt.quantization_images == 40
+    assert rebuilt.scores["test"].images == first.scores["test"].images == metrics["test_images"]
+    assert rebuilt.scores["test"].torch_accuracy == first.scores["test"].torch_accuracy
+    assert "int8" in again.stdout and "test (" in again.stdout

@@ -167,22 +167,48 @@ class LocalCluster:
         """SIGKILL the head's whole process group (GCS, Serve controller, dashboard: a head machine lost at once);
         returns the time.monotonic() of the kill. Nothing is waited for: there is no GCS to ask."""
         name = next(n for n in self.processes if n.startswith("head"))
-        process = self.processes.pop(name)
         killed_at = time.monotonic()
+        self._kill_session(name)
+        self.lost.append(name)
+        return killed_at
+
+    def _kill_session(self, name: str) -> None:
+        """SIGKILL every process of node ``name``'s `ray start` session; it is no longer one of ours."""
+        process = self.processes.pop(name)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         for pid in _processes_of([], {process.pid}):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         process.wait(timeout=30)
-        self.lost.append(name)
-        return killed_at
 
-    def restart_head(self, timeout: float = 120) -> None:
-        """Start the head again on the same ports and Redis namespace, as a supervisor would (systemd, KubeRay)."""
-        problem = self._start_head(f"head-r{len(self.lost)}")
-        if problem is not None:
-            pytest.fail(f"the head did not come back: {problem}\n{self.logs()}")
+    def restart_head(self, attempts: int = 3) -> int:
+        """Start the head again on the same ports and Redis namespace, as a supervisor would (systemd's
+        Restart=on-failure, KubeRay's pod restart): a start that fails is cleared away and tried again.
+        Returns the number of starts it took. (On a busy machine the raylet can give up on its dashboard
+        agent after a hard-coded 15 s, ray-project/ray#65983; a supervisor's next start succeeds.)"""
+        problems = []
+        for attempt in range(1, attempts + 1):
+            name = f"head-r{len(self.lost)}" + (f"-{attempt}" if attempt > 1 else "")
+            problem = self._start_head(name)
+            if problem is None:
+                return attempt
+            problems.append(f"start {attempt}: {problem}")
+            self._kill_session(name)
+        pytest.fail(f"the head did not come back: {'; '.join(problems)}\n{self.logs()}")
+
+    def renice(self, name: str, niceness: int) -> None:
+        """Set the CPU niceness of node ``name``: its session's and each of its processes' (children it starts
+        later inherit it). All nodes here share one machine's cores: a niced worker node lets the head's
+        processes run first, as they would on a head machine of their own. Linux's autogroup scheduler
+        shares the CPU between sessions before processes (each `ray start` here is one), so a process's
+        niceness alone changes nothing against another node: the session's autogroup is niced too."""
+        leader = self.processes[name].pid
+        with contextlib.suppress(OSError):  # not Linux, or no autogroups (kernel.sched_autogroup_enabled=0)
+            Path(f"/proc/{leader}/autogroup").write_text(str(niceness))
+        for pid in _processes_of([], {leader}):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, pid, niceness)
 
     def _start_worker(self, name: str, cpus: int) -> str | None:
         expected = len(self.alive_nodes()) + 1

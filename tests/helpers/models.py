@@ -49,7 +49,7 @@ def fixture_model(request, tmp_path_factory, name: str, build, inputs: list[Path
     copy = tmp_path_factory.mktemp("models") / (folder or name) / "v1"
     cache = request.config.cache.mkdir("asl-fixture-models") if getattr(request.config, "cache", None) else None
     if cache is None:  # pytest's cache is off (-p no:cacheprovider): build where the test reads it
-        build(copy)
+        write_atomically(copy, build)
         return copy
     built = cache / f"{name}-{key}"
     if not (built / "model.json").is_file():

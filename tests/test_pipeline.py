@@ -102,22 +102,15 @@ def test_pipeline_on_the_smoke_set_exports_a_working_model(tmp_path, monkeypatch
     assert onnx["scores"]["test"]["torch_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1.5 / len(test_paths))
     assert "int8" in onnx["int8_verdict"] and "ONNX Runtime fp32" in result.stderr  # the extraction ran on it
 
-    # A second run reuses the cached features: every file's row, none extracted again.
-    again = run_cli("pipeline", "--set", "tune.num_samples=2", "--set", "train.epochs=2", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-5000:]
-    assert re.search(r"efficientnet_lite0 features: (\d+) of \1 image\(s\) cached in .*, 0 to extract", again.stderr)
-    assert "extracting efficientnet_lite0" not in again.stderr
-    second = json.loads((run_dir / "summary.json").read_text())
-    assert second["metrics"]["best_epoch"] <= 2  # a fresh retrain, not the first run's checkpoints
-    assert second["reused"] is False and second["model_dir"] != summary["model_dir"]  # settings changed: trained
-
-    # The same command again: nothing changed (config, files, code), so the latest model is the answer.
-    same = run_cli("pipeline", "--set", "tune.num_samples=2", "--set", "train.epochs=2", cwd=tmp_path)
+    # The same command again: nothing changed (config, files, code), so the latest model is the answer, in
+    # seconds. (What changes the inputs' digest, and so trains again: tests/stages/test_ingest.py; a re-run
+    # computing only new files' features: tests/stages/test_features.py.)
+    same = run_cli("pipeline", cwd=tmp_path)
     assert same.returncode == 0, same.stderr[-5000:]
     assert "nothing changed since" in same.stderr and "[2/6] features" not in same.stderr
-    third = json.loads((run_dir / "summary.json").read_text())
-    assert third["reused"] is True and third["model_dir"] == second["model_dir"]
-    assert third["metrics"] == second["metrics"] and "reused" in same.stdout
+    again = json.loads((run_dir / "summary.json").read_text())
+    assert again["reused"] is True and again["model_dir"] == summary["model_dir"]
+    assert again["metrics"] == summary["metrics"] and "reused" in same.stdout
 
 
 def test_cli_reports_bad_config_clearly(tmp_path):

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import re
+import threading
 import time
 from pathlib import Path
 

@@ -177,7 +177,7 @@ class LocalCluster:
         process = self.processes.pop(name)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        for pid in _processes_of([], {process.pid}):
+        for pid in _processes_of([], {process.pid}):  # anything that left the group stays in the session
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         process.wait(timeout=30)
@@ -247,17 +247,10 @@ class LocalCluster:
         """SIGKILL the node's whole process group (`ray start --block`, its raylet, agents and workers:
         a machine lost at once, nothing shut down cleanly), then wait until the GCS marks it dead.
         Returns the time.time() of the kill."""
-        process = self.processes[name]
         node_id = self.node_id(name)
         killed_at = time.time()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        for pid in _processes_of([], {process.pid}):  # anything that left the group stays in the session
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        process.wait(timeout=30)
+        self._kill_session(name)  # no longer ours: a dead node's `ray start` must not read as a failed start later
         self.lost.append(name)
-        del self.processes[name]  # a dead node's `ray start` must not read as a failed start later
         problem = self._wait(f"node {name} marked dead", lambda: node_id not in {n["node_id"] for n in self.alive_nodes()},
                              timeout)
         if problem is not None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import threading
 import time
 from pathlib import Path
 
@@ -355,12 +354,12 @@ def test_serving_keeps_answering_when_a_model_replicas_node_is_lost(cluster, col
 # ------------------------------------------------------------------------------ (d) the head
 
 
-def _ask(url: str, body: tuple[str, dict]) -> tuple[float, str, bool]:
+def _ask(url: str, body: tuple[str, dict], session=requests) -> tuple[float, str, bool]:
     """One request: (when, its status or what went wrong, answered); a hang is a timeout, counted as such."""
     path, kwargs = body
     sent = time.monotonic()
     try:
-        response = requests.post(f"{url}{path}", timeout=10, **kwargs)
+        response = session.post(f"{url}{path}", timeout=10, **kwargs)
         return sent, str(response.status_code), response.status_code == 200
     except requests.Timeout:
         return sent, "timeout", False
@@ -404,19 +403,8 @@ def test_serving_answers_while_the_head_is_lost_and_the_cluster_recovers(cluster
 
     wait_until("the app answering through the worker node's proxy", serving, 300, cluster, every=2)
     replicas = {a["actor_id"] for a in _serve_actors(cluster, "ASLModel") + _serve_actors(cluster, "ASLIngress")}
-    results: list[tuple[float, str, bool]] = []
-    stop = threading.Event()
-
-    def client(index: int) -> None:
-        while not stop.is_set():
-            results.append(_ask(url, bodies[index % 2]))
-            stop.wait(0.05)
-
-    # Daemon threads, stopped in `finally`: a failure below must not leave a load running past the test.
-    clients = [threading.Thread(target=client, args=(i,), daemon=True, name=f"client-{i}") for i in range(4)]
-    for thread in clients:
-        thread.start()
-    try:
+    # 4 clients, each sending one kind of request (its number's parity), stopped on the way out even on a failure.
+    with Load(url, clients=4, ask=lambda session, n: _ask(url, bodies[n % 2], session), pause_s=0.05) as load:
         time.sleep(3)
         cluster.renice(worker, 10)  # one machine's cores for both nodes: the restarting head goes first
         killed_at = cluster.kill_head()
@@ -431,10 +419,7 @@ def test_serving_answers_while_the_head_is_lost_and_the_cluster_recovers(cluster
             cluster, every=2)
         recovered_at = time.monotonic()
         time.sleep(3)
-    finally:
-        stop.set()
-        for thread in clients:
-            thread.join(timeout=30)  # each request times out after 10 s
+    results = load.results
     during = [r for r in results if killed_at <= r[0] < restarted_at]
     failures = [r for r in results if not r[2]]
     settled = [r for r in during if r[0] > killed_at + 5]  # after the first seconds

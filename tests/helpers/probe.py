@@ -18,6 +18,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,26 +98,32 @@ def resident_mb(pid: int) -> float:
 
 class Load:
     """``clients`` threads posting images in turn until stopped; records every answer. A sample's
-    label, when given, must come back too (with the colour model every answer is checkable)."""
+    label, when given, must come back too (with the colour model every answer is checkable). With ``ask``,
+    each turn is ``ask(session, n)`` instead (any request; it returns the row to record), ``pause_s`` apart."""
 
-    def __init__(self, url: str, clients: int, samples: list[tuple[bytes, str | None]]):
+    def __init__(self, url: str, clients: int, samples: list[tuple[bytes, str | None]] = (),
+                 ask: Callable[[requests.Session, int], tuple] | None = None, pause_s: float = 0.0):
         self.url, self.clients, self.stop = url, clients, threading.Event()
-        self.samples = samples
-        self.results: list[tuple[float, int | None, bool]] = []  # (time, status, right answer)
+        self.samples, self.ask, self.pause_s = samples, ask or self._post_sample, pause_s
+        self.results: list[tuple] = []  # by default (time, status, right answer)
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
 
     def _client(self, index: int) -> None:
         session, n = requests.Session(), index
         while not self.stop.is_set():
-            data, label = self.samples[n % len(self.samples)]
+            self.results.append(self.ask(session, n))
             n += self.clients
-            try:
-                response = session.post(f"{self.url}/predict", data=data, headers={"content-type": "image/jpeg"},
-                                        timeout=60)
-                right = response.status_code == 200 and (label is None or response.json()["label"] == label)
-                self.results.append((time.monotonic(), response.status_code, right))
-            except requests.RequestException:
-                self.results.append((time.monotonic(), None, False))
+            self.stop.wait(self.pause_s)
+
+    def _post_sample(self, session: requests.Session, n: int) -> tuple[float, int | None, bool]:
+        data, label = self.samples[n % len(self.samples)]
+        try:
+            response = session.post(f"{self.url}/predict", data=data, headers={"content-type": "image/jpeg"},
+                                    timeout=60)
+            right = response.status_code == 200 and (label is None or response.json()["label"] == label)
+            return time.monotonic(), response.status_code, right
+        except requests.RequestException:
+            return time.monotonic(), None, False
 
     def __enter__(self) -> Load:
         for thread in self.threads:
